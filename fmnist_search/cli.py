@@ -1,0 +1,358 @@
+"""The Typer CLI: the only place that reads argv/env, prints, and exits with codes.
+
+Every command turns library errors (``FmnistSearchError``) into one ``error:`` line on
+stderr and exit code 2; Ctrl-C exits 130 with the store intact.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import DEFAULT_STORAGE
+from .errors import FmnistSearchError
+
+app = typer.Typer(
+    help="Hyperparameter search for Fashion-MNIST classifiers on Optuna.",
+    rich_markup_mode=None,  # plain click errors: one line, no boxes
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USAGE = 2  # bad input, as click uses for usage errors
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    err.print(f"error: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """``app.command`` that reports ``FmnistSearchError`` as one line and a non-zero exit."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            try:
+                return fn(*a, **kw)
+            except FmnistSearchError as e:
+                raise _fail(str(e)) from None
+
+        app.command(*args, **kwargs)(wrapper)
+        return fn
+
+    return decorate
+
+
+def _model_help() -> str:
+    from .models import list_models
+
+    return f"Network to train: {', '.join(list_models())}."
+
+
+StorageOpt = Annotated[
+    str,
+    typer.Option(
+        "--storage",
+        envvar="FMNIST_STORAGE",
+        help="Optuna storage, any SQLAlchemy URL (sqlite:///..., postgresql://...).",
+    ),
+]
+StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
+
+
+def _storage(url: str, heartbeat: bool = False):
+    from .study import make_storage
+
+    return make_storage(url, heartbeat=heartbeat)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@command()
+def run(
+    model: Annotated[str | None, typer.Option(help=_model_help())] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Trials to add to the study in this run.")] = 30,
+    study: Annotated[str | None, typer.Option(help="Study name [default: the model name].")] = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per trial [default: 10].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="SGD batch size [default: 256].")] = None,
+    lr_min: Annotated[float | None, typer.Option(help="Lower end of the log-uniform lr range [default: 1e-3].")] = None,
+    lr_max: Annotated[float | None, typer.Option(help="Upper end of the lr range [default: 0.5].")] = None,
+    momentum: Annotated[float | None, typer.Option(help="Fixed SGD momentum [default: 0.9].")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe, random, cmaes, gp or qmc [default: tpe].")] = None,
+    pruner: Annotated[str | None, typer.Option(help="median, sha, hyperband or none [default: median].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampler, split and training seed [default: 0].")] = None,
+    val_size: Annotated[int | None, typer.Option(help="Stratified validation images [default: 10000].")] = None,
+    train_size: Annotated[int | None, typer.Option(help="Train on a stratified subset of this many images.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto: GPU when present).")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: bf16 on GPU, fp32 on CPU).")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option(envvar="FMNIST_DATA_DIR", help="Folder with the data.")] = None,
+    download: Annotated[bool, typer.Option(help="Download the data when it is not found.")] = True,
+    timeout: Annotated[float | None, typer.Option(min=0, help="Stop starting trials after SECONDS.")] = None,
+) -> None:
+    """Create or resume a study and run TRIALS more trials in it."""
+    import optuna
+
+    from . import data as data_mod
+    from .devices import resolve_device, resolve_precision
+    from .export import state_counts
+    from .objective import Objective
+    from .study import mask_url, open_study
+    from .train import Diverged
+
+    if model is None and study is None:
+        raise FmnistSearchError("give --model (a new study) or --study NAME (resume one)")
+    requested = _given(
+        model=model, epochs=epochs, batch_size=batch_size, lr_min=lr_min, lr_max=lr_max, momentum=momentum,
+        sampler=sampler, pruner=pruner, seed=seed, val_size=val_size, train_size=train_size,
+    )  # fmt: skip
+    name = study or model
+    assert name is not None
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    store = _storage(storage, heartbeat=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opt_study, spec = open_study(store, name, requested)
+    dataset = data_mod.load(data_dir, allow_download=download)
+    splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
+
+    err.print(
+        f"study {name!r} in {mask_url(storage)}: {spec.model}, {spec.epochs} epochs, batch {spec.batch_size}, "
+        f"lr {spec.lr_min:g}..{spec.lr_max:g}, {spec.sampler}/{spec.pruner}; "
+        f"{len(splits.train[0])} train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec})",
+        markup=False,
+        highlight=False,
+    )
+    with _RunProgress(trials, spec.epochs) as progress:
+        objective = Objective(spec, splits, dev, prec, on_epoch=progress.on_epoch)
+        try:
+            opt_study.optimize(
+                objective,
+                n_trials=trials,
+                timeout=timeout,
+                catch=(Diverged,),
+                callbacks=[progress.on_trial],
+                gc_after_trial=True,
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            raise _fail(
+                f"interrupted; finished trials are stored and the running one is marked FAIL in "
+                f"{mask_url(storage)}; run the same command to resume",
+                EXIT_INTERRUPTED,
+            ) from None
+    _print_summary(opt_study, state_counts(opt_study))
+
+
+class _RunProgress:
+    """Rich progress: the study's trials and the current trial's epochs, plus a line per trial."""
+
+    def __init__(self, trials: int, epochs: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.epochs = epochs
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,  # the bars go when done; the per-trial lines stay
+        )
+        self.study_task = self.progress.add_task("trials", total=trials)
+        self.epoch_task = self.progress.add_task("epochs", total=epochs)
+
+    def __enter__(self) -> _RunProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def on_epoch(self, number: int, m: Any) -> None:
+        self.progress.update(
+            self.epoch_task,
+            completed=m.epoch,
+            description=f"trial {number}: epoch {m.epoch}/{self.epochs} val {m.val_accuracy:.4f}",
+        )
+
+    def on_trial(self, study: Any, trial: Any) -> None:
+        a = trial.user_attrs
+        val = a.get("val_accuracy")
+        line = f"trial {trial.number} {trial.state.name}: lr={trial.params.get('lr', float('nan')):.4g}"
+        if val is not None:
+            line += f" val={val:.4f} after {a.get('epochs_completed')} epochs, {a.get('throughput', 0):,.0f} samples/s"
+        if "test_accuracy" in a:
+            line += f" test={a['test_accuracy']:.4f}"
+        if "fail_reason" in a:
+            line += f" ({a['fail_reason']})"
+        self.progress.console.print(line, markup=False, highlight=False)
+        self.progress.advance(self.study_task)
+        self.progress.reset(self.epoch_task, description="epochs")
+
+
+def _print_summary(study: Any, counts: dict[str, int]) -> None:
+    from .export import best_trial
+
+    table = Table(title=f"study {study.study_name}")
+    for col in ("trials", *counts):
+        table.add_column(col, justify="right")
+    table.add_row(str(sum(counts.values())), *(str(v) for v in counts.values()))
+    out.print(table)
+    best = best_trial(study)
+    if best is None:
+        out.print("no completed trial yet")
+        return
+    a = best.user_attrs
+    out.print(
+        f"best trial {best.number}: val_accuracy={best.value:.4f} "
+        f"test_accuracy={a.get('test_accuracy', float('nan')):.4f} "
+        f"params={best.params} throughput={a.get('throughput', 0):,.0f} samples/s on {a.get('device')}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@command()
+def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
+    """List studies: name, model, trials by state, best validation and test accuracy."""
+    import optuna
+
+    from .export import best_trial, state_counts
+
+    store = _storage(storage)
+    summaries = optuna.get_all_study_summaries(store, include_best_trial=False)
+    if not summaries:
+        out.print("no studies yet; start one with: fmnist-search run --model lenet")
+        return
+    table = Table()
+    for col in ("study", "model", "complete", "pruned", "fail", "running", "best val", "its test"):
+        table.add_column(col)
+    for s in summaries:
+        study = optuna.load_study(study_name=s.study_name, storage=store)
+        counts = state_counts(study)
+        best = best_trial(study)
+        table.add_row(
+            s.study_name,
+            str(study.user_attrs.get("model", "?")),
+            *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
+            f"{best.value:.4f}" if best else "-",
+            f"{best.user_attrs.get('test_accuracy', float('nan')):.4f}" if best else "-",
+        )
+    out.print(table)
+
+
+@command()
+def show(study: StudyOpt, storage: StorageOpt = DEFAULT_STORAGE) -> None:
+    """The best trial of a study: params, accuracies, throughput, device."""
+    from .export import best_trial, state_counts
+    from .study import load_study
+
+    s = load_study(_storage(storage), study)
+    best = best_trial(s)
+    settings = ", ".join(f"{k}={v}" for k, v in s.user_attrs.items())
+    out.print(f"study {study}: {settings}", markup=False, highlight=False)
+    out.print(f"trials: {state_counts(s)}", markup=False, highlight=False)
+    if best is None:
+        raise FmnistSearchError(f"study {study!r} has no completed trial yet")
+    table = Table(title=f"best trial {best.number}", show_header=False)
+    table.add_column("key")
+    table.add_column("value")
+    table.add_row("val_accuracy", f"{best.value:.4f}")
+    for k, v in best.params.items():
+        table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    for k, v in best.user_attrs.items():
+        if k != "history":
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(table)
+
+
+@command()
+def export(
+    study: StudyOpt,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="CSV file [default: stdout].")] = None,
+    top: Annotated[int | None, typer.Option(min=1, help="Only the best N trials.")] = None,
+    all_states: Annotated[bool, typer.Option("--all", help="Every trial, not just completed ones.")] = False,
+) -> None:
+    """Write the study's trials as CSV, best first."""
+    from .export import trials_frame
+    from .study import load_study
+
+    frame = trials_frame(load_study(_storage(storage), study), include_all=all_states, top=top)
+    if output is None:
+        frame.to_csv(sys.stdout, index=False)
+        return
+    try:
+        frame.to_csv(output, index=False)
+    except OSError as e:
+        raise FmnistSearchError(f"cannot write {output}: {e.strerror}") from None
+    err.print(f"wrote {len(frame)} trials to {output}", markup=False, highlight=False)
+
+
+@command()
+def dashboard(
+    storage: StorageOpt = DEFAULT_STORAGE,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the same store."""
+    from optuna_dashboard import run_server
+
+    from .study import mask_url
+
+    store = _storage(storage)
+    err.print(f"optuna-dashboard for {mask_url(storage)} on http://{host}:{port}/ (Ctrl-C to stop)", markup=False)
+    try:
+        run_server(store, host=host, port=port)
+    except OSError as e:
+        raise FmnistSearchError(f"cannot listen on {host}:{port}: {e.strerror}; try --port") from None
+    except KeyboardInterrupt:
+        pass
+
+
+@command("data")
+def data_cmd(
+    data_dir: Annotated[Path | None, typer.Option(envvar="FMNIST_DATA_DIR", help="Folder with the data.")] = None,
+    verify: Annotated[bool, typer.Option(help="Check the SHA-256 of the files found.")] = True,
+) -> None:
+    """Where the data was found, whether it verified, and how to get it."""
+    from . import data as data_mod
+
+    for loc in data_mod.survey(data_dir):
+        found = sum(p is not None for p in loc.files.values())
+        out.print(f"{loc.directory}: {found}/4 files", markup=False, highlight=False)
+    location = data_mod.locate(data_dir)
+    if location is None:
+        raise FmnistSearchError(f"Fashion-MNIST not found; {data_mod.HOW_TO_GET}")
+    out.print(f"using {location.directory}", markup=False, highlight=False)
+    if verify:
+        ds = data_mod.load(data_dir, allow_download=False)
+        out.print(
+            f"verified: SHA-256 of all four files matches; "
+            f"{len(ds.train_labels)} train, {len(ds.test_labels)} test images",
+            markup=False,
+            highlight=False,
+        )
+
+
+def main() -> None:
+    app()

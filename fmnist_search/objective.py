@@ -1,0 +1,115 @@
+"""The Optuna adapter: suggest -> fit -> report/prune -> user attrs.
+
+The trainer knows nothing about Optuna; this module turns its per-epoch callback into
+``trial.report`` / ``should_prune`` and its results into trial user attrs.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import optuna
+import torch
+
+from .config import StudySpec
+from .data import Splits
+from .devices import device_name
+from .models import create_model, num_params
+from .space import suggest
+from .train import Diverged, EpochMetrics, FitResult, TrainConfig, evaluate, fit, to_device
+
+EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
+
+
+class Objective:
+    """Callable for ``study.optimize``; moves the splits to ``device`` once, at construction."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        splits: Splits,
+        device: torch.device,
+        precision: str = "fp32",
+        on_epoch: EpochHook | None = None,
+    ) -> None:
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self.on_epoch = on_epoch
+        self.train = to_device(*splits.train, device)
+        self.val = to_device(*splits.val, device)
+        self.test = to_device(*splits.test, device)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest(trial, self.spec)
+        cfg = TrainConfig(
+            lr=params["lr"],
+            epochs=self.spec.epochs,
+            batch_size=self.spec.batch_size,
+            momentum=self.spec.momentum,
+            seed=self.spec.seed + trial.number,  # reproducible per trial, different across trials
+            precision=self.precision,
+        )
+        torch.manual_seed(cfg.seed)
+        model = create_model(self.spec.model)
+        attrs: dict[str, Any] = {
+            "device": str(self.device),
+            "device_name": device_name(self.device),
+            "torch_version": torch.__version__,
+            "precision": cfg.precision,
+            "compiled": False,
+            "num_params": num_params(model),
+        }
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)  # faster cuDNN convolutions
+        model = model.to(self.device)
+        result = FitResult()
+
+        def on_epoch_end(m: EpochMetrics) -> None:
+            result.history.append(m)
+            if self.on_epoch is not None:
+                self.on_epoch(trial.number, m)
+            trial.report(m.val_accuracy, step=m.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {m.epoch}: val_accuracy {m.val_accuracy:.4f}")
+
+        try:
+            fit(model, self.train, self.val, cfg, on_epoch_end=on_epoch_end)
+            attrs["test_accuracy"], _ = evaluate(model, *self.test, precision=cfg.precision)
+            return result.history[-1].val_accuracy
+        except Diverged as e:
+            attrs["fail_reason"] = str(e)
+            raise
+        finally:
+            # Runs for completed, pruned, diverged and interrupted trials alike, so every
+            # trial keeps what it measured.
+            attrs.update(summarize(result))
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            del model
+            _release(self.device)
+
+
+def summarize(result: FitResult) -> dict[str, Any]:
+    if not result.history:
+        return {"epochs_completed": 0}
+    last = result.history[-1]
+    return {
+        "val_accuracy": last.val_accuracy,
+        "train_accuracy": last.train_accuracy,
+        "train_loss": last.train_loss,
+        "throughput": result.throughput,
+        "train_time_s": result.train_time_s,
+        "epochs_completed": last.epoch,
+        "history": [asdict(m) for m in result.history],
+    }
+
+
+def _release(device: torch.device) -> None:
+    # Models and optimizers of finished trials must not pile up on the GPU.
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

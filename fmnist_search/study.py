@@ -1,0 +1,127 @@
+"""Optuna plumbing: storage / sampler / pruner factories and create-or-resume.
+
+Optuna owns the storage: trials, params, intermediate values and attrs live in its
+tables; the resolved ``StudySpec`` is stored as study user attrs.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from .config import DEFAULT_STORAGE, StudySpec, resolve  # noqa: F401 - re-exported
+from .errors import StorageError
+
+# Heartbeats and their retry callback are marked experimental but are Optuna's documented
+# way to recover trials of dead workers; the warning would only confuse users.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+HEARTBEAT_INTERVAL_S = 10  # a running trial's liveness write, seconds
+GRACE_PERIOD_S = 60  # a RUNNING trial silent this long belongs to a dead process: FAIL it, retry it
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
+    "qmc": lambda seed: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
+}
+
+PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
+    # Median: stop a trial whose epoch-k accuracy is below the median of earlier trials at k,
+    # once 5 trials finished, and never in its first epoch (one epoch says little).
+    "median": lambda spec: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+    "sha": lambda spec: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+    "hyperband": lambda spec: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
+    "none": lambda spec: optuna.pruners.NopPruner(),
+}
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for every message and table."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def make_storage(url: str, *, heartbeat: bool = True, grace_period: int = GRACE_PERIOD_S) -> RDBStorage:
+    """An RDB storage on any SQLAlchemy URL; SQLite parent folders are created.
+
+    With ``heartbeat``, a trial of a process that died (SIGKILL, power loss) is marked
+    FAIL once it has been silent for ``grace_period`` seconds and is retried once.
+    """
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.parent.exists():
+            try:
+                path.parent.mkdir(parents=True)
+            except OSError as e:
+                raise StorageError(f"cannot create the folder for {mask_url(url)}: {e.strerror}") from None
+    heartbeat_kwargs: dict[str, Any] = {}
+    if heartbeat:
+        heartbeat_kwargs = dict(
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    # SQLite: wait for a lock (e.g. the dashboard reading) instead of failing at once.
+    engine_kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+    except Exception as e:  # SQLAlchemy raises many types: bad URL, no driver, refused connection
+        raise StorageError(f"cannot open storage {mask_url(url)}: {_reason(e)}") from None
+
+
+def _reason(e: Exception) -> str:
+    text = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def study_names(storage: RDBStorage) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def load_study(storage: RDBStorage, name: str) -> optuna.Study:
+    """An existing study, or an error listing the ones that exist."""
+    names = study_names(storage)
+    if name not in names:
+        known = ", ".join(names) if names else "none yet; create one with `fmnist-search run`"
+        raise StorageError(f"no study named {name!r} in this storage (studies: {known})")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
+    return StudySpec.from_attrs(study.user_attrs)
+
+
+def open_study(storage: RDBStorage, name: str, requested: dict[str, Any]) -> tuple[optuna.Study, StudySpec]:
+    """Create study ``name`` from ``requested`` settings, or resume it if they agree with the stored ones."""
+    exists = name in study_names(storage)
+    stored = optuna.load_study(study_name=name, storage=storage).user_attrs if exists else None
+    if stored is not None and "model" not in stored:
+        raise StorageError(f"study {name!r} exists but was not created by fmnist-search; use another --study name")
+    spec = resolve(requested, stored, name)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        sampler=SAMPLERS[spec.sampler](spec.seed),
+        pruner=PRUNERS[spec.pruner](spec),
+        load_if_exists=True,
+    )
+    if not exists:
+        for key, value in spec.to_attrs().items():
+            study.set_user_attr(key, value)
+        study.set_user_attr("created_by", f"fmnist-search {_version()}")
+    return study, spec
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
