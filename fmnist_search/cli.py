@@ -126,7 +126,8 @@ def run(
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     store = _storage(storage, heartbeat=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Our per-trial lines say what happened; Optuna's warnings would repeat it with tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     opt_study, spec = open_study(store, name, requested)
     dataset = data_mod.load(data_dir, allow_download=download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)

@@ -18,10 +18,6 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from .config import DEFAULT_STORAGE, StudySpec, resolve  # noqa: F401 - re-exported
 from .errors import StorageError
 
-# Heartbeats and their retry callback are marked experimental but are Optuna's documented
-# way to recover trials of dead workers; the warning would only confuse users.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 
 HEARTBEAT_INTERVAL_S = 10  # a running trial's liveness write, seconds
 GRACE_PERIOD_S = 60  # a RUNNING trial silent this long belongs to a dead process: FAIL it, retry it
@@ -62,17 +58,21 @@ def make_storage(url: str, *, heartbeat: bool = True, grace_period: int = GRACE_
                 path.parent.mkdir(parents=True)
             except OSError as e:
                 raise StorageError(f"cannot create the folder for {mask_url(url)}: {e.strerror}") from None
-    heartbeat_kwargs: dict[str, Any] = {}
-    if heartbeat:
-        heartbeat_kwargs = dict(
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
     # SQLite: wait for a lock (e.g. the dashboard reading) instead of failing at once.
     engine_kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+        with warnings.catch_warnings():
+            # Heartbeats are marked experimental but are Optuna's documented way to recover
+            # trials of dead workers; the warning would only confuse users.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            heartbeat_kwargs: dict[str, Any] = {}
+            if heartbeat:
+                heartbeat_kwargs = dict(
+                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
     except Exception as e:  # SQLAlchemy raises many types: bad URL, no driver, refused connection
         raise StorageError(f"cannot open storage {mask_url(url)}: {_reason(e)}") from None
 

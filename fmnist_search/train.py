@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -78,10 +78,15 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _batches(n: int, batch_size: int) -> range:
-    # A trailing batch of one sample breaks BatchNorm in training mode; drop only that.
+def epoch_batches(perm: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Index slices of one epoch's permutation: every sample once.
+
+    A trailing batch of one sample breaks BatchNorm in training mode; only that one is dropped.
+    """
+    n = len(perm)
     stop = n - 1 if n % batch_size == 1 and n > 1 else n
-    return range(0, stop, batch_size)
+    for start in range(0, stop, batch_size):
+        yield perm[start : min(start + batch_size, stop)]
 
 
 def fit(
@@ -111,8 +116,7 @@ def fit(
         seen = 0
         synchronize(device)
         t0 = time.perf_counter()
-        for start in _batches(n, cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
+        for idx in epoch_batches(perm, cfg.batch_size):
             xb, yb = x[idx], y[idx]
             with _autocast(device, cfg.precision):
                 out = model(xb)

@@ -1,0 +1,77 @@
+"""Shared fixtures: an isolated cache, tiny synthetic data, tiny IDX files, the real data."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmnist_search import data
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))  # one per session: decompress once
+    mp.delenv("FMNIST_DATA_DIR", raising=False)
+    mp.delenv("FMNIST_STORAGE", raising=False)
+    yield
+    mp.undo()
+
+
+def synthetic(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images where class c is a bright 6x6 square at a class-specific spot, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 60, (n, 28, 28), generator=g, dtype=torch.uint8)
+    for i, c in enumerate(labels.tolist()):
+        r, col = 2 + (c // 5) * 14, 2 + (c % 5) * 5
+        images[i, r : r + 6, col : col + 4] = 230
+    return images, labels
+
+
+@pytest.fixture
+def tiny_splits() -> data.Splits:
+    return data.Splits(train=synthetic(400, 0), val=synthetic(100, 1), test=synthetic(100, 2))
+
+
+def write_idx(path: Path, tensor: torch.Tensor, compress: bool) -> tuple[str, int]:
+    """Write an IDX (SN3) file as torchvision reads it; return (SHA-256, size) of its raw bytes."""
+    magic = 0x0800 + tensor.dim()  # type 0x08 = uint8
+    raw = struct.pack(f">I{tensor.dim()}I", magic, *tensor.shape) + tensor.to(torch.uint8).numpy().tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+    return hashlib.sha256(raw).hexdigest(), len(raw)
+
+
+@pytest.fixture
+def tiny_idx(tmp_path: Path):
+    """A folder with the four files (gz) of a tiny dataset, and their checksums."""
+
+    def make(compress: bool = True) -> tuple[Path, dict[str, tuple[str, int]]]:
+        folder = tmp_path / ("gz" if compress else "raw")
+        folder.mkdir(exist_ok=True)
+        train, test = synthetic(50, 0), synthetic(20, 1)
+        parts = {
+            "train-images-idx3-ubyte": train[0],
+            "train-labels-idx1-ubyte": train[1],
+            "t10k-images-idx3-ubyte": test[0],
+            "t10k-labels-idx1-ubyte": test[1],
+        }
+        sums = {name: write_idx(folder / name, t, compress) for name, t in parts.items()}
+        return folder, sums
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def real_data() -> data.FashionMNIST:
+    """The real Fashion-MNIST (Debian's dataset-fashion-mnist; .ci/run installs it)."""
+    return data.load(allow_download=False)

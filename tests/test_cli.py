@@ -1,0 +1,220 @@
+"""The CLI through Typer's runner (and real subprocesses for Ctrl-C and the dashboard)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from fmnist_search import data
+from fmnist_search.cli import app
+
+runner = CliRunner()
+TINY = ["--epochs", "2", "--train-size", "4096", "--val-size", "2000", "--batch-size", "64"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def smoke_db(tmp_path_factory, real_data) -> str:
+    """The issue's acceptance run: 3 LeNet trials, 2 epochs, 4096 training images, on the real data."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('smoke')}/fmnist.db"
+    result = invoke("run", "--model", "lenet", "--trials", "3", "--storage", url, "--lr-min", "0.02", "--lr-max", "0.2", *TINY)
+    assert result.exit_code == 0, result.output
+    return url
+
+
+def test_smoke_run_stores_sane_trials(smoke_db):
+    study = optuna.load_study(study_name="lenet", storage=smoke_db)
+    assert len(study.trials) == 3
+    for t in study.trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done
+    for t in done:
+        a = t.user_attrs
+        assert a["device"] == "cpu" and a["epochs_completed"] == 2 and a["num_params"] == 44_426
+        # 128 SGD steps on real data: far above chance (0.1), and test tracks validation.
+        assert 0.6 < a["val_accuracy"] <= 1 and abs(a["test_accuracy"] - a["val_accuracy"]) < 0.1
+        assert a["throughput"] > 0 and a["train_time_s"] > 0
+    assert study.user_attrs["train_size"] == 4096 and study.user_attrs["epochs"] == 2
+
+
+def test_export_csv_best_first(smoke_db, tmp_path):
+    out = tmp_path / "best.csv"
+    result = invoke("export", "--study", "lenet", "--storage", smoke_db, "--top", "5", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert rows and {"trial", "state", "val_accuracy", "test_accuracy", "throughput", "duration_s", "lr"} <= set(rows[0])
+    vals = [float(r["val_accuracy"]) for r in rows]
+    assert vals == sorted(vals, reverse=True)
+    assert all(r["state"] == "COMPLETE" for r in rows)
+
+
+def test_export_to_stdout_with_all_states(smoke_db):
+    result = invoke("export", "--study", "lenet", "--storage", smoke_db, "--all")
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 3
+
+
+def test_studies_and_show(smoke_db):
+    result = invoke("studies", "--storage", smoke_db)
+    assert result.exit_code == 0 and "lenet" in result.stdout
+    result = invoke("show", "--study", "lenet", "--storage", smoke_db)
+    assert result.exit_code == 0
+    for word in ("best trial", "lr", "test_accuracy", "throughput", "device"):
+        assert word in result.stdout
+
+
+def test_resume_adds_trials_and_refuses_conflicts(smoke_db):
+    result = invoke("run", "--study", "lenet", "--trials", "1", "--storage", smoke_db)
+    assert result.exit_code == 0, result.output
+    assert len(optuna.load_study(study_name="lenet", storage=smoke_db).trials) == 4
+    result = invoke("run", "--model", "lenet", "--trials", "1", "--storage", smoke_db, "--epochs", "5")
+    assert result.exit_code == 2
+    assert "created with epochs=2" in result.output and "Traceback" not in result.output
+
+
+def test_data_command_reports_location(real_data):
+    result = invoke("data")
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.stdout and str(real_data.source) in result.stdout
+
+
+def _error_line(result) -> str:
+    assert "Traceback" not in result.output
+    return result.output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "--model", "vgg"], "unknown model 'vgg'; choose one of: lenet, resnet18, resnet34"),
+        (["run", "--model", "lenet", "--trials", "0"], "'--trials': Input should be greater than or equal to 1"),
+        (["run", "--model", "lenet", "--trials", "many"], "'--trials': Input should be a valid integer"),
+        (["run", "--model", "lenet", "--lr-min", "0.5", "--lr-max", "0.1"], "lr_min (0.5) must be below lr_max"),
+        (["run", "--model", "lenet", "--lr-min", "-0.1"], "learning rates must be positive"),
+        (["run", "--model", "lenet", "--sampler", "grid"], "unknown sampler 'grid'; choose one of: cmaes, gp"),
+        (["run", "--model", "lenet", "--pruner", "magic"], "unknown pruner 'magic'"),
+        (["run", "--model", "lenet", "--device", "cuda"], "asked for a CUDA GPU, but none is visible"),
+        (["run", "--model", "lenet", "--storage", "nonsense"], "cannot open storage nonsense"),
+        (["run", "--model", "lenet", "--storage", "postgresql://u:pw@127.0.0.1:1/x"], "cannot open storage"),
+        (["run"], "give --model"),
+        (["export", "--study", "ghost"], "no study named 'ghost'"),
+        (["show", "--study", "ghost"], "no study named 'ghost'"),
+    ],
+)
+def test_bad_input_one_line_error(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert message in _error_line(result)
+    assert ":pw@" not in result.output
+
+
+def test_data_not_found(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
+    result = invoke("run", "--model", "lenet", "--data-dir", str(tmp_path), "--no-download", "--trials", "1")
+    assert result.exit_code == 2
+    assert "Fashion-MNIST not found" in _error_line(result) and "apt-get install" in _error_line(result)
+
+
+def test_corrupt_data(tmp_path, monkeypatch, tiny_idx):
+    monkeypatch.chdir(tmp_path)
+    folder, _ = tiny_idx(compress=True)  # valid IDX files, but not the official contents
+    result = invoke("run", "--model", "lenet", "--data-dir", str(folder), "--trials", "1")
+    assert result.exit_code == 2
+    assert "train-images-idx3-ubyte.gz is truncated or not Fashion-MNIST" in _error_line(result)
+
+
+def test_diverging_trials_fail_with_reason(tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/d.db"
+    args = ["run", "--model", "lenet", "--trials", "2", "--storage", url, "--lr-min", "1e4", "--lr-max", "1e5"]
+    result = invoke(*args, "--momentum", "0", "--epochs", "1", "--train-size", "1024", "--val-size", "1000")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="lenet", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert all("training loss became" in t.user_attrs["fail_reason"] for t in study.trials)
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist_search", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
+
+
+def test_ctrl_c_leaves_store_intact_and_resumable(tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/c.db"
+    proc = _cli("run", "--model", "lenet", "--trials", "50", "--storage", url, "--pruner", "none", *TINY)
+    deadline = time.time() + 120
+    for line in proc.stderr:  # wait until one trial has finished, so the next is mid-training
+        if "trial 0 " in line or time.time() > deadline:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    study = optuna.load_study(study_name="lenet", storage=url)
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states and states[0] == TrialState.COMPLETE
+    before = len(states)
+    result = invoke("run", "--model", "lenet", "--trials", "1", "--storage", url, *TINY)
+    assert result.exit_code == 0, result.output
+    assert len(optuna.load_study(study_name="lenet", storage=url).trials) == before + 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_trials_with_attrs(smoke_db):
+    port = _free_port()
+    proc = _cli("dashboard", "--storage", smoke_db, "--port", str(port))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        studies = None
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"{base}/api/studies", timeout=2) as r:
+                    studies = json.load(r)["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.25)
+        assert studies is not None, "dashboard did not come up"
+        study = next(s for s in studies if s["study_name"] == "lenet")
+        with urllib.request.urlopen(f"{base}/api/studies/{study['study_id']}", timeout=10) as r:
+            detail = json.load(r)
+        assert len(detail["trials"]) >= 3
+        keys = {a["key"] for a in detail["trials"][0]["user_attrs"]}
+        assert {"val_accuracy", "throughput", "device"} <= keys
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "fmnist_search", "--help"], capture_output=True, text=True, env=os.environ)
+    assert out.returncode == 0
+    for cmd in ("run", "dashboard", "export", "studies", "show", "data"):
+        assert cmd in out.stdout
+    assert Path(data.__file__).exists()

@@ -1,0 +1,84 @@
+import gzip
+
+import pytest
+import torch
+
+from fmnist_search import data
+from fmnist_search.errors import DataError
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_loads_tiny_idx_files(tiny_idx, compress):
+    folder, sums = tiny_idx(compress)
+    ds = data.load(folder, allow_download=False, checksums=sums)
+    assert ds.source == folder
+    assert ds.train_images.shape == (50, 28, 28) and ds.train_images.dtype == torch.uint8
+    assert ds.train_labels.tolist() == [i % 10 for i in range(50)]
+    assert ds.test_images.shape == (20, 28, 28)
+
+
+def test_corrupt_file_is_named(tiny_idx):
+    folder, sums = tiny_idx(compress=False)
+    path = folder / "train-images-idx3-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 0xFF  # same size, one byte flipped
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte is corrupt"):
+        data.load(folder, allow_download=False, checksums=sums)
+
+
+def test_truncated_gzip_is_named(tiny_idx):
+    folder, sums = tiny_idx(compress=True)
+    path = folder / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is corrupt or truncated"):
+        data.load(folder, allow_download=False, checksums=sums)
+
+
+def test_truncated_raw_file_is_named(tiny_idx):
+    folder, sums = tiny_idx(compress=True)
+    path = folder / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-5]))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz is truncated"):
+        data.load(folder, allow_download=False, checksums=sums)
+
+
+def test_not_found_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nowhere")
+    with pytest.raises(DataError, match="not found.*apt-get install dataset-fashion-mnist"):
+        data.load(tmp_path, allow_download=False)
+
+
+def test_data_dir_is_searched_first(tiny_idx):
+    folder, _ = tiny_idx()
+    assert data.search_dirs(folder)[0] == folder
+    assert data.locate(folder).directory == folder
+
+
+def test_stratified_split_keeps_class_proportions():
+    labels = torch.arange(1000) % 10
+    labels[:100] = 0  # make class 0 over-represented: 190 of 1000
+    picked, rest = data.stratified_split(labels, 200, seed=0)
+    assert len(picked) == 200 and len(rest) == 800
+    assert set(picked.tolist()).isdisjoint(rest.tolist())
+    counts = labels[picked].bincount(minlength=10)
+    assert counts[0] == 38  # 19% of 200
+    assert counts.sum() == 200
+
+
+def test_split_is_deterministic_and_seeded():
+    labels = torch.arange(500) % 10
+    a, _ = data.stratified_split(labels, 50, seed=1)
+    b, _ = data.stratified_split(labels, 50, seed=1)
+    c, _ = data.stratified_split(labels, 50, seed=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_real_data_verifies_and_splits(real_data):
+    assert real_data.train_images.shape == (60_000, 28, 28)
+    assert real_data.test_labels.bincount().tolist() == [1000] * 10
+    mean = real_data.train_images.float().div(255).mean().item()
+    assert abs(mean - 0.2860) < 1e-3
+    splits = data.make_splits(real_data, val_size=10_000, train_size=5_000, seed=0)
+    assert len(splits.val[0]) == 10_000 and splits.val[1].bincount().tolist() == [1000] * 10
+    assert len(splits.train[0]) == 5_000 and splits.train[1].bincount().tolist() == [500] * 10

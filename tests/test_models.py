@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from fmnist_search.errors import ConfigError
+from fmnist_search.models import create_model, list_models, num_params
+
+# Parameter counts: LeNet by hand (conv 156 + 2416, fc 30840 + 10164 + 850);
+# the ResNets are torchvision's minus the 7x7 RGB stem plus a 3x3 1-channel one.
+PARAMS = {"lenet": 44_426, "resnet18": 11_172_810, "resnet34": 21_280_970}
+
+
+def test_registry_lists_the_three_models():
+    assert list_models() == ["lenet", "resnet18", "resnet34"]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_shape_and_params(name):
+    model = create_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 1, 28, 28))
+    assert out.shape == (3, 10)
+    assert num_params(model) == PARAMS[name]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_resnet_stem_is_adapted_to_28x28(name):
+    model = create_model(name)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1) and model.conv1.in_channels == 1
+    assert isinstance(model.maxpool, torch.nn.Identity)
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ConfigError, match="unknown model 'vgg'.*lenet, resnet18, resnet34"):
+        create_model("vgg")

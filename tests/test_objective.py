@@ -1,0 +1,103 @@
+import math
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from fmnist_search import objective as objective_mod
+from fmnist_search.config import StudySpec
+from fmnist_search.objective import Objective
+from fmnist_search.train import Diverged
+
+ATTRS = {
+    "test_accuracy", "val_accuracy", "train_accuracy", "train_loss", "throughput",
+    "train_time_s", "epochs_completed", "device", "num_params",
+}  # fmt: skip
+
+
+def _study(pruner=None):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner)
+
+
+def test_completed_trial_has_every_attr(tiny_splits):
+    spec = StudySpec(epochs=2, batch_size=32, lr_min=0.01, lr_max=0.1)
+    study = _study()
+    study.optimize(Objective(spec, tiny_splits, torch.device("cpu")), n_trials=2)
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE
+        assert ATTRS <= set(t.user_attrs)
+        assert t.value == t.user_attrs["val_accuracy"]
+        assert t.user_attrs["epochs_completed"] == 2 and t.user_attrs["num_params"] == 44_426
+        assert 0 <= t.user_attrs["test_accuracy"] <= 1 and t.user_attrs["throughput"] > 0
+        assert sorted(t.intermediate_values) == [1, 2]
+        assert [h["epoch"] for h in t.user_attrs["history"]] == [1, 2]
+        assert 0.01 <= t.params["lr"] <= 0.1
+
+
+def test_pruned_trial_keeps_what_it_measured(tiny_splits):
+    spec = StudySpec(epochs=3, batch_size=32)
+    # Prunes every trial whose accuracy is below 1.01, i.e. all of them, after epoch 1.
+    study = _study(pruner=optuna.pruners.ThresholdPruner(lower=1.01))
+    study.optimize(Objective(spec, tiny_splits, torch.device("cpu")), n_trials=1)
+    t = study.trials[0]
+    assert t.state == TrialState.PRUNED
+    assert t.user_attrs["epochs_completed"] == 1
+    assert "val_accuracy" in t.user_attrs and "throughput" in t.user_attrs
+    assert "test_accuracy" not in t.user_attrs  # never measured for a trial that did not finish
+
+
+def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_splits):
+    spec = StudySpec(epochs=2, batch_size=32, lr_min=1e5, lr_max=1e6, momentum=0.0)
+    study = _study()
+    study.optimize(Objective(spec, tiny_splits, torch.device("cpu")), n_trials=2, catch=(Diverged,))
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    for t in study.trials:
+        assert "training loss became" in t.user_attrs["fail_reason"]
+
+
+def test_nan_loss_after_some_epochs_keeps_history(tiny_splits, monkeypatch):
+    """A trial that diverges in epoch 2 keeps epoch 1's measurements."""
+    real_fit = objective_mod.fit
+
+    def fit_then_diverge(model, tr, va, cfg, on_epoch_end):
+        def hook(m):
+            on_epoch_end(m)
+            raise Diverged(f"training loss became {math.nan} in epoch 2")
+
+        return real_fit(model, tr, va, cfg, on_epoch_end=hook)
+
+    monkeypatch.setattr(objective_mod, "fit", fit_then_diverge)
+    study = _study()
+    study.optimize(Objective(StudySpec(epochs=3, batch_size=32), tiny_splits, torch.device("cpu")), 1, catch=Diverged)
+    t = study.trials[0]
+    assert t.state == TrialState.FAIL and t.user_attrs["epochs_completed"] == 1
+    assert "epoch 2" in t.user_attrs["fail_reason"]
+
+
+def test_data_moves_to_device_once(tiny_splits, monkeypatch):
+    calls = []
+    real = objective_mod.to_device
+    monkeypatch.setattr(objective_mod, "to_device", lambda *a: calls.append(1) or real(*a))
+    study = _study()
+    study.optimize(Objective(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu")), n_trials=3)
+    assert len(calls) == 3  # train, val, test: once per process, not per trial
+
+
+def test_trials_are_reproducible(tiny_splits):
+    spec = StudySpec(epochs=1, batch_size=32)
+    runs = []
+    for _ in range(2):
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
+        study.optimize(Objective(spec, tiny_splits, torch.device("cpu")), n_trials=1)
+        runs.append((study.trials[0].params["lr"], study.trials[0].value))
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("bad", [{"lr_min": 0.5, "lr_max": 0.1}, {"lr_min": -1.0}, {"epochs": 0}])
+def test_spec_rejects_bad_values(bad):
+    from fmnist_search.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        StudySpec(**bad)

@@ -1,0 +1,79 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from fmnist_search import train
+from fmnist_search.models import create_model
+from tests.conftest import synthetic
+
+
+class Recorder(nn.Module):
+    """A linear model that records which samples (encoded in pixel 0) it trained on."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        if self.training:
+            self.seen += x[:, 0, 0, 0].round().long().tolist()
+        return self.fc(x.flatten(1))
+
+
+def test_every_sample_once_per_epoch():
+    n = 1000
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 28, 28).contiguous()
+    y = torch.arange(n) % 10
+    model = Recorder()
+    cfg = train.TrainConfig(lr=1e-6, epochs=3, batch_size=64, momentum=0.0)
+    train.fit(model, (x, y), (x[:10], y[:10]), cfg)
+    epochs = [model.seen[i * n : (i + 1) * n] for i in range(3)]
+    for seen in epochs:
+        assert sorted(seen) == list(range(n))
+    assert epochs[0] != epochs[1]  # reshuffled each epoch
+
+
+def test_trailing_single_sample_batch_is_dropped():
+    batches = list(train.epoch_batches(torch.arange(513), 256))
+    assert [len(b) for b in batches] == [256, 256]
+    assert [len(b) for b in train.epoch_batches(torch.arange(514), 256)] == [256, 256, 2]
+
+
+def test_to_device_normalizes():
+    images = torch.full((4, 28, 28), 255, dtype=torch.uint8)
+    x, y = train.to_device(images, torch.arange(4), torch.device("cpu"))
+    assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float32
+    assert torch.allclose(x, torch.tensor((1 - train.MEAN) / train.STD))
+
+
+def test_fit_learns_and_reports_each_epoch():
+    tr = train.to_device(*synthetic(400, 0), torch.device("cpu"))
+    va = train.to_device(*synthetic(100, 1), torch.device("cpu"))
+    torch.manual_seed(0)
+    seen = []
+    result = train.fit(create_model("lenet"), tr, va, train.TrainConfig(lr=0.05, epochs=4, batch_size=32), seen.append)
+    assert [m.epoch for m in seen] == [1, 2, 3, 4]
+    assert seen[-1].val_accuracy > 0.9  # the synthetic classes are easy; chance is 0.1
+    assert seen[-1].train_loss < seen[0].train_loss
+    assert result.throughput > 0 and result.train_time_s > 0
+
+
+def test_huge_lr_diverges():
+    tr = train.to_device(*synthetic(200, 0), torch.device("cpu"))
+    torch.manual_seed(0)
+    with pytest.raises(train.Diverged, match="training loss became"):
+        train.fit(create_model("lenet"), tr, tr, train.TrainConfig(lr=1e6, epochs=3, batch_size=32))
+
+
+def test_evaluate_perfect_and_wrong():
+    x = torch.zeros(10, 1, 28, 28)
+    y = torch.arange(10) % 2
+
+    class Const(nn.Module):
+        def forward(self, x):
+            return torch.tensor([[5.0, 0.0] + [0.0] * 8]).expand(len(x), 10)
+
+    acc, loss = train.evaluate(Const(), x, y, batch_size=3)
+    assert acc == pytest.approx(0.5)
+    assert loss > 0
