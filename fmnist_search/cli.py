@@ -101,6 +101,7 @@ def run(
     train_size: Annotated[int | None, typer.Option(help="Train on a stratified subset of this many images.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto: GPU when present).")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: bf16 on GPU, fp32 on CPU).")] = "auto",
+    compile: Annotated[bool, typer.Option(help="torch.compile the model once per process (GPU).")] = False,
     data_dir: Annotated[Path | None, typer.Option(envvar="FMNIST_DATA_DIR", help="Folder with the data.")] = None,
     download: Annotated[bool, typer.Option(help="Download the data when it is not found.")] = True,
     timeout: Annotated[float | None, typer.Option(min=0, help="Stop starting trials after SECONDS.")] = None,
@@ -140,7 +141,7 @@ def run(
         highlight=False,
     )
     with _RunProgress(trials, spec.epochs) as progress:
-        objective = Objective(spec, splits, dev, prec, on_epoch=progress.on_epoch)
+        objective = Objective(spec, splits, dev, prec, on_epoch=progress.on_epoch, compile=compile)
         try:
             opt_study.optimize(
                 objective,

@@ -140,6 +140,23 @@ def download(root: Path | None = None) -> None:
         raise DataError(f"Fashion-MNIST not found and the download failed ({type(e).__name__}); {HOW_TO_GET}") from None
 
 
+def verified_files(
+    data_dir: Path | None = None,
+    *,
+    allow_download: bool = True,
+    checksums: dict[str, tuple[str, int]] = FILES,
+) -> tuple[Location, dict[str, Path]]:
+    """The folder used and an uncompressed, verified path for each of the four files."""
+    location = locate(data_dir)
+    if location is None and allow_download:
+        download()
+        location = locate(data_dir)
+    if location is None:
+        searched = ", ".join(str(d) for d in search_dirs(data_dir))
+        raise DataError(f"Fashion-MNIST not found (searched {searched}); {HOW_TO_GET}")
+    return location, {name: _verified_raw(path, name, *checksums[name]) for name, path in location.files.items()}
+
+
 def load(
     data_dir: Path | None = None,
     *,
@@ -151,14 +168,7 @@ def load(
     ``checksums`` maps file name -> (SHA-256, size) of the decompressed file; tests pass
     their own for tiny generated files.
     """
-    location = locate(data_dir)
-    if location is None and allow_download:
-        download()
-        location = locate(data_dir)
-    if location is None:
-        searched = ", ".join(str(d) for d in search_dirs(data_dir))
-        raise DataError(f"Fashion-MNIST not found (searched {searched}); {HOW_TO_GET}")
-    raw = {name: _verified_raw(path, name, *checksums[name]) for name, path in location.files.items()}
+    location, raw = verified_files(data_dir, allow_download=allow_download, checksums=checksums)
     return FashionMNIST(
         train_images=read_image_file(str(raw["train-images-idx3-ubyte"])),
         train_labels=read_label_file(str(raw["train-labels-idx1-ubyte"])),

@@ -6,13 +6,13 @@ The trainer knows nothing about Optuna; this module turns its per-epoch callback
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import optuna
 import torch
+import torch.nn as nn
 
 from .config import StudySpec
 from .data import Splits
@@ -34,14 +34,38 @@ class Objective:
         device: torch.device,
         precision: str = "fp32",
         on_epoch: EpochHook | None = None,
+        compile: bool = False,
     ) -> None:
         self.spec = spec
         self.device = device
         self.precision = precision
         self.on_epoch = on_epoch
+        self.compile = compile
+        self._compiled: dict[str, tuple[nn.Module, nn.Module]] = {}  # model name -> (module, compiled)
         self.train = to_device(*splits.train, device)
         self.val = to_device(*splits.val, device)
         self.test = to_device(*splits.test, device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+
+    def build(self, name: str, seed: int) -> nn.Module:
+        """A freshly initialised model on the device (seeded), compiled at most once per process.
+
+        With ``compile``, the compiled module is reused across trials: the fresh weights are
+        copied into it, so there is no recompilation per trial.
+        """
+        torch.manual_seed(seed)
+        fresh = create_model(name)
+        if self.device.type == "cuda":
+            fresh = fresh.to(memory_format=torch.channels_last)  # faster cuDNN convolutions
+        if not self.compile:
+            return fresh.to(self.device)
+        if name not in self._compiled:
+            module = fresh.to(self.device)
+            self._compiled[name] = (module, torch.compile(module))
+        module, compiled = self._compiled[name]
+        module.load_state_dict(fresh.state_dict())  # weights and BatchNorm statistics
+        return compiled
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.spec)
@@ -53,19 +77,15 @@ class Objective:
             seed=self.spec.seed + trial.number,  # reproducible per trial, different across trials
             precision=self.precision,
         )
-        torch.manual_seed(cfg.seed)
-        model = create_model(self.spec.model)
+        model = self.build(self.spec.model, cfg.seed)
         attrs: dict[str, Any] = {
             "device": str(self.device),
             "device_name": device_name(self.device),
             "torch_version": torch.__version__,
             "precision": cfg.precision,
-            "compiled": False,
+            "compiled": self.compile,
             "num_params": num_params(model),
         }
-        if self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)  # faster cuDNN convolutions
-        model = model.to(self.device)
         result = FitResult()
 
         def on_epoch_end(m: EpochMetrics) -> None:
@@ -109,7 +129,7 @@ def summarize(result: FitResult) -> dict[str, Any]:
 
 
 def _release(device: torch.device) -> None:
-    # Models and optimizers of finished trials must not pile up on the GPU.
-    gc.collect()
+    # Models and optimizers of finished trials must not pile up on the GPU. (A full
+    # gc.collect() costs ~0.2 s; study.optimize(gc_after_trial=True) does it once per trial.)
     if device.type == "cuda":
         torch.cuda.empty_cache()

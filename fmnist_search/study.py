@@ -18,7 +18,6 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from .config import DEFAULT_STORAGE, StudySpec, resolve  # noqa: F401 - re-exported
 from .errors import StorageError
 
-
 HEARTBEAT_INTERVAL_S = 10  # a running trial's liveness write, seconds
 GRACE_PERIOD_S = 60  # a RUNNING trial silent this long belongs to a dead process: FAIL it, retry it
 
@@ -32,8 +31,8 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
 
 PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
     # Median: stop a trial whose epoch-k accuracy is below the median of earlier trials at k,
-    # once 5 trials finished, and never in its first epoch (one epoch says little).
-    "median": lambda spec: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+    # once 5 trials finished, and never at epoch 1: one epoch mostly rewards a high lr.
+    "median": lambda spec: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
     "sha": lambda spec: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
     "hyperband": lambda spec: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
     "none": lambda spec: optuna.pruners.NopPruner(),

@@ -23,7 +23,7 @@ def test_corrupt_file_is_named(tiny_idx):
     raw = bytearray(path.read_bytes())
     raw[100] ^= 0xFF  # same size, one byte flipped
     path.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match="train-images-idx3-ubyte is corrupt"):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte is corrupt"):
         data.load(folder, allow_download=False, checksums=sums)
 
 
@@ -31,7 +31,7 @@ def test_truncated_gzip_is_named(tiny_idx):
     folder, sums = tiny_idx(compress=True)
     path = folder / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-12])
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is corrupt or truncated"):
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is corrupt or truncated"):
         data.load(folder, allow_download=False, checksums=sums)
 
 
@@ -39,13 +39,13 @@ def test_truncated_raw_file_is_named(tiny_idx):
     folder, sums = tiny_idx(compress=True)
     path = folder / "train-labels-idx1-ubyte.gz"
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-5]))
-    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz is truncated"):
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz is truncated"):
         data.load(folder, allow_download=False, checksums=sums)
 
 
 def test_not_found_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nowhere")
-    with pytest.raises(DataError, match="not found.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(DataError, match=r"not found.*apt-get install dataset-fashion-mnist"):
         data.load(tmp_path, allow_download=False)
 
 

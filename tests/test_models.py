@@ -30,5 +30,5 @@ def test_resnet_stem_is_adapted_to_28x28(name):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ConfigError, match="unknown model 'vgg'.*lenet, resnet18, resnet34"):
+    with pytest.raises(ConfigError, match=r"unknown model 'vgg'.*lenet, resnet18, resnet34"):
         create_model("vgg")

@@ -27,7 +27,7 @@ def test_completed_trial_has_every_attr(tiny_splits):
     study.optimize(Objective(spec, tiny_splits, torch.device("cpu")), n_trials=2)
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
-        assert ATTRS <= set(t.user_attrs)
+        assert set(t.user_attrs) >= ATTRS
         assert t.value == t.user_attrs["val_accuracy"]
         assert t.user_attrs["epochs_completed"] == 2 and t.user_attrs["num_params"] == 44_426
         assert 0 <= t.user_attrs["test_accuracy"] <= 1 and t.user_attrs["throughput"] > 0
@@ -101,3 +101,44 @@ def test_spec_rejects_bad_values(bad):
 
     with pytest.raises(ConfigError):
         StudySpec(**bad)
+
+
+def test_compile_once_and_reuse_across_trials(tiny_splits, monkeypatch):
+    """With --compile, one compiled module serves every trial, re-initialised per trial."""
+    compiled = []
+    real_compile = torch.compile
+
+    def counting_compile(module):
+        compiled.append(module)
+        return real_compile(module, backend="eager")  # the reuse logic, without inductor's C++ build
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    obj = Objective(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu"), compile=True)
+    study = _study()
+    study.optimize(obj, n_trials=3)
+    assert len(compiled) == 1
+    assert all(t.user_attrs["compiled"] for t in study.trials)
+    # Re-initialisation: the compiled module starts each trial from that trial's seed.
+    fresh = obj.build("lenet", seed=123)
+    torch.manual_seed(123)
+    expected = objective_mod.create_model("lenet").state_dict()
+    for key, value in compiled[0].state_dict().items():
+        assert torch.equal(value, expected[key])
+    assert fresh is obj._compiled["lenet"][1]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_memory_stays_flat_over_many_trials(tiny_splits):
+    obj = Objective(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu"))
+    study = _study()
+    study.optimize(obj, n_trials=5, gc_after_trial=True)  # warm up allocator and caches
+    before = _rss_mb()
+    study.optimize(obj, n_trials=20, gc_after_trial=True)
+    grown = _rss_mb() - before
+    # Measured here: ~2.5 MB of allocator noise; leaking just the LeNet of each trial: ~9 MB.
+
+    assert grown < 6, f"RSS grew {grown:.1f} MB over 20 trials"

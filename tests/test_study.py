@@ -41,7 +41,7 @@ def test_resume_with_same_values_is_fine(storage):
 
 def test_unknown_study_lists_existing(storage):
     open_study(storage, "first", {"model": "lenet"})
-    with pytest.raises(StorageError, match="no study named 'nope'.*first"):
+    with pytest.raises(StorageError, match=r"no study named 'nope'.*first"):
         load_study(storage, "nope")
 
 

@@ -42,7 +42,7 @@ def test_trailing_single_sample_batch_is_dropped():
 
 def test_to_device_normalizes():
     images = torch.full((4, 28, 28), 255, dtype=torch.uint8)
-    x, y = train.to_device(images, torch.arange(4), torch.device("cpu"))
+    x, _y = train.to_device(images, torch.arange(4), torch.device("cpu"))
     assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float32
     assert torch.allclose(x, torch.tensor((1 - train.MEAN) / train.STD))
 

@@ -1,0 +1,36 @@
+# Two entry points, both from a fresh clone on Debian:
+#   make run    create the venv, install, get the data, run a 30-trial LeNet study
+#   make test   the same set-up, then the whole test suite
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install data postgres run test lint bench
+
+$(BIN)/fmnist-search: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,postgres]'
+	touch $@
+
+install: $(BIN)/fmnist-search
+
+# Fashion-MNIST from Debian's package (offline, verified by SHA-256 when loaded).
+data:
+	@test -f $(DATA_DIR)/train-images-idx3-ubyte.gz || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+# PostgreSQL binaries for the multi-worker tests (the tests start their own server).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
+
+run: install data
+	$(BIN)/fmnist-search run --model lenet --trials 30
+
+test: install data postgres
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# All GPU measurements in one go (< 5 minutes on an H200), for a borrowed GPU machine.
+# Installs nothing: run it from the repo root with the project's venv already there.
+#
+#   bash benchmarks/gpu_check.sh OUT_DIR          # on the GPU machine
+#   SMOKE=1 bash benchmarks/gpu_check.sh OUT_DIR  # the same flow on the CPU, tiny sizes (tests use this)
+#
+# Writes OUT_DIR/gpu_check.log (everything printed) and the JSON of each benchmark.
+set -euo pipefail
+OUT=${1:?usage: gpu_check.sh OUT_DIR}
+mkdir -p "$OUT"
+PY=${PY:-.venv/bin/python}
+CLI=("$PY" -m fmnist_search)
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+
+if [[ "${SMOKE:-0}" == 1 ]]; then
+  DEVICE=cpu MODELS=lenet BATCHES=3 REPS=1 WORKERS=0 TRIALS=2 STUDY_ARGS=(--epochs 1 --train-size 1024 --val-size 1000)
+else
+  DEVICE=cuda MODELS=lenet,resnet18,resnet34 BATCHES=100 REPS=3 WORKERS=4 TRIALS=30 STUDY_ARGS=(--epochs 10)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+fi
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+
+echo "== 1. throughput: report pipeline vs ours (batch 256)"
+"$PY" benchmarks/throughput.py --device "$DEVICE" --models "$MODELS" --batches "$BATCHES" --reps "$REPS" \
+  --workers "$WORKERS" --json "$OUT/throughput.json"
+if [[ "${SMOKE:-0}" != 1 ]]; then  # inductor's C++ build on a small CPU takes a minute: GPU runs only
+  echo "== 1b. throughput with torch.compile"
+  "$PY" benchmarks/throughput.py --device "$DEVICE" --models "$MODELS" --batches "$BATCHES" --reps "$REPS" \
+    --workers "$WORKERS" --compile --json "$OUT/throughput-compiled.json"
+fi
+
+echo "== 2. a ${TRIALS}-trial LeNet study, timed"
+start=$(date +%s%N)
+"${CLI[@]}" run --model lenet --trials "$TRIALS" --device "$DEVICE" --storage "sqlite:///$OUT/gpu_check.db" \
+  --study gpu-check-lenet "${STUDY_ARGS[@]}"
+end=$(date +%s%N)
+echo "study wall time: $(( (end - start) / 1000000 )) ms"
+"${CLI[@]}" export --study gpu-check-lenet --storage "sqlite:///$OUT/gpu_check.db" --output "$OUT/gpu_check_lenet.csv"
+echo "== done"

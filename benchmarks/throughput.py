@@ -1,0 +1,132 @@
+"""Training throughput: the report's input pipeline against fmnist-search's engine.
+
+Baseline (the report's pipeline): torchvision's FashionMNIST dataset with ToTensor +
+Normalize, a shuffling DataLoader at batch 256, a host->device copy per batch.
+Ours: the engine every trial uses (fmnist_search.train.fit): data resident on the
+device, index-sliced batches, no per-batch sync; bf16/channels_last on CUDA.
+Same model, same SGD step. The two alternate in one run after a warm-up; we report the
+median samples/s of each and their ratio.
+
+    python benchmarks/throughput.py --models lenet,resnet18,resnet34 --device cpu \
+        --batches 40 --json benchmarks/results/throughput-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import FashionMNIST
+
+from fmnist_search import data
+from fmnist_search.config import StudySpec
+from fmnist_search.devices import device_name, resolve_device, resolve_precision, synchronize
+from fmnist_search.objective import Objective
+from fmnist_search.train import MEAN, STD, TrainConfig, fit
+
+BATCH = 256  # the report's batch size
+LR = 0.01  # any stable rate: speed does not depend on it
+
+
+def report_loader(raw: dict[str, Path], workers: int) -> DataLoader:
+    """torchvision's FashionMNIST over our verified files (it wants them in root/FashionMNIST/raw)."""
+    root = Path(tempfile.mkdtemp(prefix="fmnist-bench-"))
+    (root / "FashionMNIST" / "raw").mkdir(parents=True)
+    for name, path in raw.items():
+        (root / "FashionMNIST" / "raw" / name).symlink_to(path.resolve())
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    ds = FashionMNIST(str(root), train=True, transform=tf, download=False)
+    return DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+
+
+def baseline_rate(name: str, loader: DataLoader, obj: Objective, batches: int) -> float:
+    model = obj.build(name, seed=0)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    device = obj.device
+    seen = 0
+    synchronize(device)
+    t0 = time.perf_counter()
+    for i, (x, y) in enumerate(loader):  # data loading is part of what is measured
+        if i == batches:
+            break
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(x)
+    synchronize(device)
+    return seen / (time.perf_counter() - t0)
+
+
+def ours_rate(name: str, obj: Objective, batches: int) -> float:
+    n = min(batches * BATCH, len(obj.train[0]))
+    train = (obj.train[0][:n], obj.train[1][:n])
+    val = (obj.val[0][:BATCH], obj.val[1][:BATCH])
+    cfg = TrainConfig(lr=LR, epochs=1, batch_size=BATCH, momentum=0.9, precision=obj.precision)
+    return fit(obj.build(name, seed=0), train, val, cfg).throughput
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="lenet,resnet18,resnet34")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="ours only; the baseline is fp32 as in the report")
+    p.add_argument("--compile", action="store_true", help="ours: torch.compile (once per model)")
+    p.add_argument("--batches", type=int, default=100, help="training steps per measurement")
+    p.add_argument("--reps", type=int, default=3, help="measurements of each pipeline (after one warm-up)")
+    p.add_argument("--workers", type=int, default=0, help="baseline DataLoader workers")
+    p.add_argument("--json", type=Path, help="write the results here")
+    args = p.parse_args(argv)
+
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    dataset = data.load(allow_download=False)
+    _, raw = data.verified_files(allow_download=False)
+    splits = data.make_splits(dataset, val_size=10_000, seed=0)
+    obj = Objective(StudySpec(), splits, device, precision, compile=args.compile)
+    loader = report_loader(raw, args.workers)
+
+    results: dict = {}
+    for name in args.models.split(","):
+        baseline_rate(name, loader, obj, min(args.batches, 5))  # warm-up: allocator, cuDNN autotune, compile
+        ours_rate(name, obj, min(args.batches, 5))
+        base, ours = [], []
+        for _ in range(args.reps):  # alternate so drift in machine load hits both alike
+            base.append(baseline_rate(name, loader, obj, args.batches))
+            ours.append(ours_rate(name, obj, args.batches))
+        b, o = statistics.median(base), statistics.median(ours)
+        results[name] = {"baseline": round(b, 1), "ours": round(o, 1), "ratio": round(o / b, 2)}
+        print(f"{name:10s} baseline {b:12,.0f}  ours {o:12,.0f} samples/s  ratio {o / b:6.2f}x", flush=True)
+
+    results["hardware"] = {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "precision": precision,
+        "compiled": args.compile,
+        "batches": args.batches,
+        "reps": args.reps,
+        "baseline_workers": args.workers,
+        "threads": torch.get_num_threads(),
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
