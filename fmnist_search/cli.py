@@ -73,14 +73,25 @@ StorageOpt = Annotated[
 StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
 
 
-def _storage(url: str, heartbeat: bool = False):
+def _storage(url: str, **kwargs: Any):
     from .study import make_storage
 
-    return make_storage(url, heartbeat=heartbeat)
+    return make_storage(url, heartbeat=kwargs.pop("heartbeat", False), **kwargs)
 
 
 def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+# Options shared by `run` and `worker`: how a process trains, not what the study is.
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto: GPU when present).")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: bf16 on GPU, fp32 on CPU).")]
+CompileOpt = Annotated[bool, typer.Option(help="torch.compile the model once per process (GPU).")]
+DataDirOpt = Annotated[Path | None, typer.Option(envvar="FMNIST_DATA_DIR", help="Folder with the data.")]
+DownloadOpt = Annotated[bool, typer.Option(help="Download the data when it is not found.")]
+TimeoutOpt = Annotated[float | None, typer.Option(min=0, help="Stop starting trials after SECONDS.")]
+HeartbeatOpt = Annotated[int, typer.Option(min=1, help="Seconds between a running trial's heartbeats.")]
+GraceOpt = Annotated[int, typer.Option(min=2, help="Seconds without heartbeat before a trial counts as dead.")]
 
 
 @command()
@@ -99,75 +110,223 @@ def run(
     seed: Annotated[int | None, typer.Option(help="Sampler, split and training seed [default: 0].")] = None,
     val_size: Annotated[int | None, typer.Option(help="Stratified validation images [default: 10000].")] = None,
     train_size: Annotated[int | None, typer.Option(help="Train on a stratified subset of this many images.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto: GPU when present).")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: bf16 on GPU, fp32 on CPU).")] = "auto",
-    compile: Annotated[bool, typer.Option(help="torch.compile the model once per process (GPU).")] = False,
-    data_dir: Annotated[Path | None, typer.Option(envvar="FMNIST_DATA_DIR", help="Folder with the data.")] = None,
-    download: Annotated[bool, typer.Option(help="Download the data when it is not found.")] = True,
-    timeout: Annotated[float | None, typer.Option(min=0, help="Stop starting trials after SECONDS.")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    gpus: Annotated[str | None, typer.Option(help="Comma-separated GPU ids: one worker per GPU.")] = None,
+    workers_per_gpu: Annotated[int, typer.Option(min=1, help="Workers packed on each GPU of --gpus.")] = 1,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile: CompileOpt = False,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = True,
+    timeout: TimeoutOpt = None,
+    heartbeat_interval: HeartbeatOpt = 10,
+    grace_period: GraceOpt = 60,
 ) -> None:
-    """Create or resume a study and run TRIALS more trials in it."""
-    import optuna
+    """Create or resume a study and run TRIALS more trials in it (in one or many processes)."""
+    import os
 
-    from . import data as data_mod
-    from .devices import resolve_device, resolve_precision
-    from .export import state_counts
-    from .objective import Objective
-    from .study import mask_url, open_study
-    from .train import Diverged
+    from .study import open_study
+    from .workers import plan_workers, set_target
 
     if model is None and study is None:
         raise FmnistSearchError("give --model (a new study) or --study NAME (resume one)")
+    if gpus is None and workers_per_gpu != 1:
+        raise FmnistSearchError("--workers-per-gpu needs --gpus")
+    if gpus is not None and jobs != 1:
+        raise FmnistSearchError("use --jobs (CPU processes) or --gpus (one worker per GPU), not both")
+    gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
+    if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
+        raise FmnistSearchError(f"--gpus takes comma-separated GPU numbers like 0,1,2, got {gpus!r}")
     requested = _given(
         model=model, epochs=epochs, batch_size=batch_size, lr_min=lr_min, lr_max=lr_max, momentum=momentum,
         sampler=sampler, pruner=pruner, seed=seed, val_size=val_size, train_size=train_size,
     )  # fmt: skip
     name = study or model
     assert name is not None
+    if grace_period <= heartbeat_interval:
+        raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
+    beat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
+    plans = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
+    if len(plans) == 1 and gpu_ids is None:
+        # One process: this one. Check the device before touching the store.
+        _resolve_runtime(device, precision)
+    store = _storage(storage, heartbeat=True, **beat)
+    opt_study, spec = open_study(store, name, requested)
+    target = set_target(opt_study, trials)
+    if len(plans) == 1 and gpu_ids is None:
+        _work_here(store, storage, name, spec, device, precision, compile, data_dir, download, timeout, trials)
+    else:
+        opts = _worker_args(device, precision, compile, download, timeout, beat)
+        _spawn_workers(plans, name, storage, data_dir, opts, target)
+    _print_summary(opt_study)
+
+
+def _resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
+    from .devices import resolve_device, resolve_precision
+
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    store = _storage(storage, heartbeat=True)
+    return dev, resolve_precision(precision, dev)
+
+
+def _work_here(
+    store: Any,
+    url: str,
+    name: str,
+    spec: Any,
+    device: str,
+    precision: str,
+    compile: bool,
+    data_dir: Path | None,
+    download: bool,
+    timeout: float | None,
+    trials: int | None,
+    label: str | None = None,
+    bars: bool = True,
+) -> None:
+    """Load the data once, then run this process's share of the study's trials."""
+    import os
+
+    import optuna
+
+    from . import data as data_mod
+    from .objective import Objective
+    from .study import PRUNERS, SAMPLERS, mask_url
+    from .train import Diverged
+    from .workers import BudgetedStudy, study_lock, work, worker_seed
+
+    dev, prec = _resolve_runtime(device, precision)
     # Our per-trial lines say what happened; Optuna's warnings would repeat it with tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    opt_study, spec = open_study(store, name, requested)
     dataset = data_mod.load(data_dir, allow_download=download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
-
-    err.print(
-        f"study {name!r} in {mask_url(storage)}: {spec.model}, {spec.epochs} epochs, batch {spec.batch_size}, "
-        f"lr {spec.lr_min:g}..{spec.lr_max:g}, {spec.sampler}/{spec.pruner}; "
-        f"{len(splits.train[0])} train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec})",
-        markup=False,
-        highlight=False,
+    sampler = SAMPLERS[spec.sampler](worker_seed(spec.seed, label))
+    budgeted = BudgetedStudy(name, store, sampler, PRUNERS[spec.pruner](spec), study_lock(url, name))
+    prefix = f"[{label}] " if label else ""
+    _say(
+        f"{prefix}study {name!r} in {mask_url(url)}: {spec.model}, {spec.epochs} epochs, batch {spec.batch_size}, "
+        f"lr {spec.lr_min:g}..{spec.lr_max:g}, {spec.sampler}/{spec.pruner}; {len(splits.train[0])} train / "
+        f"{len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}); "
+        f"target {budgeted.target} trials"
     )
-    with _RunProgress(trials, spec.epochs) as progress:
-        objective = Objective(spec, splits, dev, prec, on_epoch=progress.on_epoch, compile=compile)
+    extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    with _RunProgress(trials, spec.epochs, bars=bars, prefix=prefix) as progress:
+        objective = Objective(spec, splits, dev, prec, on_epoch=progress.on_epoch, compile=compile, extra_attrs=extra)
         try:
-            opt_study.optimize(
-                objective,
-                n_trials=trials,
-                timeout=timeout,
-                catch=(Diverged,),
-                callbacks=[progress.on_trial],
-                gc_after_trial=True,
-            )
+            work(budgeted, objective, timeout=timeout, catch=(Diverged,), callbacks=[progress.on_trial],
+                 on_wait=progress.on_wait)  # fmt: skip
         except KeyboardInterrupt:
             progress.stop()
             raise _fail(
-                f"interrupted; finished trials are stored and the running one is marked FAIL in "
-                f"{mask_url(storage)}; run the same command to resume",
+                f"{prefix}interrupted; finished trials are stored and the running one is marked FAIL in "
+                f"{mask_url(url)}; run the same command to resume",
                 EXIT_INTERRUPTED,
             ) from None
-    _print_summary(opt_study, state_counts(opt_study))
+
+
+def _say(message: str) -> None:
+    err.print(message, markup=False, highlight=False)
+
+
+def _worker_args(
+    device: str, precision: str, compile: bool, download: bool, timeout: float | None, beat: dict[str, int]
+) -> list[str]:
+    args = ["--precision", precision, "--compile" if compile else "--no-compile"]
+    args += ["--download" if download else "--no-download"]
+    args += ["--heartbeat-interval", str(beat["heartbeat_interval"]), "--grace-period", str(beat["grace_period"])]
+    if device != "auto":
+        args += ["--device", device]
+    if timeout is not None:
+        args += ["--timeout", str(timeout)]
+    return args
+
+
+def _spawn_workers(plans: list[Any], name: str, url: str, data_dir: Path | None, opts: list[str], target: int) -> None:
+    """Start one `fmnist-search worker` process per plan and wait for all of them.
+
+    The storage URL travels in the environment, not argv, so its password never shows in `ps`.
+    """
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from .study import mask_url
+
+    _say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
+    procs = []
+    for plan in plans:
+        env = {**os.environ, **plan.env, "FMNIST_STORAGE": url}
+        if data_dir is not None:
+            env["FMNIST_DATA_DIR"] = str(data_dir)
+        args = ["worker", "--study", name, "--label", plan.label, "--no-bars", *opts]
+        if plan.device is not None and "--device" not in opts:
+            args += ["--device", plan.device]
+        procs.append((plan, subprocess.Popen([sys.executable, "-m", "fmnist_search", *args], env=env)))
+    try:
+        while any(p.poll() is None for _, p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for _, p in procs:  # a terminal's Ctrl-C reached them already; a lone SIGINT to us did not
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for _, p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise _fail(
+            f"interrupted; finished trials are stored in {mask_url(url)}; run the same command to resume",
+            EXIT_INTERRUPTED,
+        ) from None
+    failed = []
+    for plan, p in procs:
+        if p.returncode < 0:
+            _say(f"worker {plan.label} was killed by signal {-p.returncode}; its trial was retried by the others")
+        elif p.returncode != 0:
+            failed.append(f"{plan.label} (exit {p.returncode})")
+    if failed:
+        raise _fail(f"worker(s) failed: {', '.join(failed)}; see their errors above", 1)
+
+
+@command()
+def worker(
+    study: StudyOpt,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile: CompileOpt = False,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = True,
+    timeout: TimeoutOpt = None,
+    heartbeat_interval: HeartbeatOpt = 10,
+    grace_period: GraceOpt = 60,
+    label: Annotated[str | None, typer.Option(help="Name shown on this worker's lines and trials.")] = None,
+    bars: Annotated[bool, typer.Option(help="Progress bars (off: one line per trial).")] = True,
+) -> None:
+    """Join an existing study (on any machine that reaches its storage) and work until it has its trials."""
+    from .study import load_study, stored_spec
+    from .workers import TARGET_ATTR
+
+    if grace_period <= heartbeat_interval:
+        raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
+    _resolve_runtime(device, precision)
+    store = _storage(storage, heartbeat=True, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    existing = load_study(store, study)
+    if TARGET_ATTR not in existing.user_attrs:
+        raise FmnistSearchError(f"study {study!r} has no trial target; start it with `fmnist-search run`")
+    _work_here(store, storage, study, stored_spec(existing), device, precision, compile, data_dir, download,
+               timeout, None, label=label, bars=bars)  # fmt: skip
 
 
 class _RunProgress:
     """Rich progress: the study's trials and the current trial's epochs, plus a line per trial."""
 
-    def __init__(self, trials: int, epochs: int) -> None:
+    def __init__(self, trials: int | None, epochs: int, bars: bool = True, prefix: str = "") -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.epochs = epochs
+        self.prefix = prefix
+        self.waited = False
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -175,6 +334,7 @@ class _RunProgress:
             TimeElapsedColumn(),
             console=err,
             transient=True,  # the bars go when done; the per-trial lines stay
+            disable=not bars,
         )
         self.study_task = self.progress.add_task("trials", total=trials)
         self.epoch_task = self.progress.add_task("epochs", total=epochs)
@@ -199,21 +359,30 @@ class _RunProgress:
     def on_trial(self, study: Any, trial: Any) -> None:
         a = trial.user_attrs
         val = a.get("val_accuracy")
-        line = f"trial {trial.number} {trial.state.name}: lr={trial.params.get('lr', float('nan')):.4g}"
+        line = f"{self.prefix}trial {trial.number} {trial.state.name}: lr={trial.params.get('lr', float('nan')):.4g}"
         if val is not None:
             line += f" val={val:.4f} after {a.get('epochs_completed')} epochs, {a.get('throughput', 0):,.0f} samples/s"
         if "test_accuracy" in a:
             line += f" test={a['test_accuracy']:.4f}"
         if "fail_reason" in a:
             line += f" ({a['fail_reason']})"
-        self.progress.console.print(line, markup=False, highlight=False)
+        if self.progress.disable:
+            _say(line)
+        else:
+            self.progress.console.print(line, markup=False, highlight=False)
         self.progress.advance(self.study_task)
         self.progress.reset(self.epoch_task, description="epochs")
 
+    def on_wait(self, census: Any) -> None:
+        if not self.waited:
+            _say(f"{self.prefix}all trials handed out; waiting for {census.running} running trial(s) to finish")
+            self.waited = True
 
-def _print_summary(study: Any, counts: dict[str, int]) -> None:
-    from .export import best_trial
 
+def _print_summary(study: Any) -> None:
+    from .export import best_trial, state_counts
+
+    counts = state_counts(study)
     table = Table(title=f"study {study.study_name}")
     for col in ("trials", *counts):
         table.add_column(col, justify="right")

@@ -7,6 +7,7 @@ tables; the resolved ``StudySpec`` is stored as study user attrs.
 from __future__ import annotations
 
 import re
+import sqlite3
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +15,13 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from .config import DEFAULT_STORAGE, StudySpec, resolve  # noqa: F401 - re-exported
 from .errors import StorageError
 
+SQLITE_BUSY_TIMEOUT_S = 300  # how long a writer waits for SQLite's single write lock
 HEARTBEAT_INTERVAL_S = 10  # a running trial's liveness write, seconds
 GRACE_PERIOD_S = 60  # a RUNNING trial silent this long belongs to a dead process: FAIL it, retry it
 
@@ -39,12 +43,30 @@ PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
 }
 
 
+# SQLite shared by several processes (``run --jobs``, workers, the dashboard): WAL lets
+# readers go on while one process writes, and a writer waits up to the busy timeout for
+# the single write lock instead of failing with "database is locked". pysqlite's default
+# transaction handling is kept on purpose: it runs SELECTs outside transactions and opens
+# a write transaction only at the first write, so no process holds a read lock while
+# waiting to write (the classic SQLite deadlock). tests/test_parallel.py hammers this.
+@event.listens_for(Engine, "connect")
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.execute("PRAGMA journal_mode = WAL")
+
+
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, for every message and table."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def make_storage(url: str, *, heartbeat: bool = True, grace_period: int = GRACE_PERIOD_S) -> RDBStorage:
+def make_storage(
+    url: str,
+    *,
+    heartbeat: bool = True,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+) -> RDBStorage:
     """An RDB storage on any SQLAlchemy URL; SQLite parent folders are created.
 
     With ``heartbeat``, a trial of a process that died (SIGKILL, power loss) is marked
@@ -57,8 +79,7 @@ def make_storage(url: str, *, heartbeat: bool = True, grace_period: int = GRACE_
                 path.parent.mkdir(parents=True)
             except OSError as e:
                 raise StorageError(f"cannot create the folder for {mask_url(url)}: {e.strerror}") from None
-    # SQLite: wait for a lock (e.g. the dashboard reading) instead of failing at once.
-    engine_kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if url.startswith("sqlite") else {}
     try:
         with warnings.catch_warnings():
             # Heartbeats are marked experimental but are Optuna's documented way to recover
@@ -67,7 +88,7 @@ def make_storage(url: str, *, heartbeat: bool = True, grace_period: int = GRACE_
             heartbeat_kwargs: dict[str, Any] = {}
             if heartbeat:
                 heartbeat_kwargs = dict(
-                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
                 )
