@@ -94,22 +94,82 @@ HeartbeatOpt = Annotated[int, typer.Option(min=1, help="Seconds between a runnin
 GraceOpt = Annotated[int, typer.Option(min=2, help="Seconds without heartbeat before a trial counts as dead.")]
 
 
+# Options that define a study (stored with it; a resume that disagrees is refused).
+ModelOpt = Annotated[str | None, typer.Option(help=_model_help())]
+EpochsOpt = Annotated[int | None, typer.Option(help="Epochs per trial [default: 10].")]
+BatchOpt = Annotated[int | None, typer.Option(help="SGD batch size [default: 256].")]
+LrMinOpt = Annotated[float | None, typer.Option(help="Lower end of the log-uniform lr range [default: 1e-3].")]
+LrMaxOpt = Annotated[float | None, typer.Option(help="Upper end of the lr range [default: 0.5].")]
+MomentumOpt = Annotated[float | None, typer.Option(help="Fixed SGD momentum [default: 0.9].")]
+SamplerOpt = Annotated[str | None, typer.Option(help="tpe, random, cmaes, gp or qmc [default: tpe].")]
+PrunerOpt = Annotated[str | None, typer.Option(help="median, sha, hyperband or none [default: median].")]
+SeedOpt = Annotated[int | None, typer.Option(help="Sampler, split and training seed [default: 0].")]
+ValSizeOpt = Annotated[int | None, typer.Option(help="Stratified validation images [default: 10000].")]
+TrainSizeOpt = Annotated[int | None, typer.Option(help="Train on a stratified subset of this many images.")]
+TrialsOpt = Annotated[int, typer.Option(min=1, help="Trials to add to the study.")]
+NewStudyOpt = Annotated[str | None, typer.Option("--study", help="Study name [default: the model name].")]
+
+
+def _open(
+    storage: str, study: str | None, model: str | None, trials: int, beat: dict[str, int], requested: dict[str, Any]
+) -> tuple[Any, Any, Any, int]:
+    """Create or resume the study, check its settings, raise its target by ``trials``."""
+    from .study import open_study
+    from .workers import set_target
+
+    if model is None and study is None:
+        raise FmnistSearchError("give --model (a new study) or --study NAME (resume one)")
+    if beat["grace_period"] <= beat["heartbeat_interval"]:
+        raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
+    store = _storage(storage, heartbeat=True, **beat)
+    opt_study, spec = open_study(store, study or model, {"model": model, **requested} if model else requested)
+    return store, opt_study, spec, set_target(opt_study, trials)
+
+
+@command()
+def create(
+    model: ModelOpt = None,
+    trials: TrialsOpt = 30,
+    study: NewStudyOpt = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr_min: LrMinOpt = None,
+    lr_max: LrMaxOpt = None,
+    momentum: MomentumOpt = None,
+    sampler: SamplerOpt = None,
+    pruner: PrunerOpt = None,
+    seed: SeedOpt = None,
+    val_size: ValSizeOpt = None,
+    train_size: TrainSizeOpt = None,
+) -> None:
+    """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
+    requested = _given(
+        epochs=epochs, batch_size=batch_size, lr_min=lr_min, lr_max=lr_max, momentum=momentum,
+        sampler=sampler, pruner=pruner, seed=seed, val_size=val_size, train_size=train_size,
+    )  # fmt: skip
+    beat = {"heartbeat_interval": 10, "grace_period": 60}
+    _, opt_study, spec, target = _open(storage, study, model, trials, beat, requested)
+    _say(f"study {opt_study.study_name!r} ({spec.model}) has a target of {target} trials; start workers with:")
+    _say(f"  fmnist-search worker --study {opt_study.study_name} --storage URL")
+
+
 @command()
 def run(
-    model: Annotated[str | None, typer.Option(help=_model_help())] = None,
-    trials: Annotated[int, typer.Option(min=1, help="Trials to add to the study in this run.")] = 30,
-    study: Annotated[str | None, typer.Option(help="Study name [default: the model name].")] = None,
+    model: ModelOpt = None,
+    trials: TrialsOpt = 30,
+    study: NewStudyOpt = None,
     storage: StorageOpt = DEFAULT_STORAGE,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per trial [default: 10].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="SGD batch size [default: 256].")] = None,
-    lr_min: Annotated[float | None, typer.Option(help="Lower end of the log-uniform lr range [default: 1e-3].")] = None,
-    lr_max: Annotated[float | None, typer.Option(help="Upper end of the lr range [default: 0.5].")] = None,
-    momentum: Annotated[float | None, typer.Option(help="Fixed SGD momentum [default: 0.9].")] = None,
-    sampler: Annotated[str | None, typer.Option(help="tpe, random, cmaes, gp or qmc [default: tpe].")] = None,
-    pruner: Annotated[str | None, typer.Option(help="median, sha, hyperband or none [default: median].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Sampler, split and training seed [default: 0].")] = None,
-    val_size: Annotated[int | None, typer.Option(help="Stratified validation images [default: 10000].")] = None,
-    train_size: Annotated[int | None, typer.Option(help="Train on a stratified subset of this many images.")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr_min: LrMinOpt = None,
+    lr_max: LrMaxOpt = None,
+    momentum: MomentumOpt = None,
+    sampler: SamplerOpt = None,
+    pruner: PrunerOpt = None,
+    seed: SeedOpt = None,
+    val_size: ValSizeOpt = None,
+    train_size: TrainSizeOpt = None,
     jobs: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
     gpus: Annotated[str | None, typer.Option(help="Comma-separated GPU ids: one worker per GPU.")] = None,
     workers_per_gpu: Annotated[int, typer.Option(min=1, help="Workers packed on each GPU of --gpus.")] = 1,
@@ -125,11 +185,8 @@ def run(
     """Create or resume a study and run TRIALS more trials in it (in one or many processes)."""
     import os
 
-    from .study import open_study
-    from .workers import plan_workers, set_target
+    from .workers import plan_workers
 
-    if model is None and study is None:
-        raise FmnistSearchError("give --model (a new study) or --study NAME (resume one)")
     if gpus is None and workers_per_gpu != 1:
         raise FmnistSearchError("--workers-per-gpu needs --gpus")
     if gpus is not None and jobs != 1:
@@ -138,26 +195,21 @@ def run(
     if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
         raise FmnistSearchError(f"--gpus takes comma-separated GPU numbers like 0,1,2, got {gpus!r}")
     requested = _given(
-        model=model, epochs=epochs, batch_size=batch_size, lr_min=lr_min, lr_max=lr_max, momentum=momentum,
+        epochs=epochs, batch_size=batch_size, lr_min=lr_min, lr_max=lr_max, momentum=momentum,
         sampler=sampler, pruner=pruner, seed=seed, val_size=val_size, train_size=train_size,
     )  # fmt: skip
-    name = study or model
-    assert name is not None
-    if grace_period <= heartbeat_interval:
-        raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
     beat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
     plans = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
-    if len(plans) == 1 and gpu_ids is None:
-        # One process: this one. Check the device before touching the store.
-        _resolve_runtime(device, precision)
-    store = _storage(storage, heartbeat=True, **beat)
-    opt_study, spec = open_study(store, name, requested)
-    target = set_target(opt_study, trials)
-    if len(plans) == 1 and gpu_ids is None:
-        _work_here(store, storage, name, spec, device, precision, compile, data_dir, download, timeout, trials)
+    here = len(plans) == 1 and gpu_ids is None
+    if here:
+        _resolve_runtime(device, precision)  # a bad --device fails before the store is touched
+    store, opt_study, spec, target = _open(storage, study, model, trials, beat, requested)
+    if here:
+        _work_here(store, storage, opt_study.study_name, spec, device, precision, compile, data_dir, download,
+                   timeout, trials)  # fmt: skip
     else:
         opts = _worker_args(device, precision, compile, download, timeout, beat)
-        _spawn_workers(plans, name, storage, data_dir, opts, target)
+        _spawn_workers(plans, opt_study.study_name, storage, data_dir, opts, target)
     _print_summary(opt_study)
 
 
@@ -199,7 +251,8 @@ def _work_here(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     dataset = data_mod.load(data_dir, allow_download=download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
-    sampler = SAMPLERS[spec.sampler](worker_seed(spec.seed, label))
+    existing = len(store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False))
+    sampler = SAMPLERS[spec.sampler](worker_seed(spec.seed, label, existing))
     budgeted = BudgetedStudy(name, store, sampler, PRUNERS[spec.pruner](spec), study_lock(url, name))
     prefix = f"[{label}] " if label else ""
     _say(

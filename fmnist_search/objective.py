@@ -79,6 +79,8 @@ class Objective:
             seed=self.spec.seed + trial.number,  # reproducible per trial, different across trials
             precision=self.precision,
         )
+        for key, value in self.extra_attrs.items():  # at the start: who runs a RUNNING trial
+            trial.set_user_attr(key, value)
         model = self.build(self.spec.model, cfg.seed)
         attrs: dict[str, Any] = {
             "device": str(self.device),
@@ -87,7 +89,6 @@ class Objective:
             "precision": cfg.precision,
             "compiled": self.compile,
             "num_params": num_params(model),
-            **self.extra_attrs,
         }
         result = FitResult()
 

@@ -93,8 +93,23 @@ def make_storage(
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
                 )
             return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
-    except Exception as e:  # SQLAlchemy raises many types: bad URL, no driver, refused connection
-        raise StorageError(f"cannot open storage {mask_url(url)}: {_reason(e)}") from None
+    except ImportError:
+        raise StorageError(f"cannot open storage {mask_url(url)}: {_missing_driver(url)}") from None
+    except Exception as e:  # SQLAlchemy raises many types: bad URL, refused connection, bad database
+        reason = _missing_driver(url) if "DB access module" in str(e) else _reason(e)
+        raise StorageError(f"cannot open storage {mask_url(url)}: {reason}") from None
+
+
+# URL scheme -> the optional dependency that brings its driver
+_DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql"}
+
+
+def _missing_driver(url: str) -> str:
+    dialect = url.split(":", 1)[0].split("+", 1)[0]
+    extra = _DRIVER_EXTRAS.get(dialect)
+    if extra is None:
+        return f"no database driver for {dialect!r}"
+    return f"its database driver is not installed; pip install 'fmnist-search[{extra}]'"
 
 
 def _reason(e: Exception) -> str:

@@ -120,14 +120,17 @@ class BudgetedStudy(optuna.Study):
             return super().ask(fixed_distributions)
 
 
-def worker_seed(seed: int, label: str | None) -> int:
-    """The sampler seed of one worker: the study's seed alone, or mixed with the worker's label.
+def worker_seed(seed: int, label: str | None, existing_trials: int) -> int:
+    """The sampler seed of one process: the study's seed for a fresh single-process study,
+    else mixed with the worker's label and the trials the study already has.
 
-    Workers with one seed would sample the same parameters in lockstep.
+    Samplers with one seed replay the same random draws: two workers would sample the same
+    parameters in lockstep, and a resumed study would repeat its first trials.
     """
-    if label is None:
+    if label is None and existing_trials == 0:
         return seed
-    return (seed + int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)) % 2**31
+    mixed = hashlib.sha256(f"{seed}/{label}/{existing_trials}".encode()).hexdigest()
+    return int(mixed[:8], 16) % 2**31
 
 
 def set_target(study: optuna.Study, more: int) -> int:

@@ -1,0 +1,185 @@
+"""Many processes on one study: exact trial counts, dead workers recovered, real PostgreSQL."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from fmnist_search.cli import app
+from fmnist_search.workers import census, plan_workers
+
+TINY = ["--epochs", "1", "--train-size", "1024", "--val-size", "1000", "--batch-size", "128"]
+runner = CliRunner()
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist_search", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        **kw,
+    )
+
+
+def assert_consistent(url: str, study: str, target: int) -> list[optuna.trial.FrozenTrial]:
+    """Exactly ``target`` counted trials, all finished, unique numbers, unique params."""
+    s = optuna.load_study(study_name=study, storage=url)
+    trials = s.get_trials(deepcopy=False)
+    c = census(s)
+    assert c.running == 0 and c.waiting == 0, c
+    assert c.counted == target, c
+    assert len({t.number for t in trials}) == len(trials)
+    fresh = [t for t in trials if "retry_history" not in t.system_attrs and t.state != TrialState.FAIL]
+    assert len({t.params["lr"] for t in fresh}) == len(fresh), "two workers sampled the same lr"
+    return trials
+
+
+def test_plan_one_worker_per_gpu_and_packing():
+    plans = plan_workers(1, ["0", "1"], 2, cpu_count=16)
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plans] == ["0", "0", "1", "1"]
+    assert all(p.device == "cuda" for p in plans)
+    assert len({p.label for p in plans}) == 4
+    cpu = plan_workers(4, None, 1, cpu_count=8)
+    assert [p.env for p in cpu] == [{"OMP_NUM_THREADS": "2"}] * 4 and all(p.device is None for p in cpu)
+
+
+def test_jobs_on_the_default_sqlite_store(tmp_path, monkeypatch, real_data):
+    """`run --jobs 2` on the default SQLite file: exactly the trials asked for, no lock errors."""
+    monkeypatch.chdir(tmp_path)
+    proc = _cli("run", "--model", "lenet", "--trials", "6", "--jobs", "2", *TINY, cwd=tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "database is locked" not in out and "Traceback" not in out
+    trials = assert_consistent("sqlite:///studies/fmnist.db", "lenet", 6)
+    assert {t.user_attrs["worker"] for t in trials} == {"w0", "w1"}
+    # A second run adds exactly its trials again.
+    proc = _cli("run", "--study", "lenet", "--trials", "4", "--jobs", "2", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert_consistent("sqlite:///studies/fmnist.db", "lenet", 10)
+
+
+def test_gpus_assign_one_visible_device_per_worker(tmp_path, real_data):
+    """--gpus sets CUDA_VISIBLE_DEVICES per worker (checked on the CPU: --device cpu wins)."""
+    url = f"sqlite:///{tmp_path}/g.db"
+    args = ["--trials", "4", "--gpus", "0,1", "--device", "cpu", "--storage", url]
+    proc = _cli("run", "--model", "lenet", *args, *TINY)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    trials = assert_consistent(url, "lenet", 4)
+    assert {(t.user_attrs["worker"], t.user_attrs["gpu"]) for t in trials} <= {("gpu0-0", "0"), ("gpu1-0", "1")}
+    assert {t.user_attrs["gpu"] for t in trials} == {"0", "1"}
+
+
+def test_gpu_flag_errors():
+    assert "not both" in runner.invoke(app, ["run", "--model", "lenet", "--jobs", "2", "--gpus", "0"]).output
+    assert "needs --gpus" in runner.invoke(app, ["run", "--model", "lenet", "--workers-per-gpu", "2"]).output
+    result = runner.invoke(app, ["run", "--model", "lenet", "--gpus", "a,b"])
+    assert result.exit_code == 2 and "comma-separated GPU numbers" in result.output
+
+
+def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/k.db"
+    beat = ["--heartbeat-interval", "1", "--grace-period", "3"]
+    result = runner.invoke(app, ["create", "--model", "lenet", "--trials", "6", "--storage", url, "--pruner", "none",
+                                 "--epochs", "3", "--train-size", "4096", "--val-size", "1000"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    victim = _cli("worker", "--study", "lenet", "--storage", url, "--label", "victim", "--no-bars", *beat)
+    study = optuna.load_study(study_name="lenet", storage=url)
+    deadline = time.time() + 120
+    running = []
+    while not running and time.time() < deadline:  # wait until the victim is mid-trial
+        running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("worker") == "victim"]
+        time.sleep(0.1)
+    assert running, "the victim never started a trial"
+    time.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    survivor = _cli("worker", "--study", "lenet", "--storage", url, "--label", "survivor", "--no-bars", *beat)
+    out, _ = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, out
+    trials = assert_consistent(url, "lenet", 6)
+    killed = next(t for t in trials if t.number == running[0].number)
+    assert killed.state == TrialState.FAIL
+    retry = next(t for t in trials if killed.number in t.system_attrs.get("retry_history", ()))
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs["worker"] == "survivor"
+
+
+# --- a real PostgreSQL server, started here on a free loopback port ---
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bindirs:
+        pytest.fail("PostgreSQL binaries missing: `apt-get install postgresql` (make test does it)")
+    bindir = Path(bindirs[-1])
+    root = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # not under pytest's 0700 tmp: postgres must enter it
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", _free_port()
+    run = lambda *cmd: subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "fmnist", "--no-sync")
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start")
+    try:
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "fmnist", "fmnist")
+        # trust auth ignores the password; it is here to check that it is never printed
+        yield f"postgresql://fmnist:s3cret-pw@127.0.0.1:{port}/fmnist"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_four_workers_on_postgresql(postgres_url, real_data):
+    result = runner.invoke(app, ["create", "--model", "lenet", "--trials", "20", "--storage", postgres_url, *TINY])
+    assert result.exit_code == 0, result.output
+    assert "s3cret-pw" not in result.output
+    workers = [
+        _cli("worker", "--study", "lenet", "--label", f"w{i}", "--no-bars", env={"FMNIST_STORAGE": postgres_url})
+        for i in range(4)
+    ]
+    outs = [w.communicate(timeout=600)[0] for w in workers]
+    for w, out in zip(workers, outs, strict=True):
+        assert w.returncode == 0, out
+        assert "s3cret-pw" not in out
+    assert "127.0.0.1" in outs[0] and "fmnist:***@" in outs[0]  # the masked URL is what they print
+    trials = assert_consistent(postgres_url, "lenet", 20)
+    assert len(trials) == 20
+    per_worker = Counter(t.user_attrs["worker"] for t in trials)
+    assert set(per_worker) == {"w0", "w1", "w2", "w3"}  # everyone worked (about 5 each)
+
+
+def test_passwords_are_masked_in_every_message(postgres_url):
+    bad = postgres_url.rsplit("/", 1)[0] + "/no_such_db"
+    for args in (["studies", "--storage", bad], ["export", "--study", "x", "--storage", bad]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "s3cret-pw" not in result.output
+        assert "fmnist:***@127.0.0.1" in result.output
+    result = runner.invoke(app, ["studies", "--storage", postgres_url])
+    assert result.exit_code == 0 and "s3cret-pw" not in result.output
