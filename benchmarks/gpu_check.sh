@@ -37,4 +37,12 @@ start=$(date +%s%N)
 end=$(date +%s%N)
 echo "study wall time: $(( (end - start) / 1000000 )) ms"
 "${CLI[@]}" export --study gpu-check-lenet --storage "sqlite:///$OUT/gpu_check.db" --output "$OUT/gpu_check_lenet.csv"
+echo "== 3. study throughput: workers packed on one GPU (trials/hour)"
+if [[ "${SMOKE:-0}" == 1 ]]; then
+  "$PY" benchmarks/scale.py --workers 1,2 --trials 2 --epochs 1 --train-size 512 --val-size 500 --reps 1 \
+    --json "$OUT/scale.json"
+else
+  "$PY" benchmarks/scale.py --gpu --workers 1,4,8 --trials 32 --epochs 10 --train-size 0 --val-size 10000 --reps 1 \
+    --json "$OUT/scale.json"
+fi
 echo "== done"

@@ -48,3 +48,4 @@ def test_gpu_check_flow_on_cpu(tmp_path, real_data):
     assert "== done" in (tmp_path / "gpu_check.log").read_text()
     assert json.loads((tmp_path / "throughput.json").read_text())["lenet"]["ratio"] > 0
     assert len((tmp_path / "gpu_check_lenet.csv").read_text().splitlines()) >= 2
+    assert set(json.loads((tmp_path / "scale.json").read_text())) == {"1", "2", "protocol"}
