@@ -28,7 +28,7 @@ from fmnist_search.study import PRUNERS, SAMPLERS
 
 def run_study(spec: StudySpec, splits: data.Splits, device: torch.device, trials: int) -> dict:
     study = optuna.create_study(
-        direction="maximize", sampler=SAMPLERS[spec.sampler](spec.seed), pruner=PRUNERS[spec.pruner](spec)
+        direction="maximize", sampler=SAMPLERS[spec.sampler](spec, spec.seed), pruner=PRUNERS[spec.pruner](spec)
     )
     obj = Objective(spec, splits, device, resolve_precision("auto", device))
     t0 = time.perf_counter()

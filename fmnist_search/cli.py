@@ -94,6 +94,19 @@ HeartbeatOpt = Annotated[int, typer.Option(min=1, help="Seconds between a runnin
 GraceOpt = Annotated[int, typer.Option(min=2, help="Seconds without heartbeat before a trial counts as dead.")]
 
 
+ArtifactsOpt = Annotated[
+    Path | None,
+    typer.Option(envvar="FMNIST_ARTIFACTS", help="Artifact folder for weights [default: beside the SQLite file]."),
+]
+SaveWeightsOpt = Annotated[bool, typer.Option(help="Save each completed trial's weights as an Optuna artifact.")]
+
+
+def _artifact_dir(storage: str, artifacts: Path | None) -> Path:
+    from .artifacts import default_dir
+
+    return artifacts if artifacts is not None else default_dir(storage)
+
+
 # Options that define a study (stored with it; a resume that disagrees is refused).
 ModelOpt = Annotated[str | None, typer.Option(help=_model_help())]
 EpochsOpt = Annotated[int | None, typer.Option(help="Epochs per trial [default: 10].")]
@@ -106,32 +119,97 @@ PrunerOpt = Annotated[str | None, typer.Option(help="median, sha, hyperband or n
 SeedOpt = Annotated[int | None, typer.Option(help="Sampler, split and training seed [default: 0].")]
 ValSizeOpt = Annotated[int | None, typer.Option(help="Stratified validation images [default: 10000].")]
 TrainSizeOpt = Annotated[int | None, typer.Option(help="Train on a stratified subset of this many images.")]
-TrialsOpt = Annotated[int, typer.Option(min=1, help="Trials to add to the study.")]
 NewStudyOpt = Annotated[str | None, typer.Option("--study", help="Study name [default: the model name].")]
 
 
-def _open(
-    storage: str, study: str | None, model: str | None, trials: int, beat: dict[str, int], requested: dict[str, Any]
-) -> tuple[Any, Any, Any, int]:
+PresetOpt = Annotated[str | None, typer.Option(help="Preset name in studies/ (e.g. seed-report) or a .toml path.")]
+ModelsOpt = Annotated[str | None, typer.Option(help="With --preset: only these of its models (comma-separated).")]
+SpaceOpt = Annotated[str | None, typer.Option(help="Search space: lr (lr only) or full [default: lr].")]
+FixOpt = Annotated[
+    list[str] | None, typer.Option(help="Hold a hyperparameter fixed, e.g. --fix schedule=cosine (repeatable).")
+]
+
+
+def _parse_fixed(items: list[str] | None) -> dict[str, Any] | None:
+    """``["momentum=0.9", "schedule=cosine"]`` -> {"momentum": 0.9, "schedule": "cosine"} (JSON values)."""
+    import json
+
+    if not items:
+        return None
+    fixed = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise FmnistSearchError(f"--fix takes NAME=VALUE, got {item!r}")
+        try:
+            fixed[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            fixed[key.strip()] = raw  # a bare word: a string such as cosine
+    return fixed
+
+
+def _plan_studies(
+    preset: str | None, model: str | None, models: str | None, study: str | None, flags: dict[str, Any],
+    trials: int | None,
+) -> list[tuple[str, dict[str, Any], int]]:  # fmt: skip
+    """(study name, requested settings, trials) for each study this command works on.
+
+    Settings flow one way: preset < flags; a resumed study's stored settings must agree.
+    """
+    from .config import load_preset
+
+    if preset is None:
+        if models is not None:
+            raise FmnistSearchError("--models selects among a preset's models; use it with --preset")
+        if model is None and study is None:
+            raise FmnistSearchError("give --model (a new study), --study NAME (resume one) or --preset NAME")
+        requested = {"model": model, **flags} if model else flags
+        return [(study or model, requested, trials or 30)]  # type: ignore[list-item]
+    p = load_preset(preset)
+    chosen = [model] if model else list(p.models)
+    if models is not None:
+        wanted = [m.strip() for m in models.split(",")]
+        unknown = set(wanted) - set(p.models)
+        if unknown:
+            raise FmnistSearchError(
+                f"preset {p.name} has no model {', '.join(sorted(unknown))}; it has {', '.join(p.models)}"
+            )
+        chosen = [m for m in p.models if m in wanted]
+    if not chosen:
+        raise FmnistSearchError(f"preset {p.name} names no model; give --model")
+    if study is not None and len(chosen) > 1:
+        raise FmnistSearchError("--study names one study, but the preset makes one per model; use --models to pick one")
+    return [
+        (study or p.study.format(model=m), {**p.settings, **flags, "model": m}, trials or p.trials or 30)
+        for m in chosen
+    ]
+
+
+def _open(storage: str, name: str, requested: dict[str, Any], trials: int, beat: dict[str, int]):
     """Create or resume the study, check its settings, raise its target by ``trials``."""
     from .study import open_study
     from .workers import set_target
 
-    if model is None and study is None:
-        raise FmnistSearchError("give --model (a new study) or --study NAME (resume one)")
     if beat["grace_period"] <= beat["heartbeat_interval"]:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
     store = _storage(storage, heartbeat=True, **beat)
-    opt_study, spec = open_study(store, study or model, {"model": model, **requested} if model else requested)
+    opt_study, spec = open_study(store, name, requested)
     return store, opt_study, spec, set_target(opt_study, trials)
+
+
+TrialsOpt = Annotated[
+    int | None, typer.Option(min=1, help="Trials to add to the study [default: 30, or the preset's].")
+]
 
 
 @command()
 def create(
     model: ModelOpt = None,
-    trials: TrialsOpt = 30,
+    trials: TrialsOpt = None,
     study: NewStudyOpt = None,
     storage: StorageOpt = DEFAULT_STORAGE,
+    preset: PresetOpt = None,
+    models: ModelsOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr_min: LrMinOpt = None,
@@ -142,24 +220,30 @@ def create(
     seed: SeedOpt = None,
     val_size: ValSizeOpt = None,
     train_size: TrainSizeOpt = None,
+    space: SpaceOpt = None,
+    fix: FixOpt = None,
 ) -> None:
     """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
-    requested = _given(
+    flags = _given(
         epochs=epochs, batch_size=batch_size, lr_min=lr_min, lr_max=lr_max, momentum=momentum,
         sampler=sampler, pruner=pruner, seed=seed, val_size=val_size, train_size=train_size,
+        space=space, fixed=_parse_fixed(fix),
     )  # fmt: skip
     beat = {"heartbeat_interval": 10, "grace_period": 60}
-    _, opt_study, spec, target = _open(storage, study, model, trials, beat, requested)
-    _say(f"study {opt_study.study_name!r} ({spec.model}) has a target of {target} trials; start workers with:")
-    _say(f"  fmnist-search worker --study {opt_study.study_name} --storage URL")
+    for name, requested, n in _plan_studies(preset, model, models, study, flags, trials):
+        _, _, spec, target = _open(storage, name, requested, n, beat)
+        _say(f"study {name!r} ({spec.model}) has a target of {target} trials; start workers with:")
+        _say(f"  fmnist-search worker --study {name} --storage URL")
 
 
 @command()
 def run(
     model: ModelOpt = None,
-    trials: TrialsOpt = 30,
+    trials: TrialsOpt = None,
     study: NewStudyOpt = None,
     storage: StorageOpt = DEFAULT_STORAGE,
+    preset: PresetOpt = None,
+    models: ModelsOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr_min: LrMinOpt = None,
@@ -170,6 +254,8 @@ def run(
     seed: SeedOpt = None,
     val_size: ValSizeOpt = None,
     train_size: TrainSizeOpt = None,
+    space: SpaceOpt = None,
+    fix: FixOpt = None,
     jobs: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
     gpus: Annotated[str | None, typer.Option(help="Comma-separated GPU ids: one worker per GPU.")] = None,
     workers_per_gpu: Annotated[int, typer.Option(min=1, help="Workers packed on each GPU of --gpus.")] = 1,
@@ -181,6 +267,8 @@ def run(
     timeout: TimeoutOpt = None,
     heartbeat_interval: HeartbeatOpt = 10,
     grace_period: GraceOpt = 60,
+    artifacts: ArtifactsOpt = None,
+    save_weights: SaveWeightsOpt = True,
 ) -> None:
     """Create or resume a study and run TRIALS more trials in it (in one or many processes)."""
     import os
@@ -194,23 +282,27 @@ def run(
     gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
     if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
         raise FmnistSearchError(f"--gpus takes comma-separated GPU numbers like 0,1,2, got {gpus!r}")
-    requested = _given(
+    flags = _given(
         epochs=epochs, batch_size=batch_size, lr_min=lr_min, lr_max=lr_max, momentum=momentum,
         sampler=sampler, pruner=pruner, seed=seed, val_size=val_size, train_size=train_size,
+        space=space, fixed=_parse_fixed(fix),
     )  # fmt: skip
+    plan = _plan_studies(preset, model, models, study, flags, trials)
     beat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
-    plans = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
-    here = len(plans) == 1 and gpu_ids is None
+    workers = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
+    here = len(workers) == 1 and gpu_ids is None
     if here:
         _resolve_runtime(device, precision)  # a bad --device fails before the store is touched
-    store, opt_study, spec, target = _open(storage, study, model, trials, beat, requested)
-    if here:
-        _work_here(store, storage, opt_study.study_name, spec, device, precision, compile, data_dir, download,
-                   timeout, trials)  # fmt: skip
-    else:
-        opts = _worker_args(device, precision, compile, download, timeout, beat)
-        _spawn_workers(plans, opt_study.study_name, storage, data_dir, opts, target)
-    _print_summary(opt_study)
+    art_dir = _artifact_dir(storage, artifacts) if save_weights else None
+    for name, requested, n in plan:
+        store, opt_study, spec, target = _open(storage, name, requested, n, beat)
+        if here:
+            _work_here(store, storage, name, spec, device, precision, compile, data_dir, download, timeout, n,
+                       artifact_dir=art_dir)  # fmt: skip
+        else:
+            opts = _worker_args(device, precision, compile, download, timeout, beat, art_dir)
+            _spawn_workers(workers, name, storage, data_dir, opts, target)
+        _print_summary(opt_study)
 
 
 def _resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
@@ -234,13 +326,15 @@ def _work_here(
     trials: int | None,
     label: str | None = None,
     bars: bool = True,
+    artifact_dir: Path | None = None,
 ) -> None:
-    """Load the data once, then run this process's share of the study's trials."""
+    """Load the data (once per process), then run this process's share of the study's trials."""
     import os
 
     import optuna
 
     from . import data as data_mod
+    from .artifacts import open_store
     from .objective import Objective
     from .study import PRUNERS, SAMPLERS, mask_url
     from .train import Diverged
@@ -249,10 +343,10 @@ def _work_here(
     dev, prec = _resolve_runtime(device, precision)
     # Our per-trial lines say what happened; Optuna's warnings would repeat it with tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    dataset = data_mod.load(data_dir, allow_download=download)
+    dataset = _dataset(data_dir, download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
     existing = len(store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False))
-    sampler = SAMPLERS[spec.sampler](worker_seed(spec.seed, label, existing))
+    sampler = SAMPLERS[spec.sampler](spec, worker_seed(spec.seed, label, existing))
     budgeted = BudgetedStudy(name, store, sampler, PRUNERS[spec.pruner](spec), study_lock(url, name))
     prefix = f"[{label}] " if label else ""
     _say(
@@ -263,7 +357,17 @@ def _work_here(
     )
     extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
     with _RunProgress(trials, spec.epochs, bars=bars, prefix=prefix) as progress:
-        objective = Objective(spec, splits, dev, prec, on_epoch=progress.on_epoch, compile=compile, extra_attrs=extra)
+        store = open_store(artifact_dir) if artifact_dir is not None else None
+        objective = Objective(
+            spec,
+            splits,
+            dev,
+            prec,
+            on_epoch=progress.on_epoch,
+            compile=compile,
+            extra_attrs=extra,
+            artifact_store=store,
+        )
         try:
             work(budgeted, objective, timeout=timeout, catch=(Diverged,), callbacks=[progress.on_trial],
                  on_wait=progress.on_wait)  # fmt: skip
@@ -276,14 +380,29 @@ def _work_here(
             ) from None
 
 
+@functools.cache
+def _dataset(data_dir: Path | None, download: bool):
+    """Fashion-MNIST, loaded once per process however many studies it works on."""
+    from . import data as data_mod
+
+    return data_mod.load(data_dir, allow_download=download)
+
+
 def _say(message: str) -> None:
     err.print(message, markup=False, highlight=False)
 
 
 def _worker_args(
-    device: str, precision: str, compile: bool, download: bool, timeout: float | None, beat: dict[str, int]
+    device: str,
+    precision: str,
+    compile: bool,
+    download: bool,
+    timeout: float | None,
+    beat: dict[str, int],
+    artifact_dir: Path | None,
 ) -> list[str]:
     args = ["--precision", precision, "--compile" if compile else "--no-compile"]
+    args += ["--artifacts", str(artifact_dir)] if artifact_dir is not None else ["--no-save-weights"]
     args += ["--download" if download else "--no-download"]
     args += ["--heartbeat-interval", str(beat["heartbeat_interval"]), "--grace-period", str(beat["grace_period"])]
     if device != "auto":
@@ -355,6 +474,8 @@ def worker(
     grace_period: GraceOpt = 60,
     label: Annotated[str | None, typer.Option(help="Name shown on this worker's lines and trials.")] = None,
     bars: Annotated[bool, typer.Option(help="Progress bars (off: one line per trial).")] = True,
+    artifacts: ArtifactsOpt = None,
+    save_weights: SaveWeightsOpt = True,
 ) -> None:
     """Join an existing study (on any machine that reaches its storage) and work until it has its trials."""
     from .study import load_study, stored_spec
@@ -367,8 +488,9 @@ def worker(
     existing = load_study(store, study)
     if TARGET_ATTR not in existing.user_attrs:
         raise FmnistSearchError(f"study {study!r} has no trial target; start it with `fmnist-search run`")
+    art_dir = _artifact_dir(storage, artifacts) if save_weights else None
     _work_here(store, storage, study, stored_spec(existing), device, precision, compile, data_dir, download,
-               timeout, None, label=label, bars=bars)  # fmt: skip
+               timeout, None, label=label, bars=bars, artifact_dir=art_dir)  # fmt: skip
 
 
 class _RunProgress:

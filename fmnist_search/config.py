@@ -8,7 +8,9 @@ resuming with a different value is refused. ``RunOptions`` are per-invocation kn
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -30,14 +32,26 @@ class StudySpec:
     seed: int = 0  # sampler seed, split seed, and base of every trial's training seed
     val_size: int = 10_000  # stratified validation images held out of the training set
     train_size: int | None = None  # optional stratified subset of the remaining training images
+    space: str = "lr"  # fmnist_search.space.SPACES: which hyperparameters trials sample
+    fixed: dict[str, Any] = field(default_factory=dict)  # hyperparameters held fixed (not sampled)
+    lr_grid: tuple[float, ...] | None = None  # learning rates for the grid sampler
 
     def __post_init__(self) -> None:
         from .models import list_models
+        from .space import SPACES, check_fixed
         from .study import PRUNERS, SAMPLERS
 
+        if isinstance(self.lr_grid, list):  # from JSON (study attrs) or TOML
+            object.__setattr__(self, "lr_grid", tuple(self.lr_grid))
         _choice("model", self.model, list_models())
         _choice("sampler", self.sampler, SAMPLERS)
         _choice("pruner", self.pruner, PRUNERS)
+        _choice("space", self.space, SPACES)
+        check_fixed(self.fixed)
+        if self.sampler == "grid" and not self.lr_grid:
+            raise ConfigError("the grid sampler needs lr_grid (a list of learning rates)")
+        if self.sampler == "grid" and self.space != "lr":
+            raise ConfigError("the grid sampler searches lr_grid only; use space = 'lr'")
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         if not (self.lr_min > 0 and self.lr_max > 0):
@@ -52,7 +66,9 @@ class StudySpec:
             _at_least("train_size", self.train_size, 1)
 
     def to_attrs(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        attrs = dataclasses.asdict(self)
+        attrs["lr_grid"] = list(self.lr_grid) if self.lr_grid else None
+        return attrs
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> StudySpec:
@@ -67,19 +83,94 @@ class RunOptions:
     compile: bool = False  # torch.compile the model (once per process and model)
 
 
+SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(StudySpec))
+PRESET_KEYS = frozenset({"description", "models", "study", "trials", "train"})
+PRESET_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A TOML file in studies/: study settings, which models, how many trials.
+
+    Keys: ``description``; ``models`` (list; one study per model); ``study`` (name, may use
+    ``{model}``); ``trials``; any StudySpec field (``epochs``, ``space``, ``[fixed]``, ...);
+    and ``[train]``, the configuration ``fmnist-search train --preset`` trains. Unknown keys
+    are errors.
+    """
+
+    name: str
+    description: str = ""
+    models: tuple[str, ...] = ()
+    study: str = "{model}"
+    trials: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # StudySpec fields
+    train: dict[str, Any] = field(default_factory=dict)  # fixed hyperparameters for `train`
+
+
+def preset_path(name: str) -> Path:
+    candidate = Path(name)
+    if candidate.suffix == ".toml":
+        if not candidate.is_file():
+            raise ConfigError(f"preset file {name} not found")
+        return candidate
+    for folder in PRESET_DIRS:
+        if (folder / f"{name}.toml").is_file():
+            return folder / f"{name}.toml"
+    known = sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.toml")})
+    raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(known) or 'none'} or give a .toml path")
+
+
+def load_preset(name: str) -> Preset:
+    path = preset_path(name)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"preset {path} is not valid TOML: {e}") from None
+    unknown = set(raw) - PRESET_KEYS - SPEC_FIELDS
+    if unknown:
+        raise ConfigError(f"preset {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    if "model" in raw and "models" in raw:
+        raise ConfigError(f"preset {path}: give model or models, not both")
+    models = tuple(raw.get("models") or ([raw["model"]] if "model" in raw else ()))
+    settings = {k: v for k, v in raw.items() if k in SPEC_FIELDS and k != "model"}
+    preset = Preset(
+        name=path.stem,
+        description=raw.get("description", ""),
+        models=models,
+        study=raw.get("study", "{model}"),
+        trials=raw.get("trials"),
+        settings=settings,
+        train=raw.get("train", {}),
+    )
+    for model in models or ("lenet",):  # every study it makes must be valid
+        try:
+            StudySpec(**{**settings, "model": model})
+        except (TypeError, ConfigError) as e:
+            raise ConfigError(f"preset {path}: {e}") from None
+    from .space import check_fixed
+
+    try:
+        check_fixed({k: v for k, v in preset.train.items() if k not in ("model",)})
+    except ConfigError as e:
+        raise ConfigError(f"preset {path} [train]: {e}") from None
+    return preset
+
+
 def resolve(requested: dict[str, Any], stored: dict[str, Any] | None, study_name: str) -> StudySpec:
     """Build the spec of a new study, or check ``requested`` against a stored one.
 
     ``requested`` holds only values the user gave (flags or preset), never defaults, so
     resuming with a bare command works and only a real disagreement is refused.
     """
-    unknown = set(requested) - {f.name for f in dataclasses.fields(StudySpec)}
+    unknown = set(requested) - SPEC_FIELDS
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     if stored is None:
         return StudySpec(**requested)
     spec = StudySpec.from_attrs(stored)
     for key, value in requested.items():
+        if key == "lr_grid" and value is not None:
+            value = tuple(value)
         if getattr(spec, key) != value:
             raise ConfigError(
                 f"study {study_name!r} was created with {key}={getattr(spec, key)!r}, "

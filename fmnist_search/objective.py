@@ -14,6 +14,7 @@ import optuna
 import torch
 import torch.nn as nn
 
+from .artifacts import WEIGHTS_ATTR, save_model
 from .config import StudySpec
 from .data import Splits
 from .devices import device_name
@@ -36,6 +37,7 @@ class Objective:
         on_epoch: EpochHook | None = None,
         compile: bool = False,
         extra_attrs: dict[str, Any] | None = None,
+        artifact_store: Any = None,
     ) -> None:
         self.spec = spec
         self.device = device
@@ -43,6 +45,7 @@ class Objective:
         self.on_epoch = on_epoch
         self.compile = compile
         self.extra_attrs = extra_attrs or {}  # constant per process, e.g. worker label and GPU
+        self.artifact_store = artifact_store  # completed trials save their weights here (None: off)
         self._compiled: dict[str, tuple[nn.Module, nn.Module]] = {}  # model name -> (module, compiled)
         self.train = to_device(*splits.train, device)
         self.val = to_device(*splits.val, device)
@@ -72,10 +75,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.spec)
         cfg = TrainConfig(
-            lr=params["lr"],
-            epochs=self.spec.epochs,
-            batch_size=self.spec.batch_size,
-            momentum=self.spec.momentum,
+            **params,
             seed=self.spec.seed + trial.number,  # reproducible per trial, different across trials
             precision=self.precision,
         )
@@ -89,6 +89,7 @@ class Objective:
             "precision": cfg.precision,
             "compiled": self.compile,
             "num_params": num_params(model),
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("precision", "eval_batch_size")},
         }
         result = FitResult()
 
@@ -103,6 +104,9 @@ class Objective:
         try:
             fit(model, self.train, self.val, cfg, on_epoch_end=on_epoch_end)
             attrs["test_accuracy"], _ = evaluate(model, *self.test, precision=cfg.precision)
+            if self.artifact_store is not None:
+                module = self._compiled[self.spec.model][0] if self.compile else model
+                attrs[WEIGHTS_ATTR] = save_model(self.artifact_store, trial, module, self.spec.model)
             return result.history[-1].val_accuracy
         except Diverged as e:
             attrs["fail_reason"] = str(e)

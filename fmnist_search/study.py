@@ -25,12 +25,14 @@ SQLITE_BUSY_TIMEOUT_S = 300  # how long a writer waits for SQLite's single write
 HEARTBEAT_INTERVAL_S = 10  # a running trial's liveness write, seconds
 GRACE_PERIOD_S = 60  # a RUNNING trial silent this long belongs to a dead process: FAIL it, retry it
 
-SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
-    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
-    "qmc": lambda seed: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
+SAMPLERS: dict[str, Callable[[StudySpec, int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda spec, seed: optuna.samplers.TPESampler(seed=seed),
+    "random": lambda spec, seed: optuna.samplers.RandomSampler(seed=seed),
+    "cmaes": lambda spec, seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+    "gp": lambda spec, seed: optuna.samplers.GPSampler(seed=seed),
+    "qmc": lambda spec, seed: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
+    # Every lr of the grid once (the report's protocol); the study's trial target is the grid size.
+    "grid": lambda spec, seed: optuna.samplers.GridSampler({"lr": list(spec.lr_grid or ())}, seed=seed),
 }
 
 PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
@@ -145,7 +147,7 @@ def open_study(storage: RDBStorage, name: str, requested: dict[str, Any]) -> tup
         study_name=name,
         storage=storage,
         direction="maximize",
-        sampler=SAMPLERS[spec.sampler](spec.seed),
+        sampler=SAMPLERS[spec.sampler](spec, spec.seed),
         pruner=PRUNERS[spec.pruner](spec),
         load_if_exists=True,
     )

@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import augment
 from .devices import PRECISIONS, synchronize
+from .schedules import make_scheduler
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training pixels on [0, 1]
 
@@ -30,7 +32,15 @@ class TrainConfig:
     epochs: int = 10  # passes over the training split
     batch_size: int = 256  # samples per SGD step
     momentum: float = 0.9  # SGD momentum (0 = the report's plain SGD)
-    seed: int = 0  # seeds the per-epoch batch order (weights are seeded by the caller)
+    nesterov: bool = False  # Nesterov momentum (needs momentum > 0)
+    weight_decay: float = 0.0  # L2 penalty, SGD's weight_decay
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    schedule: str = "constant"  # constant | cosine | onecycle (fmnist_search.schedules)
+    warmup_frac: float = 0.0  # fraction of all steps spent warming the lr up
+    crop: int = 0  # random-crop padding in pixels (0: off)
+    flip: bool = False  # random horizontal flips
+    erasing: float = 0.0  # random-erasing probability per sample
+    seed: int = 0  # seeds batch order and augmentation (weights are seeded by the caller)
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (resolved, never "auto")
     eval_batch_size: int = 2048  # samples per forward pass when evaluating
 
@@ -78,35 +88,61 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _epoch_stop(n: int, batch_size: int) -> int:
+    return n - 1 if n % batch_size == 1 and n > 1 else n
+
+
 def epoch_batches(perm: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     """Index slices of one epoch's permutation: every sample once.
 
     A trailing batch of one sample breaks BatchNorm in training mode; only that one is dropped.
     """
-    n = len(perm)
-    stop = n - 1 if n % batch_size == 1 and n > 1 else n
+    stop = _epoch_stop(len(perm), batch_size)
     for start in range(0, stop, batch_size):
         yield perm[start : min(start + batch_size, stop)]
+
+
+BACKGROUND = (0.0 - MEAN) / STD  # a black pixel, normalized: the fill for crop padding
+
+
+def augment_batch(xb: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    if cfg.crop:
+        xb = augment.random_crop(xb, cfg.crop, BACKGROUND, g)
+    if cfg.flip:
+        xb = augment.random_flip(xb, g)
+    if cfg.erasing > 0:
+        xb = augment.random_erasing(xb, cfg.erasing, g)
+    return xb
 
 
 def fit(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor] | None,
     cfg: TrainConfig,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
 ) -> FitResult:
     """Train ``model`` (already on the data's device) with SGD; evaluate on ``val`` each epoch.
 
     ``on_epoch_end`` may raise to stop training (the Optuna adapter prunes this way).
-    Raises ``Diverged`` when an epoch's loss is not finite.
+    Raises ``Diverged`` when an epoch's loss is not finite. With ``val=None`` (training on
+    train+validation) the validation metrics are NaN.
     """
     x, y = train
     device = x.device
     n = len(x)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,  # torch rejects Nesterov without momentum
+        weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = len(range(0, _epoch_stop(n, cfg.batch_size), cfg.batch_size))
+    scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs * steps_per_epoch, cfg.warmup_frac, cfg.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     order = torch.Generator(device=device).manual_seed(cfg.seed)
+    augmenting = cfg.crop > 0 or cfg.flip or cfg.erasing > 0
     result = FitResult()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -118,13 +154,16 @@ def fit(
         t0 = time.perf_counter()
         for idx in epoch_batches(perm, cfg.batch_size):
             xb, yb = x[idx], y[idx]
+            if augmenting:
+                xb = augment_batch(xb, cfg, order)
             with _autocast(device, cfg.precision):
                 out = model(xb)
-                loss = F.cross_entropy(out, yb)
+                loss = F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            scheduler.step()
             loss_sum += loss.detach().float() * len(idx)
             correct += (out.argmax(1) == yb).sum()
             seen += len(idx)
@@ -134,7 +173,11 @@ def fit(
         train_loss /= seen
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {epoch} (lr={cfg.lr:.4g})")
-        val_accuracy, val_loss = evaluate(model, *val, batch_size=cfg.eval_batch_size, precision=cfg.precision)
+        val_accuracy, val_loss = (
+            evaluate(model, *val, batch_size=cfg.eval_batch_size, precision=cfg.precision)
+            if val is not None
+            else (math.nan, math.nan)
+        )
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,

@@ -1,0 +1,89 @@
+"""Trial weights in Optuna's artifact store: saved by each completed trial, loaded safely.
+
+The file is a plain ``torch.save`` of a dict of tensors and strings; loading uses
+``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import torch.nn as nn
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+
+from .errors import FmnistSearchError
+from .models import create_model
+from .train import MEAN, STD
+
+WEIGHTS_ATTR = "weights_artifact"  # trial user attr: the artifact id of the trial's weights
+
+
+def default_dir(storage_url: str) -> Path:
+    """Beside the SQLite file (studies/fmnist.db -> studies/fmnist-artifacts), else studies/artifacts."""
+    if storage_url.startswith("sqlite:///") and storage_url != "sqlite:///:memory:":
+        db = Path(storage_url.removeprefix("sqlite:///"))
+        return db.with_name(f"{db.stem}-artifacts")
+    return Path("studies") / "artifacts"
+
+
+def open_store(path: Path) -> FileSystemArtifactStore:
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
+
+
+def save_model(store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.Module, model_name: str) -> str:
+    """Upload ``module``'s weights, attached to ``trial`` (the dashboard lists them); return the id."""
+    payload = {
+        "model": model_name,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+        "mean": MEAN,
+        "std": STD,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"trial-{trial.number}-{model_name}.pt"
+        torch.save(payload, path)
+        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+
+
+def load_model(store: FileSystemArtifactStore, artifact_id: str) -> tuple[str, nn.Module]:
+    """(model name, model with the saved weights, on the CPU, in eval mode)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.pt"
+        try:
+            download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
+        except Exception as e:  # the store raises its own types for a missing file
+            raise FmnistSearchError(
+                f"weights artifact {artifact_id} is missing from the artifact store ({e})"
+            ) from None
+        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_model(payload["model"])
+    model.load_state_dict(payload["state_dict"])
+    return payload["model"], model.eval()
+
+
+def trial_model(study: optuna.Study, store_dir: Path, trial_number: int | None = None):
+    """The weights of ``trial_number`` (default: the best trial) of ``study``: (trial, model name, model)."""
+    if trial_number is None:
+        try:
+            trial = study.best_trial
+        except ValueError:
+            raise FmnistSearchError(f"study {study.study_name!r} has no completed trial yet") from None
+    else:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
+        if not matches:
+            raise FmnistSearchError(f"study {study.study_name!r} has no trial {trial_number}")
+        trial = matches[0]
+    artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
+    if artifact_id is None:
+        raise FmnistSearchError(
+            f"trial {trial.number} of {study.study_name!r} has no saved weights "
+            f"(state {trial.state.name}; only completed trials of runs with weights saving keep them)"
+        )
+    if not store_dir.is_dir():
+        raise FmnistSearchError(f"artifact folder {store_dir} not found; pass --artifacts DIR")
+    name, model = load_model(open_store(store_dir), artifact_id)
+    return trial, name, model
