@@ -6,6 +6,7 @@ The file is a plain ``torch.save`` of a dict of tensors and strings; loading use
 
 from __future__ import annotations
 
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,32 +38,45 @@ def open_store(path: Path) -> FileSystemArtifactStore:
 
 def save_model(store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.Module, model_name: str) -> str:
     """Upload ``module``'s weights, attached to ``trial`` (the dashboard lists them); return the id."""
-    payload = {
-        "model": model_name,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-        "mean": MEAN,
-        "std": STD,
-    }
+    payload = weights_payload(module, model_name)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"trial-{trial.number}-{model_name}.pt"
         torch.save(payload, path)
         return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
 
 
-def load_model(store: FileSystemArtifactStore, artifact_id: str) -> tuple[str, nn.Module]:
+def weights_payload(module: nn.Module, model_name: str) -> dict[str, Any]:
+    """What a weights file holds: tensors and plain values only (loadable with weights_only=True)."""
+    return {
+        "model": model_name,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+        "mean": MEAN,
+        "std": STD,
+    }
+
+
+def load_weights_file(path: Path) -> tuple[str, nn.Module]:
     """(model name, model with the saved weights, on the CPU, in eval mode)."""
+    try:
+        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        model = create_model(payload["model"])
+        model.load_state_dict(payload["state_dict"])
+    except FileNotFoundError:
+        raise FmnistSearchError(f"weights file {path} not found") from None
+    except (KeyError, RuntimeError, pickle.UnpicklingError, EOFError, TypeError) as e:
+        raise FmnistSearchError(f"{path} is not an fmnist-search weights file ({type(e).__name__})") from None
+    return payload["model"], model.eval()
+
+
+def load_model(store: FileSystemArtifactStore, artifact_id: str) -> tuple[str, nn.Module]:
+    """(model name, model) from the artifact store."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.pt"
         try:
             download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
         except Exception as e:  # the store raises its own types for a missing file
-            raise FmnistSearchError(
-                f"weights artifact {artifact_id} is missing from the artifact store ({e})"
-            ) from None
-        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    model = create_model(payload["model"])
-    model.load_state_dict(payload["state_dict"])
-    return payload["model"], model.eval()
+            raise FmnistSearchError(f"weights artifact {artifact_id} is missing ({e})") from None
+        return load_weights_file(path)
 
 
 def trial_model(study: optuna.Study, store_dir: Path, trial_number: int | None = None):

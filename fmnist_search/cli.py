@@ -351,7 +351,7 @@ def _work_here(
     prefix = f"[{label}] " if label else ""
     _say(
         f"{prefix}study {name!r} in {mask_url(url)}: {spec.model}, {spec.epochs} epochs, batch {spec.batch_size}, "
-        f"lr {spec.lr_min:g}..{spec.lr_max:g}, {spec.sampler}/{spec.pruner}; {len(splits.train[0])} train / "
+        f"{_space_text(spec)}, {spec.sampler}/{spec.pruner}; {len(splits.train[0])} train / "
         f"{len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}); "
         f"target {budgeted.target} trials"
     )
@@ -386,6 +386,12 @@ def _dataset(data_dir: Path | None, download: bool):
     from . import data as data_mod
 
     return data_mod.load(data_dir, allow_download=download)
+
+
+def _space_text(spec: Any) -> str:
+    lr = f"lr grid {list(spec.lr_grid)}" if spec.sampler == "grid" else f"lr {spec.lr_min:g}..{spec.lr_max:g}"
+    fixed = f", fixed {spec.fixed}" if spec.fixed else ""
+    return f"space {spec.space} ({lr}{fixed})"
 
 
 def _say(message: str) -> None:
@@ -698,6 +704,270 @@ def data_cmd(
             markup=False,
             highlight=False,
         )
+
+
+@command()
+def report(
+    study: Annotated[list[str], typer.Option("--study", help="Study name (repeatable).")],
+    storage: StorageOpt = DEFAULT_STORAGE,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Markdown file [default: stdout].")] = None,
+    csv: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None,
+) -> None:
+    """The report's Table 1 for these studies, with the report's figures alongside."""
+    from .report import report_frame, to_markdown
+    from .study import load_study
+
+    store = _storage(storage)
+    frame = report_frame([load_study(store, name) for name in study])
+    markdown = to_markdown(frame)
+    _write(output, markdown, what=f"{len(frame)} rows")
+    if csv is not None:
+        _write(csv, frame.to_csv(index=False), what=f"{len(frame)} rows")
+
+
+def _write(path: Path | None, text: str, what: str) -> None:
+    if path is None:
+        out.print(text, markup=False, highlight=False, end="")
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        raise FmnistSearchError(f"cannot write {path}: {e.strerror}") from None
+    _say(f"wrote {what} to {path}")
+
+
+@command()
+def plot(
+    study: StudyOpt,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    output_dir: Annotated[Path, typer.Option(help="Folder for the HTML files.")] = Path("plots"),
+    dashboard: Annotated[
+        bool, typer.Option(help="Also attach the learning curves to the study for optuna-dashboard.")
+    ] = True,
+) -> None:
+    """Learning curves and Optuna's plots of a study as HTML files, with an index.html."""
+    import optuna_dashboard
+
+    from .plots import study_figures, write_html
+    from .study import load_study
+
+    s = load_study(_storage(storage), study)
+    figures = study_figures(s)
+    try:
+        paths = write_html(figures, output_dir, title=f"fmnist-search: {study}")
+    except OSError as e:
+        raise FmnistSearchError(f"cannot write to {output_dir}: {e.strerror}") from None
+    if dashboard:  # optuna-dashboard draws Optuna's plots itself; this adds the learning curves
+        optuna_dashboard.save_plotly_graph_object(s, figures["learning_curves"], graph_object_id="learning-curves")
+    _say(f"wrote {len(paths)} files to {output_dir}/: {', '.join(p.name for p in paths)}")
+
+
+WeightsOpt = Annotated[Path | None, typer.Option(help="A weights file saved by `train --save` (instead of --study).")]
+TrialOpt = Annotated[int | None, typer.Option(help="Trial number [default: the best trial].")]
+
+
+def _load_model(study: str | None, trial: int | None, weights: Path | None, storage: str, artifacts: Path | None):
+    """(label, model name, model) from a study's trial artifact or from a weights file."""
+    from .artifacts import load_weights_file, trial_model
+    from .study import load_study
+
+    if (study is None) == (weights is None):
+        raise FmnistSearchError("give --study NAME (its best or --trial N weights) or --weights FILE")
+    if weights is not None:
+        name, model = load_weights_file(weights)
+        return weights.stem, name, model
+    t, name, model = trial_model(load_study(_storage(storage), study), _artifact_dir(storage, artifacts), trial)
+    return f"{study} trial {t.number}", name, model
+
+
+@command()
+def evaluate(
+    study: Annotated[str | None, typer.Option(help="Study name.")] = None,
+    trial: TrialOpt = None,
+    weights: WeightsOpt = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    artifacts: ArtifactsOpt = None,
+    output_dir: Annotated[Path, typer.Option(help="Folder for the confusion-matrix HTML.")] = Path("."),
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = True,
+) -> None:
+    """Test accuracy, per-class accuracy and the confusion matrix of a trial's (or a file's) weights."""
+    import re
+
+    from .data import CLASSES
+    from .inference import confusion_matrix, per_class_accuracy
+    from .plots import confusion_figure
+    from .train import to_device
+
+    label, _, model = _load_model(study, trial, weights, storage, artifacts)
+    dev, _ = _resolve_runtime(device, "fp32")
+    ds = _dataset(data_dir, download)
+    x, y = to_device(ds.test_images, ds.test_labels, dev)
+    matrix = confusion_matrix(model.to(dev), x, y)
+    accuracy = matrix.diag().sum().item() / matrix.sum().item()
+    out.print(f"{label}: test accuracy {accuracy:.4f} on {len(y)} images", markup=False, highlight=False)
+    per_class = Table(title="per class")
+    for col in ("class", "accuracy", "correct", "images"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for i, (name, acc) in enumerate(zip(CLASSES, per_class_accuracy(matrix), strict=True)):
+        per_class.add_row(f"{i} {name}", f"{acc:.3f}", str(matrix[i, i].item()), str(matrix[i].sum().item()))
+    out.print(per_class)
+    confusion = Table(title="confusion matrix (rows: true class, columns: predicted)")
+    confusion.add_column("true")
+    for i in range(len(CLASSES)):
+        confusion.add_column(str(i), justify="right")
+    for i, name in enumerate(CLASSES):
+        confusion.add_row(f"{i} {name}", *(str(v) for v in matrix[i].tolist()))
+    out.print(confusion)
+    path = output_dir / f"confusion-{re.sub(r'[^A-Za-z0-9._-]+', '-', label)}.html"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    confusion_figure(matrix.tolist(), list(CLASSES), f"{label}: confusion matrix").write_html(path)
+    out.print(f"test_accuracy={accuracy:.4f}", markup=False, highlight=False)
+    _say(f"wrote {path}")
+
+
+@command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="PNG/JPEG files.")],
+    study: Annotated[str | None, typer.Option(help="Study name.")] = None,
+    trial: TrialOpt = None,
+    weights: WeightsOpt = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    artifacts: ArtifactsOpt = None,
+) -> None:
+    """Class and probability for each image (light garment on dark, like Fashion-MNIST; the inverse is flipped)."""
+    import torch
+
+    from .data import CLASSES
+    from .inference import load_image, predict_images
+
+    loaded = [load_image(p) for p in images]  # every file is checked before the model is loaded
+    label, _, model = _load_model(study, trial, weights, storage, artifacts)
+    probs = predict_images(model, torch.stack([img for img, _ in loaded]), torch.device("cpu"))
+    for path, (_, inverted), p in zip(images, loaded, probs, strict=True):
+        k = int(p.argmax())
+        note = " (inverted: dark garment on light background)" if inverted else ""
+        out.print(f"{path}: {CLASSES[k]} {p[k].item():.3f}{note}", markup=False, highlight=False)
+    _say(f"model: {label}")
+
+
+def _train_config(
+    model: str | None, preset: str | None, params: str | None, from_study: str | None, trial: int | None, storage: str
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(model, hyperparameters, split settings): preset or study < --params (< flags, applied by the caller)."""
+    import json
+
+    from .config import load_preset
+    from .study import load_study, stored_spec
+
+    config: dict[str, Any] = {}
+    split: dict[str, Any] = {}
+    if preset is not None and from_study is not None:
+        raise FmnistSearchError("give --preset or --from-study, not both")
+    if preset is not None:
+        p = load_preset(preset)
+        model = model or p.train.get("model") or (p.models[0] if p.models else None)
+        config.update({k: v for k, v in p.settings.items() if k in ("epochs", "batch_size", "momentum")})
+        config.update({k: v for k, v in p.train.items() if k != "model"})
+        split = {k: v for k, v in p.settings.items() if k in ("val_size", "train_size", "seed")}
+    if from_study is not None:
+        study = load_study(_storage(storage), from_study)
+        spec = stored_spec(study)
+        model = model or spec.model
+        t = study.best_trial if trial is None else next((x for x in study.trials if x.number == trial), None)
+        if t is None:
+            raise FmnistSearchError(f"study {from_study!r} has no trial {trial}")
+        config.update(t.user_attrs.get("config") or {"epochs": spec.epochs, "batch_size": spec.batch_size,
+                                                      "momentum": spec.momentum, **spec.fixed, **t.params})  # fmt: skip
+        config.pop("seed", None)
+        split = {"val_size": spec.val_size, "train_size": spec.train_size, "seed": spec.seed}
+    if params is not None:
+        try:
+            extra = json.loads(params)
+        except json.JSONDecodeError as e:
+            raise FmnistSearchError(f"--params is not valid JSON: {e.msg} at column {e.colno}") from None
+        if not isinstance(extra, dict):
+            raise FmnistSearchError("--params takes a JSON object, e.g. '{\"lr\": 0.05}'")
+        config.update(extra)
+    if model is None:
+        raise FmnistSearchError("give --model (or a --preset / --from-study that names one)")
+    return model, config, split
+
+
+@command()
+def train(
+    model: ModelOpt = None,
+    preset: PresetOpt = None,
+    params: Annotated[str | None, typer.Option(help="Hyperparameters as JSON, e.g. '{\"lr\": 0.05}'.")] = None,
+    from_study: Annotated[str | None, typer.Option(help="Use this study's best (or --trial N) configuration.")] = None,
+    trial: TrialOpt = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    epochs: Annotated[int | None, typer.Option(help="Override the configuration's epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Weights, batch order and split seed [default: 0].")] = None,
+    full_train: Annotated[bool, typer.Option(help="Train on train+validation (no validation metrics).")] = False,
+    val_size: ValSizeOpt = None,
+    train_size: TrainSizeOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile: CompileOpt = False,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = True,
+    save: Annotated[Path | None, typer.Option(help="Save the final weights (for evaluate/predict --weights).")] = None,
+) -> None:
+    """Train one configuration without a study; the last line is `test_accuracy=...`."""
+    import torch
+
+    from . import data as data_mod
+    from .artifacts import weights_payload
+    from .models import create_model
+    from .space import check_fixed
+    from .train import Diverged, TrainConfig, evaluate, fit, to_device
+
+    name, config, split = _train_config(model, preset, params, from_study, trial, storage)
+    if epochs is not None:
+        config["epochs"] = epochs
+    split.update(_given(val_size=val_size, train_size=train_size, seed=seed))
+    check_fixed(config)
+    if "lr" not in config:
+        raise FmnistSearchError("no learning rate: give --params '{\"lr\": 0.05}', a preset with one, or --from-study")
+    dev, prec = _resolve_runtime(device, precision)
+    run_seed = split.get("seed", 0)
+    cfg = TrainConfig(**config, seed=run_seed, precision=prec)
+    create_model(name)  # an unknown model fails before the data is loaded
+    ds = _dataset(data_dir, download)
+    splits = data_mod.make_splits(ds, split.get("val_size", 10_000), split.get("train_size"), run_seed)
+    train_xy, val_xy = splits.train, splits.val
+    if full_train:
+        train_xy = (torch.cat([train_xy[0], val_xy[0]]), torch.cat([train_xy[1], val_xy[1]]))
+    tr, va, te = (to_device(*xy, dev) for xy in (train_xy, val_xy, splits.test))
+    torch.manual_seed(run_seed)
+    net = create_model(name).to(memory_format=torch.channels_last).to(dev)
+    runnable = torch.compile(net) if compile else net
+    out.print(f"train {name} on {len(tr[0])} images ({dev}, {prec}): {config}", markup=False, highlight=False)
+
+    def on_epoch(m: Any) -> None:
+        val = "" if full_train else f" val_acc={m.val_accuracy:.4f}"
+        out.print(
+            f"epoch {m.epoch}/{cfg.epochs}: train_loss={m.train_loss:.4f} train_acc={m.train_accuracy:.4f}{val} "
+            f"({m.train_time_s:.1f} s, {m.samples / m.train_time_s:,.0f} samples/s)",
+            markup=False,
+            highlight=False,
+        )
+
+    try:
+        fit(runnable, tr, None if full_train else va, cfg, on_epoch_end=on_epoch)
+    except Diverged as e:
+        raise FmnistSearchError(f"{e}; try a lower lr") from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", EXIT_INTERRUPTED) from None
+    test_accuracy, _ = evaluate(runnable, *te, precision=prec)
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(weights_payload(net, name), save)
+        _say(f"saved weights to {save}")
+    out.print(f"test_accuracy={test_accuracy:.4f}", markup=False, highlight=False)
 
 
 def main() -> None:

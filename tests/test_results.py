@@ -1,0 +1,193 @@
+"""Results people use: the report table, plots, weights as artifacts, evaluate and predict."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState, create_trial
+from PIL import Image
+from typer.testing import CliRunner
+
+from fmnist_search import data
+from fmnist_search.artifacts import WEIGHTS_ATTR, load_model, open_store
+from fmnist_search.cli import app
+from fmnist_search.config import StudySpec
+from fmnist_search.objective import Objective
+from fmnist_search.plots import curves_data, learning_curves, study_figures
+from fmnist_search.report import report_frame, to_markdown
+from fmnist_search.study import make_storage, open_study
+from fmnist_search.train import predict_proba
+
+runner = CliRunner()
+
+
+def _grid_study(tmp_path: Path, epochs: int = 10) -> optuna.Study:
+    """A seed-report-like study with three stored trials (real Optuna trials, made by hand)."""
+    storage = make_storage(f"sqlite:///{tmp_path}/r.db", heartbeat=False)
+    requested = {"model": "lenet", "sampler": "grid", "lr_grid": [0.1, 0.05, 0.01], "momentum": 0.0,
+                 "epochs": epochs, "pruner": "none"}  # fmt: skip
+    study, _ = open_study(storage, "seed-report-lenet", requested)
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 0.5, log=True)}
+    for i, lr in enumerate([0.1, 0.05, 0.01]):
+        history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.5 + e / 100, "val_accuracy": 0.5 + e / 50,
+                    "val_loss": 1.0, "train_time_s": 1.0, "samples": 100} for e in range(1, 4)]  # fmt: skip
+        attrs = {"train_accuracy": 0.9 - i / 100, "test_accuracy": 0.8 + i / 100, "throughput": 1000.0 + i,
+                 "device": "cpu", "device_name": "test cpu", "history": history}  # fmt: skip
+        study.add_trial(create_trial(params={"lr": lr}, distributions=dist, value=0.85 + i / 100, user_attrs=attrs))
+    return study
+
+
+def test_report_rows_match_stored_trials_and_the_report(tmp_path):
+    study = _grid_study(tmp_path)
+    frame = report_frame([study])
+    assert frame["lr"].tolist() == [0.1, 0.05, 0.01]
+    by_lr = {t.params["lr"]: t for t in study.trials}
+    for row in frame.itertuples():
+        t = by_lr[row.lr]
+        assert row.val_accuracy == t.value and row.test_accuracy == t.user_attrs["test_accuracy"]
+        assert row.samples_per_s == t.user_attrs["throughput"] and row.device == "test cpu"
+    lenet_01 = frame.iloc[0]
+    assert (lenet_01.report_train_accuracy, lenet_01.report_test_accuracy) == (0.894, 0.835)
+    md = to_markdown(frame)
+    assert "| lenet | 0.1 | 90.0% | 85.0% | 80.0% | 1,000 | test cpu | 89.4% | 83.5% | 50,245 |" in md
+
+
+def test_report_leaves_out_report_figures_when_the_recipe_differs(tmp_path):
+    frame = report_frame([_grid_study(tmp_path, epochs=3)])
+    assert frame["report_test_accuracy"].isna().all()
+    assert "| — | — | — |" in to_markdown(frame)
+
+
+def test_report_command_writes_markdown_and_csv(tmp_path):
+    study = _grid_study(tmp_path)
+    md, csv = tmp_path / "report.md", tmp_path / "report.csv"
+    url = f"sqlite:///{tmp_path}/r.db"
+    result = runner.invoke(
+        app, ["report", "--study", study.study_name, "--storage", url, "-o", str(md), "--csv", str(csv)]
+    )
+    assert result.exit_code == 0, result.output
+    assert md.read_text().count("\n| lenet |") == 3
+    assert len(csv.read_text().splitlines()) == 4
+
+
+def test_learning_curves_have_a_trace_per_trial_and_panel(tmp_path):
+    study = _grid_study(tmp_path)
+    data_ = curves_data(study)
+    fig = learning_curves("s", data_)
+    assert len(data_) == 3 and len(fig.data) == 9  # 3 trials x (train loss, train acc, val acc)
+    assert list(fig.data[2].y) == [h["val_accuracy"] for h in data_[0]["history"]]
+    names = set(study_figures(study))
+    assert {"learning_curves", "optimization_history", "slice", "timeline"} <= names
+    assert "param_importances" not in names  # a single parameter has no importances
+
+
+def test_plot_command_writes_every_figure(tmp_path):
+    study = _grid_study(tmp_path)
+    out = tmp_path / "plots"
+    url = f"sqlite:///{tmp_path}/r.db"
+    result = runner.invoke(app, ["plot", "--study", study.study_name, "--storage", url, "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("learning_curves", "optimization_history", "slice", "timeline"):
+        assert (out / f"{name}.html").stat().st_size > 2000
+    assert "trial 0 lr=0.1" in (out / "learning_curves.html").read_text()
+    assert 'href="learning_curves.html"' in (out / "index.html").read_text()
+    # the learning curves are also attached to the study for optuna-dashboard
+    storage = make_storage(url, heartbeat=False)
+    attrs = storage.get_study_system_attrs(storage.get_study_id_from_name(study.study_name))
+    assert any("learning-curves" in k for k in attrs)
+
+
+def test_weights_round_trip_through_the_artifact_store(tmp_path, tiny_splits):
+    store = open_store(tmp_path / "artifacts")
+    spec = StudySpec(epochs=2, batch_size=32, lr_min=0.02, lr_max=0.1)
+    obj = Objective(spec, tiny_splits, torch.device("cpu"), artifact_store=store)
+    study = optuna.create_study(direction="maximize")
+    models = []
+    real_build = obj.build
+    obj.build = lambda name, seed: models.append(real_build(name, seed)) or models[-1]
+    study.optimize(obj, n_trials=1)
+    t = study.trials[0]
+    name, loaded = load_model(store, t.user_attrs[WEIGHTS_ATTR])
+    assert name == "lenet"
+    x = obj.val[0]
+    assert torch.allclose(predict_proba(loaded, x), predict_proba(models[0], x), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, real_data):
+    """A small real LeNet study whose best trial has saved weights."""
+    root = tmp_path_factory.mktemp("trained")
+    url = f"sqlite:///{root}/t.db"
+    args = ["run", "--model", "lenet", "--trials", "2", "--storage", url, "--epochs", "2", "--train-size", "8192",
+            "--val-size", "2000", "--batch-size", "64", "--lr-min", "0.03", "--lr-max", "0.1"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (root / "t-artifacts").is_dir()
+    return root, url
+
+
+def test_evaluate_prints_per_class_accuracy_and_writes_confusion_html(trained, tmp_path):
+    _, url = trained
+    result = runner.invoke(app, ["evaluate", "--study", "lenet", "--storage", url, "--output-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    accuracy = float(re.search(r"test_accuracy=([0-9.]+)", result.stdout).group(1))
+    assert accuracy > 0.6  # chance is 0.1
+    for name in ("Trouser", "Sandal", "Bag"):
+        assert name in result.stdout
+    (html,) = tmp_path.glob("confusion-*.html")
+    assert "heatmap" in html.read_text()
+
+
+def _save_png(img: torch.Tensor, path: Path) -> Path:
+    Image.fromarray(img.numpy()).save(path)
+    return path
+
+
+def test_predict_real_test_images_from_png(trained, tmp_path, real_data):
+    _, url = trained
+    idx = list(range(30))
+    paths = [_save_png(real_data.test_images[i], tmp_path / f"{i}.png") for i in idx]
+    inverted = _save_png(255 - real_data.test_images[0], tmp_path / "inverted.png")
+    result = runner.invoke(app, ["predict", "--study", "lenet", "--storage", url, *map(str, paths), str(inverted)])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith(str(tmp_path))]
+    assert len(lines) == 31
+    predicted = [ln.split(": ", 1)[1].rsplit(" ", 1)[0] for ln in lines[:30]]
+    truth = [data.CLASSES[int(real_data.test_labels[i])] for i in idx]
+    correct = sum(p == t for p, t in zip(predicted, truth, strict=True))
+    assert correct >= 15, (predicted, truth)  # chance would be ~3 of 30
+    probs = [float(ln.rsplit(" ", 1)[1].split()[0]) for ln in lines[:30]]
+    assert all(0.1 <= p <= 1 for p in probs)
+    assert "(inverted" in lines[30] and lines[30].split(": ")[1].split(" 0.")[0] == predicted[0]
+
+
+def test_predict_and_evaluate_errors(trained, tmp_path):
+    _, url = trained
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    result = runner.invoke(app, ["predict", "--study", "lenet", "--storage", url, str(junk)])
+    assert result.exit_code == 2 and "cannot read image" in result.output
+    result = runner.invoke(app, ["predict", "--study", "lenet", "--storage", url, str(tmp_path / "none.png")])
+    assert result.exit_code == 2 and "not found" in result.output
+    result = runner.invoke(app, ["evaluate", "--study", "lenet", "--storage", url, "--artifacts", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "artifact folder" in result.output
+    result = runner.invoke(app, ["evaluate", "--study", "lenet", "--storage", url, "--trial", "99"])
+    assert result.exit_code == 2 and "no trial 99" in result.output
+    result = runner.invoke(app, ["evaluate"])
+    assert result.exit_code == 2 and "--study NAME" in result.output
+
+
+def test_trial_without_weights(tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/n.db"
+    args = ["run", "--model", "lenet", "--trials", "1", "--storage", url, "--epochs", "1", "--train-size", "512",
+            "--val-size", "500", "--no-save-weights"]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["evaluate", "--study", "lenet", "--storage", url])
+    assert result.exit_code == 2 and "has no saved weights" in result.output
+    assert math.isfinite(optuna.load_study(study_name="lenet", storage=url).best_value)
+    assert optuna.load_study(study_name="lenet", storage=url).trials[0].state == TrialState.COMPLETE
