@@ -665,16 +665,19 @@ def dashboard(
     storage: StorageOpt = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Serve optuna-dashboard on the same store."""
+    """Serve optuna-dashboard on the same store (and its artifact folder: trial weights)."""
     from optuna_dashboard import run_server
 
+    from .artifacts import open_store
     from .study import mask_url
 
     store = _storage(storage)
+    art_dir = _artifact_dir(storage, artifacts)
     err.print(f"optuna-dashboard for {mask_url(storage)} on http://{host}:{port}/ (Ctrl-C to stop)", markup=False)
     try:
-        run_server(store, host=host, port=port)
+        run_server(store, host=host, port=port, artifact_store=open_store(art_dir))
     except OSError as e:
         raise FmnistSearchError(f"cannot listen on {host}:{port}: {e.strerror}; try --port") from None
     except KeyboardInterrupt:
