@@ -18,7 +18,7 @@ def _warmup_cosine(total: int, warmup: int, cosine: bool):
         if not cosine:
             return 1.0
         progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # peak -> 0 at the last step
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # peak -> 0 just after the last step
 
     return factor
 
