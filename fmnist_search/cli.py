@@ -148,6 +148,17 @@ def _parse_fixed(items: list[str] | None) -> dict[str, Any] | None:
     return fixed
 
 
+def _study_flags(values: dict[str, Any]) -> dict[str, Any]:
+    """The study settings a command's options gave (None = not given), from its locals()."""
+    from .config import SPEC_FIELDS
+
+    flags = {k: v for k, v in values.items() if k in SPEC_FIELDS and k != "model" and v is not None}
+    fixed = _parse_fixed(values.get("fix"))
+    if fixed:
+        flags["fixed"] = fixed
+    return flags
+
+
 def _plan_studies(
     preset: str | None, model: str | None, models: str | None, study: str | None, flags: dict[str, Any],
     trials: int | None,
@@ -224,11 +235,7 @@ def create(
     fix: FixOpt = None,
 ) -> None:
     """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
-    flags = _given(
-        epochs=epochs, batch_size=batch_size, lr_min=lr_min, lr_max=lr_max, momentum=momentum,
-        sampler=sampler, pruner=pruner, seed=seed, val_size=val_size, train_size=train_size,
-        space=space, fixed=_parse_fixed(fix),
-    )  # fmt: skip
+    flags = _study_flags(locals())
     beat = {"heartbeat_interval": 10, "grace_period": 60}
     for name, requested, n in _plan_studies(preset, model, models, study, flags, trials):
         _, _, spec, target = _open(storage, name, requested, n, beat)
@@ -273,6 +280,8 @@ def run(
     """Create or resume a study and run TRIALS more trials in it (in one or many processes)."""
     import os
 
+    flags = _study_flags(locals())
+
     from .workers import plan_workers
 
     if gpus is None and workers_per_gpu != 1:
@@ -282,11 +291,6 @@ def run(
     gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
     if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
         raise FmnistSearchError(f"--gpus takes comma-separated GPU numbers like 0,1,2, got {gpus!r}")
-    flags = _given(
-        epochs=epochs, batch_size=batch_size, lr_min=lr_min, lr_max=lr_max, momentum=momentum,
-        sampler=sampler, pruner=pruner, seed=seed, val_size=val_size, train_size=train_size,
-        space=space, fixed=_parse_fixed(fix),
-    )  # fmt: skip
     plan = _plan_studies(preset, model, models, study, flags, trials)
     beat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
     workers = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
@@ -357,7 +361,7 @@ def _work_here(
     )
     extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
     with _RunProgress(trials, spec.epochs, bars=bars, prefix=prefix) as progress:
-        store = open_store(artifact_dir) if artifact_dir is not None else None
+        weights_store = open_store(artifact_dir) if artifact_dir is not None else None
         objective = Objective(
             spec,
             splits,
@@ -366,7 +370,7 @@ def _work_here(
             on_epoch=progress.on_epoch,
             compile=compile,
             extra_attrs=extra,
-            artifact_store=store,
+            artifact_store=weights_store,
         )
         try:
             work(budgeted, objective, timeout=timeout, catch=(Diverged,), callbacks=[progress.on_trial],
