@@ -74,7 +74,12 @@ StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
 
 
 def _storage(url: str, **kwargs: Any):
+    import optuna
+
     from .study import make_storage
+
+    # Our own lines say what happens; Optuna's INFO/WARNING logs would repeat it (with tracebacks).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
     return make_storage(url, heartbeat=kwargs.pop("heartbeat", False), **kwargs)
 
@@ -335,8 +340,6 @@ def _work_here(
     """Load the data (once per process), then run this process's share of the study's trials."""
     import os
 
-    import optuna
-
     from . import data as data_mod
     from .artifacts import open_store
     from .objective import Objective
@@ -345,8 +348,6 @@ def _work_here(
     from .workers import BudgetedStudy, study_lock, work, worker_seed
 
     dev, prec = _resolve_runtime(device, precision)
-    # Our per-trial lines say what happened; Optuna's warnings would repeat it with tracebacks.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     dataset = _dataset(data_dir, download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
     existing = len(store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False))
