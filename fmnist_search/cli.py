@@ -378,11 +378,24 @@ def _work_here(
                  on_wait=progress.on_wait)  # fmt: skip
         except KeyboardInterrupt:
             progress.stop()
+            _fail_own_running(store, name, extra["worker"])
             raise _fail(
                 f"{prefix}interrupted; finished trials are stored and the running one is marked FAIL in "
                 f"{mask_url(url)}; run the same command to resume",
                 EXIT_INTERRUPTED,
             ) from None
+
+
+def _fail_own_running(store: Any, name: str, worker: str) -> None:
+    """After Ctrl-C: Optuna marks the interrupted trial FAIL, unless the interrupt hit its own
+    bookkeeping; then this does it, so no trial of this process is left RUNNING."""
+    from optuna.trial import TrialState
+
+    study_id = store.get_study_id_from_name(name)
+    for t in store.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("worker") == worker:
+            trial_id = store.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            store.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 @functools.cache
