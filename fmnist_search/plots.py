@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import plotly.colors
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
@@ -30,7 +31,8 @@ def curves_data(study: optuna.Study) -> list[dict[str, Any]]:
 def learning_curves(study_name: str, data: list[dict[str, Any]]) -> go.Figure:
     """The report's figures 2-10 in one: a trace per trial in each of three panels."""
     fig = make_subplots(rows=1, cols=3, subplot_titles=[title for _, title in CURVES])
-    for trial in data:
+    palette = plotly.colors.qualitative.Plotly
+    for i, trial in enumerate(data):
         label = f"trial {trial['number']} " + ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items()
         )
@@ -38,7 +40,7 @@ def learning_curves(study_name: str, data: list[dict[str, Any]]) -> go.Figure:
         dash = None if trial["state"] == "COMPLETE" else "dot"  # pruned trials dotted
         for col, (key, _) in enumerate(CURVES, start=1):
             ys = [h[key] for h in trial["history"]]
-            line = {"dash": dash}
+            line = {"dash": dash, "color": palette[i % len(palette)]}  # one colour per trial in every panel
             trace = go.Scatter(x=epochs, y=ys, mode="lines+markers", name=label, legendgroup=label, line=line)
             fig.add_trace(trace.update(showlegend=col == 1), row=1, col=col)
     fig.update_xaxes(title_text="epoch")

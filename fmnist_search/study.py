@@ -152,6 +152,9 @@ def open_study(storage: RDBStorage, name: str, requested: dict[str, Any]) -> tup
         load_if_exists=True,
     )
     if not exists:
+        with warnings.catch_warnings():  # experimental in name only since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["val_accuracy"])  # the dashboard's label, not "Objective 0"
         for key, value in spec.to_attrs().items():
             study.set_user_attr(key, value)
         study.set_user_attr("created_by", f"fmnist-search {_version()}")

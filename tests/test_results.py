@@ -191,3 +191,12 @@ def test_trial_without_weights(tmp_path, real_data):
     assert result.exit_code == 2 and "has no saved weights" in result.output
     assert math.isfinite(optuna.load_study(study_name="lenet", storage=url).best_value)
     assert optuna.load_study(study_name="lenet", storage=url).trials[0].state == TrialState.COMPLETE
+
+
+def test_each_trial_keeps_one_colour_across_panels(tmp_path):
+    fig = learning_curves("s", curves_data(_grid_study(tmp_path)))
+    by_trial: dict[str, set[str]] = {}
+    for trace in fig.data:
+        by_trial.setdefault(trace.name, set()).add(trace.line.color)
+    assert len(by_trial) == 3 and all(len(colours) == 1 for colours in by_trial.values())
+    assert len({next(iter(c)) for c in by_trial.values()}) == 3
