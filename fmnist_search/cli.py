@@ -983,7 +983,7 @@ def train(
         raise FmnistSearchError(f"{e}; try a lower lr") from None
     except KeyboardInterrupt:
         raise _fail("interrupted", EXIT_INTERRUPTED) from None
-    test_accuracy, _ = evaluate(runnable, *te, precision=prec)
+    test_accuracy, _ = evaluate(runnable, *te, precision=prec, tta_flip=cfg.tta_flip)
     if save is not None:
         save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(weights_payload(net, name), save)

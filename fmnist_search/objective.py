@@ -103,7 +103,7 @@ class Objective:
 
         try:
             fit(model, self.train, self.val, cfg, on_epoch_end=on_epoch_end)
-            attrs["test_accuracy"], _ = evaluate(model, *self.test, precision=cfg.precision)
+            attrs["test_accuracy"], _ = evaluate(model, *self.test, precision=cfg.precision, tta_flip=cfg.tta_flip)
             if self.artifact_store is not None:
                 module = self._compiled[self.spec.model][0] if self.compile else model
                 attrs[WEIGHTS_ATTR] = save_model(self.artifact_store, trial, module, self.spec.model)

@@ -40,6 +40,7 @@ class TrainConfig:
     crop: int = 0  # random-crop padding in pixels (0: off)
     flip: bool = False  # random horizontal flips
     erasing: float = 0.0  # random-erasing probability per sample
+    tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the probabilities
     seed: int = 0  # seeds batch order and augmentation (weights are seeded by the caller)
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (resolved, never "auto")
     eval_batch_size: int = 2048  # samples per forward pass when evaluating
@@ -174,7 +175,7 @@ def fit(
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {epoch} (lr={cfg.lr:.4g})")
         val_accuracy, val_loss = (
-            evaluate(model, *val, batch_size=cfg.eval_batch_size, precision=cfg.precision)
+            evaluate(model, *val, batch_size=cfg.eval_batch_size, precision=cfg.precision, tta_flip=cfg.tta_flip)
             if val is not None
             else (math.nan, math.nan)
         )
@@ -195,18 +196,30 @@ def fit(
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048, precision: str = "fp32"
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 2048,
+    precision: str = "fp32",
+    tta_flip: bool = False,
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on device-resident ``x``, ``y``."""
+    """(accuracy, mean cross-entropy) of ``model`` on device-resident ``x``, ``y``.
+
+    With ``tta_flip`` the prediction is the mean of the probabilities for each image and
+    its left-right mirror (the model has seen mirrored garments when trained with flips).
+    """
     model.eval()
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     loss_sum = torch.zeros((), device=x.device)
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         with _autocast(x.device, precision):
-            out = model(xb)
-        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
-        correct += (out.argmax(1) == yb).sum()
+            logp = F.log_softmax(model(xb).float(), dim=1)
+            if tta_flip:
+                mirrored = F.log_softmax(model(xb.flip(-1)).float(), dim=1)
+                logp = (0.5 * (logp.exp() + mirrored.exp())).log()
+        loss_sum += F.nll_loss(logp, yb, reduction="sum")
+        correct += (logp.argmax(1) == yb).sum()
     acc, loss = torch.stack([correct.float(), loss_sum]).tolist()
     return acc / len(x), loss / len(x)
 

@@ -77,3 +77,17 @@ def test_evaluate_perfect_and_wrong():
     acc, loss = train.evaluate(Const(), x, y, batch_size=3)
     assert acc == pytest.approx(0.5)
     assert loss > 0
+
+
+def test_flip_tta_averages_an_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    x = torch.randn(300, 1, 28, 28)
+    y = torch.randint(0, 10, (300,))
+    with torch.no_grad():
+        probs = 0.5 * (model(x).softmax(1) + model(x.flip(-1)).softmax(1))
+    acc, loss = train.evaluate(model, x, y, batch_size=64, tta_flip=True)
+    assert acc == pytest.approx((probs.argmax(1) == y).float().mean().item())
+    assert loss == pytest.approx(torch.nn.functional.nll_loss(probs.log(), y).item(), rel=1e-5)
+    plain, _ = train.evaluate(model, x, y, batch_size=64)
+    assert plain == pytest.approx((model(x).argmax(1) == y).float().mean().item())
