@@ -12,7 +12,6 @@ so process start-up (imports, data load) is reported separately as wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import optuna
+from results_io import write_json  # benchmarks/ is on sys.path when a script runs
 
 from fmnist_search.devices import device_name, resolve_device
 
@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": "lenet", "trials": args.trials, "epochs": args.epochs, "train_size": args.train_size,
         "val_size": args.val_size, "reps": args.reps, "device": str(device), "device_name": device_name(device),
     }  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     return results
 
 

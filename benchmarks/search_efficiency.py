@@ -11,13 +11,13 @@ accuracy, and their ratios against the unpruned study.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import optuna
 import torch
+from results_io import write_json  # benchmarks/ is on sys.path when a script runs
 
 from fmnist_search import data
 from fmnist_search.config import StudySpec
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_size": args.train_size, "val_size": args.val_size,
         "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
     }  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     return results
 
 

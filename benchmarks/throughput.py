@@ -14,7 +14,6 @@ median samples/s of each and their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from results_io import write_json  # benchmarks/ is on sys.path when a script runs
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
@@ -122,9 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline_workers": args.workers,
         "threads": torch.get_num_threads(),
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     return results
 
 

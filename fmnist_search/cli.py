@@ -942,7 +942,7 @@ def train(
 
     from . import data as data_mod
     from .artifacts import weights_payload
-    from .models import create_model
+    from .models import create_model, list_models
     from .space import check_fixed
     from .train import Diverged, TrainConfig, evaluate, fit, to_device
 
@@ -956,7 +956,8 @@ def train(
     dev, prec = _resolve_runtime(device, precision)
     run_seed = split.get("seed", 0)
     cfg = TrainConfig(**config, seed=run_seed, precision=prec)
-    create_model(name)  # an unknown model fails before the data is loaded
+    if name not in list_models():
+        create_model(name)  # raises the "unknown model ...; choose one of" error before any data is loaded
     ds = _dataset(data_dir, download)
     splits = data_mod.make_splits(ds, split.get("val_size", 10_000), split.get("train_size"), run_seed)
     train_xy, val_xy = splits.train, splits.val
