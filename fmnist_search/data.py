@@ -46,6 +46,8 @@ def cache_dir() -> Path:
 
 
 def search_dirs(data_dir: Path | None = None) -> list[Path]:
+    # The CLI passes FMNIST_DATA_DIR as --data-dir; library callers (benchmarks) get it here.
+    data_dir = data_dir or os.environ.get("FMNIST_DATA_DIR") or None
     dirs = [Path(data_dir).expanduser()] if data_dir else []
     return [*dirs, cache_dir(), DEBIAN_DIR]
 

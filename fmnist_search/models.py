@@ -6,6 +6,7 @@ Like timm: ``@register_model`` adds a builder, ``create_model(name)`` builds one
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch.nn as nn
@@ -56,6 +57,30 @@ def lenet() -> nn.Module:
         nn.ReLU(),
         nn.Linear(84, NUM_CLASSES),
     )
+
+
+def _conv_bn(cin: int, cout: int, pool: bool) -> list[nn.Module]:
+    # airbench's order: pooling right after the conv, so BatchNorm and GELU run on 1/4 of the pixels.
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return [*layers, nn.BatchNorm2d(cout), nn.GELU()]
+
+
+@register_model
+def airbench() -> nn.Module:
+    """airbench94's network layout (Keller Jordan's fast CIFAR-10 trainer), sized for 1x28x28 and a CPU.
+
+    A conv stem and three blocks of two 3x3 convs (the first one pooling: 28 -> 14 -> 7 -> 3
+    pixels), widths 16/32/64/64, then a global max-pool and one linear layer: 144,304
+    parameters, ~13 M multiply-adds per image (LeNet 0.28 M, the 28x28 ResNet18 456 M; torch.utils.flop_counter).
+    Between LeNet and the ResNets: measured in the README's accuracy table.
+    """
+    widths = (16, 32, 64, 64)
+    layers = _conv_bn(1, widths[0], pool=False)
+    for cin, cout in itertools.pairwise(widths):
+        layers += _conv_bn(cin, cout, pool=True) + _conv_bn(cout, cout, pool=False)
+    return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], NUM_CLASSES, bias=False))
 
 
 def _small_input_resnet(builder: Callable[..., nn.Module]) -> nn.Module:

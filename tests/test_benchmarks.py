@@ -49,3 +49,5 @@ def test_gpu_check_flow_on_cpu(tmp_path, real_data):
     assert json.loads((tmp_path / "throughput.json").read_text())["lenet"]["ratio"] > 0
     assert len((tmp_path / "gpu_check_lenet.csv").read_text().splitlines()) >= 2
     assert set(json.loads((tmp_path / "scale.json").read_text())) == {"1", "2", "protocol"}
+    # A device run returns at most 8 plain files from its output folder: no databases, no weights.
+    assert all(p.is_file() for p in tmp_path.iterdir()) and len(list(tmp_path.iterdir())) <= 8

@@ -106,7 +106,7 @@ def _error_line(result) -> str:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["run", "--model", "vgg"], "unknown model 'vgg'; choose one of: lenet, resnet18, resnet34"),
+        (["run", "--model", "vgg"], "unknown model 'vgg'; choose one of: airbench, lenet, resnet18, resnet34"),
         (["run", "--model", "lenet", "--trials", "0"], "'--trials': Input should be greater than or equal to 1"),
         (["run", "--model", "lenet", "--trials", "many"], "'--trials': Input should be a valid integer"),
         (["run", "--model", "lenet", "--lr-min", "0.5", "--lr-max", "0.1"], "lr_min (0.5) must be below lr_max"),

@@ -82,3 +82,10 @@ def test_real_data_verifies_and_splits(real_data):
     splits = data.make_splits(real_data, val_size=10_000, train_size=5_000, seed=0)
     assert len(splits.val[0]) == 10_000 and splits.val[1].bincount().tolist() == [1000] * 10
     assert len(splits.train[0]) == 5_000 and splits.train[1].bincount().tolist() == [500] * 10
+
+
+def test_search_dirs_take_fmnist_data_dir_when_no_folder_is_given(monkeypatch, tmp_path):
+    # Benchmarks call data.load() without the CLI; the env var must still point them at the data.
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path))
+    assert data.search_dirs()[0] == tmp_path
+    assert data.search_dirs(tmp_path / "given")[0] == tmp_path / "given"

@@ -4,13 +4,14 @@ import torch
 from fmnist_search.errors import ConfigError
 from fmnist_search.models import create_model, list_models, num_params
 
-# Parameter counts: LeNet by hand (conv 156 + 2416, fc 30840 + 10164 + 850);
+# Parameter counts: LeNet by hand (conv 156 + 2416, fc 30840 + 10164 + 850); airbench by
+# hand (convs 144 + 4608 + 9216 + 18432 + 36864 + 36864 + 36864, BN 2 x 336, linear 640);
 # the ResNets are torchvision's minus the 7x7 RGB stem plus a 3x3 1-channel one.
-PARAMS = {"lenet": 44_426, "resnet18": 11_172_810, "resnet34": 21_280_970}
+PARAMS = {"airbench": 144_304, "lenet": 44_426, "resnet18": 11_172_810, "resnet34": 21_280_970}
 
 
-def test_registry_lists_the_three_models():
-    assert list_models() == ["lenet", "resnet18", "resnet34"]
+def test_registry_lists_the_models():
+    assert list_models() == ["airbench", "lenet", "resnet18", "resnet34"]
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -30,5 +31,12 @@ def test_resnet_stem_is_adapted_to_28x28(name):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ConfigError, match=r"unknown model 'vgg'.*lenet, resnet18, resnet34"):
+    with pytest.raises(ConfigError, match=r"unknown model 'vgg'.*airbench, lenet, resnet18, resnet34"):
         create_model("vgg")
+
+
+def test_airbench_pools_28_to_3_pixels():
+    # Three pooling convs: 28 -> 14 -> 7 -> 3; the global max-pool then sees 3x3 maps of 64 channels.
+    model = create_model("airbench").eval()
+    feats = model[:-3](torch.randn(2, 1, 28, 28))
+    assert feats.shape == (2, 64, 3, 3)

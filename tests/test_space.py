@@ -135,7 +135,7 @@ def test_lr_space_is_the_report_question():
 
 def test_every_shipped_preset_loads():
     names = sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.toml")})
-    assert {"seed-report", "lenet-tuned", "resnet18-tuned", "resnet34-tuned"} <= set(names)
+    assert {"seed-report", "lenet-tuned", "resnet18-tuned", "resnet34-tuned", "airbench-tuned"} <= set(names)
     for name in names:
         preset = load_preset(name)
         assert preset.description
@@ -165,9 +165,10 @@ def test_bad_presets_are_errors(tmp_path: Path, body: str, message: str):
         load_preset(str(path))
 
 
-def test_train_with_a_preset_on_a_tiny_subset(tmp_path, real_data):
+@pytest.mark.parametrize("preset", ["lenet-tuned", "airbench-tuned"])
+def test_train_with_a_preset_on_a_tiny_subset(tmp_path, real_data, preset):
     weights = tmp_path / "w.pt"
-    args = ["train", "--preset", "lenet-tuned", "--epochs", "1", "--train-size", "2048", "--save", str(weights)]
+    args = ["train", "--preset", preset, "--epochs", "1", "--train-size", "2048", "--save", str(weights)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
