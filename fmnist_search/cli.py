@@ -195,10 +195,10 @@ def _plan_studies(
         raise FmnistSearchError(f"preset {p.name} names no model; give --model")
     if study is not None and len(chosen) > 1:
         raise FmnistSearchError("--study names one study, but the preset makes one per model; use --models to pick one")
-    return [
-        (study or p.study.format(model=m), {**p.settings, **flags, "model": m}, trials or p.trials or 30)
-        for m in chosen
-    ]
+    settings = {**p.settings, **flags}
+    if "fixed" in p.settings and "fixed" in flags:  # --fix adds to (or overrides keys of) the preset's [fixed]
+        settings["fixed"] = {**p.settings["fixed"], **flags["fixed"]}
+    return [(study or p.study.format(model=m), {**settings, "model": m}, trials or p.trials or 30) for m in chosen]
 
 
 def _open(storage: str, name: str, requested: dict[str, Any], trials: int, beat: dict[str, int]):

@@ -185,3 +185,15 @@ def test_train_errors():
     assert result.exit_code == 2 and "no learning rate" in result.output
     result = runner.invoke(app, ["train", "--model", "lenet", "--params", '{"lr": 0.1, "dropout": 0.3}'])
     assert result.exit_code == 2 and "unknown fixed parameter" in result.output
+
+
+def test_fix_adds_to_a_presets_fixed_table(tmp_path):
+    # lenet-tuned fixes epochs=10 and crop=0; --fix must add tta_flip and override crop, not drop epochs.
+    from fmnist_search.study import load_study, stored_spec
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    args = ["create", "--preset", "lenet-tuned", "--study", "s", "--storage", url, "--fix", "tta_flip=true"]
+    result = runner.invoke(app, [*args, "--fix", "crop=2"])
+    assert result.exit_code == 0, result.output
+    spec = stored_spec(load_study(url, "s"))
+    assert spec.fixed == {"epochs": 10, "crop": 2, "tta_flip": True}
