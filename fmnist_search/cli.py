@@ -810,6 +810,9 @@ def evaluate(
     storage: StorageOpt = DEFAULT_STORAGE,
     artifacts: ArtifactsOpt = None,
     output_dir: Annotated[Path, typer.Option(help="Folder for the confusion-matrix HTML.")] = Path("."),
+    tta_flip: Annotated[
+        bool, typer.Option(help="Average each image's and its mirror image's predictions, as tta_flip recipes do.")
+    ] = False,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
     download: DownloadOpt = True,
@@ -826,9 +829,10 @@ def evaluate(
     dev, _ = _resolve_runtime(device, "fp32")
     ds = _dataset(data_dir, download)
     x, y = to_device(ds.test_images, ds.test_labels, dev)
-    matrix = confusion_matrix(model.to(dev), x, y)
+    matrix = confusion_matrix(model.to(dev), x, y, tta_flip=tta_flip)
     accuracy = matrix.diag().sum().item() / matrix.sum().item()
-    out.print(f"{label}: test accuracy {accuracy:.4f} on {len(y)} images", markup=False, highlight=False)
+    how = " with flip TTA" if tta_flip else ""
+    out.print(f"{label}: test accuracy {accuracy:.4f} on {len(y)} images{how}", markup=False, highlight=False)
     per_class = Table(title="per class")
     for col in ("class", "accuracy", "correct", "images"):
         per_class.add_column(col, justify="left" if col == "class" else "right")

@@ -13,9 +13,11 @@ from .train import predict_proba, to_device
 BORDER_PX = 2  # the ring of pixels that tells background from garment
 
 
-def confusion_matrix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+def confusion_matrix(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, tta_flip: bool = False
+) -> torch.Tensor:
     """(true, predicted) counts for normalized inputs ``x``."""
-    pred = predict_proba(model, x).argmax(1)
+    pred = predict_proba(model, x, tta_flip=tta_flip).argmax(1)
     return torch.bincount(y * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes).cpu()
 
 

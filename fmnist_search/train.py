@@ -225,7 +225,12 @@ def evaluate(
 
 
 @torch.inference_mode()
-def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """Class probabilities (N, 10) for normalized inputs."""
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, tta_flip: bool = False) -> torch.Tensor:
+    """Class probabilities (N, 10) for normalized inputs; with ``tta_flip``, averaged with the mirror images'."""
     model.eval()
-    return torch.cat([F.softmax(model(x[i : i + batch_size]).float(), dim=1) for i in range(0, len(x), batch_size)])
+    views = (lambda b: b, lambda b: b.flip(-1)) if tta_flip else (lambda b: b,)
+    chunks = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size]
+        chunks.append(sum(F.softmax(model(view(xb)).float(), dim=1) for view in views) / len(views))
+    return torch.cat(chunks)

@@ -176,6 +176,10 @@ def test_train_with_a_preset_on_a_tiny_subset(tmp_path, real_data, preset):
     assert any(line.startswith("epoch 1/1:") for line in lines)
     assert 0.1 < float(lines[-1].split("=")[1]) <= 1.0
     assert weights.stat().st_size > 10_000
+    # evaluate --tta-flip reproduces train's figure (both presets evaluate with flip TTA)
+    again = runner.invoke(app, ["evaluate", "--weights", str(weights), "--tta-flip", "--output-dir", str(tmp_path)])
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip().splitlines()[-1] == lines[-1]
 
 
 def test_train_errors():

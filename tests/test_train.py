@@ -4,6 +4,7 @@ import torch.nn as nn
 
 from fmnist_search import train
 from fmnist_search.models import create_model
+from fmnist_search.train import predict_proba
 from tests.conftest import synthetic
 
 
@@ -91,3 +92,12 @@ def test_flip_tta_averages_an_image_and_its_mirror():
     assert loss == pytest.approx(torch.nn.functional.nll_loss(probs.log(), y).item(), rel=1e-5)
     plain, _ = train.evaluate(model, x, y, batch_size=64)
     assert plain == pytest.approx((model(x).argmax(1) == y).float().mean().item())
+
+
+def test_predict_proba_with_flip_tta_averages_each_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))  # not mirror-symmetric
+    x = torch.randn(5, 1, 28, 28)
+    plain, mirrored = predict_proba(model, x), predict_proba(model, x.flip(-1))
+    assert not torch.allclose(plain, mirrored)
+    assert torch.allclose(predict_proba(model, x, batch_size=2, tta_flip=True), (plain + mirrored) / 2, atol=1e-6)
