@@ -214,10 +214,7 @@ def evaluate(
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         with _autocast(x.device, precision):
-            logp = F.log_softmax(model(xb).float(), dim=1)
-            if tta_flip:
-                mirrored = F.log_softmax(model(xb.flip(-1)).float(), dim=1)
-                logp = (0.5 * (logp.exp() + mirrored.exp())).log()
+            logp = _log_probs(model, xb, tta_flip)
         loss_sum += F.nll_loss(logp, yb, reduction="sum")
         correct += (logp.argmax(1) == yb).sum()
     acc, loss = torch.stack([correct.float(), loss_sum]).tolist()
@@ -228,9 +225,17 @@ def evaluate(
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, tta_flip: bool = False) -> torch.Tensor:
     """Class probabilities (N, 10) for normalized inputs; with ``tta_flip``, averaged with the mirror images'."""
     model.eval()
-    views = (lambda b: b, lambda b: b.flip(-1)) if tta_flip else (lambda b: b,)
-    chunks = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size]
-        chunks.append(sum(F.softmax(model(view(xb)).float(), dim=1) for view in views) / len(views))
-    return torch.cat(chunks)
+    return torch.cat([_log_probs(model, x[i : i + batch_size], tta_flip).exp() for i in range(0, len(x), batch_size)])
+
+
+def _log_probs(model: nn.Module, xb: torch.Tensor, tta_flip: bool) -> torch.Tensor:
+    """Log class probabilities; with ``tta_flip``, of the mean of the image's and its mirror's probabilities.
+
+    The mean is taken in log space (logsumexp - log 2), so a confident wrong prediction
+    gives a large finite loss rather than log(0).
+    """
+    logp = F.log_softmax(model(xb).float(), dim=1)
+    if not tta_flip:
+        return logp
+    mirrored = F.log_softmax(model(xb.flip(-1)).float(), dim=1)
+    return torch.logaddexp(logp, mirrored) - math.log(2)
