@@ -946,6 +946,7 @@ def train(
 
     from . import data as data_mod
     from .artifacts import weights_payload
+    from .devices import tune_backend
     from .models import create_model, list_models
     from .space import check_fixed
     from .train import Diverged, TrainConfig, evaluate, fit, to_device
@@ -968,6 +969,7 @@ def train(
     if full_train:
         train_xy = (torch.cat([train_xy[0], val_xy[0]]), torch.cat([train_xy[1], val_xy[1]]))
     tr, va, te = (to_device(*xy, dev) for xy in (train_xy, val_xy, splits.test))
+    tune_backend(dev)  # as every trial gets: `train` is how the best recipe is retrained
     torch.manual_seed(run_seed)
     net = create_model(name).to(memory_format=torch.channels_last).to(dev)
     runnable = torch.compile(net) if compile else net

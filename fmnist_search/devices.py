@@ -45,6 +45,12 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def tune_backend(device: torch.device) -> None:
+    """Process-wide settings for training on ``device`` (fixed input shapes: cuDNN may autotune)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so wall-clock timings are honest on asynchronous devices."""
     if device.type == "cuda":

@@ -17,7 +17,7 @@ import torch.nn as nn
 from .artifacts import WEIGHTS_ATTR, save_model
 from .config import StudySpec
 from .data import Splits
-from .devices import device_name
+from .devices import device_name, tune_backend
 from .models import create_model, num_params
 from .space import suggest
 from .train import Diverged, EpochMetrics, FitResult, TrainConfig, evaluate, fit, to_device
@@ -50,8 +50,7 @@ class Objective:
         self.train = to_device(*splits.train, device)
         self.val = to_device(*splits.val, device)
         self.test = to_device(*splits.test, device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        tune_backend(device)
 
     def build(self, name: str, seed: int) -> nn.Module:
         """A freshly initialised model on the device (seeded), compiled at most once per process.
