@@ -372,6 +372,7 @@ def _work_here(
             compile=compile,
             extra_attrs=extra,
             artifact_store=weights_store,
+            say=lambda message: _say(prefix + message),
         )
         try:
             work(budgeted, objective, timeout=timeout, catch=(Diverged,), callbacks=[progress.on_trial],
@@ -949,6 +950,7 @@ def train(
     from .devices import tune_backend
     from .models import create_model, list_models
     from .space import check_fixed
+    from .teachers import teacher_for
     from .train import Diverged, TrainConfig, evaluate, fit, to_device
 
     name, config, split = _train_config(model, preset, params, from_study, trial, storage)
@@ -970,6 +972,7 @@ def train(
         train_xy = (torch.cat([train_xy[0], val_xy[0]]), torch.cat([train_xy[1], val_xy[1]]))
     tr, va, te = (to_device(*xy, dev) for xy in (train_xy, val_xy, splits.test))
     tune_backend(dev)  # as every trial gets: `train` is how the best recipe is retrained
+    teacher = teacher_for(cfg.teacher, tr, run_seed, prec, say=_say) if cfg.teacher else None
     torch.manual_seed(run_seed)
     net = create_model(name).to(memory_format=torch.channels_last).to(dev)
     runnable = torch.compile(net) if compile else net
@@ -985,7 +988,7 @@ def train(
         )
 
     try:
-        fit(runnable, tr, None if full_train else va, cfg, on_epoch_end=on_epoch)
+        fit(runnable, tr, None if full_train else va, cfg, on_epoch_end=on_epoch, teacher=teacher)
     except Diverged as e:
         raise FmnistSearchError(f"{e}; try a lower lr") from None
     except KeyboardInterrupt:

@@ -39,10 +39,14 @@ HOW_TO_GET = (
 )
 
 
+def cache_root() -> Path:
+    """This tool's cache: downloads, decompressed files, worker locks, distillation teachers."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fmnist-search"
+
+
 def cache_dir() -> Path:
     """Where downloads go (torchvision's FashionMNIST layout); searched for the files."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "fmnist-search" / "FashionMNIST" / "raw"
+    return cache_root() / "FashionMNIST" / "raw"
 
 
 def search_dirs(data_dir: Path | None = None) -> list[Path]:

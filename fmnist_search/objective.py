@@ -20,6 +20,7 @@ from .data import Splits
 from .devices import device_name, tune_backend
 from .models import create_model, num_params
 from .space import suggest
+from .teachers import teacher_for
 from .train import Diverged, EpochMetrics, FitResult, TrainConfig, evaluate, fit, to_device
 
 EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
@@ -38,6 +39,7 @@ class Objective:
         compile: bool = False,
         extra_attrs: dict[str, Any] | None = None,
         artifact_store: Any = None,
+        say: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.spec = spec
         self.device = device
@@ -51,6 +53,9 @@ class Objective:
         self.val = to_device(*splits.val, device)
         self.test = to_device(*splits.test, device)
         tune_backend(device)
+        # Not sampled, so one teacher serves the whole study; trained (or loaded) once per process.
+        name = spec.fixed.get("teacher")
+        self.teacher = teacher_for(name, self.train, spec.seed, precision, say) if name else None
 
     def build(self, name: str, seed: int) -> nn.Module:
         """A freshly initialised model on the device (seeded), compiled at most once per process.
@@ -101,7 +106,7 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned after epoch {m.epoch}: val_accuracy {m.val_accuracy:.4f}")
 
         try:
-            fit(model, self.train, self.val, cfg, on_epoch_end=on_epoch_end)
+            fit(model, self.train, self.val, cfg, on_epoch_end=on_epoch_end, teacher=self.teacher)
             attrs["test_accuracy"], _ = evaluate(model, *self.test, precision=cfg.precision, tta_flip=cfg.tta_flip)
             if self.artifact_store is not None:
                 module = self._compiled[self.spec.model][0] if self.compile else model

@@ -41,6 +41,9 @@ class TrainConfig:
     flip: bool = False  # random horizontal flips
     erasing: float = 0.0  # random-erasing probability per sample
     tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the probabilities
+    teacher: str = ""  # preset whose network, trained on the same images, gives soft targets ("": none)
+    distill: float = 0.0  # weight of the teacher's soft targets in the loss (0: labels only, 1: teacher only)
+    distill_temp: float = 4.0  # softmax temperature of both networks in the distillation term
     seed: int = 0  # seeds batch order and augmentation (weights are seeded by the caller)
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (resolved, never "auto")
     eval_batch_size: int = 2048  # samples per forward pass when evaluating
@@ -122,9 +125,13 @@ def fit(
     val: tuple[torch.Tensor, torch.Tensor] | None,
     cfg: TrainConfig,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> FitResult:
     """Train ``model`` (already on the data's device) with SGD; evaluate on ``val`` each epoch.
 
+    With ``cfg.distill > 0`` the loss mixes the labels' cross-entropy with ``teacher``'s
+    soft targets on the same augmented batch (knowledge distillation; the teacher is
+    frozen, in eval mode, on the same device).
     ``on_epoch_end`` may raise to stop training (the Optuna adapter prunes this way).
     Raises ``Diverged`` when an epoch's loss is not finite. With ``val=None`` (training on
     train+validation) the validation metrics are NaN.
@@ -132,6 +139,8 @@ def fit(
     x, y = train
     device = x.device
     n = len(x)
+    if cfg.distill > 0 and teacher is None:
+        raise ValueError(f"distill={cfg.distill} needs a teacher network")
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,
@@ -160,6 +169,10 @@ def fit(
             with _autocast(device, cfg.precision):
                 out = model(xb)
                 loss = F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing)
+                if cfg.distill > 0:
+                    with torch.no_grad():
+                        soft = teacher(xb)
+                    loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.distill_temp)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -192,6 +205,18 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(metrics)
     return result
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target term: KL(teacher || student) at ``temperature``, times T^2.
+
+    The T^2 keeps its gradients the size of the cross-entropy's whatever the temperature,
+    so ``distill`` weighs the two terms alike.
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student.float() / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher.float() / t, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * t * t
 
 
 @torch.inference_mode()

@@ -16,19 +16,19 @@ target; its retry does.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 from filelock import FileLock
 from optuna.trial import TrialState
+
+from .data import cache_root
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
 
@@ -223,7 +223,7 @@ def _mysql_named_lock(url: str, study_name: str) -> Iterator[None]:
 
 
 def _file_lock(url: str, study_name: str) -> AbstractContextManager:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fmnist-search" / "locks"
+    root = cache_root() / "locks"
     root.mkdir(parents=True, exist_ok=True)
     return FileLock(str(root / f"{_key(url, study_name)[:32]}.lock"))
 

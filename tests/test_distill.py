@@ -1,0 +1,129 @@
+"""Knowledge distillation: the loss, fit's use of a teacher, the teacher cache, config checks."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from fmnist_search.cli import app
+from fmnist_search.config import StudySpec
+from fmnist_search.errors import ConfigError
+from fmnist_search.objective import Objective
+from fmnist_search.space import check_fixed
+from fmnist_search.teachers import teacher_for
+from fmnist_search.train import TrainConfig, distillation_loss, fit, to_device
+
+runner = CliRunner()
+
+
+def test_distillation_loss_is_the_temperature_scaled_kl():
+    z = torch.tensor([[2.0, 0.0, -1.0]])
+    assert distillation_loss(z, z, 4.0).item() == pytest.approx(0.0, abs=1e-7)
+    s, t, temp = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), 2.0
+    p = F.softmax(t / temp, dim=1)  # teacher's soft targets
+    q = F.softmax(s / temp, dim=1)
+    by_hand = (p * (p / q).log()).sum() * temp**2
+    assert distillation_loss(s, t, temp).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert distillation_loss(s, t, temp).item() > 0
+
+
+def _linear() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+
+
+def test_a_fully_distilled_student_learns_the_teacher_not_the_labels():
+    # The labels are noise; the teacher is a fixed random linear map. With distill=1 the
+    # student sees only the teacher, so it must end up agreeing with it, not with the labels.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 1, 28, 28, generator=g)
+    noise_labels = torch.randint(0, 10, (512,), generator=g)
+    torch.manual_seed(1)
+    teacher = _linear().eval().requires_grad_(False)
+    torch.manual_seed(2)
+    student = _linear()
+    cfg = TrainConfig(lr=0.05, epochs=15, batch_size=64, teacher="t", distill=1.0, distill_temp=1.0)
+    fit(student, (x, noise_labels), None, cfg, teacher=teacher)
+    with torch.no_grad():
+        pred = student(x).argmax(1)
+        agree = (pred == teacher(x).argmax(1)).float().mean().item()
+    label_acc = (pred == noise_labels).float().mean().item()
+    assert agree > 0.8, agree
+    assert label_acc < 0.3, label_acc
+
+
+def test_fit_refuses_distill_without_a_teacher():
+    x, y = torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        fit(_linear(), (x, y), None, TrainConfig(lr=0.1, epochs=1, teacher="t", distill=0.5))
+
+
+def test_teacher_is_trained_once_on_the_students_images_then_loaded(tiny_splits):
+    said: list[str] = []
+    train = to_device(*tiny_splits.train, torch.device("cpu"))
+    first = teacher_for("airbench-tuned", train, seed=0, say=said.append)
+    assert any("training airbench for 10 epochs on 400 images" in m for m in said)
+    assert not first.training and not any(p.requires_grad for p in first.parameters())
+    said.clear()
+    second = teacher_for("airbench-tuned", train, seed=0, say=said.append)
+    assert any("loaded from" in m for m in said) and not any("training" in m for m in said)
+    x = train[0][:16]
+    assert torch.equal(first(x), second(x))
+    # other training images (another split) make another teacher: it never reuses one that saw other data
+    said.clear()
+    other = to_device(*tiny_splits.val, torch.device("cpu"))
+    teacher_for("airbench-tuned", other, seed=0, say=said.append)
+    assert any("training" in m for m in said)
+    # the teacher learned something: well above chance (10%) on held-out synthetic images
+    val = to_device(*tiny_splits.test, torch.device("cpu"))
+    assert (first(val[0]).argmax(1) == val[1]).float().mean().item() > 0.5
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"distill": 0.9}, "needs a teacher"),
+        ({"teacher": "airbench-tuned"}, "unused with distill=0"),
+        ({"teacher": "no-such-preset", "distill": 0.5}, "teacher: unknown preset"),
+        ({"teacher": "seed-report", "distill": 0.5}, "must name one model"),
+        ({"teacher": "airbench-tuned", "distill": 1.5}, r"distill must be a number in \[0, 1\]"),
+        ({"teacher": "airbench-tuned", "distill": 0.5, "distill_temp": 0}, "distill_temp must be a positive"),
+    ],
+)
+def test_bad_distillation_settings_are_config_errors(values, message):
+    with pytest.raises(ConfigError, match=message):
+        check_fixed(values)
+
+
+def test_a_teacher_with_a_teacher_is_refused(tmp_path):
+    chained = tmp_path / "chained.toml"
+    chained.write_text("model = 'lenet'\n[train]\nlr = 0.1\nteacher = 'airbench-tuned'\ndistill = 0.5\n")
+    with pytest.raises(ConfigError, match="teacher of its own"):
+        check_fixed({"teacher": str(chained), "distill": 0.5})
+
+
+def test_train_cli_reports_distillation_errors_in_one_line():
+    result = runner.invoke(app, ["train", "--model", "lenet", "--params", '{"lr": 0.1, "distill": 0.9}'])
+    assert result.exit_code == 2
+    expected = "error: distill=0.9 needs a teacher: add teacher=PRESET, e.g. teacher=airbench-tuned"
+    assert result.output.strip() == expected
+
+
+def test_a_study_with_a_fixed_teacher_distils_every_trial(tiny_splits):
+    fixed = {"teacher": "airbench-tuned", "distill": 0.7, "distill_temp": 3.0}
+    spec = StudySpec(epochs=2, batch_size=64, space="lr", fixed=fixed)
+    said: list[str] = []
+    objective = Objective(spec, tiny_splits, torch.device("cpu"), say=said.append)
+    assert objective.teacher is not None and any("teacher airbench-tuned" in m for m in said)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=2)
+    for t in study.trials:
+        assert t.state.name == "COMPLETE"
+        config = t.user_attrs["config"]
+        assert (config["teacher"], config["distill"], config["distill_temp"]) == ("airbench-tuned", 0.7, 3.0)
+        assert not math.isnan(t.value)
