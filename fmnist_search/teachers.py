@@ -67,7 +67,7 @@ def teacher_for(
     check_teacher(name)
     preset = load_preset(name)
     model_name, recipe = preset.models[0], dict(preset.train)
-    path = cache_root() / "teachers" / f"{name}-{_fingerprint(model_name, recipe, seed, precision, train)}.pt"
+    path = cache_root() / "teachers" / f"{preset.name}-{_fingerprint(model_name, recipe, seed, precision, train)}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):  # the workers of one study wait for the first to train it
         if path.is_file():

@@ -200,4 +200,5 @@ def test_fix_adds_to_a_presets_fixed_table(tmp_path):
     result = runner.invoke(app, [*args, "--fix", "crop=2"])
     assert result.exit_code == 0, result.output
     spec = stored_spec(load_study(url, "s"))
-    assert spec.fixed == {"epochs": 10, "crop": 2, "tta_flip": True}
+    teacher = {"teacher": "airbench-tuned", "distill": 0.9, "distill_temp": 4.0}
+    assert spec.fixed == {"epochs": 10, "crop": 2, "tta_flip": True, **teacher}
