@@ -127,3 +127,18 @@ def test_a_study_with_a_fixed_teacher_distils_every_trial(tiny_splits):
         config = t.user_attrs["config"]
         assert (config["teacher"], config["distill"], config["distill_temp"]) == ("airbench-tuned", 0.7, 3.0)
         assert not math.isnan(t.value)
+
+
+def test_run_trains_the_studys_teacher_once_then_resumes_with_it(tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/kd.db"
+    args = ["run", "--model", "lenet", "--storage", url, "--study", "kd", "--epochs", "1", "--batch-size", "64"]
+    args += ["--train-size", "1024", "--val-size", "500", "--fix", "teacher=airbench-tuned", "--fix", "distill=0.5"]
+    first = runner.invoke(app, [*args, "--trials", "1"])
+    assert first.exit_code == 0, first.output
+    assert "teacher airbench-tuned: training airbench for 10 epochs on 1024 images" in first.output
+    again = runner.invoke(app, [*args, "--trials", "1"])  # one more trial: the same images, so the cached teacher
+    assert again.exit_code == 0, again.output
+    assert "teacher airbench-tuned: loaded from" in again.output and "training airbench" not in again.output
+    study = optuna.load_study(study_name="kd", storage=url)
+    assert len(study.trials) == 2
+    assert all(t.user_attrs["config"]["distill"] == 0.5 for t in study.trials)
