@@ -26,7 +26,7 @@ from .config import load_preset
 from .data import cache_root
 from .errors import ConfigError
 from .models import create_model
-from .train import TrainConfig, fit
+from .train import EpochMetrics, TrainConfig, fit
 
 
 def check_teacher(name: str) -> None:
@@ -87,7 +87,11 @@ def _train(name, model_name, recipe, seed, precision, train, say) -> nn.Module:
     say(f"teacher {name}: training {model_name} for {cfg.epochs} epochs on {len(train[0])} images (cached after)")
     torch.manual_seed(seed)
     net = create_model(model_name).to(memory_format=torch.channels_last).to(train[0].device)
-    fit(net, train, None, cfg)
+
+    def progress(m: EpochMetrics) -> None:
+        say(f"teacher {name}: epoch {m.epoch}/{cfg.epochs} train_acc={m.train_accuracy:.4f} ({m.train_time_s:.1f} s)")
+
+    fit(net, train, None, cfg, on_epoch_end=progress)
     return net
 
 

@@ -68,6 +68,7 @@ def test_teacher_is_trained_once_on_the_students_images_then_loaded(tiny_splits)
     train = to_device(*tiny_splits.train, torch.device("cpu"))
     first = teacher_for("airbench-tuned", train, seed=0, say=said.append)
     assert any("training airbench for 10 epochs on 400 images" in m for m in said)
+    assert any(m.startswith("teacher airbench-tuned: epoch 10/10 train_acc=") for m in said)  # progress per epoch
     assert not first.training and not any(p.requires_grad for p in first.parameters())
     said.clear()
     second = teacher_for("airbench-tuned", train, seed=0, say=said.append)
