@@ -155,9 +155,20 @@ def test_diverging_trials_fail_with_reason(tmp_path, real_data):
     assert all("training loss became" in t.user_attrs["fail_reason"] for t in study.trials)
 
 
+def _default_sigint() -> None:
+    # A test runner started in the background (`nohup ... &`) ignores SIGINT, and children
+    # inherit that; these tests press Ctrl-C, so the CLI must get the default handling.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "fmnist_search", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+        [sys.executable, "-m", "fmnist_search", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+        **kw,
     )
 
 

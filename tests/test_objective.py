@@ -61,12 +61,12 @@ def test_nan_loss_after_some_epochs_keeps_history(tiny_splits, monkeypatch):
     """A trial that diverges in epoch 2 keeps epoch 1's measurements."""
     real_fit = objective_mod.fit
 
-    def fit_then_diverge(model, tr, va, cfg, on_epoch_end):
+    def fit_then_diverge(model, tr, va, cfg, on_epoch_end, teacher=None):
         def hook(m):
             on_epoch_end(m)
             raise Diverged(f"training loss became {math.nan} in epoch 2")
 
-        return real_fit(model, tr, va, cfg, on_epoch_end=hook)
+        return real_fit(model, tr, va, cfg, on_epoch_end=hook, teacher=teacher)
 
     monkeypatch.setattr(objective_mod, "fit", fit_then_diverge)
     study = _study()
