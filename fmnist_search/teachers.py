@@ -22,15 +22,15 @@ import torch.nn as nn
 from filelock import FileLock
 
 from .artifacts import load_weights_file, weights_payload
-from .config import load_preset
+from .config import Preset, load_preset
 from .data import cache_root
 from .errors import ConfigError
 from .models import create_model
 from .train import EpochMetrics, TrainConfig, fit
 
 
-def check_teacher(name: str) -> None:
-    """Raise ConfigError unless preset ``name`` can teach: one model, a [train] lr, no teacher of its own."""
+def check_teacher(name: str) -> Preset:
+    """Preset ``name``, if it can teach (one model, a [train] lr, no teacher of its own), else ConfigError."""
     try:
         preset = load_preset(name)
     except ConfigError as e:
@@ -41,6 +41,7 @@ def check_teacher(name: str) -> None:
         raise ConfigError(f"teacher preset {name!r} has no [train] table with an lr")
     if preset.train.get("teacher"):
         raise ConfigError(f"teacher preset {name!r} has a teacher of its own; chains are not supported")
+    return preset
 
 
 def _fingerprint(model: str, recipe: dict, seed: int, precision: str, train: tuple[torch.Tensor, torch.Tensor]) -> str:
@@ -64,8 +65,7 @@ def teacher_for(
     file is written whole, then renamed into place, so an interrupted run leaves none; a
     file lock makes concurrent workers train it once.
     """
-    check_teacher(name)
-    preset = load_preset(name)
+    preset = check_teacher(name)
     model_name, recipe = preset.models[0], dict(preset.train)
     path = cache_root() / "teachers" / f"{preset.name}-{_fingerprint(model_name, recipe, seed, precision, train)}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
