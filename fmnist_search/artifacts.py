@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
-from .errors import FmnistSearchError
+from .errors import FmnistSearchError, StorageError
 from .models import create_model
 from .train import MEAN, STD
 
@@ -39,10 +39,13 @@ def open_store(path: Path) -> FileSystemArtifactStore:
 def save_model(store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.Module, model_name: str) -> str:
     """Upload ``module``'s weights, attached to ``trial`` (the dashboard lists them); return the id."""
     payload = weights_payload(module, model_name)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"trial-{trial.number}-{model_name}.pt"
-        torch.save(payload, path)
-        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial-{trial.number}-{model_name}.pt"
+            torch.save(payload, path)
+            return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    except OSError as e:  # a full disk or a lost mount: the trial cannot keep its weights
+        raise StorageError(f"cannot save trial {trial.number}'s weights in {store._base_path}: {e.strerror}") from None
 
 
 def weights_payload(module: nn.Module, model_name: str) -> dict[str, Any]:

@@ -30,8 +30,16 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
+EXIT_FAILED = 1  # the work could not go on (a lost store, a failed worker)
 EXIT_USAGE = 2  # bad input, as click uses for usage errors
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+def _user_error(e: BaseException) -> FmnistSearchError | None:
+    """The first of our own errors in ``e``'s cause/context chain."""
+    from .interrupts import causes
+
+    return next((x for x in causes(e) if isinstance(x, FmnistSearchError)), None)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -45,10 +53,23 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
-            try:
-                return fn(*a, **kw)
-            except FmnistSearchError as e:
-                raise _fail(str(e)) from None
+            from .interrupts import handled, stop_in
+
+            with handled():  # Ctrl-C / SIGTERM: one line and 130 / 143, wherever they land
+                try:
+                    return fn(*a, **kw)
+                except FmnistSearchError as e:
+                    raise _fail(str(e)) from None
+                except (KeyboardInterrupt, Exception) as e:
+                    stop = stop_in(e)
+                    if stop is not None:
+                        raise _fail(f"interrupted by {signal_name(stop.signum)}", stop.exit_code) from None
+                    # Optuna re-raises a storage failure inside its trial bookkeeping as its own
+                    # AssertionError; the cause, ours, is what the user needs to read.
+                    cause = _user_error(e)
+                    if cause is None:
+                        raise
+                    raise _fail(str(cause), EXIT_FAILED) from None
 
         app.command(*args, **kwargs)(wrapper)
         return fn
@@ -76,12 +97,12 @@ StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
 def _storage(url: str, **kwargs: Any):
     import optuna
 
-    from .study import make_storage
+    from .storage import make_storage
 
     # Our own lines say what happens; Optuna's INFO/WARNING logs would repeat it (with tracebacks).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-    return make_storage(url, heartbeat=kwargs.pop("heartbeat", False), **kwargs)
+    return make_storage(url, heartbeat=kwargs.pop("heartbeat", False), say=_say, **kwargs)
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -97,6 +118,14 @@ DownloadOpt = Annotated[bool, typer.Option(help="Download the data when it is no
 TimeoutOpt = Annotated[float | None, typer.Option(min=0, help="Stop starting trials after SECONDS.")]
 HeartbeatOpt = Annotated[int, typer.Option(min=1, help="Seconds between a running trial's heartbeats.")]
 GraceOpt = Annotated[int, typer.Option(min=2, help="Seconds without heartbeat before a trial counts as dead.")]
+PatienceOpt = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        envvar="FMNIST_STORAGE_PATIENCE",
+        help="Seconds to keep retrying a database that went away (restart, failover) before giving up.",
+    ),
+]
 
 
 ArtifactsOpt = Annotated[
@@ -201,16 +230,20 @@ def _plan_studies(
     return [(study or p.study.format(model=m), {**settings, "model": m}, trials or p.trials or 30) for m in chosen]
 
 
-def _open(storage: str, name: str, requested: dict[str, Any], trials: int, beat: dict[str, int]):
+def _open(storage: str, name: str, requested: dict[str, Any], trials: int, beat: dict[str, Any]):
     """Create or resume the study, check its settings, raise its target by ``trials``."""
+    from .interrupts import check, shielded
     from .study import open_study
     from .workers import set_target
 
     if beat["grace_period"] <= beat["heartbeat_interval"]:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
     store = _storage(storage, heartbeat=True, **beat)
-    opt_study, spec = open_study(store, name, requested)
-    return store, opt_study, spec, set_target(opt_study, trials)
+    with shielded():  # a study is created with its settings and target, or not at all
+        opt_study, spec = open_study(store, name, requested)
+        target = set_target(opt_study, trials)
+    check()
+    return store, opt_study, spec, target
 
 
 TrialsOpt = Annotated[
@@ -240,8 +273,10 @@ def create(
     fix: FixOpt = None,
 ) -> None:
     """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
+    from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
+
     flags = _study_flags(locals())
-    beat = {"heartbeat_interval": 10, "grace_period": 60}
+    beat = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
     for name, requested, n in _plan_studies(preset, model, models, study, flags, trials):
         _, _, spec, target = _open(storage, name, requested, n, beat)
         _say(f"study {name!r} ({spec.model}) has a target of {target} trials; start workers with:")
@@ -279,6 +314,7 @@ def run(
     timeout: TimeoutOpt = None,
     heartbeat_interval: HeartbeatOpt = 10,
     grace_period: GraceOpt = 60,
+    storage_patience: PatienceOpt = 300,
     artifacts: ArtifactsOpt = None,
     save_weights: SaveWeightsOpt = True,
 ) -> None:
@@ -297,7 +333,7 @@ def run(
     if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
         raise FmnistSearchError(f"--gpus takes comma-separated GPU numbers like 0,1,2, got {gpus!r}")
     plan = _plan_studies(preset, model, models, study, flags, trials)
-    beat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
+    beat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period, "patience": storage_patience}
     workers = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
     here = len(workers) == 1 and gpu_ids is None
     if here:
@@ -337,66 +373,120 @@ def _work_here(
     bars: bool = True,
     artifact_dir: Path | None = None,
 ) -> None:
-    """Load the data (once per process), then run this process's share of the study's trials."""
+    """Load the data (once per process), then run this process's share of the study's trials.
+
+    Ctrl-C ends it with exit 130 and SIGTERM with 143, wherever they land; the trial they
+    interrupt is marked FAIL (SIGINT) or re-queued (SIGTERM), never left RUNNING. A store
+    that stays unreachable ends it with one line and exit 1.
+    """
     import os
 
+    from .errors import StorageError
+    from .interrupts import cleaning, stop_in
+    from .storage import mask_url
+    from .study import PRUNERS, SAMPLERS
+    from .workers import BudgetedStudy, study_lock, worker_seed
+
+    prefix = f"[{label}] " if label else ""
+    extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    existing = len(store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False))
+    budgeted = BudgetedStudy(
+        name,
+        store,
+        SAMPLERS[spec.sampler](spec, worker_seed(spec.seed, label, existing)),
+        PRUNERS[spec.pruner](spec),
+        study_lock(url, name, store.retrier),
+    )
+    with _RunProgress(trials, spec.epochs, bars=bars, prefix=prefix) as progress:
+        try:
+            _run_trials(budgeted, url, spec, device, precision, compile, data_dir, download, timeout, extra,
+                        prefix, progress, artifact_dir)  # fmt: skip
+        except (KeyboardInterrupt, Exception) as e:
+            stop, cause = stop_in(e), _user_error(e)
+            if stop is None and not isinstance(cause, StorageError):
+                raise
+            progress.stop()
+            with cleaning():  # a second Ctrl-C must not cut this short
+                if stop is not None:
+                    what = _release(budgeted, f"interrupted by {signal_name(stop.signum)}", stop.requeue)
+                else:
+                    what = _release(budgeted, f"stopped: {cause}", True)
+            if stop is None:
+                raise _fail(f"{prefix}{cause}; {what}finished trials are stored", EXIT_FAILED) from None
+            raise _fail(
+                f"{prefix}interrupted by {signal_name(stop.signum)}; {what}finished trials are stored in "
+                f"{mask_url(url)}; run the same command to resume",
+                stop.exit_code,
+            ) from None
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _release(budgeted: Any, why: str, requeue: bool) -> str:
+    """Best effort: FAIL (or re-queue) this process's interrupted trial; say what happened."""
+    from .errors import StorageError
+    from .workers import release
+
+    try:
+        done = release(budgeted, why, requeue_it=requeue)
+    except StorageError:
+        if not budgeted.asked:
+            return ""
+        return (
+            f"trial {budgeted.asked[-1]} could not be updated and stays RUNNING until its heartbeat is stale, "
+            "then the next worker runs it again; "
+        )
+    return "".join(f"{d}; " for d in done)
+
+
+def _run_trials(
+    budgeted: Any,
+    url: str,
+    spec: Any,
+    device: str,
+    precision: str,
+    compile: bool,
+    data_dir: Path | None,
+    download: bool,
+    timeout: float | None,
+    extra: dict[str, Any],
+    prefix: str,
+    progress: _RunProgress,
+    artifact_dir: Path | None,
+) -> None:
     from . import data as data_mod
     from .artifacts import open_store
     from .objective import Objective
-    from .study import PRUNERS, SAMPLERS, mask_url
+    from .storage import mask_url
     from .train import Diverged
-    from .workers import BudgetedStudy, study_lock, work, worker_seed
+    from .workers import work
 
     dev, prec = _resolve_runtime(device, precision)
     dataset = _dataset(data_dir, download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
-    existing = len(store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False))
-    sampler = SAMPLERS[spec.sampler](spec, worker_seed(spec.seed, label, existing))
-    budgeted = BudgetedStudy(name, store, sampler, PRUNERS[spec.pruner](spec), study_lock(url, name))
-    prefix = f"[{label}] " if label else ""
     _say(
-        f"{prefix}study {name!r} in {mask_url(url)}: {spec.model}, {spec.epochs} epochs, batch {spec.batch_size}, "
-        f"{_space_text(spec)}, {spec.sampler}/{spec.pruner}; {len(splits.train[0])} train / "
-        f"{len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}); "
+        f"{prefix}study {budgeted.study_name!r} in {mask_url(url)}: {spec.model}, {spec.epochs} epochs, "
+        f"batch {spec.batch_size}, {_space_text(spec)}, {spec.sampler}/{spec.pruner}; {len(splits.train[0])} "
+        f"train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}); "
         f"target {budgeted.target} trials"
     )
-    extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    with _RunProgress(trials, spec.epochs, bars=bars, prefix=prefix) as progress:
-        weights_store = open_store(artifact_dir) if artifact_dir is not None else None
-        objective = Objective(
-            spec,
-            splits,
-            dev,
-            prec,
-            on_epoch=progress.on_epoch,
-            compile=compile,
-            extra_attrs=extra,
-            artifact_store=weights_store,
-            say=lambda message: _say(prefix + message),
-        )
-        try:
-            work(budgeted, objective, timeout=timeout, catch=(Diverged,), callbacks=[progress.on_trial],
-                 on_wait=progress.on_wait)  # fmt: skip
-        except KeyboardInterrupt:
-            progress.stop()
-            _fail_own_running(store, name, extra["worker"])
-            raise _fail(
-                f"{prefix}interrupted; finished trials are stored and the running one is marked FAIL in "
-                f"{mask_url(url)}; run the same command to resume",
-                EXIT_INTERRUPTED,
-            ) from None
-
-
-def _fail_own_running(store: Any, name: str, worker: str) -> None:
-    """After Ctrl-C: Optuna marks the interrupted trial FAIL, unless the interrupt hit its own
-    bookkeeping; then this does it, so no trial of this process is left RUNNING."""
-    from optuna.trial import TrialState
-
-    study_id = store.get_study_id_from_name(name)
-    for t in store.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker") == worker:
-            trial_id = store.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            store.set_trial_state_values(trial_id, TrialState.FAIL)
+    objective = Objective(
+        spec,
+        splits,
+        dev,
+        prec,
+        on_epoch=progress.on_epoch,
+        compile=compile,
+        extra_attrs=extra,
+        artifact_store=open_store(artifact_dir) if artifact_dir is not None else None,
+        say=lambda message: _say(prefix + message),
+    )
+    work(budgeted, objective, timeout=timeout, catch=(Diverged,), callbacks=[progress.on_trial],
+         on_wait=progress.on_wait)  # fmt: skip
 
 
 @functools.cache
@@ -430,6 +520,7 @@ def _worker_args(
     args += ["--artifacts", str(artifact_dir)] if artifact_dir is not None else ["--no-save-weights"]
     args += ["--download" if download else "--no-download"]
     args += ["--heartbeat-interval", str(beat["heartbeat_interval"]), "--grace-period", str(beat["grace_period"])]
+    args += ["--storage-patience", str(beat["patience"])]
     if device != "auto":
         args += ["--device", device]
     if timeout is not None:
@@ -443,37 +534,41 @@ def _spawn_workers(plans: list[Any], name: str, url: str, data_dir: Path | None,
     The storage URL travels in the environment, not argv, so its password never shows in `ps`.
     """
     import os
-    import signal
     import subprocess
     import time
 
-    from .study import mask_url
+    from .interrupts import Stop, check, cleaning
+    from .storage import mask_url
 
     _say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
-    procs = []
-    for plan in plans:
-        env = {**os.environ, **plan.env, "FMNIST_STORAGE": url}
-        if data_dir is not None:
-            env["FMNIST_DATA_DIR"] = str(data_dir)
-        args = ["worker", "--study", name, "--label", plan.label, "--no-bars", *opts]
-        if plan.device is not None and "--device" not in opts:
-            args += ["--device", plan.device]
-        procs.append((plan, subprocess.Popen([sys.executable, "-m", "fmnist_search", *args], env=env)))
+    procs: list[tuple[Any, subprocess.Popen]] = []
     try:
+        for plan in plans:
+            env = {**os.environ, **plan.env, "FMNIST_STORAGE": url}
+            if data_dir is not None:
+                env["FMNIST_DATA_DIR"] = str(data_dir)
+            args = ["worker", "--study", name, "--label", plan.label, "--no-bars", *opts]
+            if plan.device is not None and "--device" not in opts:
+                args += ["--device", plan.device]
+            procs.append((plan, subprocess.Popen([sys.executable, "-m", "fmnist_search", *args], env=env)))
         while any(p.poll() is None for _, p in procs):
+            check()
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        for _, p in procs:  # a terminal's Ctrl-C reached them already; a lone SIGINT to us did not
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for _, p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    except KeyboardInterrupt as e:
+        stop = e if isinstance(e, Stop) else Stop()
+        with cleaning():  # relay the signal (a terminal's Ctrl-C reached them already), then wait
+            for _, p in procs:
+                if p.poll() is None:
+                    p.send_signal(stop.signum)
+            for _, p in procs:
+                try:
+                    p.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    p.kill()  # its trial is retried once its heartbeat is stale
         raise _fail(
-            f"interrupted; finished trials are stored in {mask_url(url)}; run the same command to resume",
-            EXIT_INTERRUPTED,
+            f"interrupted by {signal_name(stop.signum)}; finished trials are stored in {mask_url(url)}; "
+            "run the same command to resume",
+            stop.exit_code,
         ) from None
     failed = []
     for plan, p in procs:
@@ -482,7 +577,7 @@ def _spawn_workers(plans: list[Any], name: str, url: str, data_dir: Path | None,
         elif p.returncode != 0:
             failed.append(f"{plan.label} (exit {p.returncode})")
     if failed:
-        raise _fail(f"worker(s) failed: {', '.join(failed)}; see their errors above", 1)
+        raise _fail(f"worker(s) failed: {', '.join(failed)}; see their errors above", EXIT_FAILED)
 
 
 @command()
@@ -497,22 +592,26 @@ def worker(
     timeout: TimeoutOpt = None,
     heartbeat_interval: HeartbeatOpt = 10,
     grace_period: GraceOpt = 60,
+    storage_patience: PatienceOpt = 300,
     label: Annotated[str | None, typer.Option(help="Name shown on this worker's lines and trials.")] = None,
     bars: Annotated[bool, typer.Option(help="Progress bars (off: one line per trial).")] = True,
     artifacts: ArtifactsOpt = None,
     save_weights: SaveWeightsOpt = True,
 ) -> None:
-    """Join an existing study (on any machine that reaches its storage) and work until it has its trials."""
-    from .study import load_study, stored_spec
-    from .workers import TARGET_ATTR
+    """Join a study (on any machine that reaches its storage) and work until it has its trials.
+
+    A worker started before its database or study is ready (containers, Kubernetes) waits
+    for both, up to --storage-patience seconds, saying so.
+    """
+    from .study import stored_spec
+    from .workers import wait_for_study
 
     if grace_period <= heartbeat_interval:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
     _resolve_runtime(device, precision)
-    store = _storage(storage, heartbeat=True, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    existing = load_study(store, study)
-    if TARGET_ATTR not in existing.user_attrs:
-        raise FmnistSearchError(f"study {study!r} has no trial target; start it with `fmnist-search run`")
+    beat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
+    store = _storage(storage, heartbeat=True, wait=True, patience=storage_patience, **beat)
+    existing = wait_for_study(store, study, storage_patience, say=_say)
     art_dir = _artifact_dir(storage, artifacts) if save_weights else None
     _work_here(store, storage, study, stored_spec(existing), device, precision, compile, data_dir, download,
                timeout, None, label=label, bars=bars, artifact_dir=art_dir)  # fmt: skip
@@ -946,12 +1045,10 @@ def train(
     import torch
 
     from . import data as data_mod
-    from .artifacts import weights_payload
     from .devices import tune_backend
     from .models import create_model, list_models
     from .space import check_fixed
-    from .teachers import teacher_for
-    from .train import Diverged, TrainConfig, evaluate, fit, to_device
+    from .train import TrainConfig, to_device
 
     name, config, split = _train_config(model, preset, params, from_study, trial, storage)
     if epochs is not None:
@@ -972,6 +1069,17 @@ def train(
         train_xy = (torch.cat([train_xy[0], val_xy[0]]), torch.cat([train_xy[1], val_xy[1]]))
     tr, va, te = (to_device(*xy, dev) for xy in (train_xy, val_xy, splits.test))
     tune_backend(dev)  # as every trial gets: `train` is how the best recipe is retrained
+    _train_one(name, cfg, config, dev, prec, compile, tr, va, te, full_train, run_seed, save)
+
+
+def _train_one(name, cfg, config, dev, prec, compile, tr, va, te, full_train, run_seed, save) -> None:
+    import torch
+
+    from .artifacts import weights_payload
+    from .models import create_model
+    from .teachers import teacher_for
+    from .train import Diverged, evaluate, fit
+
     teacher = teacher_for(cfg.teacher, tr, run_seed, prec, say=_say) if cfg.teacher else None
     torch.manual_seed(run_seed)
     net = create_model(name).to(memory_format=torch.channels_last).to(dev)
@@ -991,9 +1099,7 @@ def train(
         fit(runnable, tr, None if full_train else va, cfg, on_epoch_end=on_epoch, teacher=teacher)
     except Diverged as e:
         raise FmnistSearchError(f"{e}; try a lower lr") from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted", EXIT_INTERRUPTED) from None
-    test_accuracy, _ = evaluate(runnable, *te, precision=prec, tta_flip=cfg.tta_flip)
+    test_accuracy, _ = evaluate(runnable, *te, tta_flip=cfg.tta_flip)  # fp32, as `evaluate` reproduces it
     if save is not None:
         save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(weights_payload(net, name), save)

@@ -14,15 +14,18 @@ import optuna
 import torch
 import torch.nn as nn
 
+from . import interrupts
 from .artifacts import WEIGHTS_ATTR, save_model
 from .config import StudySpec
 from .data import Splits
 from .devices import device_name, tune_backend
+from .errors import StorageError
 from .models import create_model, num_params
 from .space import suggest
 from .teachers import teacher_for
 from .train import Diverged, EpochMetrics, FitResult, TrainConfig, evaluate, fit, to_device
 
+INTERRUPTED = "interrupted"  # fail_reason prefix of a trial stopped from outside (workers.release)
 EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
 
 
@@ -77,6 +80,7 @@ class Objective:
         return compiled
 
     def __call__(self, trial: optuna.Trial) -> float:
+        interrupts.check()  # a signal deferred while Optuna created this trial
         params = suggest(trial, self.spec)
         cfg = TrainConfig(
             **params,
@@ -98,22 +102,28 @@ class Objective:
         result = FitResult()
 
         def on_epoch_end(m: EpochMetrics) -> None:
+            interrupts.check()  # a signal swallowed mid-epoch (a finalizer) stops the trial here
             result.history.append(m)
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, m)
             trial.report(m.val_accuracy, step=m.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {m.epoch}: val_accuracy {m.val_accuracy:.4f}")
+            interrupts.check()  # one deferred while the report was written
 
         try:
             fit(model, self.train, self.val, cfg, on_epoch_end=on_epoch_end, teacher=self.teacher)
-            attrs["test_accuracy"], _ = evaluate(model, *self.test, precision=cfg.precision, tta_flip=cfg.tta_flip)
+            attrs["test_accuracy"], _ = evaluate(model, *self.test, tta_flip=cfg.tta_flip)  # fp32: see train.fit
             if self.artifact_store is not None:
                 module = self._compiled[self.spec.model][0] if self.compile else model
                 attrs[WEIGHTS_ATTR] = save_model(self.artifact_store, trial, module, self.spec.model)
             return result.history[-1].val_accuracy
         except Diverged as e:
             attrs["fail_reason"] = str(e)
+            raise
+        except (interrupts.Stop, StorageError) as e:
+            # Not the trial's doing: the worker re-queues it (SIGTERM, a lost store) or marks it FAIL (Ctrl-C).
+            attrs["fail_reason"] = f"{INTERRUPTED}: {e}"
             raise
         finally:
             # Runs for completed, pruned, diverged and interrupted trials alike, so every

@@ -6,24 +6,16 @@ tables; the resolved ``StudySpec`` is stored as study user attrs.
 
 from __future__ import annotations
 
-import re
-import sqlite3
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from optuna.storages import RDBStorage
 
 from .config import DEFAULT_STORAGE, StudySpec, resolve  # noqa: F401 - re-exported
 from .errors import StorageError
-
-SQLITE_BUSY_TIMEOUT_S = 300  # how long a writer waits for SQLite's single write lock
-HEARTBEAT_INTERVAL_S = 10  # a running trial's liveness write, seconds
-GRACE_PERIOD_S = 60  # a RUNNING trial silent this long belongs to a dead process: FAIL it, retry it
+from .storage import make_storage, mask_url  # noqa: F401 - re-exported
 
 SAMPLERS: dict[str, Callable[[StudySpec, int], optuna.samplers.BaseSampler]] = {
     "tpe": lambda spec, seed: optuna.samplers.TPESampler(seed=seed),
@@ -43,80 +35,6 @@ PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
     "hyperband": lambda spec: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
     "none": lambda spec: optuna.pruners.NopPruner(),
 }
-
-
-# SQLite shared by several processes (``run --jobs``, workers, the dashboard): WAL lets
-# readers go on while one process writes, and a writer waits up to the busy timeout for
-# the single write lock instead of failing with "database is locked". pysqlite's default
-# transaction handling is kept on purpose: it runs SELECTs outside transactions and opens
-# a write transaction only at the first write, so no process holds a read lock while
-# waiting to write (the classic SQLite deadlock). tests/test_parallel.py hammers this.
-@event.listens_for(Engine, "connect")
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        dbapi_connection.execute("PRAGMA journal_mode = WAL")
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for every message and table."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def make_storage(
-    url: str,
-    *,
-    heartbeat: bool = True,
-    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
-    grace_period: int = GRACE_PERIOD_S,
-) -> RDBStorage:
-    """An RDB storage on any SQLAlchemy URL; SQLite parent folders are created.
-
-    With ``heartbeat``, a trial of a process that died (SIGKILL, power loss) is marked
-    FAIL once it has been silent for ``grace_period`` seconds and is retried once.
-    """
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.parent.exists():
-            try:
-                path.parent.mkdir(parents=True)
-            except OSError as e:
-                raise StorageError(f"cannot create the folder for {mask_url(url)}: {e.strerror}") from None
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if url.startswith("sqlite") else {}
-    try:
-        with warnings.catch_warnings():
-            # Heartbeats are marked experimental but are Optuna's documented way to recover
-            # trials of dead workers; the warning would only confuse users.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            heartbeat_kwargs: dict[str, Any] = {}
-            if heartbeat:
-                heartbeat_kwargs = dict(
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=grace_period,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-                )
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
-    except ImportError:
-        raise StorageError(f"cannot open storage {mask_url(url)}: {_missing_driver(url)}") from None
-    except Exception as e:  # SQLAlchemy raises many types: bad URL, refused connection, bad database
-        reason = _missing_driver(url) if "DB access module" in str(e) else _reason(e)
-        raise StorageError(f"cannot open storage {mask_url(url)}: {reason}") from None
-
-
-# URL scheme -> the optional dependency that brings its driver
-_DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql"}
-
-
-def _missing_driver(url: str) -> str:
-    dialect = url.split(":", 1)[0].split("+", 1)[0]
-    extra = _DRIVER_EXTRAS.get(dialect)
-    if extra is None:
-        return f"no database driver for {dialect!r}"
-    return f"its database driver is not installed; pip install 'fmnist-search[{extra}]'"
-
-
-def _reason(e: Exception) -> str:
-    text = str(getattr(e, "orig", None) or e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
 
 
 def study_names(storage: RDBStorage) -> list[str]:

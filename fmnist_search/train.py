@@ -187,8 +187,10 @@ def fit(
         train_loss /= seen
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {epoch} (lr={cfg.lr:.4g})")
+        # Evaluation runs in fp32 whatever the training precision: it costs little, and the
+        # stored accuracies are then exactly what `fmnist-search evaluate` (fp32) reproduces.
         val_accuracy, val_loss = (
-            evaluate(model, *val, batch_size=cfg.eval_batch_size, precision=cfg.precision, tta_flip=cfg.tta_flip)
+            evaluate(model, *val, batch_size=cfg.eval_batch_size, tta_flip=cfg.tta_flip)
             if val is not None
             else (math.nan, math.nan)
         )

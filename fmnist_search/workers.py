@@ -10,7 +10,8 @@ A worker that dies (SIGKILL, OOM, power) leaves its trial RUNNING with a heartbe
 stops; once it is ``grace_period`` seconds stale, Optuna marks it FAIL and
 ``RetryHeartbeatStaleTrialCallback`` re-queues it as a WAITING trial with the same
 params, which the next free worker runs. A retried FAIL does not count toward the
-target; its retry does.
+target; its retry does. A worker that is stopped (Ctrl-C, SIGTERM) does the same for
+its own trial at once (``release``): FAIL it, and on SIGTERM re-queue it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from typing import Any
 
 import optuna
 from filelock import FileLock
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from . import interrupts
 from .data import cache_root
+from .storage import Retrier, dialect
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
 
@@ -69,10 +72,6 @@ class Census:
         """Trials that count toward the target: all but the retried failures."""
         return self.complete + self.pruned + self.fail + self.running + self.waiting
 
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned + self.fail
-
 
 def census(study: optuna.Study) -> Census:
     trials = study.get_trials(deepcopy=False)
@@ -107,6 +106,7 @@ class BudgetedStudy(optuna.Study):
     ) -> None:
         super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
         self._budget_lock = lock
+        self.asked: list[int] = []  # numbers of the trials this process took, for ``release``
 
     @property
     def target(self) -> int:
@@ -117,7 +117,36 @@ class BudgetedStudy(optuna.Study):
             c = census(self)
             if c.waiting == 0 and c.counted >= self.target:
                 raise BudgetExhausted
-            return super().ask(fixed_distributions)
+            trial = super().ask(fixed_distributions)
+            self.asked.append(trial.number)
+            return trial
+
+
+def wait_for_study(
+    storage: optuna.storages.BaseStorage, name: str, patience: float, say: Callable[[str], None], poll_s: float = 2.0
+) -> optuna.Study:
+    """The study ``name`` once it exists with a trial target (``create``/``run`` set one),
+    waiting up to ``patience`` seconds: workers may start before the job that creates it."""
+    from .errors import StorageError
+    from .study import study_names
+
+    start = time.monotonic()
+    said = False
+    while True:
+        if name in study_names(storage):
+            study = optuna.load_study(study_name=name, storage=storage)
+            if TARGET_ATTR in study.user_attrs:
+                return study
+            missing = f"study {name!r} has no trial target; create it with `fmnist-search create` or `run`"
+        else:
+            missing = f"no study named {name!r} in this storage; create it with `fmnist-search create` or `run`"
+        waited = time.monotonic() - start
+        if waited >= patience:
+            raise StorageError(missing + (f" (waited {waited:.0f} s)" if patience else ""))
+        if not said:
+            say(f"waiting up to {patience:g} s for study {name!r} to be created")
+            said = True
+        time.sleep(min(poll_s, max(patience - waited, 0.05)))
 
 
 def worker_seed(seed: int, label: str | None, existing_trials: int) -> int:
@@ -157,6 +186,7 @@ def work(
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
+        interrupts.check()  # a signal whose exception was swallowed (gc, finalizers) stops us here
         try:
             study.optimize(objective, n_trials=1, catch=catch, callbacks=callbacks, gc_after_trial=True)
             continue
@@ -175,13 +205,60 @@ def work(
         time.sleep(poll_s)
 
 
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A WAITING copy of ``trial`` (same params) for the next free worker, recorded as its
+    retry exactly as ``RetryHeartbeatStaleTrialCallback`` records one, so ``census`` counts
+    the copy toward the target and not the original."""
+    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs=system_attrs,
+        )
+    )
+
+
+def release(study: BudgetedStudy, why: str, *, requeue_it: bool) -> list[str]:
+    """After a stop: no trial this process took stays RUNNING; with ``requeue_it`` (SIGTERM,
+    a lost store) the interrupted one is queued again. Returns what it did, one phrase each.
+
+    The interrupted trial is the last one taken: RUNNING if the stop hit Optuna's own
+    bookkeeping, else FAIL with the objective's "interrupted: ..." ``fail_reason``.
+    """
+    from .objective import INTERRUPTED
+
+    done = []
+    storage = study._storage
+    for number in study.asked:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        t = storage.get_trial(trial_id)
+        if t.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial_id, "fail_reason", f"{INTERRUPTED}: {why}")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        elif not (
+            number == study.asked[-1]
+            and t.state == TrialState.FAIL
+            and str(t.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)
+        ):
+            continue
+        if requeue_it:
+            requeue(study, storage.get_trial(trial_id))
+            done.append(f"trial {number} is re-queued")
+        else:
+            done.append(f"trial {number} is marked FAIL")
+    return done
+
+
 # --- locks: one per (storage, study), held for the few milliseconds of a census + ask ---
 
-_LOCKS: dict[str, Callable[[str, str], AbstractContextManager]] = {}
+_LOCKS: dict[str, Callable[[str, str, Retrier], AbstractContextManager]] = {}
 
 
 def _register(*dialects: str) -> Callable:
-    def deco(fn: Callable[[str, str], AbstractContextManager]) -> Callable:
+    def deco(fn: Callable[[str, str, Retrier], AbstractContextManager]) -> Callable:
         for d in dialects:
             _LOCKS[d] = fn
         return fn
@@ -193,33 +270,53 @@ def _key(url: str, study_name: str) -> str:
     return hashlib.sha256(f"{url}\0{study_name}".encode()).hexdigest()
 
 
-@_register("postgresql")
-@contextmanager
-def _pg_advisory_lock(url: str, study_name: str) -> Iterator[None]:
-    from sqlalchemy import text
+# A database lock lives as long as the connection that took it: taken on a fresh pooled
+# connection (pre-pinged, so one killed by a database restart is replaced), retried like
+# any storage call while the database is away; released on the same connection, where a
+# connection that died meanwhile has released it already.
+_SQL = {
+    "postgresql": ("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"),
+    "mysql": ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"),
+}
 
-    key = int(_key(url, study_name)[:15], 16)  # fits PostgreSQL's signed 64-bit lock key
-    with _engine(url).connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+
+def _lock_key(url: str, study_name: str) -> int | str:
+    if dialect(url) == "postgresql":
+        return int(_key(url, study_name)[:15], 16)  # fits PostgreSQL's signed 64-bit lock key
+    return f"fmnist-search-{_key(url, study_name)[:40]}"  # MySQL caps lock names at 64 chars
+
+
+@_register("postgresql", "mysql", "mariadb")
+@contextmanager
+def _database_lock(url: str, study_name: str, retry: Retrier) -> Iterator[None]:
+    from sqlalchemy import exc, text
+
+    take, give = _SQL["postgresql" if dialect(url) == "postgresql" else "mysql"]
+    params = {"k": _lock_key(url, study_name)}
+
+    def acquire() -> Any:
+        conn = _engine(url).connect()
         try:
-            yield
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.execute(text(take), params)
             conn.commit()
+        except BaseException:
+            conn.invalidate()
+            conn.close()
+            raise
+        return conn
 
-
-@_register("mysql", "mariadb")
-@contextmanager
-def _mysql_named_lock(url: str, study_name: str) -> Iterator[None]:
-    from sqlalchemy import text
-
-    name = f"fmnist-search-{_key(url, study_name)[:40]}"  # MySQL caps lock names at 64 chars
-    with _engine(url).connect() as conn:
-        conn.execute(text("SELECT GET_LOCK(:n, -1)"), {"n": name})
+    conn = retry(acquire, "budget lock")
+    try:
+        yield
+    finally:
         try:
-            yield
+            with interrupts.shielded():
+                conn.execute(text(give), params)
+                conn.commit()
+        except exc.DBAPIError:
+            conn.invalidate()  # the connection died, and its lock with it
         finally:
-            conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+            conn.close()
 
 
 def _file_lock(url: str, study_name: str) -> AbstractContextManager:
@@ -237,17 +334,17 @@ def _engine(url: str) -> Any:
 
     with _ENGINES_LOCK:
         if url not in _ENGINES:
-            _ENGINES[url] = create_engine(url, pool_size=1, max_overflow=0)
+            _ENGINES[url] = create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
         return _ENGINES[url]
 
 
-def study_lock(url: str, study_name: str) -> AbstractContextManager:
+def study_lock(url: str, study_name: str, retry: Retrier | None = None) -> AbstractContextManager:
     """A lock shared by every worker of this study that can reach the same lock service."""
-    dialect = url.split(":", 1)[0].split("+", 1)[0]
-    lock = _LOCKS.get(dialect)
+    lock = _LOCKS.get(dialect(url))
     if lock is None:
         return _file_lock(url, study_name)
-    return _ReusableLock(lambda: lock(url, study_name))
+    retry = retry or Retrier(url)
+    return _ReusableLock(lambda: lock(url, study_name, retry))
 
 
 class _ReusableLock:

@@ -172,27 +172,6 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
     )
 
 
-def test_ctrl_c_leaves_store_intact_and_resumable(tmp_path, real_data):
-    url = f"sqlite:///{tmp_path}/c.db"
-    proc = _cli("run", "--model", "lenet", "--trials", "50", "--storage", url, "--pruner", "none", *TINY)
-    deadline = time.time() + 120
-    for line in proc.stderr:  # wait until one trial has finished, so the next is mid-training
-        if "trial 0 " in line or time.time() > deadline:
-            break
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
-    study = optuna.load_study(study_name="lenet", storage=url)
-    states = [t.state for t in study.trials]
-    assert TrialState.RUNNING not in states and states[0] == TrialState.COMPLETE
-    before = len(states)
-    result = invoke("run", "--model", "lenet", "--trials", "1", "--storage", url, *TINY)
-    assert result.exit_code == 0, result.output
-    assert len(optuna.load_study(study_name="lenet", storage=url).trials) == before + 1
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -230,17 +209,3 @@ def test_module_entry_point_help():
     for cmd in ("run", "dashboard", "export", "studies", "show", "data"):
         assert cmd in out.stdout
     assert Path(data.__file__).exists()
-
-
-def test_interrupt_cleanup_fails_only_this_workers_running_trials(tmp_path):
-    from fmnist_search.cli import _fail_own_running
-    from fmnist_search.study import make_storage
-
-    store = make_storage(f"sqlite:///{tmp_path}/i.db", heartbeat=False)
-    study = optuna.create_study(study_name="s", storage=store)
-    mine, theirs = study.ask(), study.ask()
-    mine.set_user_attr("worker", "me")
-    theirs.set_user_attr("worker", "other")
-    _fail_own_running(store, "s", "me")
-    states = {t.number: t.state for t in study.get_trials()}
-    assert states == {mine.number: TrialState.FAIL, theirs.number: TrialState.RUNNING}

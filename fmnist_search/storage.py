@@ -1,0 +1,283 @@
+"""The study store: Optuna's RDBStorage, made to survive a database that goes away for a moment.
+
+A study runs for hours on many machines; a database restart, a failover or a network blip
+is routine. Every storage call here:
+
+- runs ``interrupts.shielded()``, so Ctrl-C/SIGTERM never cut a transaction in half;
+- checks its pooled connection before use (``pool_pre_ping``), so a connection killed by
+  a restart is replaced instead of failing the call;
+- on a lost or refused connection, retries with a logged, bounded back-off (``patience``
+  seconds, 300 by default), then raises ``StorageError``: one line, never a traceback.
+
+Errors that waiting cannot fix (SQLite's "database or disk is full", a read-only file)
+raise ``StorageError`` at once, naming the store and the cause.
+
+A call whose connection drops after the server committed it is retried too; for the one
+non-idempotent call (creating a trial) that could, in that narrow window, create one
+trial more than asked. It has not been seen in the restart tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from . import interrupts
+from .errors import StorageError
+
+SQLITE_BUSY_TIMEOUT_S = 300  # how long a writer waits for SQLite's single write lock
+HEARTBEAT_INTERVAL_S = 10  # a running trial's liveness write, seconds
+GRACE_PERIOD_S = 60  # a RUNNING trial silent this long belongs to a dead process: FAIL it, retry it
+PATIENCE_S = 300.0  # how long a storage call keeps retrying a lost database, seconds
+CONNECT_TIMEOUT_S = 10  # a TCP connect to the database that hangs longer counts as a failed attempt
+BACKOFF_S = (0.5, 1, 2, 4, 8, 15)  # waits between attempts; the last one repeats
+
+T = TypeVar("T")
+Say = Callable[[str], None]
+
+
+# SQLite shared by several processes (``run --jobs``, workers, the dashboard): WAL lets
+# readers go on while one process writes, and a writer waits up to the busy timeout for
+# the single write lock instead of failing with "database is locked". pysqlite's default
+# transaction handling is kept on purpose: it runs SELECTs outside transactions and opens
+# a write transaction only at the first write, so no process holds a read lock while
+# waiting to write (the classic SQLite deadlock). tests/test_parallel.py hammers this.
+@event.listens_for(Engine, "connect")
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.execute("PRAGMA journal_mode = WAL")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for every message and table."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def dialect(url: str) -> str:
+    """``postgresql+psycopg://...`` -> ``postgresql``."""
+    return url.split(":", 1)[0].split("+", 1)[0]
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None for other stores and in-memory SQLite)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+def transient(e: BaseException) -> bool:
+    """A lost, refused or timed-out database connection: worth waiting for."""
+    for x in interrupts.causes(e):
+        if isinstance(x, sa_exc.DBAPIError) and x.connection_invalidated:
+            return True
+        if isinstance(x, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError):
+            return not isinstance(x.orig, sqlite3.Error)  # SQLite is a local file: no connection to lose
+    return False
+
+
+def reason(e: BaseException) -> str:
+    """The database's own words for ``e``, on one line."""
+    for x in interrupts.causes(e):
+        orig = getattr(x, "orig", None)
+        if orig is not None:
+            e = orig
+            break
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+class Unreachable(StorageError):
+    """The database stayed unreachable for the whole patience."""
+
+    def __init__(self, url: str, why: str, waited: float) -> None:
+        super().__init__(f"storage {mask_url(url)} unreachable for {waited:.0f} s ({why})")
+        self.why = why
+
+
+class Retrier:
+    """Runs storage calls with a bounded, logged back-off on transient errors."""
+
+    def __init__(self, url: str, patience: float = PATIENCE_S, say: Say | None = None) -> None:
+        self.url = url
+        self.patience = patience
+        self.say = say or (lambda _: None)
+        self._local = threading.local()  # per-thread nesting depth: only the outermost call retries
+
+    def __call__(self, fn: Callable[[], T], what: str = "storage call") -> T:
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            return fn()
+        self._local.depth = 1
+        try:
+            return self._retry(fn, what)
+        finally:
+            self._local.depth = 0
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                with interrupts.shielded():
+                    result = fn()
+                if attempt:
+                    self.say(f"storage {mask_url(self.url)} reachable again after {time.monotonic() - start:.0f} s")
+                return result
+            except Exception as e:
+                if _is_fatal_sqlite(e):
+                    raise fatal(e, self.url) from None
+                if not transient(e):
+                    raise
+                waited = time.monotonic() - start
+                # While cleaning up after Ctrl-C, do not wait: the heartbeat recovers what we cannot write.
+                if waited >= self.patience or interrupts.cleaning_up():
+                    raise Unreachable(self.url, reason(e), waited) from None
+                delay = min(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)], self.patience - waited)
+                if attempt == 0:
+                    self.say(
+                        f"storage {mask_url(self.url)} unreachable during {what} ({reason(e)}); "
+                        f"retrying for up to {self.patience:g} s"
+                    )
+                attempt += 1
+                interrupts.check()  # a Ctrl-C during the failed attempt: stop rather than wait
+                time.sleep(max(delay, 0.05))  # a Ctrl-C here raises Stop: no transaction is open
+
+
+def _is_fatal_sqlite(e: BaseException) -> bool:
+    return any(isinstance(getattr(x, "orig", None), sqlite3.Error) for x in interrupts.causes(e)) and any(
+        s in reason(e).lower() for s in ("disk is full", "disk i/o error", "readonly database", "unable to open")
+    )
+
+
+def fatal(e: BaseException, url: str) -> StorageError:
+    """A write that waiting cannot fix, as one line naming the store."""
+    return StorageError(f"cannot write to the store {mask_url(url)}: {reason(e)}")
+
+
+# What Optuna's Study and _CachedStorage call on an RDBStorage (public API and the private
+# methods the cache uses). Helpers that take an open session run inside these.
+_CALLS = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+    "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param", "get_trial_param",
+    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials", "get_best_trial",
+    "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
+)  # fmt: skip
+
+
+class ResilientStorage(RDBStorage):
+    """RDBStorage whose every call goes through a ``Retrier`` (see the module docstring)."""
+
+    retrier: Retrier
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # The heartbeat thread: a missed beat is harmless (the grace period is 6 beats), a
+        # traceback from a dying thread is not. The main thread reports a lasting outage.
+        try:
+            self.retrier(lambda: RDBStorage.record_heartbeat(self, trial_id), "heartbeat")
+        except StorageError as e:
+            self.retrier.say(f"heartbeat skipped: {e}")
+
+
+def _resilient(name: str) -> Callable[..., Any]:
+    method = getattr(ResilientStorage, name)
+
+    @functools.wraps(method)
+    def call(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
+        return self.retrier(lambda: method(self, *args, **kwargs), name.lstrip("_").replace("_", " "))
+
+    return call
+
+
+for _name in _CALLS:
+    if _name != "record_heartbeat":
+        setattr(ResilientStorage, _name, _resilient(_name))
+
+
+def make_storage(
+    url: str,
+    *,
+    heartbeat: bool = True,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+    patience: float = PATIENCE_S,
+    wait: bool = False,
+    say: Say | None = None,
+) -> ResilientStorage:
+    """A storage on any SQLAlchemy URL; SQLite parent folders are created.
+
+    With ``heartbeat``, a trial of a process that died (SIGKILL, power loss) is marked
+    FAIL once it has been silent for ``grace_period`` seconds and is retried once.
+    With ``wait`` (workers), an unreachable database is waited for up to ``patience``
+    seconds; without it (interactive commands), it is a one-line error at once.
+    """
+    path = sqlite_path(url)
+    if path is not None and not path.parent.exists():
+        try:
+            path.parent.mkdir(parents=True)
+        except OSError as e:
+            raise StorageError(f"cannot create the folder for {mask_url(url)}: {e.strerror}") from None
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    elif dialect(url) == "postgresql":
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    retrier = Retrier(url, patience if wait else 0.0, say)
+
+    def connect() -> ResilientStorage:
+        with warnings.catch_warnings():
+            # Heartbeats are marked experimental but are Optuna's documented way to recover
+            # trials of dead workers; the warning would only confuse users.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            heartbeat_kwargs: dict[str, Any] = {}
+            if heartbeat:
+                heartbeat_kwargs = dict(
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+            storage = ResilientStorage.__new__(ResilientStorage)
+            storage.retrier = retrier
+            RDBStorage.__init__(storage, url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+            return storage
+
+    try:
+        storage = retrier(connect, "connect")
+    except Unreachable as e:
+        waited = "" if not wait else f" (waited {patience:g} s)"
+        raise StorageError(f"cannot open storage {mask_url(url)}: {e.why}{waited}") from None
+    except StorageError:
+        raise
+    except ImportError:
+        raise StorageError(f"cannot open storage {mask_url(url)}: {_missing_driver(url)}") from None
+    except Exception as e:  # SQLAlchemy raises many types: bad URL, bad database, missing driver
+        why = _missing_driver(url) if "DB access module" in str(e) else reason(e)
+        raise StorageError(f"cannot open storage {mask_url(url)}: {why}") from None
+    storage.retrier.patience = patience  # calls after a successful open wait for a lost database
+    return storage
+
+
+# URL scheme -> the optional dependency that brings its driver
+_DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def _missing_driver(url: str) -> str:
+    extra = _DRIVER_EXTRAS.get(dialect(url))
+    if extra is None:
+        return f"no database driver for {dialect(url)!r}"
+    return f"its database driver is not installed; pip install 'fmnist-search[{extra}]'"

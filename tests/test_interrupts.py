@@ -1,0 +1,251 @@
+"""Ctrl-C and SIGTERM at every point of the trial cycle: exit code, one line, nothing RUNNING, resumable.
+
+Each case sends a real signal to this process (``os.kill``) from inside one step of the
+cycle, so where it lands does not depend on timing: while a trial's parameters are
+sampled, mid-epoch, during validation, inside the storage transactions of Optuna's
+bookkeeping, during test evaluation, while the weights are saved, inside ``gc.collect()``
+(where a plain KeyboardInterrupt used to be swallowed), between trials, and again while
+the stopped run cleans up. Real subprocesses then check the same from outside.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import weakref
+
+import optuna
+import pytest
+import sqlalchemy.orm
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from fmnist_search import artifacts, interrupts, objective, train, workers
+from fmnist_search.cli import app
+from fmnist_search.workers import census
+
+runner = CliRunner()
+TINY = ["--epochs", "2", "--train-size", "512", "--val-size", "500", "--batch-size", "128", "--pruner", "none"]
+
+
+def _kill_on_call(monkeypatch, module, name: str, nth: int = 1, sig: int = signal.SIGINT) -> None:
+    """Replace ``module.name`` by a wrapper that signals this process on its ``nth`` call, then goes on."""
+    original = getattr(module, name)
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == nth:
+            os.kill(os.getpid(), sig)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def _kill_in_batches(monkeypatch, sig: int) -> None:
+    original = train.epoch_batches
+
+    def batches(perm, batch_size):
+        for i, idx in enumerate(original(perm, batch_size)):
+            if i == 2:
+                os.kill(os.getpid(), sig)
+            yield idx
+
+    monkeypatch.setattr(train, "epoch_batches", batches)
+
+
+def _kill_in_commit(method: str, nth: int = 1):
+    def install(monkeypatch, sig: int) -> None:
+        """Inside the ``nth`` storage transaction of ``method`` (Optuna's bookkeeping), main thread."""
+        import threading
+
+        original = sqlalchemy.orm.Session.commit
+        calls = {"n": 0}
+
+        def commit(self):
+            if threading.current_thread() is threading.main_thread() and _in_call(method):
+                calls["n"] += 1
+                if calls["n"] == nth:
+                    os.kill(os.getpid(), sig)
+            return original(self)
+
+        monkeypatch.setattr(sqlalchemy.orm.Session, "commit", commit)
+
+    return install
+
+
+def _in_call(name: str) -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == name:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _kill_in_finalizer(monkeypatch, sig: int) -> None:
+    """Inside a finalizer run by Optuna's gc.collect() after a trial: Python swallows an
+    exception raised there ("Exception ignored in ..."), the bug this module fixes."""
+    import gc
+
+    original = gc.collect
+
+    class Garbage:
+        pass
+
+    def collect(*args):
+        junk = Garbage()
+        weakref.finalize(junk, os.kill, os.getpid(), sig)
+        del junk  # the finalizer runs here; the handler's exception is swallowed by Python
+        return original(*args)
+
+    monkeypatch.setattr(gc, "collect", collect)
+
+
+def _kill_twice(monkeypatch, sig: int) -> None:
+    """A second signal while the stopped run cleans up."""
+    original = workers.release
+
+    def release(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "release", release)
+    _kill_on_call(monkeypatch, train, "evaluate", 1, sig)
+
+
+POINTS = {
+    "study creation (storage)": _kill_in_commit("set_study_user_attr", 3),
+    "trial creation (storage)": _kill_in_commit("_create_new_trial"),
+    "sampling": lambda mp, sig: _kill_on_call(mp, objective, "suggest", 1, sig),
+    "mid-epoch": _kill_in_batches,
+    "validation": lambda mp, sig: _kill_on_call(mp, train, "evaluate", 1, sig),
+    "epoch report (storage)": _kill_in_commit("set_trial_intermediate_value"),
+    "test evaluation": lambda mp, sig: _kill_on_call(mp, objective, "evaluate", 1, sig),
+    "weights saving": lambda mp, sig: _kill_on_call(mp, artifacts, "upload_artifact", 1, sig),
+    "trial attrs (storage)": _kill_in_commit("set_trial_user_attr", 8),
+    "trial state (storage)": _kill_in_commit("set_trial_state_values"),
+    "gc finalizer after a trial": _kill_in_finalizer,
+    # census: 1st call sets the target, 2nd is trial 0's budget check, 3rd trial 1's
+    "between trials (budget check)": lambda mp, sig: _kill_on_call(mp, workers, "census", 3, sig),
+    "second signal during cleanup": _kill_twice,
+}
+
+
+def _counts(url: str) -> tuple[list[TrialState], workers.Census]:
+    study = optuna.load_study(study_name="lenet", storage=url)
+    return [t.state for t in study.get_trials(deepcopy=False)], census(study)
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+# Ctrl-C at every point; SIGTERM (the same path, plus re-queueing) at three points inside a trial.
+CASES = [(p, signal.SIGINT) for p in POINTS] + [
+    (p, signal.SIGTERM) for p in ("mid-epoch", "validation", "weights saving")
+]
+
+
+@pytest.mark.parametrize(("point", "sig"), CASES, ids=[f"{p}-{signal.Signals(s).name}" for p, s in CASES])
+def test_signal_at_any_point_stops_cleanly(point, sig, tmp_path, monkeypatch, real_data):
+    url = f"sqlite:///{tmp_path}/i.db"
+    with monkeypatch.context() as mp:
+        POINTS[point](mp, sig)
+        result = _invoke("run", "--model", "lenet", "--trials", "3", "--storage", url, *TINY)
+    name = signal.Signals(sig).name
+    assert result.exit_code == interrupts.EXIT_CODES[sig], result.output
+    assert "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"error: interrupted by {name}"), result.output
+    states, c = _counts(url)
+    assert TrialState.RUNNING not in states, states
+    if sig == signal.SIGTERM:
+        assert "re-queued" in last and c.waiting == 1 and c.retried == 1, (states, c)
+    # Resumable: the same store takes more trials, and the re-queued one is run first.
+    result = _invoke("run", "--study", "lenet", "--trials", "1", "--storage", url)
+    assert result.exit_code == 0, result.output
+    after_states, after = _counts(url)
+    assert after.running == 0 and after.waiting == 0
+    assert after.counted == c.counted + 1, (states, after_states)
+
+
+def test_signal_handlers_are_restored_after_a_command(tmp_path, real_data):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    result = _invoke("run", "--model", "lenet", "--trials", "1", "--storage", f"sqlite:///{tmp_path}/h.db", *TINY)
+    assert result.exit_code == 0, result.output
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert interrupts.received() is None
+
+
+def test_shielded_defers_and_check_raises_the_recorded_signal():
+    with interrupts.handled():
+        with interrupts.shielded():
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded, not raised, inside a storage call
+            still_here = True
+        assert still_here and interrupts.received() == signal.SIGTERM
+        with pytest.raises(interrupts.Stop) as stop:
+            interrupts.check()
+        assert stop.value.requeue and stop.value.exit_code == 143
+        with interrupts.cleaning():
+            os.kill(os.getpid(), signal.SIGINT)  # during cleanup: recorded only
+            interrupts.check()
+    assert interrupts.received() is None  # the handlers and state were restored
+
+
+def test_stop_is_found_behind_optunas_own_error():
+    wrapped = UnboundLocalError("updated_state")  # what Optuna raises in _run_trial's finally
+    wrapped.__context__ = interrupts.Stop(signal.SIGTERM)
+    assert interrupts.stop_in(wrapped).signum == signal.SIGTERM
+    assert interrupts.stop_in(ValueError("x")) is None
+
+
+# --- from outside: real processes, real signals ---
+
+
+def _default_sigint() -> None:
+    # A test runner started in the background (`nohup ... &`) ignores SIGINT, and children
+    # inherit that; these tests press Ctrl-C, so the CLI must get the default handling.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist_search", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        **kw,
+    )
+
+
+def _wait_for_line(proc: subprocess.Popen, needle: str, limit_s: float = 180) -> None:
+    deadline = time.time() + limit_s
+    for line in proc.stderr:
+        if needle in line:
+            return
+        assert time.time() < deadline, f"no {needle!r} line"
+    pytest.fail(f"the process ended before printing {needle!r}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_real_process_stops_on_a_signal(sig, jobs, tmp_path, real_data):
+    """`run` (one process, or a parent relaying to 2 workers) after its first trial."""
+    url = f"sqlite:///{tmp_path}/p.db"
+    proc = _cli("run", "--model", "lenet", "--trials", "40", "--storage", url, "--jobs", jobs, *TINY)
+    _wait_for_line(proc, "trial 0 ")
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == interrupts.EXIT_CODES[sig], stderr
+    assert f"interrupted by {signal.Signals(sig).name}" in stderr and "Traceback" not in stderr
+    states, c = _counts(url)
+    assert TrialState.RUNNING not in states and c.complete >= 1 and c.counted < 40
+    result = _invoke("run", "--study", "lenet", "--trials", "1", "--storage", url)
+    assert result.exit_code == 0, result.output
+    assert _counts(url)[1].waiting == 0
