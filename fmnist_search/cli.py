@@ -6,6 +6,7 @@ stderr and exit code 2; Ctrl-C exits 130 with the store intact.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
@@ -47,15 +48,20 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
-def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
-    """``app.command`` that reports ``FmnistSearchError`` as one line and a non-zero exit."""
+def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F], F]:
+    """``app.command`` that reports ``FmnistSearchError`` as one line and a non-zero exit.
+
+    ``stoppable`` commands (those that write trials) handle Ctrl-C and SIGTERM with
+    ``interrupts``: recorded, deferred out of storage calls, acted on at their check points.
+    The others (reads, the dashboard) keep Python's own Ctrl-C, reported in one line too.
+    """
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
             from .interrupts import handled, stop_in
 
-            with handled():  # Ctrl-C / SIGTERM: one line and 130 / 143, wherever they land
+            with handled() if stoppable else contextlib.nullcontext():
                 try:
                     return fn(*a, **kw)
                 except FmnistSearchError as e:
@@ -251,7 +257,7 @@ TrialsOpt = Annotated[
 ]
 
 
-@command()
+@command(stoppable=True)
 def create(
     model: ModelOpt = None,
     trials: TrialsOpt = None,
@@ -283,7 +289,7 @@ def create(
         _say(f"  fmnist-search worker --study {name} --storage URL")
 
 
-@command()
+@command(stoppable=True)
 def run(
     model: ModelOpt = None,
     trials: TrialsOpt = None,
@@ -580,7 +586,7 @@ def _spawn_workers(plans: list[Any], name: str, url: str, data_dir: Path | None,
         raise _fail(f"worker(s) failed: {', '.join(failed)}; see their errors above", EXIT_FAILED)
 
 
-@command()
+@command(stoppable=True)
 def worker(
     study: StudyOpt,
     storage: StorageOpt = DEFAULT_STORAGE,
@@ -1021,7 +1027,7 @@ def _train_config(
     return model, config, split
 
 
-@command()
+@command(stoppable=True)
 def train(
     model: ModelOpt = None,
     preset: PresetOpt = None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +87,18 @@ class RunOptions:
 
 SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(StudySpec))
 PRESET_KEYS = frozenset({"description", "models", "study", "trials", "train"})
-PRESET_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
+USER_PRESETS = Path("studies")  # the user's own presets, relative to the working directory
+
+
+def shipped_presets() -> Traversable:
+    """The presets installed with the package (package data, wheels included)."""
+    return resources.files("fmnist_search") / "presets"
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A TOML file in studies/: study settings, which models, how many trials.
+    """A TOML file (shipped in fmnist_search/presets/, or the user's own in studies/): study
+    settings, which models, how many trials.
 
     Keys: ``description``; ``models`` (list; one study per model); ``study`` (name, may use
     ``{model}``); ``trials``; any StudySpec field (``epochs``, ``space``, ``[fixed]``, ...);
@@ -107,17 +115,23 @@ class Preset:
     train: dict[str, Any] = field(default_factory=dict)  # fixed hyperparameters for `train`
 
 
-def preset_path(name: str) -> Path:
+def preset_path(name: str) -> Path | Traversable:
+    """A .toml path as given, else studies/NAME.toml (the user's), else the shipped preset NAME."""
     candidate = Path(name)
     if candidate.suffix == ".toml":
         if not candidate.is_file():
             raise ConfigError(f"preset file {name} not found")
         return candidate
-    for folder in PRESET_DIRS:
-        if (folder / f"{name}.toml").is_file():
-            return folder / f"{name}.toml"
-    known = sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.toml")})
-    raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(known) or 'none'} or give a .toml path")
+    for found in (USER_PRESETS / f"{name}.toml", shipped_presets() / f"{name}.toml"):
+        if found.is_file():
+            return found
+    raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())} or give a .toml path")
+
+
+def preset_names() -> list[str]:
+    shipped = {Path(p.name).stem for p in shipped_presets().iterdir() if p.name.endswith(".toml")}
+    own = {p.stem for p in USER_PRESETS.glob("*.toml")} if USER_PRESETS.is_dir() else set()
+    return sorted(shipped | own)
 
 
 def load_preset(name: str) -> Preset:
@@ -134,7 +148,7 @@ def load_preset(name: str) -> Preset:
     models = tuple(raw.get("models") or ([raw["model"]] if "model" in raw else ()))
     settings = {k: v for k, v in raw.items() if k in SPEC_FIELDS and k != "model"}
     preset = Preset(
-        name=path.stem,
+        name=Path(path.name).stem,
         description=raw.get("description", ""),
         models=models,
         study=raw.get("study", "{model}"),

@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -28,19 +29,28 @@ from .errors import ConfigError
 from .models import create_model
 from .train import EpochMetrics, TrainConfig, fit
 
+# The teacher preset being checked: a preset is validated when loaded, and validating a
+# recipe checks its teacher's preset, so a preset that names itself (or a cycle of
+# presets) would recurse forever. A teacher found while checking a teacher is refused.
+_CHECKING: ContextVar[str | None] = ContextVar("checking_teacher", default=None)
+
 
 def check_teacher(name: str) -> Preset:
     """Preset ``name``, if it can teach (one model, a [train] lr, no teacher of its own), else ConfigError."""
+    outer = _CHECKING.get()
+    if outer is not None:
+        raise ConfigError(f"teacher preset {outer!r} has a teacher of its own ({name!r}); chains are not supported")
+    token = _CHECKING.set(name)
     try:
         preset = load_preset(name)
     except ConfigError as e:
         raise ConfigError(f"teacher: {e}") from None
+    finally:
+        _CHECKING.reset(token)
     if len(preset.models) != 1:
         raise ConfigError(f"teacher preset {name!r} must name one model, it names {len(preset.models)}")
     if "lr" not in preset.train:
         raise ConfigError(f"teacher preset {name!r} has no [train] table with an lr")
-    if preset.train.get("teacher"):
-        raise ConfigError(f"teacher preset {name!r} has a teacher of its own; chains are not supported")
     return preset
 
 

@@ -1,10 +1,17 @@
-"""Shared fixtures: an isolated cache, tiny synthetic data, tiny IDX files, the real data."""
+"""Shared fixtures: an isolated cache, tiny synthetic data, tiny IDX files, the real data, real database servers."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import gzip
 import hashlib
+import os
+import shutil
+import socket
 import struct
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -75,3 +82,74 @@ def tiny_idx(tmp_path: Path):
 def real_data() -> data.FashionMNIST:
     """The real Fashion-MNIST (Debian's dataset-fashion-mnist; .ci/run installs it)."""
     return data.load(allow_download=False)
+
+
+# --- real database servers (Debian's binaries, installed by `make test`), on free loopback ports ---
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster: ``start``, ``stop``, ``restart`` keep the same port and URL."""
+
+    def __init__(self) -> None:
+        bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bindirs:
+            raise RuntimeError("PostgreSQL binaries missing: `apt-get install postgresql` (make test does it)")
+        self.bin = Path(bindirs[-1])
+        self.root = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # not under pytest's 0700 tmp: postgres must enter it
+        self.as_postgres: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_postgres = ["runuser", "-u", "postgres", "--"]
+        self.data, self.port = self.root / "data", free_port()
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "fmnist", "--no-sync")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "fmnist", "fmnist")
+        # trust auth ignores the password; it is here to check that it is never printed
+        self.url = f"postgresql://fmnist:s3cret-pw@127.0.0.1:{self.port}/fmnist"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_postgres, str(self.bin / tool), *args], check=True, capture_output=True, text=True)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
+        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``, as two steps: pg_ctl's own restart forgets the log file,
+        and a server writing to our captured output would never let the pipe close."""
+        self.stop("fast")
+        self.start()
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL server shared by a test module."""
+    server = PostgresServer()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_server():
+    """A PostgreSQL server of this test's own, to stop and restart."""
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()

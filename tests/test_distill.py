@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.config import StudySpec
+from fmnist_search.config import StudySpec, load_preset
 from fmnist_search.errors import ConfigError
 from fmnist_search.objective import Objective
 from fmnist_search.space import check_fixed
@@ -106,6 +106,21 @@ def test_a_teacher_with_a_teacher_is_refused(tmp_path):
     chained.write_text("model = 'lenet'\n[train]\nlr = 0.1\nteacher = 'airbench-tuned'\ndistill = 0.5\n")
     with pytest.raises(ConfigError, match="teacher of its own"):
         check_fixed({"teacher": str(chained), "distill": 0.5})
+
+
+def test_a_preset_that_teaches_itself_or_a_cycle_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    recipe = "model = 'lenet'\n[fixed]\nteacher = '{t}'\ndistill = 0.5\n[train]\nlr = 0.1\n"
+    (tmp_path / "studies" / "narcissus.toml").write_text(recipe.format(t="narcissus"))
+    (tmp_path / "studies" / "ping.toml").write_text(recipe.format(t="pong"))
+    (tmp_path / "studies" / "pong.toml").write_text(recipe.format(t="ping"))
+    for preset in ("narcissus", "ping"):
+        with pytest.raises(ConfigError, match="has a teacher of its own"):
+            load_preset(preset)
+        result = runner.invoke(app, ["train", "--preset", preset])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1 and "chains are not supported" in result.output
 
 
 def test_train_cli_reports_distillation_errors_in_one_line():

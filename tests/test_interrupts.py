@@ -233,10 +233,9 @@ def _wait_for_line(proc: subprocess.Popen, needle: str, limit_s: float = 180) ->
     pytest.fail(f"the process ended before printing {needle!r}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize(("jobs", "sig"), [("1", signal.SIGTERM), ("2", signal.SIGINT)], ids=["1-SIGTERM", "2-SIGINT"])
 def test_a_real_process_stops_on_a_signal(sig, jobs, tmp_path, real_data):
-    """`run` (one process, or a parent relaying to 2 workers) after its first trial."""
+    """`run` after its first trial: one process, or a parent that relays the signal to 2 workers."""
     url = f"sqlite:///{tmp_path}/p.db"
     proc = _cli("run", "--model", "lenet", "--trials", "40", "--storage", url, "--jobs", jobs, *TINY)
     _wait_for_line(proc, "trial 0 ")

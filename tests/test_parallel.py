@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -122,38 +116,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path, real_data):
     assert retry.user_attrs["worker"] == "survivor"
 
 
-# --- a real PostgreSQL server, started here on a free loopback port ---
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if not bindirs:
-        pytest.fail("PostgreSQL binaries missing: `apt-get install postgresql` (make test does it)")
-    bindir = Path(bindirs[-1])
-    root = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # not under pytest's 0700 tmp: postgres must enter it
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(root, "postgres", "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
-    run = lambda *cmd: subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "fmnist", "--no-sync")
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start")
-    try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "fmnist", "fmnist")
-        # trust auth ignores the password; it is here to check that it is never printed
-        yield f"postgresql://fmnist:s3cret-pw@127.0.0.1:{port}/fmnist"
-    finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+# --- a real PostgreSQL server (conftest.postgres_url) ---
 
 
 def test_four_workers_on_postgresql(postgres_url, real_data):

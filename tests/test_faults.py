@@ -1,0 +1,168 @@
+"""The store goes away: a PostgreSQL restart is survived, a longer outage or a full disk ends in one line.
+
+Every wait here is for an event (a line printed, a process ending), never for a duration
+that must be long enough: the worker is stopped while the database is down until it says
+so, and the database comes back only then.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from fmnist_search.workers import census
+
+TINY = ["--epochs", "2", "--train-size", "1024", "--val-size", "500", "--batch-size", "128", "--pruner", "none"]
+BEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist_search", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+
+
+def _read_until(proc: subprocess.Popen, needle: str, limit_s: float = 300) -> list[str]:
+    """Lines up to and including the first that holds ``needle``."""
+    lines = []
+    deadline = time.time() + limit_s
+    for line in proc.stdout:
+        lines.append(line)
+        if needle in line:
+            return lines
+        assert time.time() < deadline, "".join(lines)
+    pytest.fail(f"ended before printing {needle!r}:\n{''.join(lines)}")
+
+
+def _states(url: str) -> list[TrialState]:
+    return [t.state for t in optuna.load_study(study_name="lenet", storage=url).get_trials(deepcopy=False)]
+
+
+def test_a_postgresql_outage_mid_study_is_survived(postgres_server, real_data):
+    url = postgres_server.url
+    proc = _cli("run", "--model", "lenet", "--trials", "8", "--storage", url, *TINY, *BEAT)
+    seen = _read_until(proc, "trial 1 ")  # two trials stored: mid-study
+    postgres_server.stop()
+    seen += _read_until(proc, "unreachable")  # the worker noticed, and waits
+    postgres_server.start()
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(seen) + rest
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "s3cret-pw" not in out
+    assert "reachable again" in out
+    study = optuna.load_study(study_name="lenet", storage=url)
+    c = census(study)
+    assert c.running == 0 and c.waiting == 0 and c.counted == 8, c
+    assert c.complete >= 7  # at most the one trial whose writes were cut off is retried
+
+
+def test_a_postgresql_restart_mid_study_is_survived(postgres_server, real_data):
+    """The issue's case: `pg_ctl restart -m fast` kills every connection, pooled ones too."""
+    url = postgres_server.url
+    proc = _cli("run", "--model", "lenet", "--trials", "6", "--storage", url, *TINY, *BEAT)
+    seen = _read_until(proc, "trial 1 ")
+    postgres_server.restart()
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(seen) + rest
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    c = census(optuna.load_study(study_name="lenet", storage=url))
+    assert c.running == 0 and c.waiting == 0 and c.counted == 6, c
+
+
+def test_an_outage_longer_than_the_patience_ends_in_one_line(postgres_server, real_data):
+    url = postgres_server.url
+    proc = _cli("run", "--model", "lenet", "--trials", "20", "--storage", url, "--storage-patience", "3", *TINY, *BEAT)
+    seen = _read_until(proc, "trial 0 ")
+    postgres_server.stop()
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(seen) + rest
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out and "s3cret-pw" not in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "unreachable for 3 s" in last and "fmnist:***@" in last, last
+    # The trial it could not finish is recovered by the next run once its heartbeat is stale.
+    postgres_server.start()
+    time.sleep(3.5)  # the grace period: a stale heartbeat, not a timing the test depends on passing
+    resume = _cli("run", "--study", "lenet", "--trials", "1", "--storage", url, *BEAT)
+    out, _ = resume.communicate(timeout=300)
+    assert resume.returncode == 0, out
+    assert TrialState.RUNNING not in _states(url)
+
+
+def test_a_worker_waits_for_its_database_and_study(postgres_server, real_data):
+    """Containers start in any order: a worker started before PostgreSQL and the study waits for both."""
+    url = postgres_server.url
+    postgres_server.stop()
+    worker = _cli(
+        "worker", "--study", "lenet", "--no-bars", "--storage-patience", "120", *BEAT, env={"FMNIST_STORAGE": url}
+    )
+    seen = _read_until(worker, "unreachable")
+    postgres_server.start()
+    seen += _read_until(worker, "waiting up to 120 s for study 'lenet'")
+    create = _cli("create", "--model", "lenet", "--trials", "2", "--storage", url, *TINY)
+    assert create.wait(timeout=120) == 0, create.stdout.read()
+    rest, _ = worker.communicate(timeout=300)
+    out = "".join(seen) + rest
+    assert worker.returncode == 0, out
+    assert census(optuna.load_study(study_name="lenet", storage=url)).complete == 2
+
+
+def test_a_worker_gives_up_on_a_missing_study_in_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path}/w.db"
+    worker = _cli("worker", "--study", "ghost", "--storage", url, "--storage-patience", "1")
+    out, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 2, out
+    assert out.strip().splitlines()[-1].startswith("error: no study named 'ghost'") and "Traceback" not in out
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 600 KB filesystem: room for the store, not for much more."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and mount rights): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_under_the_store_ends_in_one_line_and_the_store_stays_readable(small_disk, real_data):
+    url = f"sqlite:///{small_disk}/fmnist.db"
+    proc = _cli("run", "--model", "lenet", "--trials", "20", "--storage", url, *TINY, *BEAT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out and "Should not reach" not in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot write to the store {url}: database or disk is full"), last
+    states = _states(url)  # still readable
+    assert states
+    if TrialState.RUNNING in states:  # a trial that cannot be written is left for the heartbeat retry, said so
+        assert "stays RUNNING until its heartbeat is stale" in last, last
+
+
+def test_a_full_disk_under_the_weights_re_queues_the_trial(small_disk, tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/fmnist.db"
+    args = ["--storage", url, "--artifacts", str(small_disk), *TINY, *BEAT]
+    proc = _cli("run", "--model", "lenet", "--trials", "20", *args)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    last = out.strip().splitlines()[-1]
+    assert f"weights in {small_disk}: No space left on device" in last and "is re-queued" in last, last
+    c = census(optuna.load_study(study_name="lenet", storage=url))
+    assert c.running == 0 and c.waiting == 1 and c.retried == 1, c
