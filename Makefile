@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data postgres run test lint bench
+.PHONY: install data databases run test lint bench
 
 $(BIN)/fmnist-search: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,postgres]'
+	$(BIN)/pip install --quiet -e '.[dev,postgres,mysql]'
 	touch $@
 
 install: $(BIN)/fmnist-search
@@ -21,15 +21,17 @@ data:
 	@test -f $(DATA_DIR)/train-images-idx3-ubyte.gz || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
-# PostgreSQL binaries for the multi-worker tests (the tests start their own server).
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
+# PostgreSQL and MariaDB binaries for the multi-worker and fault tests (the tests start
+# their own servers on loopback; the packages' own services are not needed).
+databases:
+	@{ ls /usr/lib/postgresql/*/bin/initdb && test -x /usr/sbin/mariadbd; } >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql mariadb-server; }
 
 run: install data
 	$(BIN)/fmnist-search run --model lenet --trials 30
 
-test: install data postgres
+test: install data databases
 	$(BIN)/python -m pytest
 
 lint: install

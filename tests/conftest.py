@@ -135,6 +135,56 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class MariaDBServer:
+    """A throwaway MariaDB server (Debian's mariadb-server), same interface as PostgresServer."""
+
+    def __init__(self) -> None:
+        if shutil.which("mariadbd", path="/usr/sbin:/usr/bin") is None:
+            raise RuntimeError("MariaDB binaries missing: `apt-get install mariadb-server` (make test does it)")
+        self.root = Path(tempfile.mkdtemp(prefix="fmnist-maria-"))
+        self.data, self.socket, self.port = self.root / "data", self.root / "sock", free_port()
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            shutil.chown(self.root, "mysql", "mysql")
+        user = ["--user=mysql"] if self.as_root else []
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.data}", "--skip-test-db", *user],
+                       check=True, capture_output=True)  # fmt: skip
+        self.proc: subprocess.Popen | None = None
+        self.start()
+        sql = ("CREATE DATABASE fmnist; CREATE USER 'fmnist'@'%' IDENTIFIED BY 's3cret-pw'; "
+               "GRANT ALL ON fmnist.* TO 'fmnist'@'%';")  # fmt: skip
+        subprocess.run(["mariadb", f"--socket={self.socket}", "-uroot", "-e", sql], check=True, capture_output=True)
+        self.url = f"mysql+pymysql://fmnist:s3cret-pw@127.0.0.1:{self.port}/fmnist"
+
+    def start(self) -> None:
+        user = ["--user=mysql"] if self.as_root else []
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={self.data}", f"--socket={self.socket}",
+             f"--port={self.port}", "--bind-address=127.0.0.1", f"--pid-file={self.root / 'pid'}",
+             "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0", *user],
+            stdout=subprocess.DEVNULL, stderr=(self.root / "log").open("ab"),
+        )  # fmt: skip
+        ping = ["mariadb-admin", f"--socket={self.socket}", "-uroot", "--wait=60", "--connect-timeout=2", "ping"]
+        subprocess.run(ping, check=True, capture_output=True)
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.proc is not None:
+            self.proc.terminate()  # SIGTERM: MariaDB's clean shutdown
+            self.proc.wait(timeout=60)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+DATABASES = {"postgresql": PostgresServer, "mariadb": MariaDBServer}
+
+
 @pytest.fixture(scope="module")
 def postgres_url():
     """A PostgreSQL server shared by a test module."""
@@ -145,10 +195,30 @@ def postgres_url():
         server.close()
 
 
+@pytest.fixture(scope="module", params=list(DATABASES))
+def database_url(request):
+    """A PostgreSQL, then a MariaDB server, shared by a test module."""
+    server = DATABASES[request.param]()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
 @pytest.fixture
 def postgres_server():
     """A PostgreSQL server of this test's own, to stop and restart."""
     server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=list(DATABASES))
+def database_server(request):
+    """A PostgreSQL, then a MariaDB server of this test's own, to stop and restart."""
+    server = DATABASES[request.param]()
     try:
         yield server
     finally:

@@ -1,4 +1,4 @@
-"""The store goes away: a PostgreSQL restart is survived, a longer outage or a full disk ends in one line.
+"""The store goes away: a PostgreSQL or MariaDB restart is survived, a longer outage or a full disk ends in one line.
 
 Every wait here is for an event (a line printed, a process ending), never for a duration
 that must be long enough: the worker is stopped while the database is down until it says
@@ -49,13 +49,13 @@ def _states(url: str) -> list[TrialState]:
     return [t.state for t in optuna.load_study(study_name="lenet", storage=url).get_trials(deepcopy=False)]
 
 
-def test_a_postgresql_outage_mid_study_is_survived(postgres_server, real_data):
-    url = postgres_server.url
+def test_a_database_outage_mid_study_is_survived(database_server, real_data):
+    url = database_server.url
     proc = _cli("run", "--model", "lenet", "--trials", "8", "--storage", url, *TINY, *BEAT)
     seen = _read_until(proc, "trial 1 ")  # two trials stored: mid-study
-    postgres_server.stop()
+    database_server.stop()
     seen += _read_until(proc, "unreachable")  # the worker noticed, and waits
-    postgres_server.start()
+    database_server.start()
     rest, _ = proc.communicate(timeout=300)
     out = "".join(seen) + rest
     assert proc.returncode == 0, out
@@ -67,12 +67,12 @@ def test_a_postgresql_outage_mid_study_is_survived(postgres_server, real_data):
     assert c.complete >= 7  # at most the one trial whose writes were cut off is retried
 
 
-def test_a_postgresql_restart_mid_study_is_survived(postgres_server, real_data):
-    """The issue's case: `pg_ctl restart -m fast` kills every connection, pooled ones too."""
-    url = postgres_server.url
+def test_a_database_restart_mid_study_is_survived(database_server, real_data):
+    """A fast restart (`pg_ctl restart -m fast`, a MariaDB restart) kills every connection, pooled ones too."""
+    url = database_server.url
     proc = _cli("run", "--model", "lenet", "--trials", "6", "--storage", url, *TINY, *BEAT)
     seen = _read_until(proc, "trial 1 ")
-    postgres_server.restart()
+    database_server.restart()
     rest, _ = proc.communicate(timeout=300)
     out = "".join(seen) + rest
     assert proc.returncode == 0, out

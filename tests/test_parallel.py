@@ -119,12 +119,13 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path, real_data):
 # --- a real PostgreSQL server (conftest.postgres_url) ---
 
 
-def test_four_workers_on_postgresql(postgres_url, real_data):
-    result = runner.invoke(app, ["create", "--model", "lenet", "--trials", "20", "--storage", postgres_url, *TINY])
+def test_four_workers_on_a_database_server(database_url, real_data):
+    """PostgreSQL, then MariaDB: 4 worker processes, exactly the trials asked for."""
+    result = runner.invoke(app, ["create", "--model", "lenet", "--trials", "20", "--storage", database_url, *TINY])
     assert result.exit_code == 0, result.output
     assert "s3cret-pw" not in result.output
     workers = [
-        _cli("worker", "--study", "lenet", "--label", f"w{i}", "--no-bars", env={"FMNIST_STORAGE": postgres_url})
+        _cli("worker", "--study", "lenet", "--label", f"w{i}", "--no-bars", env={"FMNIST_STORAGE": database_url})
         for i in range(4)
     ]
     outs = [w.communicate(timeout=600)[0] for w in workers]
@@ -132,7 +133,7 @@ def test_four_workers_on_postgresql(postgres_url, real_data):
         assert w.returncode == 0, out
         assert "s3cret-pw" not in out
     assert "127.0.0.1" in outs[0] and "fmnist:***@" in outs[0]  # the masked URL is what they print
-    trials = assert_consistent(postgres_url, "lenet", 20)
+    trials = assert_consistent(database_url, "lenet", 20)
     assert len(trials) == 20
     per_worker = Counter(t.user_attrs["worker"] for t in trials)
     assert set(per_worker) == {"w0", "w1", "w2", "w3"}  # everyone worked (about 5 each)
