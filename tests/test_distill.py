@@ -131,18 +131,25 @@ def test_train_cli_reports_distillation_errors_in_one_line():
 
 
 def test_a_study_with_a_fixed_teacher_distils_every_trial(tiny_splits):
-    fixed = {"teacher": "airbench-tuned", "distill": 0.7, "distill_temp": 3.0}
-    spec = StudySpec(epochs=2, batch_size=64, space="lr", fixed=fixed)
-    said: list[str] = []
-    objective = Objective(spec, tiny_splits, torch.device("cpu"), say=said.append)
-    assert objective.teacher is not None and any("teacher airbench-tuned" in m for m in said)
-    study = optuna.create_study(direction="maximize")
-    study.optimize(objective, n_trials=2)
-    for t in study.trials:
-        assert t.state.name == "COMPLETE"
-        config = t.user_attrs["config"]
-        assert (config["teacher"], config["distill"], config["distill_temp"]) == ("airbench-tuned", 0.7, 3.0)
-        assert not math.isnan(t.value)
+    """Same seeds, lr and data with and without the teacher: only the teacher's term differs."""
+    fixed = {"teacher": "airbench-tuned", "distill": 0.7, "distill_temp": 3.0, "lr": 0.05}
+    losses = {}
+    for name, fix in (("distilled", fixed), ("plain", {"lr": 0.05})):
+        spec = StudySpec(epochs=2, batch_size=64, space="lr", fixed=fix)
+        said: list[str] = []
+        objective = Objective(spec, tiny_splits, torch.device("cpu"), say=said.append)
+        assert (objective.teacher is not None) == (name == "distilled")
+        study = optuna.create_study(direction="maximize")
+        study.optimize(objective, n_trials=2)
+        for t in study.trials:
+            assert t.state.name == "COMPLETE" and not math.isnan(t.value)
+            if name == "distilled":
+                config = t.user_attrs["config"]
+                assert (config["teacher"], config["distill"], config["distill_temp"]) == ("airbench-tuned", 0.7, 3.0)
+        losses[name] = [t.user_attrs["train_loss"] for t in study.trials]
+    assert any("teacher airbench-tuned" in m for m in said) is False  # the plain study built no teacher
+    for distilled, plain in zip(losses["distilled"], losses["plain"], strict=True):
+        assert abs(distilled - plain) > 1e-3, losses  # the teacher's term changed what was minimised
 
 
 def test_run_trains_the_studys_teacher_once_then_resumes_with_it(tmp_path, real_data):

@@ -16,7 +16,7 @@ from fmnist_search.config import StudySpec, load_preset, preset_names
 from fmnist_search.errors import ConfigError
 from fmnist_search.objective import Objective
 from fmnist_search.schedules import make_scheduler
-from fmnist_search.space import PARAMS, SPACES
+from fmnist_search.space import PARAMS
 from fmnist_search.train import BACKGROUND, TrainConfig, augment_batch
 
 runner = CliRunner()
@@ -125,8 +125,7 @@ def test_full_space_records_every_sampled_param(tiny_splits):
         assert t.state.name in ("COMPLETE", "PRUNED", "FAIL")
 
 
-def test_lr_space_is_the_report_question():
-    assert SPACES["lr"] == ("lr",)
+def test_unknown_fixed_parameters_and_spaces_are_refused():
     with pytest.raises(ConfigError, match="unknown fixed parameter"):
         StudySpec(fixed={"dropout": 0.5})
     with pytest.raises(ConfigError, match="unknown space"):

@@ -1,6 +1,9 @@
+import math
+
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fmnist_search import train
 from fmnist_search.models import create_model
@@ -67,17 +70,29 @@ def test_huge_lr_diverges():
         train.fit(create_model("lenet"), tr, tr, train.TrainConfig(lr=1e6, epochs=3, batch_size=32))
 
 
-def test_evaluate_perfect_and_wrong():
+def test_evaluate_perfect_wrong_and_half_right():
+    """Accuracy and mean cross-entropy over uneven batches (10 images in batches of 3), by hand."""
+    y = torch.arange(10) % 10
     x = torch.zeros(10, 1, 28, 28)
-    y = torch.arange(10) % 2
+    x[:, 0, 0, 0] = y.float()  # each image carries its label, so a model can be perfect
 
-    class Const(nn.Module):
+    class Scores(nn.Module):  # logit 5 for one chosen class, 0 for the nine others
+        def __init__(self, pick):
+            super().__init__()
+            self.pick = pick
+
         def forward(self, x):
-            return torch.tensor([[5.0, 0.0] + [0.0] * 8]).expand(len(x), 10)
+            return 5.0 * F.one_hot(self.pick(x[:, 0, 0, 0].long()), 10).float()
 
-    acc, loss = train.evaluate(Const(), x, y, batch_size=3)
-    assert acc == pytest.approx(0.5)
-    assert loss > 0
+    confident = math.log(math.exp(5) + 9) - 5  # loss when the logit-5 class is the true one
+    wrong = math.log(math.exp(5) + 9)  # loss when it is not
+
+    acc, loss = train.evaluate(Scores(lambda label: label), x, y, batch_size=3)
+    assert acc == 1.0 and loss == pytest.approx(confident, rel=1e-5)
+    acc, loss = train.evaluate(Scores(lambda label: (label + 1) % 10), x, y, batch_size=3)
+    assert acc == 0.0 and loss == pytest.approx(wrong, rel=1e-5)
+    acc, loss = train.evaluate(Scores(lambda label: torch.where(label < 5, label, (label + 1) % 10)), x, y, 3)
+    assert acc == 0.5 and loss == pytest.approx((confident + wrong) / 2, rel=1e-5)
 
 
 def test_flip_tta_averages_an_image_and_its_mirror():
