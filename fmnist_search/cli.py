@@ -162,7 +162,9 @@ TrainSizeOpt = Annotated[int | None, typer.Option(help="Train on a stratified su
 NewStudyOpt = Annotated[str | None, typer.Option("--study", help="Study name [default: the model name].")]
 
 
-PresetOpt = Annotated[str | None, typer.Option(help="Preset name in studies/ (e.g. seed-report) or a .toml path.")]
+PresetOpt = Annotated[
+    str | None, typer.Option(help="A shipped preset (e.g. seed-report), your studies/NAME.toml, or a .toml path.")
+]
 ModelsOpt = Annotated[str | None, typer.Option(help="With --preset: only these of its models (comma-separated).")]
 SpaceOpt = Annotated[str | None, typer.Option(help="Search space: lr (lr only) or full [default: lr].")]
 FixOpt = Annotated[
