@@ -143,6 +143,24 @@ def test_evaluate_prints_per_class_accuracy_and_writes_confusion_html(trained, t
     assert "heatmap" in html.read_text()
 
 
+def test_evaluate_reproduces_a_bf16_trials_stored_test_accuracy(tmp_path, real_data):
+    """Trained under bf16 autocast, evaluated in fp32 by both the trial and `evaluate`: the same figure."""
+    url = f"sqlite:///{tmp_path}/bf.db"
+    args = ["run", "--model", "lenet", "--trials", "1", "--storage", url, "--epochs", "1", "--train-size", "2048",
+            "--val-size", "1000", "--batch-size", "64", "--precision", "bf16", "--lr-min", "0.05", "--lr-max", "0.1"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (trial,) = optuna.load_study(study_name="lenet", storage=url).trials
+    assert trial.user_attrs["precision"] == "bf16"
+    result = runner.invoke(app, ["evaluate", "--study", "lenet", "--storage", url, "--output-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    printed = re.search(r"test accuracy ([0-9.]+) on 10000 images", result.stdout).group(1)
+    assert printed == f"{trial.user_attrs['test_accuracy']:.4f}"
+    # Exactly: 10,000 test images, so accuracies are multiples of 1e-4.
+    evaluated = float(re.search(r"test_accuracy=([0-9.]+)", result.stdout).group(1))
+    assert round(evaluated * 10_000) == round(trial.user_attrs["test_accuracy"] * 10_000)
+
+
 def _save_png(img: torch.Tensor, path: Path) -> Path:
     Image.fromarray(img.numpy()).save(path)
     return path
