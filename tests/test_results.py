@@ -147,7 +147,8 @@ def test_evaluate_reproduces_a_bf16_trials_stored_test_accuracy(tmp_path, real_d
     """Trained under bf16 autocast, evaluated in fp32 by both the trial and `evaluate`: the same figure."""
     url = f"sqlite:///{tmp_path}/bf.db"
     args = ["run", "--model", "lenet", "--trials", "1", "--storage", url, "--epochs", "1", "--train-size", "2048",
-            "--val-size", "1000", "--batch-size", "64", "--precision", "bf16", "--lr-min", "0.05", "--lr-max", "0.1"]  # fmt: skip
+            "--val-size", "1000", "--batch-size", "64", "--precision", "bf16", "--lr-min", "0.05",
+            "--lr-max", "0.1"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     (trial,) = optuna.load_study(study_name="lenet", storage=url).trials
