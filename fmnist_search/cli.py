@@ -84,9 +84,9 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
 
 
 def _model_help() -> str:
-    from .models import list_models
+    from .config import MODEL_NAMES  # not models.list_models: --help must not import torch
 
-    return f"Network to train: {', '.join(list_models())}."
+    return f"Network to train: {', '.join(MODEL_NAMES)}."
 
 
 StorageOpt = Annotated[
@@ -154,7 +154,7 @@ BatchOpt = Annotated[int | None, typer.Option(help="SGD batch size [default: 256
 LrMinOpt = Annotated[float | None, typer.Option(help="Lower end of the log-uniform lr range [default: 1e-3].")]
 LrMaxOpt = Annotated[float | None, typer.Option(help="Upper end of the lr range [default: 0.5].")]
 MomentumOpt = Annotated[float | None, typer.Option(help="Fixed SGD momentum [default: 0.9].")]
-SamplerOpt = Annotated[str | None, typer.Option(help="tpe, random, cmaes, gp or qmc [default: tpe].")]
+SamplerOpt = Annotated[str | None, typer.Option(help="tpe, random, cmaes, gp, qmc or grid [default: tpe].")]
 PrunerOpt = Annotated[str | None, typer.Option(help="median, sha, hyperband or none [default: median].")]
 SeedOpt = Annotated[int | None, typer.Option(help="Sampler, split and training seed [default: 0].")]
 ValSizeOpt = Annotated[int | None, typer.Option(help="Stratified validation images [default: 10000].")]

@@ -19,6 +19,9 @@ from .errors import ConfigError
 
 FULL_TRAIN_SIZE = 60_000  # Fashion-MNIST training images (validation is carved out of these)
 DEFAULT_STORAGE = "sqlite:///studies/fmnist.db"  # relative to the working directory
+# The model registry's names (fmnist_search.models, which imports torch), for help texts
+# that must answer without importing torch; tests/test_models.py checks they agree.
+MODEL_NAMES = ("airbench", "lenet", "resnet18", "resnet34")
 
 
 @dataclass(frozen=True)

@@ -230,3 +230,17 @@ def test_module_entry_point_help():
     assert registered == {"create", "run", "worker", "data", "dashboard", "studies", "show", "export", "report",
                           "plot", "evaluate", "predict", "train"}  # fmt: skip
     assert registered <= listed, out.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["worker", "--help"], ["train", "--help"]])
+def test_help_answers_without_importing_the_heavy_libraries(args):
+    """Help and shell completion must answer at once: torch alone takes seconds to import."""
+    code = (
+        "import sys\nfrom fmnist_search.cli import main\n"
+        f"sys.argv = ['fmnist-search', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'optuna', 'sqlalchemy', 'pandas', 'plotly') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []", out.stdout[-300:]

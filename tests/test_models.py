@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fmnist_search.config import MODEL_NAMES
 from fmnist_search.errors import ConfigError
 from fmnist_search.models import create_model, list_models, num_params
 
@@ -12,6 +13,7 @@ PARAMS = {"airbench": 144_304, "lenet": 44_426, "resnet18": 11_172_810, "resnet3
 
 def test_registry_lists_the_models():
     assert list_models() == ["airbench", "lenet", "resnet18", "resnet34"]
+    assert list_models() == list(MODEL_NAMES)  # the torch-free copy that --help shows
 
 
 @pytest.mark.parametrize("name", list_models())
