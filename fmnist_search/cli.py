@@ -479,8 +479,9 @@ def _run_trials(
     _say(
         f"{prefix}study {budgeted.study_name!r} in {mask_url(url)}: {spec.model}, {spec.epochs} epochs, "
         f"batch {spec.batch_size}, {_space_text(spec)}, {spec.sampler}/{spec.pruner}; {len(splits.train[0])} "
-        f"train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}); "
-        f"target {budgeted.target} trials"
+        f"train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}"
+        + (f", CUDA_VISIBLE_DEVICES={extra['gpu']}" if extra.get("gpu") is not None else "")
+        + f"); target {budgeted.target} trials"
     )
     objective = Objective(
         spec,

@@ -28,7 +28,7 @@ from fmnist_search.cli import app
 from fmnist_search.workers import census
 
 runner = CliRunner()
-TINY = ["--epochs", "2", "--train-size", "512", "--val-size", "500", "--batch-size", "128", "--pruner", "none"]
+TINY = ["--epochs", "2", "--train-size", "384", "--val-size", "500", "--batch-size", "96", "--pruner", "none"]
 
 
 def _kill_on_call(monkeypatch, module, name: str, nth: int = 1, sig: int = signal.SIGINT) -> None:
@@ -155,7 +155,7 @@ def test_signal_at_any_point_stops_cleanly(point, sig, tmp_path, monkeypatch, re
     url = f"sqlite:///{tmp_path}/i.db"
     with monkeypatch.context() as mp:
         POINTS[point](mp, sig)
-        result = _invoke("run", "--model", "lenet", "--trials", "3", "--storage", url, *TINY)
+        result = _invoke("run", "--model", "lenet", "--trials", "2", "--storage", url, *TINY)
     name = signal.Signals(sig).name
     assert result.exit_code == interrupts.EXIT_CODES[sig], result.output
     assert "Traceback" not in result.output

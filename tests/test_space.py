@@ -168,7 +168,8 @@ def test_bad_presets_are_errors(tmp_path: Path, body: str, message: str):
 @pytest.mark.parametrize("preset", ["lenet-tuned", "airbench-tuned"])
 def test_train_with_a_preset_on_a_tiny_subset(tmp_path, real_data, preset):
     weights = tmp_path / "w.pt"
-    args = ["train", "--preset", preset, "--epochs", "1", "--train-size", "2048", "--save", str(weights)]
+    args = ["train", "--preset", preset, "--epochs", "1", "--train-size", "2048", "--val-size", "1000"]
+    args += ["--save", str(weights)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
