@@ -33,6 +33,7 @@ run: install data
 
 test: install data databases
 	$(BIN)/python -m pytest
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
