@@ -1,15 +1,12 @@
 """Trial weights in Optuna's artifact store: saved by each completed trial, loaded safely.
 
-The file is a plain ``torch.save`` of a dict of tensors and strings; loading uses
-``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+The file format is ``weights.py``'s.
 """
 
 from __future__ import annotations
 
-import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
@@ -17,8 +14,7 @@ import torch.nn as nn
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
 from .errors import FmnistSearchError, StorageError
-from .models import create_model
-from .train import MEAN, STD
+from .weights import load_weights_file, weights_payload
 
 WEIGHTS_ATTR = "weights_artifact"  # trial user attr: the artifact id of the trial's weights
 
@@ -46,29 +42,6 @@ def save_model(store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.M
             return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     except OSError as e:  # a full disk or a lost mount: the trial cannot keep its weights
         raise StorageError(f"cannot save trial {trial.number}'s weights in {store._base_path}: {e.strerror}") from None
-
-
-def weights_payload(module: nn.Module, model_name: str) -> dict[str, Any]:
-    """What a weights file holds: tensors and plain values only (loadable with weights_only=True)."""
-    return {
-        "model": model_name,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-        "mean": MEAN,
-        "std": STD,
-    }
-
-
-def load_weights_file(path: Path) -> tuple[str, nn.Module]:
-    """(model name, model with the saved weights, on the CPU, in eval mode)."""
-    try:
-        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-        model = create_model(payload["model"])
-        model.load_state_dict(payload["state_dict"])
-    except FileNotFoundError:
-        raise FmnistSearchError(f"weights file {path} not found") from None
-    except (KeyError, RuntimeError, pickle.UnpicklingError, EOFError, TypeError) as e:
-        raise FmnistSearchError(f"{path} is not an fmnist-search weights file ({type(e).__name__})") from None
-    return payload["model"], model.eval()
 
 
 def load_model(store: FileSystemArtifactStore, artifact_id: str) -> tuple[str, nn.Module]:

@@ -899,8 +899,9 @@ TrialOpt = Annotated[int | None, typer.Option(help="Trial number [default: the b
 
 def _load_model(study: str | None, trial: int | None, weights: Path | None, storage: str, artifacts: Path | None):
     """(label, model name, model) from a study's trial artifact or from a weights file."""
-    from .artifacts import load_weights_file, trial_model
+    from .artifacts import trial_model
     from .study import load_study
+    from .weights import load_weights_file
 
     if (study is None) == (weights is None):
         raise FmnistSearchError("give --study NAME (its best or --trial N weights) or --weights FILE")
@@ -1054,16 +1055,16 @@ def train(
     import torch
 
     from . import data as data_mod
+    from .config import check_recipe
     from .devices import tune_backend
     from .models import create_model, list_models
-    from .space import check_fixed
     from .train import TrainConfig, to_device
 
     name, config, split = _train_config(model, preset, params, from_study, trial, storage)
     if epochs is not None:
         config["epochs"] = epochs
     split.update(_given(val_size=val_size, train_size=train_size, seed=seed))
-    check_fixed(config)
+    check_recipe(config)
     if "lr" not in config:
         raise FmnistSearchError("no learning rate: give --params '{\"lr\": 0.05}', a preset with one, or --from-study")
     dev, prec = _resolve_runtime(device, precision)
@@ -1084,10 +1085,10 @@ def train(
 def _train_one(name, cfg, config, dev, prec, compile, tr, va, te, full_train, run_seed, save) -> None:
     import torch
 
-    from .artifacts import weights_payload
     from .models import create_model
     from .teachers import teacher_for
     from .train import Diverged, evaluate, fit
+    from .weights import weights_payload
 
     teacher = teacher_for(cfg.teacher, tr, run_seed, prec, say=_say) if cfg.teacher else None
     torch.manual_seed(run_seed)

@@ -1,13 +1,16 @@
-"""Frozen settings. Config flows one way: defaults < preset < flags (< stored, on resume).
+"""Frozen settings and presets. Config flows one way: defaults < preset < flags (< stored, on resume).
 
 ``StudySpec`` defines a study's experiment and is stored with it (study user attrs);
-resuming with a different value is refused. ``RunOptions`` are per-invocation knobs
-(where, how fast) that never change what a trial means.
+resuming with a different value is refused. ``TrainConfig`` is one training recipe (what
+``train.fit`` runs). Their checks are pure: no torch, no Optuna, no files. A recipe that
+names a distillation teacher is checked against the teacher's preset by ``check_recipe``
+(it reads that preset's TOML), where a study is opened or a recipe trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,9 +22,40 @@ from .errors import ConfigError
 
 FULL_TRAIN_SIZE = 60_000  # Fashion-MNIST training images (validation is carved out of these)
 DEFAULT_STORAGE = "sqlite:///studies/fmnist.db"  # relative to the working directory
-# The model registry's names (fmnist_search.models, which imports torch), for help texts
-# that must answer without importing torch; tests/test_models.py checks they agree.
-MODEL_NAMES = ("airbench", "lenet", "resnet18", "resnet34")
+# The registries' names, so settings are checked (and --help written) without importing
+# torch or Optuna; the tests check each registry has exactly these.
+MODEL_NAMES = ("airbench", "lenet", "resnet18", "resnet34")  # fmnist_search.models
+SAMPLER_NAMES = ("cmaes", "gp", "grid", "qmc", "random", "tpe")  # fmnist_search.study.SAMPLERS
+PRUNER_NAMES = ("hyperband", "median", "none", "sha")  # fmnist_search.study.PRUNERS
+SPACE_NAMES = ("full", "lr")  # fmnist_search.space.SPACES
+
+
+def cache_root() -> Path:
+    """This tool's cache: downloads, decompressed files, worker locks, distillation teachers."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fmnist-search"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float  # SGD learning rate
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 256  # samples per SGD step
+    momentum: float = 0.9  # SGD momentum (0 = the report's plain SGD)
+    nesterov: bool = False  # Nesterov momentum (needs momentum > 0)
+    weight_decay: float = 0.0  # L2 penalty, SGD's weight_decay
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    schedule: str = "constant"  # constant | cosine | onecycle (fmnist_search.schedules)
+    warmup_frac: float = 0.0  # fraction of all steps spent warming the lr up
+    crop: int = 0  # random-crop padding in pixels (0: off)
+    flip: bool = False  # random horizontal flips
+    erasing: float = 0.0  # random-erasing probability per sample
+    tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the probabilities
+    teacher: str = ""  # preset whose network, trained on the same images, gives soft targets ("": none)
+    distill: float = 0.0  # weight of the teacher's soft targets in the loss (0: labels only, 1: teacher only)
+    distill_temp: float = 4.0  # softmax temperature of both networks in the distillation term
+    seed: int = 0  # seeds batch order and augmentation (weights are seeded by the caller)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (resolved, never "auto")
+    eval_batch_size: int = 2048  # samples per forward pass when evaluating
 
 
 @dataclass(frozen=True)
@@ -32,8 +66,8 @@ class StudySpec:
     lr_min: float = 1e-3  # learning-rate search range, sampled log-uniformly
     lr_max: float = 0.5
     momentum: float = 0.9  # fixed SGD momentum (the report used 0)
-    sampler: str = "tpe"  # fmnist_search.study.SAMPLERS
-    pruner: str = "median"  # fmnist_search.study.PRUNERS
+    sampler: str = "tpe"  # SAMPLER_NAMES (fmnist_search.study.SAMPLERS)
+    pruner: str = "median"  # PRUNER_NAMES (fmnist_search.study.PRUNERS)
     seed: int = 0  # sampler seed, split seed, and base of every trial's training seed
     val_size: int = 10_000  # stratified validation images held out of the training set
     train_size: int | None = None  # optional stratified subset of the remaining training images
@@ -42,16 +76,12 @@ class StudySpec:
     lr_grid: tuple[float, ...] | None = None  # learning rates for the grid sampler
 
     def __post_init__(self) -> None:
-        from .models import list_models
-        from .space import SPACES, check_fixed
-        from .study import PRUNERS, SAMPLERS
-
         if isinstance(self.lr_grid, list):  # from JSON (study attrs) or TOML
             object.__setattr__(self, "lr_grid", tuple(self.lr_grid))
-        _choice("model", self.model, list_models())
-        _choice("sampler", self.sampler, SAMPLERS)
-        _choice("pruner", self.pruner, PRUNERS)
-        _choice("space", self.space, SPACES)
+        _choice("model", self.model, MODEL_NAMES)
+        _choice("sampler", self.sampler, SAMPLER_NAMES)
+        _choice("pruner", self.pruner, PRUNER_NAMES)
+        _choice("space", self.space, SPACE_NAMES)
         check_fixed(self.fixed)
         if self.sampler == "grid" and not self.lr_grid:
             raise ConfigError("the grid sampler needs lr_grid (a list of learning rates)")
@@ -79,13 +109,6 @@ class StudySpec:
     def from_attrs(cls, attrs: dict[str, Any]) -> StudySpec:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in attrs.items() if k in names})
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on a CUDA GPU that has it, else fp32)
-    compile: bool = False  # torch.compile the model (once per process and model)
 
 
 SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(StudySpec))
@@ -139,10 +162,7 @@ def preset_names() -> list[str]:
 
 def load_preset(name: str) -> Preset:
     path = preset_path(name)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"preset {path} is not valid TOML: {e}") from None
+    raw = _read_preset(path)
     unknown = set(raw) - PRESET_KEYS - SPEC_FIELDS
     if unknown:
         raise ConfigError(f"preset {path}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -162,15 +182,86 @@ def load_preset(name: str) -> Preset:
     for model in models or ("lenet",):  # every study it makes must be valid
         try:
             StudySpec(**{**settings, "model": model})
+            check_recipe(settings.get("fixed", {}))
         except (TypeError, ConfigError) as e:
             raise ConfigError(f"preset {path}: {e}") from None
-    from .space import check_fixed
-
     try:
-        check_fixed({k: v for k, v in preset.train.items() if k not in ("model",)})
+        check_recipe({k: v for k, v in preset.train.items() if k not in ("model",)})
     except ConfigError as e:
         raise ConfigError(f"preset {path} [train]: {e}") from None
     return preset
+
+
+def _read_preset(path: Path | Traversable) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"preset {path} is not valid TOML: {e}") from None
+
+
+# --- recipes: the hyperparameters of one training run (TrainConfig fields) ---
+
+RECIPE_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"seed", "precision", "eval_batch_size"}
+
+
+def check_fixed(fixed: dict[str, Any]) -> None:
+    """Pure checks of a recipe's values: known keys, and a consistent distillation."""
+    unknown = set(fixed) - RECIPE_KEYS
+    if unknown:
+        raise ConfigError(
+            f"unknown fixed parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(RECIPE_KEYS))}"
+        )
+    check_distill(fixed)
+
+
+def check_distill(values: dict[str, Any]) -> None:
+    """``teacher`` and ``distill`` come together (neither is sampled, so a study's fixed values hold both)."""
+    teacher, distill = values.get("teacher", ""), values.get("distill", 0.0)
+    temp = values.get("distill_temp", 4.0)
+    if not isinstance(distill, int | float) or not 0.0 <= distill <= 1.0:
+        raise ConfigError(f"distill must be a number in [0, 1] (the teacher's share of the loss), got {distill!r}")
+    if not isinstance(temp, int | float) or temp <= 0:
+        raise ConfigError(f"distill_temp must be a positive number, got {temp!r}")
+    if distill > 0 and not teacher:
+        raise ConfigError(f"distill={distill} needs a teacher: add teacher=PRESET, e.g. teacher=airbench-tuned")
+    if teacher:
+        if not isinstance(teacher, str):
+            raise ConfigError(f"teacher must be a preset name, got {teacher!r}")
+        if distill == 0:
+            raise ConfigError(f"teacher {teacher!r} is unused with distill=0; set distill, e.g. distill=0.9")
+
+
+def check_recipe(values: dict[str, Any]) -> None:
+    """``check_fixed``, and a teacher that can teach (reads the teacher preset's TOML)."""
+    check_fixed(values)
+    if values.get("teacher"):
+        check_teacher(values["teacher"])
+
+
+def check_teacher(name: str) -> Preset:
+    """Preset ``name``, if it can teach: one model, a [train] recipe with an lr, no teacher of its own.
+
+    The teacher's preset is read, not loaded (its own teacher is not followed), so a preset
+    that names itself, or a cycle of presets, is an error here rather than a recursion.
+    """
+    try:
+        path = preset_path(name)
+    except ConfigError as e:
+        raise ConfigError(f"teacher: {e}") from None
+    raw = _read_preset(path)
+    models = raw.get("models") or ([raw["model"]] if "model" in raw else [])
+    train = dict(raw.get("train", {}))
+    if len(models) != 1:
+        raise ConfigError(f"teacher preset {name!r} must name one model, it names {len(models)}")
+    if "lr" not in train:
+        raise ConfigError(f"teacher preset {name!r} has no [train] table with an lr")
+    if train.get("teacher") or raw.get("fixed", {}).get("teacher"):
+        raise ConfigError(f"teacher preset {name!r} has a teacher of its own; chains are not supported")
+    try:
+        check_fixed({k: v for k, v in train.items() if k != "model"})
+    except ConfigError as e:
+        raise ConfigError(f"teacher preset {name!r} [train]: {e}") from None
+    return Preset(name=Path(path.name).stem, models=(models[0],), settings={}, train=train)
 
 
 def resolve(requested: dict[str, Any], stored: dict[str, Any] | None, study_name: str) -> StudySpec:

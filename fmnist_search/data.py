@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from .config import cache_root
 from .errors import DataError
 
 # name -> (SHA-256 of the decompressed file, size in bytes)
@@ -37,11 +38,6 @@ HOW_TO_GET = (
     "install it with `apt-get install dataset-fashion-mnist` (Debian), "
     "or put the four Fashion-MNIST files in a folder and pass --data-dir / set FMNIST_DATA_DIR"
 )
-
-
-def cache_root() -> Path:
-    """This tool's cache: downloads, decompressed files, worker locks, distillation teachers."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fmnist-search"
 
 
 def cache_dir() -> Path:

@@ -25,7 +25,6 @@ from .space import suggest
 from .teachers import teacher_for
 from .train import Diverged, EpochMetrics, FitResult, TrainConfig, evaluate, fit, to_device
 
-INTERRUPTED = "interrupted"  # fail_reason prefix of a trial stopped from outside (workers.release)
 EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
 
 
@@ -123,7 +122,7 @@ class Objective:
             raise
         except (interrupts.Stop, StorageError) as e:
             # Not the trial's doing: the worker re-queues it (SIGTERM, a lost store) or marks it FAIL (Ctrl-C).
-            attrs["fail_reason"] = f"{INTERRUPTED}: {e}"
+            attrs["fail_reason"] = f"{interrupts.INTERRUPTED}: {e}"
             raise
         finally:
             # Runs for completed, pruned, diverged and interrupted trials alike, so every

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
 import optuna
-
-from .errors import ConfigError
 
 Suggest = Callable[[optuna.Trial, Any], Any]  # (trial, spec) -> value
 
@@ -35,40 +32,10 @@ PARAMS: dict[str, Suggest] = {
     "erasing": lambda t, s: t.suggest_float("erasing", 0.0, 0.5),  # random-erasing probability
 }
 
-SPACES: dict[str, tuple[str, ...]] = {
+SPACES: dict[str, tuple[str, ...]] = {  # keys: config.SPACE_NAMES
     "lr": ("lr",),  # the report's question: which learning rate?
     "full": tuple(PARAMS),
 }
-
-
-def check_fixed(fixed: dict[str, Any]) -> None:
-    from .train import TrainConfig
-
-    known = {f.name for f in fields(TrainConfig)} - {"seed", "precision", "eval_batch_size"}
-    unknown = set(fixed) - known
-    if unknown:
-        raise ConfigError(f"unknown fixed parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    check_distill(fixed)
-
-
-def check_distill(values: dict[str, Any]) -> None:
-    """``teacher`` and ``distill`` come together (neither is sampled, so a study's fixed values hold both)."""
-    teacher, distill = values.get("teacher", ""), values.get("distill", 0.0)
-    temp = values.get("distill_temp", 4.0)
-    if not isinstance(distill, int | float) or not 0.0 <= distill <= 1.0:
-        raise ConfigError(f"distill must be a number in [0, 1] (the teacher's share of the loss), got {distill!r}")
-    if not isinstance(temp, int | float) or temp <= 0:
-        raise ConfigError(f"distill_temp must be a positive number, got {temp!r}")
-    if distill > 0 and not teacher:
-        raise ConfigError(f"distill={distill} needs a teacher: add teacher=PRESET, e.g. teacher=airbench-tuned")
-    if teacher:
-        if not isinstance(teacher, str):
-            raise ConfigError(f"teacher must be a preset name, got {teacher!r}")
-        if distill == 0:
-            raise ConfigError(f"teacher {teacher!r} is unused with distill=0; set distill, e.g. distill=0.9")
-        from .teachers import check_teacher
-
-        check_teacher(teacher)
 
 
 def suggest(trial: optuna.Trial, spec: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
-from .config import DEFAULT_STORAGE, StudySpec, resolve  # noqa: F401 - re-exported
+from .config import DEFAULT_STORAGE, StudySpec, check_recipe, resolve  # noqa: F401 - re-exported
 from .errors import StorageError
 from .storage import make_storage, mask_url  # noqa: F401 - re-exported
 
@@ -61,6 +61,8 @@ def open_study(storage: RDBStorage, name: str, requested: dict[str, Any]) -> tup
     if stored is not None and "model" not in stored:
         raise StorageError(f"study {name!r} exists but was not created by fmnist-search; use another --study name")
     spec = resolve(requested, stored, name)
+    if stored is None:
+        check_recipe(spec.fixed)  # a new study's teacher must be able to teach
     study = optuna.create_study(
         study_name=name,
         storage=storage,

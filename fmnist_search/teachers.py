@@ -15,43 +15,16 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from contextvars import ContextVar
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from filelock import FileLock
 
-from .artifacts import load_weights_file, weights_payload
-from .config import Preset, load_preset
-from .data import cache_root
-from .errors import ConfigError
+from .config import cache_root, check_teacher
 from .models import create_model
 from .train import EpochMetrics, TrainConfig, fit
-
-# The teacher preset being checked: a preset is validated when loaded, and validating a
-# recipe checks its teacher's preset, so a preset that names itself (or a cycle of
-# presets) would recurse forever. A teacher found while checking a teacher is refused.
-_CHECKING: ContextVar[str | None] = ContextVar("checking_teacher", default=None)
-
-
-def check_teacher(name: str) -> Preset:
-    """Preset ``name``, if it can teach (one model, a [train] lr, no teacher of its own), else ConfigError."""
-    outer = _CHECKING.get()
-    if outer is not None:
-        raise ConfigError(f"teacher preset {outer!r} has a teacher of its own ({name!r}); chains are not supported")
-    token = _CHECKING.set(name)
-    try:
-        preset = load_preset(name)
-    except ConfigError as e:
-        raise ConfigError(f"teacher: {e}") from None
-    finally:
-        _CHECKING.reset(token)
-    if len(preset.models) != 1:
-        raise ConfigError(f"teacher preset {name!r} must name one model, it names {len(preset.models)}")
-    if "lr" not in preset.train:
-        raise ConfigError(f"teacher preset {name!r} has no [train] table with an lr")
-    return preset
+from .weights import load_weights_file, weights_payload
 
 
 def _fingerprint(model: str, recipe: dict, seed: int, precision: str, train: tuple[torch.Tensor, torch.Tensor]) -> str:

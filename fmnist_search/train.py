@@ -20,33 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import augment
+from .config import TrainConfig
 from .devices import PRECISIONS, synchronize
 from .schedules import make_scheduler
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training pixels on [0, 1]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    lr: float  # SGD learning rate
-    epochs: int = 10  # passes over the training split
-    batch_size: int = 256  # samples per SGD step
-    momentum: float = 0.9  # SGD momentum (0 = the report's plain SGD)
-    nesterov: bool = False  # Nesterov momentum (needs momentum > 0)
-    weight_decay: float = 0.0  # L2 penalty, SGD's weight_decay
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    schedule: str = "constant"  # constant | cosine | onecycle (fmnist_search.schedules)
-    warmup_frac: float = 0.0  # fraction of all steps spent warming the lr up
-    crop: int = 0  # random-crop padding in pixels (0: off)
-    flip: bool = False  # random horizontal flips
-    erasing: float = 0.0  # random-erasing probability per sample
-    tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the probabilities
-    teacher: str = ""  # preset whose network, trained on the same images, gives soft targets ("": none)
-    distill: float = 0.0  # weight of the teacher's soft targets in the loss (0: labels only, 1: teacher only)
-    distill_temp: float = 4.0  # softmax temperature of both networks in the distillation term
-    seed: int = 0  # seeds batch order and augmentation (weights are seeded by the caller)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (resolved, never "auto")
-    eval_batch_size: int = 2048  # samples per forward pass when evaluating
 
 
 @dataclass(frozen=True)

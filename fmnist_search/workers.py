@@ -30,7 +30,7 @@ from filelock import FileLock
 from optuna.trial import FrozenTrial, TrialState
 
 from . import interrupts
-from .data import cache_root
+from .config import cache_root
 from .storage import Retrier, dialect
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
@@ -228,20 +228,18 @@ def release(study: BudgetedStudy, why: str, *, requeue_it: bool) -> list[str]:
     The interrupted trial is the last one taken: RUNNING if the stop hit Optuna's own
     bookkeeping, else FAIL with the objective's "interrupted: ..." ``fail_reason``.
     """
-    from .objective import INTERRUPTED
-
     done = []
     storage = study._storage
     for number in study.asked:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         t = storage.get_trial(trial_id)
         if t.state == TrialState.RUNNING:
-            storage.set_trial_user_attr(trial_id, "fail_reason", f"{INTERRUPTED}: {why}")
+            storage.set_trial_user_attr(trial_id, "fail_reason", f"{interrupts.INTERRUPTED}: {why}")
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         elif not (
             number == study.asked[-1]
             and t.state == TrialState.FAIL
-            and str(t.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)
+            and str(t.user_attrs.get("fail_reason", "")).startswith(interrupts.INTERRUPTED)
         ):
             continue
         if requeue_it:

@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.config import StudySpec, load_preset
+from fmnist_search.config import StudySpec, check_recipe, load_preset
 from fmnist_search.errors import ConfigError
 from fmnist_search.objective import Objective
-from fmnist_search.space import check_fixed
 from fmnist_search.teachers import teacher_for
 from fmnist_search.train import TrainConfig, distillation_loss, fit, to_device
 
@@ -98,14 +97,14 @@ def test_teacher_is_trained_once_on_the_students_images_then_loaded(tiny_splits)
 )
 def test_bad_distillation_settings_are_config_errors(values, message):
     with pytest.raises(ConfigError, match=message):
-        check_fixed(values)
+        check_recipe(values)
 
 
 def test_a_teacher_with_a_teacher_is_refused(tmp_path):
     chained = tmp_path / "chained.toml"
     chained.write_text("model = 'lenet'\n[train]\nlr = 0.1\nteacher = 'airbench-tuned'\ndistill = 0.5\n")
     with pytest.raises(ConfigError, match="teacher of its own"):
-        check_fixed({"teacher": str(chained), "distill": 0.5})
+        check_recipe({"teacher": str(chained), "distill": 0.5})
 
 
 def test_a_preset_that_teaches_itself_or_a_cycle_is_one_line(tmp_path, monkeypatch):

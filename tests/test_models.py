@@ -13,7 +13,17 @@ PARAMS = {"airbench": 144_304, "lenet": 44_426, "resnet18": 11_172_810, "resnet3
 
 def test_registry_lists_the_models():
     assert list_models() == ["airbench", "lenet", "resnet18", "resnet34"]
-    assert list_models() == list(MODEL_NAMES)  # the torch-free copy that --help shows
+    assert list_models() == list(MODEL_NAMES)  # the torch-free copy that settings and --help use
+
+
+def test_registries_have_exactly_the_names_settings_check():
+    from fmnist_search.config import PRUNER_NAMES, SAMPLER_NAMES, SPACE_NAMES
+    from fmnist_search.space import SPACES
+    from fmnist_search.study import PRUNERS, SAMPLERS
+
+    assert sorted(SAMPLERS) == list(SAMPLER_NAMES)
+    assert sorted(PRUNERS) == list(PRUNER_NAMES)
+    assert sorted(SPACES) == list(SPACE_NAMES)
 
 
 @pytest.mark.parametrize("name", list_models())
