@@ -32,7 +32,7 @@ from fmnist_search import data
 from fmnist_search.config import StudySpec
 from fmnist_search.devices import device_name, resolve_device, resolve_precision, synchronize
 from fmnist_search.objective import Objective
-from fmnist_search.train import MEAN, STD, TrainConfig, fit
+from fmnist_search.train import MEAN, STD, TrainConfig, build_model, fit
 
 BATCH = 256  # the report's batch size
 LR = 0.01  # any stable rate: speed does not depend on it
@@ -50,7 +50,7 @@ def report_loader(raw: dict[str, Path], workers: int) -> DataLoader:
 
 
 def baseline_rate(name: str, loader: DataLoader, obj: Objective, batches: int) -> float:
-    model = obj.build(name, seed=0)
+    model = build_model(name, 0, obj.device, obj._compiled).runnable
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     device = obj.device
@@ -75,7 +75,7 @@ def ours_rate(name: str, obj: Objective, batches: int) -> float:
     train = (obj.train[0][:n], obj.train[1][:n])
     val = (obj.val[0][:BATCH], obj.val[1][:BATCH])
     cfg = TrainConfig(lr=LR, epochs=1, batch_size=BATCH, momentum=0.9, precision=obj.precision)
-    return fit(obj.build(name, seed=0), train, val, cfg).throughput
+    return fit(build_model(name, 0, obj.device, obj._compiled).runnable, train, val, cfg).throughput
 
 
 def main(argv: list[str] | None = None) -> dict:

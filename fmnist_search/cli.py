@@ -1085,15 +1085,11 @@ def train(
 def _train_one(name, cfg, config, dev, prec, compile, tr, va, te, full_train, run_seed, save) -> None:
     import torch
 
-    from .models import create_model
     from .teachers import teacher_for
-    from .train import Diverged, evaluate, fit
+    from .train import Diverged, evaluate, train_recipe
     from .weights import weights_payload
 
     teacher = teacher_for(cfg.teacher, tr, run_seed, prec, say=_say) if cfg.teacher else None
-    torch.manual_seed(run_seed)
-    net = create_model(name).to(memory_format=torch.channels_last).to(dev)
-    runnable = torch.compile(net) if compile else net
     out.print(f"train {name} on {len(tr[0])} images ({dev}, {prec}): {config}", markup=False, highlight=False)
 
     def on_epoch(m: Any) -> None:
@@ -1106,13 +1102,14 @@ def _train_one(name, cfg, config, dev, prec, compile, tr, va, te, full_train, ru
         )
 
     try:
-        fit(runnable, tr, None if full_train else va, cfg, on_epoch_end=on_epoch, teacher=teacher)
+        built, _ = train_recipe(name, cfg, tr, None if full_train else va, compiled={} if compile else None,
+                                teacher=teacher, on_epoch_end=on_epoch)  # fmt: skip
     except Diverged as e:
         raise FmnistSearchError(f"{e}; try a lower lr") from None
-    test_accuracy, _ = evaluate(runnable, *te, tta_flip=cfg.tta_flip)  # fp32, as `evaluate` reproduces it
+    test_accuracy, _ = evaluate(built.runnable, *te, tta_flip=cfg.tta_flip)  # fp32, as `evaluate` reproduces it
     if save is not None:
         save.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(weights_payload(net, name), save)
+        torch.save(weights_payload(built.module, name), save)
         _say(f"saved weights to {save}")
     out.print(f"test_accuracy={test_accuracy:.4f}", markup=False, highlight=False)
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import optuna
 import torch
-import torch.nn as nn
 
 from . import interrupts
 from .artifacts import WEIGHTS_ATTR, save_model
@@ -20,10 +19,10 @@ from .config import StudySpec
 from .data import Splits
 from .devices import device_name, tune_backend
 from .errors import StorageError
-from .models import create_model, num_params
+from .models import num_params
 from .space import suggest
 from .teachers import teacher_for
-from .train import Diverged, EpochMetrics, FitResult, TrainConfig, evaluate, fit, to_device
+from .train import Built, Diverged, EpochMetrics, FitResult, TrainConfig, build_model, evaluate, to_device, train_recipe
 
 EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
 
@@ -50,7 +49,7 @@ class Objective:
         self.compile = compile
         self.extra_attrs = extra_attrs or {}  # constant per process, e.g. worker label and GPU
         self.artifact_store = artifact_store  # completed trials save their weights here (None: off)
-        self._compiled: dict[str, tuple[nn.Module, nn.Module]] = {}  # model name -> (module, compiled)
+        self._compiled: dict[str, Built] | None = {} if compile else None  # compiled once per process and model
         self.train = to_device(*splits.train, device)
         self.val = to_device(*splits.val, device)
         self.test = to_device(*splits.test, device)
@@ -58,25 +57,6 @@ class Objective:
         # Not sampled, so one teacher serves the whole study; trained (or loaded) once per process.
         name = spec.fixed.get("teacher")
         self.teacher = teacher_for(name, self.train, spec.seed, precision, say) if name else None
-
-    def build(self, name: str, seed: int) -> nn.Module:
-        """A freshly initialised model on the device (seeded), compiled at most once per process.
-
-        With ``compile``, the compiled module is reused across trials: the fresh weights are
-        copied into it, so there is no recompilation per trial.
-        """
-        torch.manual_seed(seed)
-        # channels_last: faster convolutions in cuDNN, and in oneDNN on the CPU (~10-25% for
-        # LeNet on this project's 2-core CPU, benchmarks/results/).
-        fresh = create_model(name).to(memory_format=torch.channels_last)
-        if not self.compile:
-            return fresh.to(self.device)
-        if name not in self._compiled:
-            module = fresh.to(self.device)
-            self._compiled[name] = (module, torch.compile(module))
-        module, compiled = self._compiled[name]
-        module.load_state_dict(fresh.state_dict())  # weights and BatchNorm statistics
-        return compiled
 
     def __call__(self, trial: optuna.Trial) -> float:
         interrupts.check()  # a signal deferred while Optuna created this trial
@@ -88,14 +68,14 @@ class Objective:
         )
         for key, value in self.extra_attrs.items():  # at the start: who runs a RUNNING trial
             trial.set_user_attr(key, value)
-        model = self.build(self.spec.model, cfg.seed)
+        built = build_model(self.spec.model, cfg.seed, self.device, self._compiled)
         attrs: dict[str, Any] = {
             "device": str(self.device),
             "device_name": device_name(self.device),
             "torch_version": torch.__version__,
             "precision": cfg.precision,
             "compiled": self.compile,
-            "num_params": num_params(model),
+            "num_params": num_params(built.module),
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("precision", "eval_batch_size")},
         }
         result = FitResult()
@@ -111,11 +91,11 @@ class Objective:
             interrupts.check()  # one deferred while the report was written
 
         try:
-            fit(model, self.train, self.val, cfg, on_epoch_end=on_epoch_end, teacher=self.teacher)
-            attrs["test_accuracy"], _ = evaluate(model, *self.test, tta_flip=cfg.tta_flip)  # fp32: see train.fit
+            train_recipe(self.spec.model, cfg, self.train, self.val, built=built, teacher=self.teacher,
+                         on_epoch_end=on_epoch_end)  # fmt: skip
+            attrs["test_accuracy"], _ = evaluate(built.runnable, *self.test, tta_flip=cfg.tta_flip)  # fp32: see fit
             if self.artifact_store is not None:
-                module = self._compiled[self.spec.model][0] if self.compile else model
-                attrs[WEIGHTS_ATTR] = save_model(self.artifact_store, trial, module, self.spec.model)
+                attrs[WEIGHTS_ATTR] = save_model(self.artifact_store, trial, built.module, self.spec.model)
             return result.history[-1].val_accuracy
         except Diverged as e:
             attrs["fail_reason"] = str(e)
@@ -130,7 +110,7 @@ class Objective:
             attrs.update(summarize(result))
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
-            del model
+            del built
             _release(self.device)
 
 

@@ -22,8 +22,7 @@ import torch.nn as nn
 from filelock import FileLock
 
 from .config import cache_root, check_teacher
-from .models import create_model
-from .train import EpochMetrics, TrainConfig, fit
+from .train import EpochMetrics, TrainConfig, train_recipe
 from .weights import load_weights_file, weights_payload
 
 
@@ -68,14 +67,12 @@ def teacher_for(
 def _train(name, model_name, recipe, seed, precision, train, say) -> nn.Module:
     cfg = TrainConfig(**recipe, seed=seed, precision=precision)
     say(f"teacher {name}: training {model_name} for {cfg.epochs} epochs on {len(train[0])} images (cached after)")
-    torch.manual_seed(seed)
-    net = create_model(model_name).to(memory_format=torch.channels_last).to(train[0].device)
 
     def progress(m: EpochMetrics) -> None:
         say(f"teacher {name}: epoch {m.epoch}/{cfg.epochs} train_acc={m.train_accuracy:.4f} ({m.train_time_s:.1f} s)")
 
-    fit(net, train, None, cfg, on_epoch_end=progress)
-    return net
+    built, _ = train_recipe(model_name, cfg, train, None, on_epoch_end=progress)
+    return built.module
 
 
 def _save_whole(payload: dict, path: Path) -> None:

@@ -6,9 +6,11 @@ import torch
 from optuna.trial import TrialState
 
 from fmnist_search import objective as objective_mod
+from fmnist_search import train as train_mod
 from fmnist_search.config import StudySpec
+from fmnist_search.models import create_model
 from fmnist_search.objective import Objective
-from fmnist_search.train import Diverged
+from fmnist_search.train import Diverged, build_model
 
 ATTRS = {
     "test_accuracy", "val_accuracy", "train_accuracy", "train_loss", "throughput",
@@ -59,7 +61,7 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_splits):
 
 def test_nan_loss_after_some_epochs_keeps_history(tiny_splits, monkeypatch):
     """A trial that diverges in epoch 2 keeps epoch 1's measurements."""
-    real_fit = objective_mod.fit
+    real_fit = train_mod.fit
 
     def fit_then_diverge(model, tr, va, cfg, on_epoch_end, teacher=None):
         def hook(m):
@@ -68,7 +70,7 @@ def test_nan_loss_after_some_epochs_keeps_history(tiny_splits, monkeypatch):
 
         return real_fit(model, tr, va, cfg, on_epoch_end=hook, teacher=teacher)
 
-    monkeypatch.setattr(objective_mod, "fit", fit_then_diverge)
+    monkeypatch.setattr(train_mod, "fit", fit_then_diverge)  # what train_recipe calls
     study = _study()
     study.optimize(Objective(StudySpec(epochs=3, batch_size=32), tiny_splits, torch.device("cpu")), 1, catch=Diverged)
     t = study.trials[0]
@@ -119,12 +121,12 @@ def test_compile_once_and_reuse_across_trials(tiny_splits, monkeypatch):
     assert len(compiled) == 1
     assert all(t.user_attrs["compiled"] for t in study.trials)
     # Re-initialisation: the compiled module starts each trial from that trial's seed.
-    fresh = obj.build("lenet", seed=123)
+    fresh = build_model("lenet", 123, torch.device("cpu"), obj._compiled)
     torch.manual_seed(123)
-    expected = objective_mod.create_model("lenet").state_dict()
+    expected = create_model("lenet").state_dict()
     for key, value in compiled[0].state_dict().items():
         assert torch.equal(value, expected[key])
-    assert fresh is obj._compiled["lenet"][1]
+    assert fresh is obj._compiled["lenet"] and fresh.module is compiled[0]
 
 
 def _rss_mb() -> float:
