@@ -7,17 +7,20 @@ stderr and exit code 2; Ctrl-C exits 130 with the store intact.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import inspect
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar, get_type_hints
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import DEFAULT_STORAGE
+from .config import DEFAULT_STORAGE, GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
 from .errors import FmnistSearchError
 
 app = typer.Typer(
@@ -190,17 +193,6 @@ def _parse_fixed(items: list[str] | None) -> dict[str, Any] | None:
     return fixed
 
 
-def _study_flags(values: dict[str, Any]) -> dict[str, Any]:
-    """The study settings a command's options gave (None = not given), from its locals()."""
-    from .config import SPEC_FIELDS
-
-    flags = {k: v for k, v in values.items() if k in SPEC_FIELDS and k != "model" and v is not None}
-    fixed = _parse_fixed(values.get("fix"))
-    if fixed:
-        flags["fixed"] = fixed
-    return flags
-
-
 def _plan_studies(
     preset: str | None, model: str | None, models: str | None, study: str | None, flags: dict[str, Any],
     trials: int | None,
@@ -259,80 +251,144 @@ TrialsOpt = Annotated[
 ]
 
 
-@command(stoppable=True)
-def create(
-    model: ModelOpt = None,
-    trials: TrialsOpt = None,
-    study: NewStudyOpt = None,
-    storage: StorageOpt = DEFAULT_STORAGE,
-    preset: PresetOpt = None,
-    models: ModelsOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    lr_min: LrMinOpt = None,
-    lr_max: LrMaxOpt = None,
-    momentum: MomentumOpt = None,
-    sampler: SamplerOpt = None,
-    pruner: PrunerOpt = None,
-    seed: SeedOpt = None,
-    val_size: ValSizeOpt = None,
-    train_size: TrainSizeOpt = None,
-    space: SpaceOpt = None,
-    fix: FixOpt = None,
-) -> None:
-    """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
-    from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
+# --- option groups: each declared once, taken whole by the commands that share it ---
 
-    flags = _study_flags(locals())
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Which study to create or resume, and the settings it is created with (create, run)."""
+
+    model: ModelOpt = None
+    trials: TrialsOpt = None
+    study: NewStudyOpt = None
+    storage: StorageOpt = DEFAULT_STORAGE
+    preset: PresetOpt = None
+    models: ModelsOpt = None
+    epochs: EpochsOpt = None
+    batch_size: BatchOpt = None
+    lr_min: LrMinOpt = None
+    lr_max: LrMaxOpt = None
+    momentum: MomentumOpt = None
+    sampler: SamplerOpt = None
+    pruner: PrunerOpt = None
+    seed: SeedOpt = None
+    val_size: ValSizeOpt = None
+    train_size: TrainSizeOpt = None
+    space: SpaceOpt = None
+    fix: FixOpt = None
+
+    # The options that are StudySpec fields of the same name (tests/test_cli.py checks them).
+    SETTINGS: ClassVar[tuple[str, ...]] = (
+        "epochs", "batch_size", "lr_min", "lr_max", "momentum", "sampler", "pruner", "seed", "val_size",
+        "train_size", "space",
+    )  # fmt: skip
+
+    def settings(self) -> dict[str, Any]:
+        """The study settings these options give (an option left out gives none)."""
+        given = {k: getattr(self, k) for k in self.SETTINGS if getattr(self, k) is not None}
+        fixed = _parse_fixed(self.fix)
+        if fixed:
+            given["fixed"] = fixed
+        return given
+
+
+@dataclass(frozen=True)
+class WorkOptions:
+    """How a worker process trains and holds on to its store (run, worker)."""
+
+    device: DeviceOpt = "auto"
+    precision: PrecisionOpt = "auto"
+    compile: CompileOpt = False
+    data_dir: DataDirOpt = None
+    download: DownloadOpt = True
+    timeout: TimeoutOpt = None
+    heartbeat_interval: HeartbeatOpt = HEARTBEAT_INTERVAL_S
+    grace_period: GraceOpt = GRACE_PERIOD_S
+    storage_patience: PatienceOpt = PATIENCE_S
+    artifacts: ArtifactsOpt = None
+    save_weights: SaveWeightsOpt = True
+
+    @property
+    def beat(self) -> dict[str, Any]:
+        return {"heartbeat_interval": self.heartbeat_interval, "grace_period": self.grace_period}
+
+    def artifact_dir(self, storage: str) -> Path | None:
+        return _artifact_dir(storage, self.artifacts) if self.save_weights else None
+
+
+def as_argv(options: Any) -> list[str]:
+    """An option group back as the command line that gives it: how `run` passes its
+    options to the `worker` processes it starts, derived from the one declaration."""
+    argv: list[str] = []
+    for f in dataclasses.fields(options):
+        value, flag = getattr(options, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def takes(**groups: type) -> Callable[[F], F]:
+    """Give a command whole option groups: ``@takes(study=StudyOptions)`` makes every field
+    of StudyOptions an option of the command, and calls it with ``study=StudyOptions(...)``."""
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+        hints = get_type_hints(fn, include_extras=True)
+        params = []
+        for p in signature.parameters.values():
+            if p.name in groups:
+                group_hints = get_type_hints(groups[p.name], include_extras=True)
+                params += [
+                    inspect.Parameter(
+                        f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=group_hints[f.name]
+                    )
+                    for f in dataclasses.fields(groups[p.name])
+                ]
+            else:
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name]))
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            for name, group in groups.items():
+                kwargs[name] = group(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(group)})
+            return fn(**kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+@command(stoppable=True)
+@takes(options=StudyOptions)
+def create(options: StudyOptions) -> None:
+    """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
+    o = options
     beat = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
-    for name, requested, n in _plan_studies(preset, model, models, study, flags, trials):
-        _, _, spec, target = _open(storage, name, requested, n, beat)
+    for name, requested, n in _plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials):
+        _, _, spec, target = _open(o.storage, name, requested, n, beat)
         _say(f"study {name!r} ({spec.model}) has a target of {target} trials; start workers with:")
         _say(f"  fmnist-search worker --study {name} --storage URL")
 
 
 @command(stoppable=True)
+@takes(options=StudyOptions, work=WorkOptions)
 def run(
-    model: ModelOpt = None,
-    trials: TrialsOpt = None,
-    study: NewStudyOpt = None,
-    storage: StorageOpt = DEFAULT_STORAGE,
-    preset: PresetOpt = None,
-    models: ModelsOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    lr_min: LrMinOpt = None,
-    lr_max: LrMaxOpt = None,
-    momentum: MomentumOpt = None,
-    sampler: SamplerOpt = None,
-    pruner: PrunerOpt = None,
-    seed: SeedOpt = None,
-    val_size: ValSizeOpt = None,
-    train_size: TrainSizeOpt = None,
-    space: SpaceOpt = None,
-    fix: FixOpt = None,
+    options: StudyOptions,
+    work: WorkOptions,
     jobs: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
     gpus: Annotated[str | None, typer.Option(help="Comma-separated GPU ids: one worker per GPU.")] = None,
     workers_per_gpu: Annotated[int, typer.Option(min=1, help="Workers packed on each GPU of --gpus.")] = 1,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    compile: CompileOpt = False,
-    data_dir: DataDirOpt = None,
-    download: DownloadOpt = True,
-    timeout: TimeoutOpt = None,
-    heartbeat_interval: HeartbeatOpt = 10,
-    grace_period: GraceOpt = 60,
-    storage_patience: PatienceOpt = 300,
-    artifacts: ArtifactsOpt = None,
-    save_weights: SaveWeightsOpt = True,
 ) -> None:
     """Create or resume a study and run TRIALS more trials in it (in one or many processes)."""
     import os
 
-    flags = _study_flags(locals())
-
     from .workers import plan_workers
 
+    o = options
     if gpus is None and workers_per_gpu != 1:
         raise FmnistSearchError("--workers-per-gpu needs --gpus")
     if gpus is not None and jobs != 1:
@@ -340,21 +396,18 @@ def run(
     gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
     if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
         raise FmnistSearchError(f"--gpus takes comma-separated GPU numbers like 0,1,2, got {gpus!r}")
-    plan = _plan_studies(preset, model, models, study, flags, trials)
-    beat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period, "patience": storage_patience}
+    plan = _plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials)
     workers = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
     here = len(workers) == 1 and gpu_ids is None
     if here:
-        _resolve_runtime(device, precision)  # a bad --device fails before the store is touched
-    art_dir = _artifact_dir(storage, artifacts) if save_weights else None
+        _resolve_runtime(work.device, work.precision)  # a bad --device fails before the store is touched
+    beat = {**work.beat, "patience": work.storage_patience}
     for name, requested, n in plan:
-        store, opt_study, spec, target = _open(storage, name, requested, n, beat)
+        store, opt_study, spec, target = _open(o.storage, name, requested, n, beat)
         if here:
-            _work_here(store, storage, name, spec, device, precision, compile, data_dir, download, timeout, n,
-                       artifact_dir=art_dir)  # fmt: skip
+            _work_here(store, o.storage, name, spec, work, n)
         else:
-            opts = _worker_args(device, precision, compile, download, timeout, beat, art_dir)
-            _spawn_workers(workers, name, storage, data_dir, opts, target)
+            _spawn_workers(workers, name, o.storage, work, target)
         _print_summary(opt_study)
 
 
@@ -370,16 +423,10 @@ def _work_here(
     url: str,
     name: str,
     spec: Any,
-    device: str,
-    precision: str,
-    compile: bool,
-    data_dir: Path | None,
-    download: bool,
-    timeout: float | None,
+    work: WorkOptions,
     trials: int | None,
     label: str | None = None,
     bars: bool = True,
-    artifact_dir: Path | None = None,
 ) -> None:
     """Load the data (once per process), then run this process's share of the study's trials.
 
@@ -407,8 +454,7 @@ def _work_here(
     )
     with _RunProgress(trials, spec.epochs, bars=bars, prefix=prefix) as progress:
         try:
-            _run_trials(budgeted, url, spec, device, precision, compile, data_dir, download, timeout, extra,
-                        prefix, progress, artifact_dir)  # fmt: skip
+            _run_trials(budgeted, url, spec, work, extra, prefix, progress)
         except (KeyboardInterrupt, Exception) as e:
             stop, cause = stop_in(e), _user_error(e)
             if stop is None and not isinstance(cause, StorageError):
@@ -452,29 +498,17 @@ def _release(budgeted: Any, why: str, requeue: bool) -> str:
 
 
 def _run_trials(
-    budgeted: Any,
-    url: str,
-    spec: Any,
-    device: str,
-    precision: str,
-    compile: bool,
-    data_dir: Path | None,
-    download: bool,
-    timeout: float | None,
-    extra: dict[str, Any],
-    prefix: str,
-    progress: _RunProgress,
-    artifact_dir: Path | None,
+    budgeted: Any, url: str, spec: Any, work: WorkOptions, extra: dict[str, Any], prefix: str, progress: _RunProgress
 ) -> None:
     from . import data as data_mod
     from .artifacts import open_store
     from .objective import Objective
     from .storage import mask_url
     from .train import Diverged
-    from .workers import work
+    from .workers import work as work_loop
 
-    dev, prec = _resolve_runtime(device, precision)
-    dataset = _dataset(data_dir, download)
+    dev, prec = _resolve_runtime(work.device, work.precision)
+    dataset = _dataset(work.data_dir, work.download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
     _say(
         f"{prefix}study {budgeted.study_name!r} in {mask_url(url)}: {spec.model}, {spec.epochs} epochs, "
@@ -489,13 +523,13 @@ def _run_trials(
         dev,
         prec,
         on_epoch=progress.on_epoch,
-        compile=compile,
+        compile=work.compile,
         extra_attrs=extra,
-        artifact_store=open_store(artifact_dir) if artifact_dir is not None else None,
+        artifact_store=open_store(art_dir) if (art_dir := work.artifact_dir(url)) is not None else None,
         say=lambda message: _say(prefix + message),
     )
-    work(budgeted, objective, timeout=timeout, catch=(Diverged,), callbacks=[progress.on_trial],
-         on_wait=progress.on_wait)  # fmt: skip
+    work_loop(budgeted, objective, timeout=work.timeout, catch=(Diverged,), callbacks=[progress.on_trial],
+              on_wait=progress.on_wait)  # fmt: skip
 
 
 @functools.cache
@@ -516,28 +550,7 @@ def _say(message: str) -> None:
     err.print(message, markup=False, highlight=False)
 
 
-def _worker_args(
-    device: str,
-    precision: str,
-    compile: bool,
-    download: bool,
-    timeout: float | None,
-    beat: dict[str, int],
-    artifact_dir: Path | None,
-) -> list[str]:
-    args = ["--precision", precision, "--compile" if compile else "--no-compile"]
-    args += ["--artifacts", str(artifact_dir)] if artifact_dir is not None else ["--no-save-weights"]
-    args += ["--download" if download else "--no-download"]
-    args += ["--heartbeat-interval", str(beat["heartbeat_interval"]), "--grace-period", str(beat["grace_period"])]
-    args += ["--storage-patience", str(beat["patience"])]
-    if device != "auto":
-        args += ["--device", device]
-    if timeout is not None:
-        args += ["--timeout", str(timeout)]
-    return args
-
-
-def _spawn_workers(plans: list[Any], name: str, url: str, data_dir: Path | None, opts: list[str], target: int) -> None:
+def _spawn_workers(plans: list[Any], name: str, url: str, work: WorkOptions, target: int) -> None:
     """Start one `fmnist-search worker` process per plan and wait for all of them.
 
     The storage URL travels in the environment, not argv, so its password never shows in `ps`.
@@ -550,15 +563,20 @@ def _spawn_workers(plans: list[Any], name: str, url: str, data_dir: Path | None,
     from .storage import mask_url
 
     _say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
+    # The storage URL and data folder travel in the environment (the password stays out of `ps`).
+    shared = dataclasses.replace(work, data_dir=None, artifacts=work.artifact_dir(url))
     procs: list[tuple[Any, subprocess.Popen]] = []
     try:
         for plan in plans:
             env = {**os.environ, **plan.env, "FMNIST_STORAGE": url}
-            if data_dir is not None:
-                env["FMNIST_DATA_DIR"] = str(data_dir)
-            args = ["worker", "--study", name, "--label", plan.label, "--no-bars", *opts]
-            if plan.device is not None and "--device" not in opts:
-                args += ["--device", plan.device]
+            if work.data_dir is not None:
+                env["FMNIST_DATA_DIR"] = str(work.data_dir)
+            mine = (
+                shared
+                if plan.device is None or work.device != "auto"
+                else dataclasses.replace(shared, device=plan.device)
+            )
+            args = ["worker", "--study", name, "--label", plan.label, "--no-bars", *as_argv(mine)]
             procs.append((plan, subprocess.Popen([sys.executable, "-m", "fmnist_search", *args], env=env)))
         while any(p.poll() is None for _, p in procs):
             check()
@@ -590,22 +608,13 @@ def _spawn_workers(plans: list[Any], name: str, url: str, data_dir: Path | None,
 
 
 @command(stoppable=True)
+@takes(work=WorkOptions)
 def worker(
     study: StudyOpt,
+    work: WorkOptions,
     storage: StorageOpt = DEFAULT_STORAGE,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    compile: CompileOpt = False,
-    data_dir: DataDirOpt = None,
-    download: DownloadOpt = True,
-    timeout: TimeoutOpt = None,
-    heartbeat_interval: HeartbeatOpt = 10,
-    grace_period: GraceOpt = 60,
-    storage_patience: PatienceOpt = 300,
     label: Annotated[str | None, typer.Option(help="Name shown on this worker's lines and trials.")] = None,
     bars: Annotated[bool, typer.Option(help="Progress bars (off: one line per trial).")] = True,
-    artifacts: ArtifactsOpt = None,
-    save_weights: SaveWeightsOpt = True,
 ) -> None:
     """Join a study (on any machine that reaches its storage) and work until it has its trials.
 
@@ -615,15 +624,12 @@ def worker(
     from .study import stored_spec
     from .workers import wait_for_study
 
-    if grace_period <= heartbeat_interval:
+    if work.grace_period <= work.heartbeat_interval:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
-    _resolve_runtime(device, precision)
-    beat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
-    store = _storage(storage, heartbeat=True, wait=True, patience=storage_patience, **beat)
-    existing = wait_for_study(store, study, storage_patience, say=_say)
-    art_dir = _artifact_dir(storage, artifacts) if save_weights else None
-    _work_here(store, storage, study, stored_spec(existing), device, precision, compile, data_dir, download,
-               timeout, None, label=label, bars=bars, artifact_dir=art_dir)  # fmt: skip
+    _resolve_runtime(work.device, work.precision)
+    store = _storage(storage, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
+    existing = wait_for_study(store, study, work.storage_patience, say=_say)
+    _work_here(store, storage, study, stored_spec(existing), work, None, label=label, bars=bars)
 
 
 class _RunProgress:

@@ -20,6 +20,9 @@ from typing import Any
 
 from .errors import ConfigError
 
+HEARTBEAT_INTERVAL_S = 10  # a running trial's liveness write, seconds
+GRACE_PERIOD_S = 60  # a RUNNING trial silent this long belongs to a dead process: FAIL it, retry it
+PATIENCE_S = 300.0  # how long a storage call keeps retrying a lost database, seconds
 FULL_TRAIN_SIZE = 60_000  # Fashion-MNIST training images (validation is carved out of these)
 DEFAULT_STORAGE = "sqlite:///studies/fmnist.db"  # relative to the working directory
 # The registries' names, so settings are checked (and --help written) without importing

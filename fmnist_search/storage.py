@@ -36,12 +36,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from . import interrupts
+from .config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
 from .errors import StorageError
 
 SQLITE_BUSY_TIMEOUT_S = 300  # how long a writer waits for SQLite's single write lock
-HEARTBEAT_INTERVAL_S = 10  # a running trial's liveness write, seconds
-GRACE_PERIOD_S = 60  # a RUNNING trial silent this long belongs to a dead process: FAIL it, retry it
-PATIENCE_S = 300.0  # how long a storage call keeps retrying a lost database, seconds
 CONNECT_TIMEOUT_S = 10  # a TCP connect to the database that hangs longer counts as a failed attempt
 BACKOFF_S = (0.5, 1, 2, 4, 8, 15)  # waits between attempts; the last one repeats
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import signal
@@ -244,3 +245,30 @@ def test_help_answers_without_importing_the_heavy_libraries(args):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "HEAVY []", out.stdout[-300:]
+
+
+def test_study_options_are_study_settings_or_say_which_study():
+    """An option renamed away from its StudySpec field would silently stop reaching the study."""
+    from fmnist_search.cli import StudyOptions
+    from fmnist_search.config import SPEC_FIELDS
+
+    assert set(StudyOptions.SETTINGS) <= SPEC_FIELDS
+    others = {f.name for f in dataclasses.fields(StudyOptions)} - set(StudyOptions.SETTINGS)
+    assert others == {"model", "trials", "study", "storage", "preset", "models", "fix"}
+    given = StudyOptions(epochs=3, sampler="random", fix=["schedule=cosine", "crop=2"]).settings()
+    assert given == {"epochs": 3, "sampler": "random", "fixed": {"schedule": "cosine", "crop": 2}}
+
+
+def test_work_options_reach_worker_processes_unchanged(tmp_path):
+    """`run --jobs` hands its options to `worker` processes as argv built from the same declaration."""
+    import typer
+
+    from fmnist_search.cli import WorkOptions, as_argv
+
+    work = WorkOptions(device="cpu", precision="fp32", compile=True, download=False, timeout=12.5,
+                       heartbeat_interval=3, grace_period=9, storage_patience=42.0, artifacts=tmp_path,
+                       save_weights=False)  # fmt: skip
+    group = typer.main.get_command(app)
+    with group.make_context("fmnist-search", ["worker"]) as ctx:
+        parsed = group.get_command(ctx, "worker").make_context("worker", ["--study", "s", *as_argv(work)], parent=ctx)
+    assert WorkOptions(**{f.name: parsed.params[f.name] for f in dataclasses.fields(WorkOptions)}) == work
