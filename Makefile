@@ -31,9 +31,9 @@ databases:
 run: install data
 	$(BIN)/fmnist-search run --model lenet --trials 30
 
-test: install data databases
+# Lint first (fast), so the suite's own summary is the last thing printed.
+test: install data databases lint
 	$(BIN)/python -m pytest
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -47,8 +47,8 @@ def cache_dir() -> Path:
 
 def search_dirs(data_dir: Path | None = None) -> list[Path]:
     # The CLI passes FMNIST_DATA_DIR as --data-dir; library callers (benchmarks) get it here.
-    data_dir = data_dir or os.environ.get("FMNIST_DATA_DIR") or None
-    dirs = [Path(data_dir).expanduser()] if data_dir else []
+    chosen = data_dir or os.environ.get("FMNIST_DATA_DIR")
+    dirs = [Path(chosen).expanduser()] if chosen else []
     return [*dirs, cache_dir(), DEBIAN_DIR]
 
 
@@ -156,7 +156,8 @@ def verified_files(
     if location is None:
         searched = ", ".join(str(d) for d in search_dirs(data_dir))
         raise DataError(f"Fashion-MNIST not found (searched {searched}); {HOW_TO_GET}")
-    return location, {name: _verified_raw(path, name, *checksums[name]) for name, path in location.files.items()}
+    found = {name: path for name, path in location.files.items() if path is not None}  # all four: it is complete
+    return location, {name: _verified_raw(path, name, *checksums[name]) for name, path in found.items()}
 
 
 def load(
@@ -186,7 +187,7 @@ def stratified_split(labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Ten
     if not 0 < n < total:
         raise ValueError(f"split size must be between 1 and {total - 1}, got {n}")
     g = torch.Generator().manual_seed(seed)
-    classes, counts = labels.unique(return_counts=True)
+    classes, counts = labels.unique(return_counts=True)  # type: ignore[no-untyped-call]
     # Largest-remainder rounding so the per-class quotas add up to exactly n.
     exact = counts.double() * n / total
     quota = exact.floor().long()

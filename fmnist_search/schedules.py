@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
@@ -11,7 +12,7 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 ONECYCLE_DEFAULT_WARMUP = 0.25  # fraction of steps rising to the peak when warmup_frac is 0
 
 
-def _warmup_cosine(total: int, warmup: int, cosine: bool):
+def _warmup_cosine(total: int, warmup: int, cosine: bool) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup  # linear warm-up to the peak lr

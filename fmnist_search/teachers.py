@@ -16,17 +16,20 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 from filelock import FileLock
 
-from .config import cache_root, check_teacher
-from .train import EpochMetrics, TrainConfig, train_recipe
+from .config import TrainConfig, cache_root, check_teacher
+from .train import EpochMetrics, train_recipe
 from .weights import load_weights_file, weights_payload
 
 
-def _fingerprint(model: str, recipe: dict, seed: int, precision: str, train: tuple[torch.Tensor, torch.Tensor]) -> str:
+def _fingerprint(
+    model: str, recipe: dict[str, Any], seed: int, precision: str, train: tuple[torch.Tensor, torch.Tensor]
+) -> str:
     h = hashlib.sha256(json.dumps([model, recipe, seed, precision], sort_keys=True).encode())
     for t in train:  # the exact images and labels, in order: a different split is a different teacher
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -64,7 +67,15 @@ def teacher_for(
     return net
 
 
-def _train(name, model_name, recipe, seed, precision, train, say) -> nn.Module:
+def _train(
+    name: str,
+    model_name: str,
+    recipe: dict[str, Any],
+    seed: int,
+    precision: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    say: Callable[[str], None],
+) -> nn.Module:
     cfg = TrainConfig(**recipe, seed=seed, precision=precision)
     say(f"teacher {name}: training {model_name} for {cfg.epochs} epochs on {len(train[0])} images (cached after)")
 
@@ -75,7 +86,7 @@ def _train(name, model_name, recipe, seed, precision, train, say) -> nn.Module:
     return built.module
 
 
-def _save_whole(payload: dict, path: Path) -> None:
+def _save_whole(payload: dict[str, Any], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -64,7 +65,7 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device) 
     return x, labels.to(device, non_blocking=True)
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()
@@ -149,11 +150,12 @@ def fit(
                 out = model(xb)
                 loss = F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing)
                 if cfg.distill > 0:
+                    assert teacher is not None  # checked above
                     with torch.no_grad():
                         soft = teacher(xb)
                     loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.distill_temp)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -212,7 +214,7 @@ def build_model(name: str, seed: int, device: torch.device, compiled: dict[str, 
         return Built(module, module)
     if name not in compiled:
         module = fresh.to(device)
-        compiled[name] = Built(module, torch.compile(module))
+        compiled[name] = Built(module, cast(nn.Module, torch.compile(module)))
     else:
         compiled[name].module.load_state_dict(fresh.state_dict())  # weights and BatchNorm statistics
     return compiled[name]
