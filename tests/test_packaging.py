@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,13 @@ REPO = Path(__file__).resolve().parent.parent
 def installed_wheel(tmp_path_factory) -> dict[str, str]:
     """The project's wheel, built and installed into a folder of its own; the environment to run it."""
     wheels, target = tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("site")
+    # Build from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    source = tmp_path_factory.mktemp("src") / "fmnist-search"
+    junk = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", "studies", ".*cache")
+    shutil.copytree(REPO, source, ignore=junk)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     # --no-build-isolation: build with this environment's setuptools, no download
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)], check=True)
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], check=True)
     (wheel,) = wheels.glob("fmnist_search-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     # The dependencies come from this environment; the package itself from the wheel only.
