@@ -57,16 +57,9 @@ def load_model(store: FileSystemArtifactStore, artifact_id: str) -> tuple[str, n
 
 def trial_model(study: optuna.Study, store_dir: Path, trial_number: int | None = None):
     """The weights of ``trial_number`` (default: the best trial) of ``study``: (trial, model name, model)."""
-    if trial_number is None:
-        try:
-            trial = study.best_trial
-        except ValueError:
-            raise FmnistSearchError(f"study {study.study_name!r} has no completed trial yet") from None
-    else:
-        matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
-        if not matches:
-            raise FmnistSearchError(f"study {study.study_name!r} has no trial {trial_number}")
-        trial = matches[0]
+    from .study import find_trial
+
+    trial = find_trial(study, trial_number)
     artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
     if artifact_id is None:
         raise FmnistSearchError(

@@ -1001,7 +1001,7 @@ def _train_config(
     import json
 
     from .config import load_preset
-    from .study import load_study, stored_spec
+    from .study import find_trial, load_study, stored_spec
 
     config: dict[str, Any] = {}
     split: dict[str, Any] = {}
@@ -1017,9 +1017,7 @@ def _train_config(
         study = load_study(_storage(storage), from_study)
         spec = stored_spec(study)
         model = model or spec.model
-        t = study.best_trial if trial is None else next((x for x in study.trials if x.number == trial), None)
-        if t is None:
-            raise FmnistSearchError(f"study {from_study!r} has no trial {trial}")
+        t = find_trial(study, trial)
         config.update(t.user_attrs.get("config") or {"epochs": spec.epochs, "batch_size": spec.batch_size,
                                                       "momentum": spec.momentum, **spec.fixed, **t.params})  # fmt: skip
         config.pop("seed", None)

@@ -50,6 +50,19 @@ def load_study(storage: RDBStorage, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def find_trial(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
+    """Trial ``number`` of ``study``, or its best (completed, highest validation accuracy) trial."""
+    if number is None:
+        try:
+            return study.best_trial
+        except ValueError:  # no completed trial yet
+            raise StorageError(f"study {study.study_name!r} has no completed trial yet") from None
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number:
+            return t
+    raise StorageError(f"study {study.study_name!r} has no trial {number}")
+
+
 def stored_spec(study: optuna.Study) -> StudySpec:
     return StudySpec.from_attrs(study.user_attrs)
 

@@ -272,3 +272,16 @@ def test_work_options_reach_worker_processes_unchanged(tmp_path):
     with group.make_context("fmnist-search", ["worker"]) as ctx:
         parsed = group.get_command(ctx, "worker").make_context("worker", ["--study", "s", *as_argv(work)], parent=ctx)
     assert WorkOptions(**{f.name: parsed.params[f.name] for f in dataclasses.fields(WorkOptions)}) == work
+
+
+def test_a_study_without_a_completed_trial_is_one_line_for_train_and_evaluate(tmp_path):
+    url = f"sqlite:///{tmp_path}/empty.db"
+    assert invoke("create", "--model", "lenet", "--trials", "2", "--storage", url).exit_code == 0
+    for args in (["train", "--from-study", "lenet"], ["evaluate", "--study", "lenet"], ["train", "--from-study",
+                 "lenet", "--trial", "7"]):  # fmt: skip
+        result = invoke(*args, "--storage", url)
+        assert result.exit_code == 2, result.output
+        assert _error_line(result) in (
+            "error: study 'lenet' has no completed trial yet",
+            "error: study 'lenet' has no trial 7",
+        )

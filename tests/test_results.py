@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fmnist_search import data
+from fmnist_search import objective as objective_mod
 from fmnist_search.artifacts import WEIGHTS_ATTR, load_model, open_store
 from fmnist_search.cli import app
 from fmnist_search.config import StudySpec
@@ -102,14 +103,20 @@ def test_plot_command_writes_every_figure(tmp_path):
     assert any("learning-curves" in k for k in attrs)
 
 
-def test_weights_round_trip_through_the_artifact_store(tmp_path, tiny_splits):
+def test_weights_round_trip_through_the_artifact_store(tmp_path, tiny_splits, monkeypatch):
     store = open_store(tmp_path / "artifacts")
     spec = StudySpec(epochs=2, batch_size=32, lr_min=0.02, lr_max=0.1)
     obj = Objective(spec, tiny_splits, torch.device("cpu"), artifact_store=store)
     study = optuna.create_study(direction="maximize")
     models = []
-    real_build = obj.build
-    obj.build = lambda name, seed: models.append(real_build(name, seed)) or models[-1]
+    real_build = objective_mod.build_model
+
+    def spy(*args):
+        built = real_build(*args)
+        models.append(built.module)  # the module the trial trains
+        return built
+
+    monkeypatch.setattr(objective_mod, "build_model", spy)
     study.optimize(obj, n_trials=1)
     t = study.trials[0]
     name, loaded = load_model(store, t.user_attrs[WEIGHTS_ATTR])
