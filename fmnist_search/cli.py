@@ -62,13 +62,14 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
+            from .app import signal_name
             from .interrupts import handled, stop_in
 
             with handled() if stoppable else contextlib.nullcontext():
                 try:
                     return fn(*a, **kw)
                 except FmnistSearchError as e:
-                    raise _fail(str(e)) from None
+                    raise _fail(str(e), e.exit_code) from None
                 except (KeyboardInterrupt, Exception) as e:
                     stop = stop_in(e)
                     if stop is not None:
@@ -104,14 +105,9 @@ StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
 
 
 def _storage(url: str, **kwargs: Any):
-    import optuna
+    from .app import open_store
 
-    from .storage import make_storage
-
-    # Our own lines say what happens; Optuna's INFO/WARNING logs would repeat it (with tracebacks).
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-
-    return make_storage(url, heartbeat=kwargs.pop("heartbeat", False), say=_say, **kwargs)
+    return open_store(url, _say, **kwargs)
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -193,59 +189,6 @@ def _parse_fixed(items: list[str] | None) -> dict[str, Any] | None:
     return fixed
 
 
-def _plan_studies(
-    preset: str | None, model: str | None, models: str | None, study: str | None, flags: dict[str, Any],
-    trials: int | None,
-) -> list[tuple[str, dict[str, Any], int]]:  # fmt: skip
-    """(study name, requested settings, trials) for each study this command works on.
-
-    Settings flow one way: preset < flags; a resumed study's stored settings must agree.
-    """
-    from .config import load_preset
-
-    if preset is None:
-        if models is not None:
-            raise FmnistSearchError("--models selects among a preset's models; use it with --preset")
-        if model is None and study is None:
-            raise FmnistSearchError("give --model (a new study), --study NAME (resume one) or --preset NAME")
-        requested = {"model": model, **flags} if model else flags
-        return [(study or model, requested, trials or 30)]  # type: ignore[list-item]
-    p = load_preset(preset)
-    chosen = [model] if model else list(p.models)
-    if models is not None:
-        wanted = [m.strip() for m in models.split(",")]
-        unknown = set(wanted) - set(p.models)
-        if unknown:
-            raise FmnistSearchError(
-                f"preset {p.name} has no model {', '.join(sorted(unknown))}; it has {', '.join(p.models)}"
-            )
-        chosen = [m for m in p.models if m in wanted]
-    if not chosen:
-        raise FmnistSearchError(f"preset {p.name} names no model; give --model")
-    if study is not None and len(chosen) > 1:
-        raise FmnistSearchError("--study names one study, but the preset makes one per model; use --models to pick one")
-    settings = {**p.settings, **flags}
-    if "fixed" in p.settings and "fixed" in flags:  # --fix adds to (or overrides keys of) the preset's [fixed]
-        settings["fixed"] = {**p.settings["fixed"], **flags["fixed"]}
-    return [(study or p.study.format(model=m), {**settings, "model": m}, trials or p.trials or 30) for m in chosen]
-
-
-def _open(storage: str, name: str, requested: dict[str, Any], trials: int, beat: dict[str, Any]):
-    """Create or resume the study, check its settings, raise its target by ``trials``."""
-    from .interrupts import check, shielded
-    from .study import open_study
-    from .workers import set_target
-
-    if beat["grace_period"] <= beat["heartbeat_interval"]:
-        raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
-    store = _storage(storage, heartbeat=True, **beat)
-    with shielded():  # a study is created with its settings and target, or not at all
-        opt_study, spec = open_study(store, name, requested)
-        target = set_target(opt_study, trials)
-    check()
-    return store, opt_study, spec, target
-
-
 TrialsOpt = Annotated[
     int | None, typer.Option(min=1, help="Trials to add to the study [default: 30, or the preset's].")
 ]
@@ -316,19 +259,6 @@ class WorkOptions:
         return _artifact_dir(storage, self.artifacts) if self.save_weights else None
 
 
-def as_argv(options: Any) -> list[str]:
-    """An option group back as the command line that gives it: how `run` passes its
-    options to the `worker` processes it starts, derived from the one declaration."""
-    argv: list[str] = []
-    for f in dataclasses.fields(options):
-        value, flag = getattr(options, f.name), "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(flag if value else f"--no-{flag[2:]}")
-        elif value is not None:
-            argv += [flag, str(value)]
-    return argv
-
-
 def takes(**groups: type) -> Callable[[F], F]:
     """Give a command whole option groups: ``@takes(study=StudyOptions)`` makes every field
     of StudyOptions an option of the command, and calls it with ``study=StudyOptions(...)``."""
@@ -366,10 +296,12 @@ def takes(**groups: type) -> Callable[[F], F]:
 @takes(options=StudyOptions)
 def create(options: StudyOptions) -> None:
     """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
+    from .app import open_with_target, plan_studies
+
     o = options
     beat = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
-    for name, requested, n in _plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials):
-        _, _, spec, target = _open(o.storage, name, requested, n, beat)
+    for name, requested, n in plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials):
+        _, _, spec, target = open_with_target(o.storage, name, requested, n, beat, _say)
         _say(f"study {name!r} ({spec.model}) has a target of {target} trials; start workers with:")
         _say(f"  fmnist-search worker --study {name} --storage URL")
 
@@ -386,6 +318,7 @@ def run(
     """Create or resume a study and run TRIALS more trials in it (in one or many processes)."""
     import os
 
+    from .app import open_with_target, plan_studies, resolve_runtime, spawn_workers, work_here
     from .workers import plan_workers
 
     o = options
@@ -396,215 +329,24 @@ def run(
     gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
     if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
         raise FmnistSearchError(f"--gpus takes comma-separated GPU numbers like 0,1,2, got {gpus!r}")
-    plan = _plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials)
+    plan = plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials)
     workers = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
     here = len(workers) == 1 and gpu_ids is None
     if here:
-        _resolve_runtime(work.device, work.precision)  # a bad --device fails before the store is touched
+        resolve_runtime(work.device, work.precision)  # a bad --device fails before the store is touched
     beat = {**work.beat, "patience": work.storage_patience}
     for name, requested, n in plan:
-        store, opt_study, spec, target = _open(o.storage, name, requested, n, beat)
+        store, opt_study, spec, target = open_with_target(o.storage, name, requested, n, beat, _say)
         if here:
-            _work_here(store, o.storage, name, spec, work, n)
+            with _RunProgress(n, spec.epochs) as progress:
+                work_here(store, o.storage, name, spec, work, progress, _say)
         else:
-            _spawn_workers(workers, name, o.storage, work, target)
+            spawn_workers(workers, name, o.storage, work, target, _say)
         _print_summary(opt_study)
-
-
-def _resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
-    from .devices import resolve_device, resolve_precision
-
-    dev = resolve_device(device)
-    return dev, resolve_precision(precision, dev)
-
-
-def _work_here(
-    store: Any,
-    url: str,
-    name: str,
-    spec: Any,
-    work: WorkOptions,
-    trials: int | None,
-    label: str | None = None,
-    bars: bool = True,
-) -> None:
-    """Load the data (once per process), then run this process's share of the study's trials.
-
-    Ctrl-C ends it with exit 130 and SIGTERM with 143, wherever they land; the trial they
-    interrupt is marked FAIL (SIGINT) or re-queued (SIGTERM), never left RUNNING. A store
-    that stays unreachable ends it with one line and exit 1.
-    """
-    import os
-
-    from .errors import StorageError
-    from .interrupts import cleaning, stop_in
-    from .storage import mask_url
-    from .study import PRUNERS, SAMPLERS
-    from .workers import BudgetedStudy, study_lock, worker_seed
-
-    prefix = f"[{label}] " if label else ""
-    extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    existing = len(store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False))
-    budgeted = BudgetedStudy(
-        name,
-        store,
-        SAMPLERS[spec.sampler](spec, worker_seed(spec.seed, label, existing)),
-        PRUNERS[spec.pruner](spec),
-        study_lock(url, name, store.retrier),
-    )
-    with _RunProgress(trials, spec.epochs, bars=bars, prefix=prefix) as progress:
-        try:
-            _run_trials(budgeted, url, spec, work, extra, prefix, progress)
-        except (KeyboardInterrupt, Exception) as e:
-            stop, cause = stop_in(e), _user_error(e)
-            if stop is None and not isinstance(cause, StorageError):
-                raise
-            progress.stop()
-            with cleaning():  # a second Ctrl-C must not cut this short
-                if stop is not None:
-                    what = _release(budgeted, f"interrupted by {signal_name(stop.signum)}", stop.requeue)
-                else:
-                    what = _release(budgeted, f"stopped: {cause}", True)
-            if stop is None:
-                raise _fail(f"{prefix}{cause}; {what}finished trials are stored", EXIT_FAILED) from None
-            raise _fail(
-                f"{prefix}interrupted by {signal_name(stop.signum)}; {what}finished trials are stored in "
-                f"{mask_url(url)}; run the same command to resume",
-                stop.exit_code,
-            ) from None
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
-
-
-def _release(budgeted: Any, why: str, requeue: bool) -> str:
-    """Best effort: FAIL (or re-queue) this process's interrupted trial; say what happened."""
-    from .errors import StorageError
-    from .workers import release
-
-    try:
-        done = release(budgeted, why, requeue_it=requeue)
-    except StorageError:
-        if not budgeted.asked:
-            return ""
-        return (
-            f"trial {budgeted.asked[-1]} could not be updated and stays RUNNING until its heartbeat is stale, "
-            "then the next worker runs it again; "
-        )
-    return "".join(f"{d}; " for d in done)
-
-
-def _run_trials(
-    budgeted: Any, url: str, spec: Any, work: WorkOptions, extra: dict[str, Any], prefix: str, progress: _RunProgress
-) -> None:
-    from . import data as data_mod
-    from .artifacts import open_store
-    from .objective import Objective
-    from .storage import mask_url
-    from .train import Diverged
-    from .workers import work as work_loop
-
-    dev, prec = _resolve_runtime(work.device, work.precision)
-    dataset = _dataset(work.data_dir, work.download)
-    splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
-    _say(
-        f"{prefix}study {budgeted.study_name!r} in {mask_url(url)}: {spec.model}, {spec.epochs} epochs, "
-        f"batch {spec.batch_size}, {_space_text(spec)}, {spec.sampler}/{spec.pruner}; {len(splits.train[0])} "
-        f"train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}"
-        + (f", CUDA_VISIBLE_DEVICES={extra['gpu']}" if extra.get("gpu") is not None else "")
-        + f"); target {budgeted.target} trials"
-    )
-    objective = Objective(
-        spec,
-        splits,
-        dev,
-        prec,
-        on_epoch=progress.on_epoch,
-        compile=work.compile,
-        extra_attrs=extra,
-        artifact_store=open_store(art_dir) if (art_dir := work.artifact_dir(url)) is not None else None,
-        say=lambda message: _say(prefix + message),
-    )
-    work_loop(budgeted, objective, timeout=work.timeout, catch=(Diverged,), callbacks=[progress.on_trial],
-              on_wait=progress.on_wait)  # fmt: skip
-
-
-@functools.cache
-def _dataset(data_dir: Path | None, download: bool):
-    """Fashion-MNIST, loaded once per process however many studies it works on."""
-    from . import data as data_mod
-
-    return data_mod.load(data_dir, allow_download=download)
-
-
-def _space_text(spec: Any) -> str:
-    lr = f"lr grid {list(spec.lr_grid)}" if spec.sampler == "grid" else f"lr {spec.lr_min:g}..{spec.lr_max:g}"
-    fixed = f", fixed {spec.fixed}" if spec.fixed else ""
-    return f"space {spec.space} ({lr}{fixed})"
 
 
 def _say(message: str) -> None:
     err.print(message, markup=False, highlight=False)
-
-
-def _spawn_workers(plans: list[Any], name: str, url: str, work: WorkOptions, target: int) -> None:
-    """Start one `fmnist-search worker` process per plan and wait for all of them.
-
-    The storage URL travels in the environment, not argv, so its password never shows in `ps`.
-    """
-    import os
-    import subprocess
-    import time
-
-    from .interrupts import Stop, check, cleaning
-    from .storage import mask_url
-
-    _say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
-    # The storage URL and data folder travel in the environment (the password stays out of `ps`).
-    shared = dataclasses.replace(work, data_dir=None, artifacts=work.artifact_dir(url))
-    procs: list[tuple[Any, subprocess.Popen]] = []
-    try:
-        for plan in plans:
-            env = {**os.environ, **plan.env, "FMNIST_STORAGE": url}
-            if work.data_dir is not None:
-                env["FMNIST_DATA_DIR"] = str(work.data_dir)
-            mine = (
-                shared
-                if plan.device is None or work.device != "auto"
-                else dataclasses.replace(shared, device=plan.device)
-            )
-            args = ["worker", "--study", name, "--label", plan.label, "--no-bars", *as_argv(mine)]
-            procs.append((plan, subprocess.Popen([sys.executable, "-m", "fmnist_search", *args], env=env)))
-        while any(p.poll() is None for _, p in procs):
-            check()
-            time.sleep(0.5)
-    except KeyboardInterrupt as e:
-        stop = e if isinstance(e, Stop) else Stop()
-        with cleaning():  # relay the signal (a terminal's Ctrl-C reached them already), then wait
-            for _, p in procs:
-                if p.poll() is None:
-                    p.send_signal(stop.signum)
-            for _, p in procs:
-                try:
-                    p.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    p.kill()  # its trial is retried once its heartbeat is stale
-        raise _fail(
-            f"interrupted by {signal_name(stop.signum)}; finished trials are stored in {mask_url(url)}; "
-            "run the same command to resume",
-            stop.exit_code,
-        ) from None
-    failed = []
-    for plan, p in procs:
-        if p.returncode < 0:
-            _say(f"worker {plan.label} was killed by signal {-p.returncode}; its trial was retried by the others")
-        elif p.returncode != 0:
-            failed.append(f"{plan.label} (exit {p.returncode})")
-    if failed:
-        raise _fail(f"worker(s) failed: {', '.join(failed)}; see their errors above", EXIT_FAILED)
 
 
 @command(stoppable=True)
@@ -621,15 +363,18 @@ def worker(
     A worker started before its database or study is ready (containers, Kubernetes) waits
     for both, up to --storage-patience seconds, saying so.
     """
+    from .app import resolve_runtime, work_here
     from .study import stored_spec
     from .workers import wait_for_study
 
     if work.grace_period <= work.heartbeat_interval:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
-    _resolve_runtime(work.device, work.precision)
+    resolve_runtime(work.device, work.precision)
     store = _storage(storage, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
     existing = wait_for_study(store, study, work.storage_patience, say=_say)
-    _work_here(store, storage, study, stored_spec(existing), work, None, label=label, bars=bars)
+    spec = stored_spec(existing)
+    with _RunProgress(None, spec.epochs, bars=bars, prefix=f"[{label}] " if label else "") as progress:
+        work_here(store, storage, study, spec, work, progress, _say, label=label)
 
 
 class _RunProgress:
@@ -936,14 +681,15 @@ def evaluate(
     """Test accuracy, per-class accuracy and the confusion matrix of a trial's (or a file's) weights."""
     import re
 
+    from .app import load_dataset, resolve_runtime
     from .data import CLASSES
     from .inference import confusion_matrix, per_class_accuracy
     from .plots import confusion_figure
     from .train import to_device
 
     label, _, model = _load_model(study, trial, weights, storage, artifacts)
-    dev, _ = _resolve_runtime(device, "fp32")
-    ds = _dataset(data_dir, download)
+    dev, _ = resolve_runtime(device, "fp32")
+    ds = load_dataset(data_dir, download)
     x, y = to_device(ds.test_images, ds.test_labels, dev)
     matrix = confusion_matrix(model.to(dev), x, y, tta_flip=tta_flip)
     accuracy = matrix.diag().sum().item() / matrix.sum().item()
@@ -1059,6 +805,7 @@ def train(
     import torch
 
     from . import data as data_mod
+    from .app import load_dataset, resolve_runtime
     from .config import check_recipe
     from .devices import tune_backend
     from .models import create_model, list_models
@@ -1071,12 +818,12 @@ def train(
     check_recipe(config)
     if "lr" not in config:
         raise FmnistSearchError("no learning rate: give --params '{\"lr\": 0.05}', a preset with one, or --from-study")
-    dev, prec = _resolve_runtime(device, precision)
+    dev, prec = resolve_runtime(device, precision)
     run_seed = split.get("seed", 0)
     cfg = TrainConfig(**config, seed=run_seed, precision=prec)
     if name not in list_models():
         create_model(name)  # raises the "unknown model ...; choose one of" error before any data is loaded
-    ds = _dataset(data_dir, download)
+    ds = load_dataset(data_dir, download)
     splits = data_mod.make_splits(ds, split.get("val_size", 10_000), split.get("train_size"), run_seed)
     train_xy, val_xy = splits.train, splits.val
     if full_train:

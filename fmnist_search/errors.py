@@ -2,7 +2,9 @@
 
 
 class FmnistSearchError(Exception):
-    """A user-facing error. The CLI prints ``error: <message>`` and exits non-zero."""
+    """A user-facing error. The CLI prints ``error: <message>`` and exits with ``exit_code``."""
+
+    exit_code = 2  # bad input, as click uses for usage errors
 
 
 class DataError(FmnistSearchError):
@@ -19,3 +21,11 @@ class StorageError(FmnistSearchError):
 
 class DeviceError(FmnistSearchError):
     """The requested device is not available."""
+
+
+class Stopped(FmnistSearchError):
+    """The work ended early: an interrupt (exit 130/143), a lost store or failed workers (exit 1)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

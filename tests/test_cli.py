@@ -263,7 +263,8 @@ def test_work_options_reach_worker_processes_unchanged(tmp_path):
     """`run --jobs` hands its options to `worker` processes as argv built from the same declaration."""
     import typer
 
-    from fmnist_search.cli import WorkOptions, as_argv
+    from fmnist_search.app import as_argv
+    from fmnist_search.cli import WorkOptions
 
     work = WorkOptions(device="cpu", precision="fp32", compile=True, download=False, timeout=12.5,
                        heartbeat_interval=3, grace_period=9, storage_patience=42.0, artifacts=tmp_path,

@@ -1,0 +1,293 @@
+"""The application layer: what `run`, `create` and `worker` do, between the command line and the search.
+
+It turns requested settings into studies, runs a worker in this process, starts and relays
+worker processes, and turns an interrupt or a lost store into ``Stopped``. It prints
+nothing: messages go to a ``say`` callable and progress to a ``Progress``, both the CLI's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import FmnistSearchError, Stopped, StorageError
+
+EXIT_FAILED = 1  # the work could not go on (a lost store, a failed worker)
+Say = Callable[[str], None]
+
+
+class Progress(Protocol):
+    """What a worker reports while it runs (the CLI draws it)."""
+
+    def on_epoch(self, number: int, metrics: Any) -> None: ...
+    def on_trial(self, study: Any, trial: Any) -> None: ...
+    def on_wait(self, census: Any) -> None: ...
+    def stop(self) -> None: ...
+
+
+def open_store(url: str, say: Say, **kwargs: Any) -> Any:
+    """The study store (storage.make_storage), with Optuna's own log lines silenced."""
+    import optuna
+
+    from .storage import make_storage
+
+    # Our own lines say what happens; Optuna's INFO/WARNING logs would repeat it (with tracebacks).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return make_storage(url, heartbeat=kwargs.pop("heartbeat", False), say=say, **kwargs)
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def plan_studies(
+    preset: str | None, model: str | None, models: str | None, study: str | None, flags: dict[str, Any],
+    trials: int | None,
+) -> list[tuple[str, dict[str, Any], int]]:  # fmt: skip
+    """(study name, requested settings, trials) for each study this command works on.
+
+    Settings flow one way: preset < flags; a resumed study's stored settings must agree.
+    """
+    from .config import load_preset
+
+    if preset is None:
+        if models is not None:
+            raise FmnistSearchError("--models selects among a preset's models; use it with --preset")
+        if model is None and study is None:
+            raise FmnistSearchError("give --model (a new study), --study NAME (resume one) or --preset NAME")
+        requested = {"model": model, **flags} if model else flags
+        return [(study or model, requested, trials or 30)]  # type: ignore[list-item]
+    p = load_preset(preset)
+    chosen = [model] if model else list(p.models)
+    if models is not None:
+        wanted = [m.strip() for m in models.split(",")]
+        unknown = set(wanted) - set(p.models)
+        if unknown:
+            raise FmnistSearchError(
+                f"preset {p.name} has no model {', '.join(sorted(unknown))}; it has {', '.join(p.models)}"
+            )
+        chosen = [m for m in p.models if m in wanted]
+    if not chosen:
+        raise FmnistSearchError(f"preset {p.name} names no model; give --model")
+    if study is not None and len(chosen) > 1:
+        raise FmnistSearchError("--study names one study, but the preset makes one per model; use --models to pick one")
+    settings = {**p.settings, **flags}
+    if "fixed" in p.settings and "fixed" in flags:  # --fix adds to (or overrides keys of) the preset's [fixed]
+        settings["fixed"] = {**p.settings["fixed"], **flags["fixed"]}
+    return [(study or p.study.format(model=m), {**settings, "model": m}, trials or p.trials or 30) for m in chosen]
+
+
+def open_with_target(
+    storage: str, name: str, requested: dict[str, Any], trials: int, beat: dict[str, Any], say: Say
+) -> tuple[Any, Any, Any, int]:
+    """Create or resume the study, check its settings, raise its target by ``trials``:
+    (store, study, spec, target)."""
+    from .interrupts import check, shielded
+    from .study import open_study
+    from .workers import set_target
+
+    if beat["grace_period"] <= beat["heartbeat_interval"]:
+        raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
+    store = open_store(storage, say, heartbeat=True, **beat)
+    with shielded():  # a study is created with its settings and target, or not at all
+        opt_study, spec = open_study(store, name, requested)
+        target = set_target(opt_study, trials)
+    check()
+    return store, opt_study, spec, target
+
+
+def as_argv(options: Any) -> list[str]:
+    """An option group back as the command line that gives it: how `run` passes its
+    options to the `worker` processes it starts, derived from the one declaration."""
+    argv: list[str] = []
+    for f in dataclasses.fields(options):
+        value, flag = getattr(options, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
+    from .devices import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    return dev, resolve_precision(precision, dev)
+
+
+def work_here(
+    store: Any, url: str, name: str, spec: Any, work: Any, progress: Progress, say: Say, label: str | None = None
+) -> None:
+    """Load the data (once per process), then run this process's share of the study's trials.
+
+    Ctrl-C ends it with ``Stopped`` (exit 130) and SIGTERM with exit 143, wherever they
+    land; the trial they interrupt is marked FAIL (SIGINT) or re-queued (SIGTERM), never
+    left RUNNING. A store that stays unreachable ends it with ``Stopped`` (exit 1).
+    """
+    import os
+
+    from .interrupts import causes, cleaning, stop_in
+    from .storage import mask_url
+    from .study import PRUNERS, SAMPLERS
+    from .workers import BudgetedStudy, study_lock, worker_seed
+
+    prefix = f"[{label}] " if label else ""
+    extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    existing = len(store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False))
+    budgeted = BudgetedStudy(
+        name,
+        store,
+        SAMPLERS[spec.sampler](spec, worker_seed(spec.seed, label, existing)),
+        PRUNERS[spec.pruner](spec),
+        study_lock(url, name, store.retrier),
+    )
+    try:
+        _run_trials(budgeted, url, spec, work, extra, prefix, progress, say)
+    except (KeyboardInterrupt, Exception) as e:
+        stop = stop_in(e)
+        cause = next((x for x in causes(e) if isinstance(x, StorageError)), None)
+        if stop is None and cause is None:
+            raise
+        progress.stop()
+        with cleaning():  # a second Ctrl-C must not cut this short
+            if stop is not None:
+                what = _release(budgeted, f"interrupted by {signal_name(stop.signum)}", stop.requeue)
+            else:
+                what = _release(budgeted, f"stopped: {cause}", True)
+        if stop is None:
+            raise Stopped(f"{prefix}{cause}; {what}finished trials are stored", EXIT_FAILED) from None
+        raise Stopped(
+            f"{prefix}interrupted by {signal_name(stop.signum)}; {what}finished trials are stored in "
+            f"{mask_url(url)}; run the same command to resume",
+            stop.exit_code,
+        ) from None
+
+
+def _release(budgeted: Any, why: str, requeue: bool) -> str:
+    """Best effort: FAIL (or re-queue) this process's interrupted trial; say what happened."""
+    from .errors import StorageError
+    from .workers import release
+
+    try:
+        done = release(budgeted, why, requeue_it=requeue)
+    except StorageError:
+        if not budgeted.asked:
+            return ""
+        return (
+            f"trial {budgeted.asked[-1]} could not be updated and stays RUNNING until its heartbeat is stale, "
+            "then the next worker runs it again; "
+        )
+    return "".join(f"{d}; " for d in done)
+
+
+def _run_trials(
+    budgeted: Any, url: str, spec: Any, work: Any, extra: dict[str, Any], prefix: str, progress: Progress, say: Say
+) -> None:
+    from . import data as data_mod
+    from .artifacts import open_store as open_artifacts
+    from .objective import Objective
+    from .storage import mask_url
+    from .train import Diverged
+    from .workers import work as work_loop
+
+    dev, prec = resolve_runtime(work.device, work.precision)
+    dataset = load_dataset(work.data_dir, work.download)
+    splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
+    say(
+        f"{prefix}study {budgeted.study_name!r} in {mask_url(url)}: {spec.model}, {spec.epochs} epochs, "
+        f"batch {spec.batch_size}, {space_text(spec)}, {spec.sampler}/{spec.pruner}; {len(splits.train[0])} "
+        f"train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}"
+        + (f", CUDA_VISIBLE_DEVICES={extra['gpu']}" if extra.get("gpu") is not None else "")
+        + f"); target {budgeted.target} trials"
+    )
+    objective = Objective(
+        spec,
+        splits,
+        dev,
+        prec,
+        on_epoch=progress.on_epoch,
+        compile=work.compile,
+        extra_attrs=extra,
+        artifact_store=open_artifacts(art_dir) if (art_dir := work.artifact_dir(url)) is not None else None,
+        say=lambda message: say(prefix + message),
+    )
+    work_loop(budgeted, objective, timeout=work.timeout, catch=(Diverged,), callbacks=[progress.on_trial],
+              on_wait=progress.on_wait)  # fmt: skip
+
+
+@functools.cache
+def load_dataset(data_dir: Path | None, download: bool):
+    """Fashion-MNIST, loaded once per process however many studies it works on."""
+    from . import data as data_mod
+
+    return data_mod.load(data_dir, allow_download=download)
+
+
+def space_text(spec: Any) -> str:
+    lr = f"lr grid {list(spec.lr_grid)}" if spec.sampler == "grid" else f"lr {spec.lr_min:g}..{spec.lr_max:g}"
+    fixed = f", fixed {spec.fixed}" if spec.fixed else ""
+    return f"space {spec.space} ({lr}{fixed})"
+
+
+def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int, say: Say) -> None:
+    """Start one `fmnist-search worker` process per plan and wait for all of them.
+
+    The storage URL travels in the environment, not argv, so its password never shows in `ps`.
+    """
+    import os
+    import subprocess
+    import time
+
+    from .interrupts import Stop, check, cleaning
+    from .storage import mask_url
+
+    say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
+    # The storage URL and data folder travel in the environment (the password stays out of `ps`).
+    shared = dataclasses.replace(work, data_dir=None, artifacts=work.artifact_dir(url))
+    procs: list[tuple[Any, subprocess.Popen]] = []
+    try:
+        for plan in plans:
+            env = {**os.environ, **plan.env, "FMNIST_STORAGE": url}
+            if work.data_dir is not None:
+                env["FMNIST_DATA_DIR"] = str(work.data_dir)
+            mine = (
+                shared
+                if plan.device is None or work.device != "auto"
+                else dataclasses.replace(shared, device=plan.device)
+            )
+            args = ["worker", "--study", name, "--label", plan.label, "--no-bars", *as_argv(mine)]
+            procs.append((plan, subprocess.Popen([sys.executable, "-m", "fmnist_search", *args], env=env)))
+        while any(p.poll() is None for _, p in procs):
+            check()
+            time.sleep(0.5)
+    except KeyboardInterrupt as e:
+        stop = e if isinstance(e, Stop) else Stop()
+        with cleaning():  # relay the signal (a terminal's Ctrl-C reached them already), then wait
+            for _, p in procs:
+                if p.poll() is None:
+                    p.send_signal(stop.signum)
+            for _, p in procs:
+                try:
+                    p.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    p.kill()  # its trial is retried once its heartbeat is stale
+        raise Stopped(
+            f"interrupted by {signal_name(stop.signum)}; finished trials are stored in {mask_url(url)}; "
+            "run the same command to resume",
+            stop.exit_code,
+        ) from None
+    failed = []
+    for plan, p in procs:
+        if p.returncode < 0:
+            say(f"worker {plan.label} was killed by signal {-p.returncode}; its trial was retried by the others")
+        elif p.returncode != 0:
+            failed.append(f"{plan.label} (exit {p.returncode})")
+    if failed:
+        raise Stopped(f"worker(s) failed: {', '.join(failed)}; see their errors above", EXIT_FAILED)
