@@ -291,3 +291,51 @@ def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int,
             failed.append(f"{plan.label} (exit {p.returncode})")
     if failed:
         raise Stopped(f"worker(s) failed: {', '.join(failed)}; see their errors above", EXIT_FAILED)
+
+
+def train_config(
+    model: str | None,
+    preset: str | None,
+    params: str | None,
+    from_study: str | None,
+    trial: int | None,
+    store: Callable[[], Any],
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """What `fmnist-search train` trains: (model, hyperparameters, split settings), from a
+    preset or a study's trial < --params (< flags, applied by the caller). ``store`` opens
+    the study store, only when a study is named."""
+    import json
+
+    from .config import load_preset
+    from .study import find_trial, load_study, stored_spec
+
+    config: dict[str, Any] = {}
+    split: dict[str, Any] = {}
+    if preset is not None and from_study is not None:
+        raise FmnistSearchError("give --preset or --from-study, not both")
+    if preset is not None:
+        p = load_preset(preset)
+        model = model or p.train.get("model") or (p.models[0] if p.models else None)
+        config.update({k: v for k, v in p.settings.items() if k in ("epochs", "batch_size", "momentum")})
+        config.update({k: v for k, v in p.train.items() if k != "model"})
+        split = {k: v for k, v in p.settings.items() if k in ("val_size", "train_size", "seed")}
+    if from_study is not None:
+        study = load_study(store(), from_study)
+        spec = stored_spec(study)
+        model = model or spec.model
+        t = find_trial(study, trial)
+        config.update(t.user_attrs.get("config") or {"epochs": spec.epochs, "batch_size": spec.batch_size,
+                                                      "momentum": spec.momentum, **spec.fixed, **t.params})  # fmt: skip
+        config.pop("seed", None)
+        split = {"val_size": spec.val_size, "train_size": spec.train_size, "seed": spec.seed}
+    if params is not None:
+        try:
+            extra = json.loads(params)
+        except json.JSONDecodeError as e:
+            raise FmnistSearchError(f"--params is not valid JSON: {e.msg} at column {e.colno}") from None
+        if not isinstance(extra, dict):
+            raise FmnistSearchError("--params takes a JSON object, e.g. '{\"lr\": 0.05}'")
+        config.update(extra)
+    if model is None:
+        raise FmnistSearchError("give --model (or a --preset / --from-study that names one)")
+    return model, config, split

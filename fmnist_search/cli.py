@@ -740,47 +740,6 @@ def predict(
     _say(f"model: {label}")
 
 
-def _train_config(
-    model: str | None, preset: str | None, params: str | None, from_study: str | None, trial: int | None, storage: str
-) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(model, hyperparameters, split settings): preset or study < --params (< flags, applied by the caller)."""
-    import json
-
-    from .config import load_preset
-    from .study import find_trial, load_study, stored_spec
-
-    config: dict[str, Any] = {}
-    split: dict[str, Any] = {}
-    if preset is not None and from_study is not None:
-        raise FmnistSearchError("give --preset or --from-study, not both")
-    if preset is not None:
-        p = load_preset(preset)
-        model = model or p.train.get("model") or (p.models[0] if p.models else None)
-        config.update({k: v for k, v in p.settings.items() if k in ("epochs", "batch_size", "momentum")})
-        config.update({k: v for k, v in p.train.items() if k != "model"})
-        split = {k: v for k, v in p.settings.items() if k in ("val_size", "train_size", "seed")}
-    if from_study is not None:
-        study = load_study(_storage(storage), from_study)
-        spec = stored_spec(study)
-        model = model or spec.model
-        t = find_trial(study, trial)
-        config.update(t.user_attrs.get("config") or {"epochs": spec.epochs, "batch_size": spec.batch_size,
-                                                      "momentum": spec.momentum, **spec.fixed, **t.params})  # fmt: skip
-        config.pop("seed", None)
-        split = {"val_size": spec.val_size, "train_size": spec.train_size, "seed": spec.seed}
-    if params is not None:
-        try:
-            extra = json.loads(params)
-        except json.JSONDecodeError as e:
-            raise FmnistSearchError(f"--params is not valid JSON: {e.msg} at column {e.colno}") from None
-        if not isinstance(extra, dict):
-            raise FmnistSearchError("--params takes a JSON object, e.g. '{\"lr\": 0.05}'")
-        config.update(extra)
-    if model is None:
-        raise FmnistSearchError("give --model (or a --preset / --from-study that names one)")
-    return model, config, split
-
-
 @command(stoppable=True)
 def train(
     model: ModelOpt = None,
@@ -805,13 +764,13 @@ def train(
     import torch
 
     from . import data as data_mod
-    from .app import load_dataset, resolve_runtime
+    from .app import load_dataset, resolve_runtime, train_config
     from .config import check_recipe
     from .devices import tune_backend
     from .models import create_model, list_models
     from .train import TrainConfig, to_device
 
-    name, config, split = _train_config(model, preset, params, from_study, trial, storage)
+    name, config, split = train_config(model, preset, params, from_study, trial, lambda: _storage(storage))
     if epochs is not None:
         config["epochs"] = epochs
     split.update(_given(val_size=val_size, train_size=train_size, seed=seed))

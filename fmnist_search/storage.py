@@ -19,6 +19,7 @@ trial more than asked. It has not been seen in the restart tests.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
@@ -31,9 +32,7 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
 
 from . import interrupts
 from .config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
@@ -45,18 +44,6 @@ BACKOFF_S = (0.5, 1, 2, 4, 8, 15)  # waits between attempts; the last one repeat
 
 T = TypeVar("T")
 Say = Callable[[str], None]
-
-
-# SQLite shared by several processes (``run --jobs``, workers, the dashboard): WAL lets
-# readers go on while one process writes, and a writer waits up to the busy timeout for
-# the single write lock instead of failing with "database is locked". pysqlite's default
-# transaction handling is kept on purpose: it runs SELECTs outside transactions and opens
-# a write transaction only at the first write, so no process holds a read lock while
-# waiting to write (the classic SQLite deadlock). tests/test_parallel.py hammers this.
-@event.listens_for(Engine, "connect")
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        dbapi_connection.execute("PRAGMA journal_mode = WAL")
 
 
 def mask_url(url: str) -> str:
@@ -230,6 +217,8 @@ def make_storage(
             path.parent.mkdir(parents=True)
         except OSError as e:
             raise StorageError(f"cannot create the folder for {mask_url(url)}: {e.strerror}") from None
+    if path is not None:
+        _wal(path, url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
@@ -268,6 +257,22 @@ def make_storage(
         raise StorageError(f"cannot open storage {mask_url(url)}: {why}") from None
     storage.retrier.patience = patience  # calls after a successful open wait for a lost database
     return storage
+
+
+def _wal(path: Path, url: str) -> None:
+    """SQLite shared by several processes (``run --jobs``, workers, the dashboard): WAL lets
+    readers go on while one process writes, and a writer waits up to the busy timeout for
+    the single write lock instead of failing with "database is locked". WAL is a property
+    of the database file: set here, before the engine's first connection, it holds for all
+    of them, and only our stores get it. pysqlite's default transaction handling is kept on
+    purpose: it runs SELECTs outside transactions and opens a write transaction only at the
+    first write, so no process holds a read lock while waiting to write (the classic SQLite
+    deadlock). tests/test_parallel.py hammers this."""
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.Error as e:
+        raise StorageError(f"cannot open storage {mask_url(url)}: {e}") from None
 
 
 # URL scheme -> the optional dependency that brings its driver

@@ -62,3 +62,15 @@ def test_bad_storage_urls(url, reason):
 def test_mask_url_hides_passwords():
     assert mask_url("postgresql://bob:hunter2@db:5432/x") == "postgresql://bob:***@db:5432/x"
     assert mask_url("sqlite:///studies/fmnist.db") == "sqlite:///studies/fmnist.db"
+
+
+def test_only_our_sqlite_stores_are_switched_to_wal(tmp_path):
+    """WAL for the study store (several processes share it); other SQLite engines in the process untouched."""
+    from sqlalchemy import create_engine
+
+    store = make_storage(f"sqlite:///{tmp_path}/ours.db", heartbeat=False)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    other = create_engine(f"sqlite:///{tmp_path}/theirs.db")
+    with other.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
