@@ -545,7 +545,15 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Serve optuna-dashboard on the same store (and its artifact folder: trial weights)."""
+    """Serve optuna-dashboard on the same store (and its artifact folder: trial weights).
+
+    Ctrl-C or SIGTERM stops it at once: the server runs in a thread, and the main thread
+    only waits for a signal or for the server to fail, so the signal never lands inside a
+    request (where one could be swallowed, as in the worker loop).
+    """
+    import signal
+    import threading
+
     from optuna_dashboard import run_server
 
     from .artifacts import open_store
@@ -553,13 +561,28 @@ def dashboard(
 
     store = _storage(storage)
     art_dir = _artifact_dir(storage, artifacts)
-    err.print(f"optuna-dashboard for {mask_url(storage)} on http://{host}:{port}/ (Ctrl-C to stop)", markup=False)
+    stop = threading.Event()
+    failed: list[OSError] = []
+
+    def serve() -> None:
+        try:
+            run_server(store, host=host, port=port, artifact_store=open_store(art_dir))
+        except OSError as e:
+            failed.append(e)
+        finally:
+            stop.set()
+
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        run_server(store, host=host, port=port, artifact_store=open_store(art_dir))
-    except OSError as e:
-        raise FmnistSearchError(f"cannot listen on {host}:{port}: {e.strerror}; try --port") from None
-    except KeyboardInterrupt:
-        pass
+        threading.Thread(target=serve, name="optuna-dashboard", daemon=True).start()
+        err.print(f"optuna-dashboard for {mask_url(storage)} on http://{host}:{port}/ (Ctrl-C to stop)", markup=False)
+        while not stop.wait(0.5):  # a timeout, so the signal handler gets to run
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failed:
+        raise FmnistSearchError(f"cannot listen on {host}:{port}: {failed[0].strerror}; try --port")
 
 
 @command("data")

@@ -218,9 +218,26 @@ def test_dashboard_serves_trials_with_attrs(smoke_db):
         assert len(detail["trials"]) >= 3
         keys = {a["key"] for a in detail["trials"][0]["user_attrs"]}
         assert {"val_accuracy", "throughput", "device"} <= keys
+        proc.send_signal(signal.SIGINT)  # Ctrl-C stops it, whatever request it is serving
+        assert proc.wait(timeout=60) == 0
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_dashboard_on_a_busy_port_is_one_line(smoke_db):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _cli("dashboard", "--storage", smoke_db, "--port", str(port))
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    assert (
+        stderr.strip().splitlines()[-1]
+        == f"error: cannot listen on 127.0.0.1:{port}: Address already in use; try --port"
+    )
 
 
 def test_module_entry_point_help():
