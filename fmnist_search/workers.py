@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import interrupts
 from .config import cache_root
+from .errors import StorageError
 from .storage import Retrier, dialect
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
@@ -272,9 +273,12 @@ def _key(url: str, study_name: str) -> str:
 # connection (pre-pinged, so one killed by a database restart is replaced), retried like
 # any storage call while the database is away; released on the same connection, where a
 # connection that died meanwhile has released it already.
+# pg_advisory_lock waits as long as it takes (and returns nothing). GET_LOCK waits at most
+# its timeout and says 1 (taken), 0 (timed out) or NULL (error); MariaDB reads a negative
+# timeout as an error, so "-1 = forever" took no lock there at all: ask again, 5 s at a time.
 _SQL = {
     "postgresql": ("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"),
-    "mysql": ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"),
+    "mysql": ("SELECT GET_LOCK(:k, 5)", "SELECT RELEASE_LOCK(:k)"),
 }
 
 
@@ -295,7 +299,10 @@ def _database_lock(url: str, study_name: str, retry: Retrier) -> Iterator[None]:
     def acquire() -> Any:
         conn = _engine(url).connect()
         try:
-            conn.execute(text(take), params)
+            while (got := conn.execute(text(take), params).scalar()) == 0:  # GET_LOCK timed out: again
+                interrupts.check()
+            if got is None and take.startswith("SELECT GET_LOCK"):
+                raise StorageError(f"the database refused the study's lock ({take}); is it MySQL/MariaDB?")
             conn.commit()
         except BaseException:
             conn.invalidate()

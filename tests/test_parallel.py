@@ -148,3 +148,24 @@ def test_passwords_are_masked_in_every_message(postgres_url):
         assert "fmnist:***@127.0.0.1" in result.output
     result = runner.invoke(app, ["studies", "--storage", postgres_url])
     assert result.exit_code == 0 and "s3cret-pw" not in result.output
+
+
+def test_the_budget_lock_is_really_held_on_the_database_server(database_url):
+    """While one worker holds a study's lock, the server says it is taken; after, free.
+    (MariaDB reads GET_LOCK's "-1 = forever" as an error: no lock was taken at all.)"""
+    from sqlalchemy import create_engine, text
+
+    from fmnist_search.workers import _lock_key, study_lock
+
+    key = {"k": _lock_key(database_url, "s")}
+    postgres = database_url.startswith("postgresql")
+    probe = "SELECT pg_try_advisory_lock(:k)" if postgres else "SELECT IS_FREE_LOCK(:k)"
+    other = create_engine(database_url).connect()
+    try:
+        with study_lock(database_url, "s"):
+            assert other.execute(text(probe), key).scalar() in (False, 0)  # taken by the worker
+        assert other.execute(text(probe), key).scalar() in (True, 1)  # released
+        if postgres:
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), key)
+    finally:
+        other.close()
