@@ -34,7 +34,6 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_FAILED = 1  # the work could not go on (a lost store, a failed worker)
 EXIT_USAGE = 2  # bad input, as click uses for usage errors
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
@@ -62,7 +61,7 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
-            from .app import signal_name
+            from .app import EXIT_FAILED, signal_name
             from .interrupts import handled, stop_in
 
             with handled() if stoppable else contextlib.nullcontext():

@@ -128,7 +128,6 @@ def wait_for_study(
 ) -> optuna.Study:
     """The study ``name`` once it exists with a trial target (``create``/``run`` set one),
     waiting up to ``patience`` seconds: workers may start before the job that creates it."""
-    from .errors import StorageError
     from .study import study_names
 
     start = time.monotonic()
@@ -229,25 +228,27 @@ def release(study: BudgetedStudy, why: str, *, requeue_it: bool) -> list[str]:
     The interrupted trial is the last one taken: RUNNING if the stop hit Optuna's own
     bookkeeping, else FAIL with the objective's "interrupted: ..." ``fail_reason``.
     """
-    done = []
+    if not study.asked:
+        return []
     storage = study._storage
-    for number in study.asked:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-        t = storage.get_trial(trial_id)
+    # One query for the trials still RUNNING (a long-lived worker has taken many), plus the last one.
+    running = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    mine = set(study.asked)
+    candidates = {t._trial_id: t for t in running if t.number in mine}
+    last_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, study.asked[-1])
+    last = candidates.get(last_id) or storage.get_trial(last_id)
+    if last.state == TrialState.FAIL and str(last.user_attrs.get("fail_reason", "")).startswith(interrupts.INTERRUPTED):
+        candidates[last_id] = last
+    done = []
+    for trial_id, t in sorted(candidates.items(), key=lambda item: item[1].number):
         if t.state == TrialState.RUNNING:
             storage.set_trial_user_attr(trial_id, "fail_reason", f"{interrupts.INTERRUPTED}: {why}")
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        elif not (
-            number == study.asked[-1]
-            and t.state == TrialState.FAIL
-            and str(t.user_attrs.get("fail_reason", "")).startswith(interrupts.INTERRUPTED)
-        ):
-            continue
         if requeue_it:
             requeue(study, storage.get_trial(trial_id))
-            done.append(f"trial {number} is re-queued")
+            done.append(f"trial {t.number} is re-queued")
         else:
-            done.append(f"trial {number} is marked FAIL")
+            done.append(f"trial {t.number} is marked FAIL")
     return done
 
 
@@ -302,7 +303,7 @@ def _database_lock(url: str, study_name: str, retry: Retrier) -> Iterator[None]:
             while (got := conn.execute(text(take), params).scalar()) == 0:  # GET_LOCK timed out: again
                 interrupts.check()
             if got is None and take.startswith("SELECT GET_LOCK"):
-                raise StorageError(f"the database refused the study's lock ({take}); is it MySQL/MariaDB?")
+                raise StorageError(f"cannot take the study's budget lock: {take} returned NULL")
             conn.commit()
         except BaseException:
             conn.invalidate()

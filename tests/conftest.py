@@ -8,9 +8,11 @@ import gzip
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -82,6 +84,26 @@ def tiny_idx(tmp_path: Path):
 def real_data() -> data.FashionMNIST:
     """The real Fashion-MNIST (Debian's dataset-fashion-mnist; .ci/run installs it)."""
     return data.load(allow_download=False)
+
+
+def _default_sigint() -> None:
+    # A test runner started in the background (`nohup ... &`) ignores SIGINT, and children
+    # inherit that; tests that press Ctrl-C need the CLI to get the default handling.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def cli_process(*args: str, env: dict | None = None, merge_output: bool = True, **kw) -> subprocess.Popen:
+    """`python -m fmnist_search ARGS` as a real process: text pipes (stderr into stdout unless
+    ``merge_output=False``), one torch thread, Python's default Ctrl-C handling."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist_search", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        **kw,
+    )
 
 
 # --- real database servers (Debian's binaries, installed by `make test`), on free loopback ports ---

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import signal
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 
 from fmnist_search import data
 from fmnist_search.cli import app
+from tests.conftest import cli_process
 
 runner = CliRunner()
 TINY = ["--epochs", "2", "--train-size", "4096", "--val-size", "2000", "--batch-size", "64"]
@@ -175,21 +177,7 @@ def test_diverging_trials_fail_with_reason(tmp_path, real_data):
     assert all("training loss became" in t.user_attrs["fail_reason"] for t in study.trials)
 
 
-def _default_sigint() -> None:
-    # A test runner started in the background (`nohup ... &`) ignores SIGINT, and children
-    # inherit that; these tests press Ctrl-C, so the CLI must get the default handling.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fmnist_search", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_default_sigint,
-        **kw,
-    )
+_cli = functools.partial(cli_process, merge_output=False)
 
 
 def _free_port() -> int:

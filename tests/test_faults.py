@@ -7,9 +7,7 @@ so, and the database comes back only then.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,19 +16,13 @@ import pytest
 from optuna.trial import TrialState
 
 from fmnist_search.workers import census
+from tests.conftest import cli_process
 
 TINY = ["--epochs", "2", "--train-size", "512", "--val-size", "500", "--batch-size", "128", "--pruner", "none"]
 BEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fmnist_search", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
+_cli = cli_process
 
 
 def _read_until(proc: subprocess.Popen, needle: str, limit_s: float = 300) -> list[str]:

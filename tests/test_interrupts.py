@@ -10,6 +10,7 @@ the stopped run cleans up. Real subprocesses then check the same from outside.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from typer.testing import CliRunner
 from fmnist_search import artifacts, interrupts, objective, train, workers
 from fmnist_search.cli import app
 from fmnist_search.workers import census
+from tests.conftest import cli_process
 
 runner = CliRunner()
 TINY = ["--epochs", "2", "--train-size", "384", "--val-size", "500", "--batch-size", "96", "--pruner", "none"]
@@ -206,22 +208,7 @@ def test_stop_is_found_behind_optunas_own_error():
 # --- from outside: real processes, real signals ---
 
 
-def _default_sigint() -> None:
-    # A test runner started in the background (`nohup ... &`) ignores SIGINT, and children
-    # inherit that; these tests press Ctrl-C, so the CLI must get the default handling.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fmnist_search", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_default_sigint,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        **kw,
-    )
+_cli = functools.partial(cli_process, merge_output=False)
 
 
 def _wait_for_line(proc: subprocess.Popen, needle: str, limit_s: float = 180) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import optuna
@@ -15,20 +12,13 @@ from typer.testing import CliRunner
 
 from fmnist_search.cli import app
 from fmnist_search.workers import census, plan_workers
+from tests.conftest import cli_process
 
 TINY = ["--epochs", "1", "--train-size", "1024", "--val-size", "1000", "--batch-size", "128"]
 runner = CliRunner()
 
 
-def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fmnist_search", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-        **kw,
-    )
+_cli = cli_process
 
 
 def assert_consistent(url: str, study: str, target: int) -> list[optuna.trial.FrozenTrial]:
