@@ -21,7 +21,7 @@ rm -rf .whl .gpu-data
 mkdir -p .gpu-data
 "$PY" - <<'PY'
 import gzip, shutil
-from fmnist_search import data
+from fmnist_search.engine import data
 location, _ = data.verified_files(allow_download=False)  # checks every file's SHA-256 first
 for name, path in location.files.items():
     if path.suffix == ".gz":

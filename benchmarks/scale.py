@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 from results_io import write_json  # benchmarks/ is on sys.path when a script runs
 
-from fmnist_search.devices import device_name, resolve_device
+from fmnist_search.engine.devices import device_name, resolve_device
 
 
 def one(workers: int, args: argparse.Namespace) -> dict:

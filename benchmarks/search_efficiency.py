@@ -19,11 +19,11 @@ import optuna
 import torch
 from results_io import write_json  # benchmarks/ is on sys.path when a script runs
 
-from fmnist_search import data
-from fmnist_search.config import StudySpec
-from fmnist_search.devices import device_name, resolve_device, resolve_precision
-from fmnist_search.objective import Objective
-from fmnist_search.study import PRUNERS, SAMPLERS
+from fmnist_search.core.config import StudySpec
+from fmnist_search.engine import data
+from fmnist_search.engine.devices import device_name, resolve_device, resolve_precision
+from fmnist_search.search.objective import Objective
+from fmnist_search.search.study import PRUNERS, SAMPLERS
 
 
 def run_study(spec: StudySpec, splits: data.Splits, device: torch.device, trials: int) -> dict:

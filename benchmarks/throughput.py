@@ -2,7 +2,7 @@
 
 Baseline (the report's pipeline): torchvision's FashionMNIST dataset with ToTensor +
 Normalize, a shuffling DataLoader at batch 256, a host->device copy per batch.
-Ours: the engine every trial uses (fmnist_search.train.fit): data resident on the
+Ours: the engine every trial uses (fmnist_search.engine.train.fit): data resident on the
 device, index-sliced batches, no per-batch sync; bf16/channels_last on CUDA.
 Same model, same SGD step. The two alternate in one run after a warm-up; we report the
 median samples/s of each and their ratio.
@@ -28,11 +28,11 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
-from fmnist_search import data
-from fmnist_search.config import StudySpec
-from fmnist_search.devices import device_name, resolve_device, resolve_precision, synchronize
-from fmnist_search.objective import Objective
-from fmnist_search.train import MEAN, STD, TrainConfig, build_model, fit
+from fmnist_search.core.config import StudySpec
+from fmnist_search.engine import data
+from fmnist_search.engine.devices import device_name, resolve_device, resolve_precision, synchronize
+from fmnist_search.engine.train import MEAN, STD, TrainConfig, build_model, fit
+from fmnist_search.search.objective import Objective
 
 BATCH = 256  # the report's batch size
 LR = 0.01  # any stable rate: speed does not depend on it

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import FmnistSearchError, Stopped, StorageError
+from .core.errors import FmnistSearchError, Stopped, StorageError
 
 EXIT_FAILED = 1  # the work could not go on (a lost store, a failed worker)
 Say = Callable[[str], None]
@@ -33,7 +33,7 @@ def open_store(url: str, say: Say, **kwargs: Any) -> Any:
     """The study store (storage.make_storage), with Optuna's own log lines silenced."""
     import optuna
 
-    from .storage import make_storage
+    from .search.storage import make_storage
 
     # Our own lines say what happens; Optuna's INFO/WARNING logs would repeat it (with tracebacks).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -54,7 +54,7 @@ def plan_studies(
 
     Settings flow one way: preset < flags; a resumed study's stored settings must agree.
     """
-    from .config import load_preset
+    from .core.config import load_preset
 
     if preset is None:
         if models is not None:
@@ -88,9 +88,9 @@ def open_with_target(
 ) -> tuple[Any, Any, Any, int]:
     """Create or resume the study, check its settings, raise its target by ``trials``:
     (store, study, spec, target)."""
-    from .interrupts import check, shielded
-    from .study import open_study
-    from .workers import set_target
+    from .core.interrupts import check, shielded
+    from .search.study import open_study
+    from .search.workers import set_target
 
     if beat["grace_period"] <= beat["heartbeat_interval"]:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
@@ -116,7 +116,7 @@ def as_argv(options: Any) -> list[str]:
 
 
 def resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
-    from .devices import resolve_device, resolve_precision
+    from .engine.devices import resolve_device, resolve_precision
 
     dev = resolve_device(device)
     return dev, resolve_precision(precision, dev)
@@ -133,10 +133,10 @@ def work_here(
     """
     import os
 
-    from .interrupts import causes, cleaning, stop_in
-    from .storage import mask_url
-    from .study import PRUNERS, SAMPLERS
-    from .workers import BudgetedStudy, study_lock, worker_seed
+    from .core.interrupts import causes, cleaning, stop_in
+    from .search.storage import mask_url
+    from .search.study import PRUNERS, SAMPLERS
+    from .search.workers import BudgetedStudy, study_lock, worker_seed
 
     prefix = f"[{label}] " if label else ""
     extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
@@ -172,8 +172,8 @@ def work_here(
 
 def _release(budgeted: Any, why: str, requeue: bool) -> str:
     """Best effort: FAIL (or re-queue) this process's interrupted trial; say what happened."""
-    from .errors import StorageError
-    from .workers import release
+    from .core.errors import StorageError
+    from .search.workers import release
 
     try:
         done = release(budgeted, why, requeue_it=requeue)
@@ -190,12 +190,12 @@ def _release(budgeted: Any, why: str, requeue: bool) -> str:
 def _run_trials(
     budgeted: Any, url: str, spec: Any, work: Any, extra: dict[str, Any], prefix: str, progress: Progress, say: Say
 ) -> None:
-    from . import data as data_mod
-    from .artifacts import open_store as open_artifacts
-    from .objective import Objective
-    from .storage import mask_url
-    from .train import Diverged
-    from .workers import work as work_loop
+    from .engine import data as data_mod
+    from .engine.train import Diverged
+    from .search.artifacts import open_store as open_artifacts
+    from .search.objective import Objective
+    from .search.storage import mask_url
+    from .search.workers import work as work_loop
 
     dev, prec = resolve_runtime(work.device, work.precision)
     dataset = load_dataset(work.data_dir, work.download)
@@ -225,7 +225,7 @@ def _run_trials(
 @functools.cache
 def load_dataset(data_dir: Path | None, download: bool):
     """Fashion-MNIST, loaded once per process however many studies it works on."""
-    from . import data as data_mod
+    from .engine import data as data_mod
 
     return data_mod.load(data_dir, allow_download=download)
 
@@ -245,8 +245,8 @@ def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int,
     import subprocess
     import time
 
-    from .interrupts import Stop, check, cleaning
-    from .storage import mask_url
+    from .core.interrupts import Stop, check, cleaning
+    from .search.storage import mask_url
 
     say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
     # The storage URL and data folder travel in the environment (the password stays out of `ps`).
@@ -293,6 +293,23 @@ def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int,
         raise Stopped(f"worker(s) failed: {', '.join(failed)}; see their errors above", EXIT_FAILED)
 
 
+def load_model(
+    study: str | None, trial: int | None, weights: Path | None, store: Callable[[], Any], artifact_dir: Path
+) -> tuple[str, str, Any]:
+    """(label, model name, model) from a study's trial (its best, or number ``trial``) or a weights file."""
+    from .engine.weights import load_weights_file
+    from .search.artifacts import trial_model
+    from .search.study import load_study
+
+    if (study is None) == (weights is None):
+        raise FmnistSearchError("give --study NAME (its best or --trial N weights) or --weights FILE")
+    if weights is not None:
+        name, model = load_weights_file(weights)
+        return weights.stem, name, model
+    t, name, model = trial_model(load_study(store(), study), artifact_dir, trial)
+    return f"{study} trial {t.number}", name, model
+
+
 def train_config(
     model: str | None,
     preset: str | None,
@@ -306,8 +323,9 @@ def train_config(
     the study store, only when a study is named."""
     import json
 
-    from .config import load_preset
-    from .study import find_trial, load_study, stored_spec
+    from .core.config import load_preset
+    from .search.record import TrialRecord
+    from .search.study import find_trial, load_study, stored_spec
 
     config: dict[str, Any] = {}
     split: dict[str, Any] = {}
@@ -324,7 +342,7 @@ def train_config(
         spec = stored_spec(study)
         model = model or spec.model
         t = find_trial(study, trial)
-        config.update(t.user_attrs.get("config") or {"epochs": spec.epochs, "batch_size": spec.batch_size,
+        config.update(TrialRecord.of(t).config or {"epochs": spec.epochs, "batch_size": spec.batch_size,
                                                       "momentum": spec.momentum, **spec.fixed, **t.params})  # fmt: skip
         config.pop("seed", None)
         split = {"val_size": spec.val_size, "train_size": spec.train_size, "seed": spec.seed}

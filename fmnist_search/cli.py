@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import DEFAULT_STORAGE, GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
-from .errors import FmnistSearchError
+from .core.config import DEFAULT_STORAGE, GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
+from .core.errors import FmnistSearchError
 
 app = typer.Typer(
     help="Hyperparameter search for Fashion-MNIST classifiers on Optuna.",
@@ -40,7 +40,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 def _user_error(e: BaseException) -> FmnistSearchError | None:
     """The first of our own errors in ``e``'s cause/context chain."""
-    from .interrupts import causes
+    from .core.interrupts import causes
 
     return next((x for x in causes(e) if isinstance(x, FmnistSearchError)), None)
 
@@ -62,7 +62,7 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
             from .app import EXIT_FAILED, signal_name
-            from .interrupts import handled, stop_in
+            from .core.interrupts import handled, stop_in
 
             with handled() if stoppable else contextlib.nullcontext():
                 try:
@@ -87,7 +87,7 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
 
 
 def _model_help() -> str:
-    from .config import MODEL_NAMES  # not models.list_models: --help must not import torch
+    from .core.config import MODEL_NAMES  # not models.list_models: --help must not import torch
 
     return f"Network to train: {', '.join(MODEL_NAMES)}."
 
@@ -140,7 +140,7 @@ SaveWeightsOpt = Annotated[bool, typer.Option(help="Save each completed trial's 
 
 
 def _artifact_dir(storage: str, artifacts: Path | None) -> Path:
-    from .artifacts import default_dir
+    from .search.artifacts import default_dir
 
     return artifacts if artifacts is not None else default_dir(storage)
 
@@ -318,7 +318,7 @@ def run(
     import os
 
     from .app import open_with_target, plan_studies, resolve_runtime, spawn_workers, work_here
-    from .workers import plan_workers
+    from .search.workers import plan_workers
 
     o = options
     if gpus is None and workers_per_gpu != 1:
@@ -363,8 +363,8 @@ def worker(
     for both, up to --storage-patience seconds, saying so.
     """
     from .app import resolve_runtime, work_here
-    from .study import stored_spec
-    from .workers import wait_for_study
+    from .search.study import stored_spec
+    from .search.workers import wait_for_study
 
     if work.grace_period <= work.heartbeat_interval:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
@@ -415,15 +415,16 @@ class _RunProgress:
         )
 
     def on_trial(self, study: Any, trial: Any) -> None:
-        a = trial.user_attrs
-        val = a.get("val_accuracy")
+        from .search.record import TrialRecord
+
+        a = TrialRecord.of(trial)
         line = f"{self.prefix}trial {trial.number} {trial.state.name}: lr={trial.params.get('lr', float('nan')):.4g}"
-        if val is not None:
-            line += f" val={val:.4f} after {a.get('epochs_completed')} epochs, {a.get('throughput', 0):,.0f} samples/s"
-        if "test_accuracy" in a:
-            line += f" test={a['test_accuracy']:.4f}"
-        if "fail_reason" in a:
-            line += f" ({a['fail_reason']})"
+        if a.val_accuracy is not None:
+            line += f" val={a.val_accuracy:.4f} after {a.epochs_completed} epochs, {a.throughput or 0:,.0f} samples/s"
+        if a.test_accuracy is not None:
+            line += f" test={a.test_accuracy:.4f}"
+        if a.fail_reason is not None:
+            line += f" ({a.fail_reason})"
         if self.progress.disable:
             _say(line)
         else:
@@ -438,7 +439,8 @@ class _RunProgress:
 
 
 def _print_summary(study: Any) -> None:
-    from .export import best_trial, state_counts
+    from .search.export import best_trial, state_counts
+    from .search.record import TrialRecord
 
     counts = state_counts(study)
     table = Table(title=f"study {study.study_name}")
@@ -450,11 +452,11 @@ def _print_summary(study: Any) -> None:
     if best is None:
         out.print("no completed trial yet")
         return
-    a = best.user_attrs
+    a = TrialRecord.of(best)
+    test = a.test_accuracy if a.test_accuracy is not None else float("nan")
     out.print(
-        f"best trial {best.number}: val_accuracy={best.value:.4f} "
-        f"test_accuracy={a.get('test_accuracy', float('nan')):.4f} "
-        f"params={best.params} throughput={a.get('throughput', 0):,.0f} samples/s on {a.get('device')}",
+        f"best trial {best.number}: val_accuracy={best.value:.4f} test_accuracy={test:.4f} "
+        f"params={best.params} throughput={a.throughput or 0:,.0f} samples/s on {a.device}",
         markup=False,
         highlight=False,
     )
@@ -465,7 +467,8 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """List studies: name, model, trials by state, best validation and test accuracy."""
     import optuna
 
-    from .export import best_trial, state_counts
+    from .search.export import best_trial, state_counts
+    from .search.record import TrialRecord
 
     store = _storage(storage)
     summaries = optuna.get_all_study_summaries(store, include_best_trial=False)
@@ -484,7 +487,7 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
             str(study.user_attrs.get("model", "?")),
             *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
             f"{best.value:.4f}" if best else "-",
-            f"{best.user_attrs.get('test_accuracy', float('nan')):.4f}" if best else "-",
+            f"{TrialRecord.of(best).test_accuracy or float('nan'):.4f}" if best else "-",
         )
     out.print(table)
 
@@ -492,8 +495,8 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
 @command()
 def show(study: StudyOpt, storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """The best trial of a study: params, accuracies, throughput, device."""
-    from .export import best_trial, state_counts
-    from .study import load_study
+    from .search.export import best_trial, state_counts
+    from .search.study import load_study
 
     s = load_study(_storage(storage), study)
     best = best_trial(s)
@@ -523,8 +526,8 @@ def export(
     all_states: Annotated[bool, typer.Option("--all", help="Every trial, not just completed ones.")] = False,
 ) -> None:
     """Write the study's trials as CSV, best first."""
-    from .export import trials_frame
-    from .study import load_study
+    from .search.export import trials_frame
+    from .search.study import load_study
 
     frame = trials_frame(load_study(_storage(storage), study), include_all=all_states, top=top)
     if output is None:
@@ -555,8 +558,8 @@ def dashboard(
 
     from optuna_dashboard import run_server
 
-    from .artifacts import open_store
-    from .study import mask_url
+    from .search.artifacts import open_store
+    from .search.study import mask_url
 
     store = _storage(storage)
     art_dir = _artifact_dir(storage, artifacts)
@@ -590,7 +593,7 @@ def data_cmd(
     verify: Annotated[bool, typer.Option(help="Check the SHA-256 of the files found.")] = True,
 ) -> None:
     """Where the data was found, whether it verified, and how to get it."""
-    from . import data as data_mod
+    from .engine import data as data_mod
 
     for loc in data_mod.survey(data_dir):
         found = sum(p is not None for p in loc.files.values())
@@ -617,8 +620,8 @@ def report(
     csv: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None,
 ) -> None:
     """The report's Table 1 for these studies, with the report's figures alongside."""
-    from .report import report_frame, to_markdown
-    from .study import load_study
+    from .search.report import report_frame, to_markdown
+    from .search.study import load_study
 
     store = _storage(storage)
     frame = report_frame([load_study(store, name) for name in study])
@@ -652,8 +655,8 @@ def plot(
     """Learning curves and Optuna's plots of a study as HTML files, with an index.html."""
     import optuna_dashboard
 
-    from .plots import study_figures, write_html
-    from .study import load_study
+    from .search.plots import study_figures, write_html
+    from .search.study import load_study
 
     s = load_study(_storage(storage), study)
     figures = study_figures(s)
@@ -668,21 +671,6 @@ def plot(
 
 WeightsOpt = Annotated[Path | None, typer.Option(help="A weights file saved by `train --save` (instead of --study).")]
 TrialOpt = Annotated[int | None, typer.Option(help="Trial number [default: the best trial].")]
-
-
-def _load_model(study: str | None, trial: int | None, weights: Path | None, storage: str, artifacts: Path | None):
-    """(label, model name, model) from a study's trial artifact or from a weights file."""
-    from .artifacts import trial_model
-    from .study import load_study
-    from .weights import load_weights_file
-
-    if (study is None) == (weights is None):
-        raise FmnistSearchError("give --study NAME (its best or --trial N weights) or --weights FILE")
-    if weights is not None:
-        name, model = load_weights_file(weights)
-        return weights.stem, name, model
-    t, name, model = trial_model(load_study(_storage(storage), study), _artifact_dir(storage, artifacts), trial)
-    return f"{study} trial {t.number}", name, model
 
 
 @command()
@@ -703,13 +691,13 @@ def evaluate(
     """Test accuracy, per-class accuracy and the confusion matrix of a trial's (or a file's) weights."""
     import re
 
-    from .app import load_dataset, resolve_runtime
-    from .data import CLASSES
-    from .inference import confusion_matrix, per_class_accuracy
-    from .plots import confusion_figure
-    from .train import to_device
+    from .app import load_dataset, load_model, resolve_runtime
+    from .engine.data import CLASSES
+    from .engine.inference import confusion_matrix, per_class_accuracy
+    from .engine.train import to_device
+    from .search.plots import confusion_figure
 
-    label, _, model = _load_model(study, trial, weights, storage, artifacts)
+    label, _, model = load_model(study, trial, weights, lambda: _storage(storage), _artifact_dir(storage, artifacts))
     dev, _ = resolve_runtime(device, "fp32")
     ds = load_dataset(data_dir, download)
     x, y = to_device(ds.test_images, ds.test_labels, dev)
@@ -749,11 +737,12 @@ def predict(
     """Class and probability for each image (light garment on dark, like Fashion-MNIST; the inverse is flipped)."""
     import torch
 
-    from .data import CLASSES
-    from .inference import load_image, predict_images
+    from .app import load_model
+    from .engine.data import CLASSES
+    from .engine.inference import load_image, predict_images
 
     loaded = [load_image(p) for p in images]  # every file is checked before the model is loaded
-    label, _, model = _load_model(study, trial, weights, storage, artifacts)
+    label, _, model = load_model(study, trial, weights, lambda: _storage(storage), _artifact_dir(storage, artifacts))
     probs = predict_images(model, torch.stack([img for img, _ in loaded]), torch.device("cpu"))
     for path, (_, inverted), p in zip(images, loaded, probs, strict=True):
         k = int(p.argmax())
@@ -785,12 +774,12 @@ def train(
     """Train one configuration without a study; the last line is `test_accuracy=...`."""
     import torch
 
-    from . import data as data_mod
     from .app import load_dataset, resolve_runtime, train_config
-    from .config import check_recipe
-    from .devices import tune_backend
-    from .models import create_model, list_models
-    from .train import TrainConfig, to_device
+    from .core.config import check_recipe
+    from .engine import data as data_mod
+    from .engine.devices import tune_backend
+    from .engine.models import create_model, list_models
+    from .engine.train import TrainConfig, to_device
 
     name, config, split = train_config(model, preset, params, from_study, trial, lambda: _storage(storage))
     if epochs is not None:
@@ -817,9 +806,9 @@ def train(
 def _train_one(name, cfg, config, dev, prec, compile, tr, va, te, full_train, run_seed, save) -> None:
     import torch
 
-    from .teachers import teacher_for
-    from .train import Diverged, evaluate, train_recipe
-    from .weights import weights_payload
+    from .engine.teachers import teacher_for
+    from .engine.train import Diverged, evaluate, train_recipe
+    from .engine.weights import weights_payload
 
     teacher = teacher_for(cfg.teacher, tr, run_seed, prec, say=_say) if cfg.teacher else None
     out.print(f"train {name} on {len(tr[0])} images ({dev}, {prec}): {config}", markup=False, highlight=False)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist_search import data
+from fmnist_search.engine import data
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -19,8 +19,8 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from fmnist_search import data
 from fmnist_search.cli import app
+from fmnist_search.engine import data
 from tests.conftest import cli_process
 
 runner = CliRunner()
@@ -255,7 +255,7 @@ def test_help_answers_without_importing_the_heavy_libraries(args):
 def test_study_options_are_study_settings_or_say_which_study():
     """An option renamed away from its StudySpec field would silently stop reaching the study."""
     from fmnist_search.cli import StudyOptions
-    from fmnist_search.config import SPEC_FIELDS
+    from fmnist_search.core.config import SPEC_FIELDS
 
     assert set(StudyOptions.SETTINGS) <= SPEC_FIELDS
     others = {f.name for f in dataclasses.fields(StudyOptions)} - set(StudyOptions.SETTINGS)

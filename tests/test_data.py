@@ -3,8 +3,8 @@ import gzip
 import pytest
 import torch
 
-from fmnist_search import data
-from fmnist_search.errors import DataError
+from fmnist_search.core.errors import DataError
+from fmnist_search.engine import data
 
 
 @pytest.mark.parametrize("compress", [True, False])

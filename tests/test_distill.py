@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.config import StudySpec, check_recipe, load_preset
-from fmnist_search.errors import ConfigError
-from fmnist_search.objective import Objective
-from fmnist_search.teachers import teacher_for
-from fmnist_search.train import TrainConfig, distillation_loss, fit, to_device
+from fmnist_search.core.config import StudySpec, check_recipe, load_preset
+from fmnist_search.core.errors import ConfigError
+from fmnist_search.engine.teachers import teacher_for
+from fmnist_search.engine.train import TrainConfig, distillation_loss, fit, to_device
+from fmnist_search.search.objective import Objective
 
 runner = CliRunner()
 

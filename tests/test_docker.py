@@ -121,7 +121,7 @@ def test_the_dashboard_role_reads_but_cannot_delete(postgres_url, tmp_path):
 
     import optuna
 
-    from fmnist_search.storage import make_storage
+    from fmnist_search.search.storage import make_storage
 
     owner = urlsplit(postgres_url)
     env = {**os.environ, "POSTGRES_USER": "fmnist", "POSTGRES_DB": "fmnist-ro", "DASHBOARD_PASSWORD": "ro-pw",

@@ -24,9 +24,11 @@ import sqlalchemy.orm
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from fmnist_search import artifacts, interrupts, objective, train, workers
 from fmnist_search.cli import app
-from fmnist_search.workers import census
+from fmnist_search.core import interrupts
+from fmnist_search.engine import train
+from fmnist_search.search import artifacts, objective, workers
+from fmnist_search.search.workers import census
 from tests.conftest import cli_process
 
 runner = CliRunner()

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from fmnist_search.config import MODEL_NAMES
-from fmnist_search.errors import ConfigError
-from fmnist_search.models import create_model, list_models, num_params
+from fmnist_search.core.config import MODEL_NAMES
+from fmnist_search.core.errors import ConfigError
+from fmnist_search.engine.models import create_model, list_models, num_params
 
 # Parameter counts: LeNet by hand (conv 156 + 2416, fc 30840 + 10164 + 850); airbench by
 # hand (convs 144 + 4608 + 9216 + 18432 + 36864 + 36864 + 36864, BN 2 x 336, linear 640);
@@ -17,9 +17,9 @@ def test_registry_lists_the_models():
 
 
 def test_registries_have_exactly_the_names_settings_check():
-    from fmnist_search.config import PRUNER_NAMES, SAMPLER_NAMES, SPACE_NAMES
-    from fmnist_search.space import SPACES
-    from fmnist_search.study import PRUNERS, SAMPLERS
+    from fmnist_search.core.config import PRUNER_NAMES, SAMPLER_NAMES, SPACE_NAMES
+    from fmnist_search.search.space import SPACES
+    from fmnist_search.search.study import PRUNERS, SAMPLERS
 
     assert sorted(SAMPLERS) == list(SAMPLER_NAMES)
     assert sorted(PRUNERS) == list(PRUNER_NAMES)

@@ -5,12 +5,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from fmnist_search import objective as objective_mod
-from fmnist_search import train as train_mod
-from fmnist_search.config import StudySpec
-from fmnist_search.models import create_model
-from fmnist_search.objective import Objective
-from fmnist_search.train import Diverged, build_model
+from fmnist_search.core.config import StudySpec
+from fmnist_search.engine import train as train_mod
+from fmnist_search.engine.models import create_model
+from fmnist_search.engine.train import Diverged, build_model
+from fmnist_search.search import objective as objective_mod
+from fmnist_search.search.objective import Objective
+from fmnist_search.search.record import FIELDS, TrialRecord
 
 ATTRS = {
     "test_accuracy", "val_accuracy", "train_accuracy", "train_loss", "throughput",
@@ -36,6 +37,18 @@ def test_completed_trial_has_every_attr(tiny_splits):
         assert sorted(t.intermediate_values) == [1, 2]
         assert [h["epoch"] for h in t.user_attrs["history"]] == [1, 2]
         assert 0.01 <= t.params["lr"] <= 0.1
+        # Every attr the objective writes is a TrialRecord field, and reads back as one.
+        assert set(t.user_attrs) <= set(FIELDS)
+        record = TrialRecord.of(t)
+        assert record.population == 1 and record.config["lr"] == t.params["lr"]
+        assert record.attrs() == t.user_attrs
+
+
+def test_record_reads_old_and_foreign_attrs():
+    t = optuna.trial.create_trial(value=0.5, user_attrs={"val_accuracy": 0.5, "somebody_elses": 1})
+    record = TrialRecord.of(t)  # keys this version does not know are ignored, missing ones are None
+    assert record.val_accuracy == 0.5 and record.test_accuracy is None and record.history == []
+    assert record.attrs() == {"val_accuracy": 0.5}
 
 
 def test_pruned_trial_keeps_what_it_measured(tiny_splits):
@@ -99,7 +112,7 @@ def test_trials_are_reproducible(tiny_splits):
 
 @pytest.mark.parametrize("bad", [{"lr_min": 0.5, "lr_max": 0.1}, {"lr_min": -1.0}, {"epochs": 0}])
 def test_spec_rejects_bad_values(bad):
-    from fmnist_search.errors import ConfigError
+    from fmnist_search.core.errors import ConfigError
 
     with pytest.raises(ConfigError):
         StudySpec(**bad)

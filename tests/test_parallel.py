@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.workers import census, plan_workers
+from fmnist_search.search.workers import census, plan_workers
 from tests.conftest import cli_process
 
 TINY = ["--epochs", "1", "--train-size", "1024", "--val-size", "1000", "--batch-size", "128"]
@@ -145,7 +145,7 @@ def test_the_budget_lock_is_really_held_on_the_database_server(database_url):
     (MariaDB reads GET_LOCK's "-1 = forever" as an error: no lock was taken at all.)"""
     from sqlalchemy import create_engine, text
 
-    from fmnist_search.workers import _lock_key, study_lock
+    from fmnist_search.search.workers import _lock_key, study_lock
 
     key = {"k": _lock_key(database_url, "s")}
     postgres = database_url.startswith("postgresql")

@@ -13,16 +13,17 @@ from optuna.trial import TrialState, create_trial
 from PIL import Image
 from typer.testing import CliRunner
 
-from fmnist_search import data
-from fmnist_search import objective as objective_mod
-from fmnist_search.artifacts import WEIGHTS_ATTR, load_model, open_store
 from fmnist_search.cli import app
-from fmnist_search.config import StudySpec
-from fmnist_search.objective import Objective
-from fmnist_search.plots import curves_data, learning_curves, study_figures
-from fmnist_search.report import report_frame, to_markdown
-from fmnist_search.study import make_storage, open_study
-from fmnist_search.train import predict_proba
+from fmnist_search.core.config import StudySpec
+from fmnist_search.engine import data
+from fmnist_search.engine.train import predict_proba
+from fmnist_search.search import objective as objective_mod
+from fmnist_search.search.artifacts import load_model, open_store
+from fmnist_search.search.objective import Objective
+from fmnist_search.search.plots import curves_data, learning_curves, study_figures
+from fmnist_search.search.record import TrialRecord
+from fmnist_search.search.report import report_frame, to_markdown
+from fmnist_search.search.study import make_storage, open_study
 
 runner = CliRunner()
 
@@ -119,7 +120,7 @@ def test_weights_round_trip_through_the_artifact_store(tmp_path, tiny_splits, mo
     monkeypatch.setattr(objective_mod, "build_model", spy)
     study.optimize(obj, n_trials=1)
     t = study.trials[0]
-    name, loaded = load_model(store, t.user_attrs[WEIGHTS_ATTR])
+    name, loaded = load_model(store, TrialRecord.of(t).weights_artifact)
     assert name == "lenet"
     x = obj.val[0]
     assert torch.allclose(predict_proba(loaded, x), predict_proba(models[0], x), atol=1e-6)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fmnist_search import augment
 from fmnist_search.cli import app
-from fmnist_search.config import StudySpec, load_preset, preset_names
-from fmnist_search.errors import ConfigError
-from fmnist_search.objective import Objective
-from fmnist_search.schedules import make_scheduler
-from fmnist_search.space import PARAMS
-from fmnist_search.train import BACKGROUND, TrainConfig, augment_batch
+from fmnist_search.core.config import StudySpec, load_preset, preset_names
+from fmnist_search.core.errors import ConfigError
+from fmnist_search.engine import augment
+from fmnist_search.engine.schedules import make_scheduler
+from fmnist_search.engine.train import BACKGROUND, TrainConfig, augment_batch
+from fmnist_search.search.objective import Objective
+from fmnist_search.search.space import PARAMS
 
 runner = CliRunner()
 
@@ -194,7 +194,7 @@ def test_train_errors():
 
 def test_fix_adds_to_a_presets_fixed_table(tmp_path):
     # lenet-tuned fixes epochs=10 and crop=0; --fix must add tta_flip and override crop, not drop epochs.
-    from fmnist_search.study import load_study, stored_spec
+    from fmnist_search.search.study import load_study, stored_spec
 
     url = f"sqlite:///{tmp_path}/s.db"
     args = ["create", "--preset", "lenet-tuned", "--study", "s", "--storage", url, "--fix", "tta_flip=true"]

@@ -1,8 +1,8 @@
 import optuna
 import pytest
 
-from fmnist_search.errors import ConfigError, StorageError
-from fmnist_search.study import load_study, make_storage, mask_url, open_study
+from fmnist_search.core.errors import ConfigError, StorageError
+from fmnist_search.search.study import load_study, make_storage, mask_url, open_study
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fmnist_search import train
-from fmnist_search.models import create_model
-from fmnist_search.train import predict_proba
+from fmnist_search.engine import train
+from fmnist_search.engine.models import create_model
+from fmnist_search.engine.train import predict_proba
 from tests.conftest import synthetic
 
 

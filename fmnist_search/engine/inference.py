@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import FmnistSearchError
+from ..core.errors import FmnistSearchError
 from .train import predict_proba, to_device
 
 BORDER_PX = 2  # the ring of pixels that tells background from garment

@@ -15,6 +15,8 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
+from .record import TrialRecord
+
 CURVES = (("train_loss", "train loss"), ("train_accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"))
 
 
@@ -22,7 +24,7 @@ def curves_data(study: optuna.Study) -> list[dict[str, Any]]:
     """Per trial: number, state, params and its per-epoch history (completed and pruned trials)."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        history = t.user_attrs.get("history") or []
+        history = TrialRecord.of(t).history
         if history:
             out.append({"number": t.number, "state": t.state.name, "params": t.params, "history": history})
     return out

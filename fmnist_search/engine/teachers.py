@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from filelock import FileLock
 
-from .config import TrainConfig, cache_root, check_teacher
+from ..core.config import TrainConfig, cache_root, check_teacher
 from .train import EpochMetrics, train_recipe
 from .weights import load_weights_file, weights_payload
 

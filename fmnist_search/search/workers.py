@@ -29,9 +29,10 @@ import optuna
 from filelock import FileLock
 from optuna.trial import FrozenTrial, TrialState
 
-from . import interrupts
-from .config import cache_root
-from .errors import StorageError
+from ..core import interrupts
+from ..core.config import cache_root
+from ..core.errors import StorageError
+from .record import TrialRecord
 from .storage import Retrier, dialect
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
@@ -237,12 +238,14 @@ def release(study: BudgetedStudy, why: str, *, requeue_it: bool) -> list[str]:
     candidates = {t._trial_id: t for t in running if t.number in mine}
     last_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, study.asked[-1])
     last = candidates.get(last_id) or storage.get_trial(last_id)
-    if last.state == TrialState.FAIL and str(last.user_attrs.get("fail_reason", "")).startswith(interrupts.INTERRUPTED):
+    if last.state == TrialState.FAIL and (TrialRecord.of(last).fail_reason or "").startswith(interrupts.INTERRUPTED):
         candidates[last_id] = last
     done = []
     for trial_id, t in sorted(candidates.items(), key=lambda item: item[1].number):
         if t.state == TrialState.RUNNING:
-            storage.set_trial_user_attr(trial_id, "fail_reason", f"{interrupts.INTERRUPTED}: {why}")
+            storage.set_trial_user_attr(
+                trial_id, "fail_reason", f"{interrupts.INTERRUPTED}: {why}"
+            )  # TrialRecord field
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         if requeue_it:
             requeue(study, storage.get_trial(trial_id))

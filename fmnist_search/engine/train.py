@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.config import TrainConfig
 from . import augment
-from .config import TrainConfig
 from .devices import PRECISIONS, synchronize
 from .models import create_model
 from .schedules import make_scheduler

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError, DeviceError
+from ..core.errors import ConfigError, DeviceError
 
 # precision name -> autocast dtype (None: plain fp32, no autocast)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

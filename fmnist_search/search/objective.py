@@ -6,6 +6,7 @@ The trainer knows nothing about Optuna; this module turns its per-epoch callback
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -13,16 +14,27 @@ from typing import Any
 import optuna
 import torch
 
-from . import interrupts
-from .artifacts import WEIGHTS_ATTR, save_model
-from .config import StudySpec
-from .data import Splits
-from .devices import device_name, tune_backend
-from .errors import StorageError
-from .models import num_params
+from ..core import interrupts
+from ..core.config import StudySpec
+from ..core.errors import StorageError
+from ..engine.data import Splits
+from ..engine.devices import device_name, tune_backend
+from ..engine.models import num_params
+from ..engine.teachers import teacher_for
+from ..engine.train import (
+    Built,
+    Diverged,
+    EpochMetrics,
+    FitResult,
+    TrainConfig,
+    build_model,
+    evaluate,
+    to_device,
+    train_recipe,
+)
+from .artifacts import save_model
+from .record import FIELDS, TrialRecord
 from .space import suggest
-from .teachers import teacher_for
-from .train import Built, Diverged, EpochMetrics, FitResult, TrainConfig, build_model, evaluate, to_device, train_recipe
 
 EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
 
@@ -66,18 +78,20 @@ class Objective:
             seed=self.spec.seed + trial.number,  # reproducible per trial, different across trials
             precision=self.precision,
         )
-        for key, value in self.extra_attrs.items():  # at the start: who runs a RUNNING trial
-            trial.set_user_attr(key, value)
+        record = TrialRecord(**self.extra_attrs)
+        _write(trial, record.attrs())  # at the start: who runs a RUNNING trial
         built = build_model(self.spec.model, cfg.seed, self.device, self._compiled)
-        attrs: dict[str, Any] = {
-            "device": str(self.device),
-            "device_name": device_name(self.device),
-            "torch_version": torch.__version__,
-            "precision": cfg.precision,
-            "compiled": self.compile,
-            "num_params": num_params(built.module),
-            "config": {k: v for k, v in asdict(cfg).items() if k not in ("precision", "eval_batch_size")},
-        }
+        record = dataclasses.replace(
+            record,
+            device=str(self.device),
+            device_name=device_name(self.device),
+            torch_version=torch.__version__,
+            precision=cfg.precision,
+            compiled=self.compile,
+            num_params=num_params(built.module),
+            population=1,
+            config={k: v for k, v in asdict(cfg).items() if k not in ("precision", "eval_batch_size")},
+        )
         result = FitResult()
 
         def on_epoch_end(m: EpochMetrics) -> None:
@@ -93,40 +107,47 @@ class Objective:
         try:
             train_recipe(self.spec.model, cfg, self.train, self.val, built=built, teacher=self.teacher,
                          on_epoch_end=on_epoch_end)  # fmt: skip
-            attrs["test_accuracy"], _ = evaluate(built.runnable, *self.test, tta_flip=cfg.tta_flip)  # fp32: see fit
+            record.test_accuracy, _ = evaluate(built.runnable, *self.test, tta_flip=cfg.tta_flip)  # fp32: see fit
             if self.artifact_store is not None:
-                attrs[WEIGHTS_ATTR] = save_model(self.artifact_store, trial, built.module, self.spec.model)
+                record.weights_artifact = save_model(self.artifact_store, trial, built.module, self.spec.model)
             return result.history[-1].val_accuracy
         except Diverged as e:
-            attrs["fail_reason"] = str(e)
+            record.fail_reason = str(e)
             raise
         except (interrupts.Stop, StorageError) as e:
             # Not the trial's doing: the worker re-queues it (SIGTERM, a lost store) or marks it FAIL (Ctrl-C).
-            attrs["fail_reason"] = f"{interrupts.INTERRUPTED}: {e}"
+            record.fail_reason = f"{interrupts.INTERRUPTED}: {e}"
             raise
         finally:
             # Runs for completed, pruned, diverged and interrupted trials alike, so every
             # trial keeps what it measured.
-            attrs.update(summarize(result))
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
+            summarize(result, record)
+            _write(trial, record.attrs(*_RUN_FIELDS))
             del built
             _release(self.device)
 
 
-def summarize(result: FitResult) -> dict[str, Any]:
+def summarize(result: FitResult, record: TrialRecord) -> None:
+    """Copy what ``fit`` measured into ``record``."""
+    record.epochs_completed = 0
     if not result.history:
-        return {"epochs_completed": 0}
+        return
     last = result.history[-1]
-    return {
-        "val_accuracy": last.val_accuracy,
-        "train_accuracy": last.train_accuracy,
-        "train_loss": last.train_loss,
-        "throughput": result.throughput,
-        "train_time_s": result.train_time_s,
-        "epochs_completed": last.epoch,
-        "history": [asdict(m) for m in result.history],
-    }
+    record.val_accuracy = last.val_accuracy
+    record.train_accuracy = last.train_accuracy
+    record.train_loss = last.train_loss
+    record.throughput = result.throughput
+    record.train_time_s = result.train_time_s
+    record.epochs_completed = last.epoch
+    record.history = [asdict(m) for m in result.history]
+
+
+_RUN_FIELDS = tuple(f for f in FIELDS if f not in ("worker", "gpu"))  # written at the end (the start wrote those)
+
+
+def _write(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
 
 
 def _release(device: torch.device) -> None:

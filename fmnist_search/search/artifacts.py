@@ -13,10 +13,9 @@ import torch
 import torch.nn as nn
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
-from .errors import FmnistSearchError, StorageError
-from .weights import load_weights_file, weights_payload
-
-WEIGHTS_ATTR = "weights_artifact"  # trial user attr: the artifact id of the trial's weights
+from ..core.errors import FmnistSearchError, StorageError
+from ..engine.weights import load_weights_file, weights_payload
+from .record import TrialRecord
 
 
 def default_dir(storage_url: str) -> Path:
@@ -60,7 +59,7 @@ def trial_model(study: optuna.Study, store_dir: Path, trial_number: int | None =
     from .study import find_trial
 
     trial = find_trial(study, trial_number)
-    artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
+    artifact_id = TrialRecord.of(trial).weights_artifact
     if artifact_id is None:
         raise FmnistSearchError(
             f"trial {trial.number} of {study.study_name!r} has no saved weights "

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from .config import cache_root
-from .errors import DataError
+from ..core.config import cache_root
+from ..core.errors import DataError
 
 # name -> (SHA-256 of the decompressed file, size in bytes)
 FILES: dict[str, tuple[str, int]] = {

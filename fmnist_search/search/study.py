@@ -13,8 +13,8 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
-from .config import DEFAULT_STORAGE, StudySpec, check_recipe, resolve  # noqa: F401 - re-exported
-from .errors import StorageError
+from ..core.config import DEFAULT_STORAGE, StudySpec, check_recipe, resolve  # noqa: F401 - re-exported
+from ..core.errors import StorageError
 from .storage import make_storage, mask_url  # noqa: F401 - re-exported
 
 SAMPLERS: dict[str, Callable[[StudySpec, int], optuna.samplers.BaseSampler]] = {
@@ -95,6 +95,6 @@ def open_study(storage: RDBStorage, name: str, requested: dict[str, Any]) -> tup
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__

@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from .record import TrialRecord
 from .study import stored_spec
 
 
@@ -48,11 +49,11 @@ def report_frame(studies: list[optuna.Study]) -> pd.DataFrame:
         spec = stored_spec(study)
         recipe = all(getattr(spec, k) == v for k, v in REPORT_RECIPE.items()) and spec.space == "lr"
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            a = t.user_attrs
-            lr = t.params.get("lr", a.get("config", {}).get("lr", math.nan))
+            a = TrialRecord.of(t)
+            lr = t.params.get("lr", (a.config or {}).get("lr", math.nan))
             rows.append(
-                [study.study_name, spec.model, t.number, lr, a.get("train_accuracy"), t.value, a.get("test_accuracy"),
-                 a.get("throughput"), a.get("device_name") or a.get("device"), *_report_row(spec.model, lr, recipe)]
+                [study.study_name, spec.model, t.number, lr, a.train_accuracy, t.value, a.test_accuracy,
+                 a.throughput, a.device_name or a.device, *_report_row(spec.model, lr, recipe)]
             )  # fmt: skip
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.sort_values(["model", "lr", "trial"], ascending=[True, False, True]).reset_index(drop=True)

@@ -34,9 +34,9 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy import exc as sa_exc
 
-from . import interrupts
-from .config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
-from .errors import StorageError
+from ..core import interrupts
+from ..core.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
+from ..core.errors import StorageError
 
 SQLITE_BUSY_TIMEOUT_S = 300  # how long a writer waits for SQLite's single write lock
 CONNECT_TIMEOUT_S = 10  # a TCP connect to the database that hangs longer counts as a failed attempt

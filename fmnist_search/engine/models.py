@@ -13,7 +13,7 @@ import torch.nn as nn
 from torchvision.models import resnet18 as _tv_resnet18
 from torchvision.models import resnet34 as _tv_resnet34
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 NUM_CLASSES = 10
 _REGISTRY: dict[str, Callable[[], nn.Module]] = {}

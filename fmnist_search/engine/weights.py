@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import FmnistSearchError
+from ..core.errors import FmnistSearchError
 from .models import create_model
 from .train import MEAN, STD
 

@@ -6,10 +6,22 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from .record import TrialRecord
+
 ATTR_COLUMNS = (
-    "test_accuracy", "train_accuracy", "train_loss", "throughput", "train_time_s",
-    "epochs_completed", "device", "device_name", "precision", "num_params", "fail_reason",
-)  # fmt: skip
+    "test_accuracy",
+    "train_accuracy",
+    "train_loss",
+    "throughput",
+    "train_time_s",
+    "epochs_completed",
+    "device",
+    "device_name",
+    "precision",
+    "num_params",
+    "population",
+    "fail_reason",
+)  # fmt: skip (TrialRecord fields)
 
 
 def trials_frame(study: optuna.Study, *, include_all: bool = False, top: int | None = None) -> pd.DataFrame:
@@ -18,13 +30,14 @@ def trials_frame(study: optuna.Study, *, include_all: bool = False, top: int | N
     rows = []
     for t in study.get_trials(deepcopy=False, states=states):
         duration = t.duration.total_seconds() if t.duration is not None else None
+        record = TrialRecord.of(t)
         row = {
             "trial": t.number,
             "state": t.state.name,
             # The objective value of a completed trial; the last measured one otherwise.
-            "val_accuracy": t.value if t.value is not None else t.user_attrs.get("val_accuracy"),
+            "val_accuracy": t.value if t.value is not None else record.val_accuracy,
         }
-        row.update({k: t.user_attrs.get(k) for k in ATTR_COLUMNS})
+        row.update({k: getattr(record, k) for k in ATTR_COLUMNS})
         row["duration_s"] = duration
         row.update(t.params)
         rows.append(row)
