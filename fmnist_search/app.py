@@ -345,6 +345,7 @@ def train_config(
         config.update(TrialRecord.of(t).config or {"epochs": spec.epochs, "batch_size": spec.batch_size,
                                                       "momentum": spec.momentum, **spec.fixed, **t.params})  # fmt: skip
         config.pop("seed", None)
+        config.pop("data_seed", None)  # `train` seeds its own run
         split = {"val_size": spec.val_size, "train_size": spec.train_size, "seed": spec.seed}
     if params is not None:
         try:

@@ -57,6 +57,7 @@ class TrainConfig:
     distill: float = 0.0  # weight of the teacher's soft targets in the loss (0: labels only, 1: teacher only)
     distill_temp: float = 4.0  # softmax temperature of both networks in the distillation term
     seed: int = 0  # seeds batch order and augmentation (weights are seeded by the caller)
+    data_seed: int | None = None  # seeds batch order and augmentation instead, when set (a population shares one)
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (resolved, never "auto")
     eval_batch_size: int = 2048  # samples per forward pass when evaluating
 
@@ -204,7 +205,8 @@ def _read_preset(path: Path | Traversable) -> dict[str, Any]:
 
 # --- recipes: the hyperparameters of one training run (TrainConfig fields) ---
 
-RECIPE_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"seed", "precision", "eval_batch_size"}
+_RUN_KEYS = {"seed", "data_seed", "precision", "eval_batch_size"}  # how a recipe is run, not the recipe
+RECIPE_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - _RUN_KEYS
 
 
 def check_fixed(fixed: dict[str, Any]) -> None:

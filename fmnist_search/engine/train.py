@@ -131,7 +131,7 @@ def fit(
     steps_per_epoch = len(range(0, _epoch_stop(n, cfg.batch_size), cfg.batch_size))
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs * steps_per_epoch, cfg.warmup_frac, cfg.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    order = torch.Generator(device=device).manual_seed(cfg.seed)
+    order = torch.Generator(device=device).manual_seed(cfg.seed if cfg.data_seed is None else cfg.data_seed)
     augmenting = cfg.crop > 0 or cfg.flip or cfg.erasing > 0
     result = FitResult()
     for epoch in range(1, cfg.epochs + 1):
@@ -238,6 +238,11 @@ def train_recipe(
     return built, fit(built.runnable, train, val, cfg, on_epoch_end=on_epoch_end, teacher=teacher)
 
 
+def widened(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits to fp32 for a loss, as autocast does for ``F.cross_entropy``; fp32/fp64 as they are."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton et al.'s soft-target term: KL(teacher || student) at ``temperature``, times T^2.
 
@@ -245,8 +250,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     so ``distill`` weighs the two terms alike.
     """
     t = temperature
-    log_p_student = F.log_softmax(student.float() / t, dim=1)
-    log_p_teacher = F.log_softmax(teacher.float() / t, dim=1)
+    log_p_student = F.log_softmax(widened(student) / t, dim=1)
+    log_p_teacher = F.log_softmax(widened(teacher) / t, dim=1)
     return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * t * t
 
 

@@ -1,0 +1,180 @@
+"""Population training: model k of a population is model k trained alone (float64, tight tolerance)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from fmnist_search.core.config import TrainConfig
+from fmnist_search.engine import population as pop
+from fmnist_search.engine.population import Member, fit_population, lr_table
+from fmnist_search.engine.schedules import make_scheduler
+from fmnist_search.engine.train import build_model, fit, to_device
+
+CPU = torch.device("cpu")
+TOL = {"rtol": 1e-10, "atol": 1e-12}  # float64: only summation order differs (grouped vs single convolutions)
+
+
+def _data(splits, n_train=192, n_val=64):
+    train = tuple(t.double() if t.is_floating_point() else t for t in to_device(*splits.train, CPU))
+    val = tuple(t.double() if t.is_floating_point() else t for t in to_device(*splits.val, CPU))
+    return (train[0][:n_train], train[1][:n_train]), (val[0][:n_val], val[1][:n_val])
+
+
+def _model(name, seed):
+    return build_model(name, seed, CPU).module.double()
+
+
+def _alone(name, seed, cfg, train, val):
+    model = _model(name, seed)
+    result = fit(model, train, val, cfg)
+    return model, result
+
+
+def _together(name, seeds, cfgs, train, val, on_epoch_end=None):
+    members = [Member(cfg) for cfg in cfgs]
+    census = fit_population([_model(name, s) for s in seeds], members, train, val, on_epoch_end=on_epoch_end)
+    return members, census
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], **TOL, msg=f"{key} differs")
+
+
+def _same_history(a, b):
+    assert len(a.history) == len(b.history)
+    for ma, mb in zip(a.history, b.history, strict=True):
+        assert ma.train_loss == pytest.approx(mb.train_loss, rel=1e-9)
+        assert ma.val_loss == pytest.approx(mb.val_loss, rel=1e-6, abs=1e-6)  # both summed in a float32 accumulator
+        assert (ma.train_accuracy, ma.val_accuracy, ma.samples) == (mb.train_accuracy, mb.val_accuracy, mb.samples)
+
+
+BASE = TrainConfig(lr=0.05, epochs=2, batch_size=32, data_seed=7)
+RECIPES = [  # per-model hyperparameters that differ inside one population
+    dataclasses.replace(BASE, lr=0.05, momentum=0.9),
+    dataclasses.replace(BASE, lr=0.01, momentum=0.5, nesterov=True, weight_decay=5e-3, schedule="cosine"),
+    dataclasses.replace(BASE, lr=0.2, momentum=0.0, label_smoothing=0.1, schedule="onecycle", warmup_frac=0.2),
+    dataclasses.replace(BASE, lr=0.03, epochs=1, warmup_frac=0.3, tta_flip=True),
+]
+
+
+@pytest.mark.parametrize("name", ["lenet", "airbench"])
+def test_a_population_of_one_is_the_plain_engine(tiny_splits, name):
+    train, val = _data(tiny_splits)
+    cfg = RECIPES[1]
+    model, result = _alone(name, 3, cfg, train, val)
+    (member,), census = _together(name, [3], [cfg], train, val)
+    assert member.status == "done" and census.kind == "fused"
+    _same_weights(member.module, model)  # BatchNorm running statistics included (airbench)
+    _same_history(member.result, result)
+
+
+@pytest.mark.parametrize("name", ["lenet", "airbench"])
+def test_each_model_of_a_population_is_that_model_trained_alone(tiny_splits, name):
+    train, val = _data(tiny_splits)
+    seeds = [0, 1, 2, 3]
+    members, census = _together(name, seeds, RECIPES, train, val)
+    for seed, cfg, member in zip(seeds, RECIPES, members, strict=True):
+        model, result = _alone(name, seed, cfg, train, val)
+        assert member.status == "done"
+        _same_weights(member.module, model)
+        _same_history(member.result, result)
+    # The population's samples: 4 models x 2 epochs, but the 1-epoch model left after its epoch.
+    assert census.samples == (4 + 3) * len(train[0]) - 0 and census.throughput > 0
+
+
+def test_the_vmap_stack_trains_the_same_models(tiny_splits, monkeypatch):
+    monkeypatch.setattr(pop, "fused_forward", lambda template: None)  # any model: functional_call under vmap
+    train, val = _data(tiny_splits)
+    members, census = _together("airbench", [0, 1], RECIPES[:2], train, val)
+    assert census.kind == "vmap"
+    for seed, cfg, member in zip([0, 1], RECIPES[:2], members, strict=True):
+        model, result = _alone("airbench", seed, cfg, train, val)
+        _same_weights(member.module, model)
+        _same_history(member.result, result)
+
+
+def test_other_models_do_not_change_model_k(tiny_splits):
+    train, val = _data(tiny_splits)
+    members, _ = _together("lenet", [0, 1, 2], RECIPES[:3], train, val)
+    changed = dataclasses.replace(RECIPES[1], lr=0.3, weight_decay=0.0, momentum=0.0)
+    other, _ = _together("lenet", [0, 5, 2], [RECIPES[0], changed, RECIPES[2]], train, val)
+    fewer, _ = _together("lenet", [0, 2], [RECIPES[0], RECIPES[2]], train, val)
+    for k, j in ((0, 0), (2, 2)):
+        _same_weights(members[k].module, other[j].module)
+    _same_weights(members[0].module, fewer[0].module)
+    _same_weights(members[2].module, fewer[1].module)
+    assert not torch.equal(members[1].module[0].weight, other[1].module[0].weight)  # the test can see a change
+
+
+def test_a_member_stopped_at_an_epoch_leaves_and_the_rest_go_on(tiny_splits):
+    train, val = _data(tiny_splits)
+    seen = []
+
+    def on_epoch_end(epoch, metrics):
+        seen.append((epoch, sorted(metrics)))
+        return [1] if epoch == 1 else []
+
+    members, _ = _together("lenet", [0, 1, 2], RECIPES[:3], train, val, on_epoch_end)
+    assert seen == [(1, [0, 1, 2]), (2, [0, 2])]
+    assert [m.status for m in members] == ["done", "stopped", "done"]
+    assert members[1].module is None and len(members[1].result.history) == 1
+    model, _ = _alone("lenet", 2, RECIPES[2], train, val)
+    _same_weights(members[2].module, model)  # the population shrank under it
+
+
+def test_a_diverging_member_fails_alone(tiny_splits):
+    train, val = _data(tiny_splits)
+    wild = dataclasses.replace(BASE, lr=1e6, momentum=0.0)
+    members, _ = _together("lenet", [0, 1], [RECIPES[0], wild], train, val)
+    assert members[1].status == "diverged" and "training loss became" in members[1].error
+    assert members[0].status == "done"
+    model, _ = _alone("lenet", 0, RECIPES[0], train, val)
+    _same_weights(members[0].module, model)
+
+
+@pytest.mark.parametrize("schedule,warmup", [("constant", 0.2), ("cosine", 0.1), ("onecycle", 0.0)])
+def test_per_model_schedules_are_the_schedulers_values(schedule, warmup):
+    cfgs = [TrainConfig(lr=lr, epochs=e, schedule=schedule, warmup_frac=warmup) for lr, e in ((0.1, 3), (0.02, 2))]
+    table = lr_table(cfgs, 10, CPU, torch.float64)
+    assert table.shape == (2, 30)
+    for row, cfg in zip(table, cfgs, strict=True):
+        opt = torch.optim.SGD([torch.zeros(1)], lr=cfg.lr)
+        sched = make_scheduler(opt, cfg.schedule, cfg.epochs * 10, cfg.warmup_frac, cfg.lr)
+        expected = []
+        for _ in range(cfg.epochs * 10):
+            expected.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert row[: len(expected)].tolist() == pytest.approx(expected, rel=1e-12)
+        assert row[len(expected) :].eq(0).all()
+
+
+def test_a_population_must_share_its_batches(tiny_splits):
+    train, val = _data(tiny_splits)
+    with pytest.raises(ValueError, match="shares batch size"):
+        _together("lenet", [0, 1], [BASE, dataclasses.replace(BASE, batch_size=64)], train, val)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        _together("lenet", [0], [dataclasses.replace(BASE, precision="fp16")], train, val)
+
+
+def test_distilled_members_match_distillation_alone(tiny_splits):
+    train, val = _data(tiny_splits)
+    teacher = _model("lenet", 99).eval()
+    cfgs = [
+        dataclasses.replace(BASE, teacher="t", distill=0.5, distill_temp=2.0),
+        dataclasses.replace(BASE, teacher="t", distill=0.0, lr=0.02),
+        dataclasses.replace(BASE, teacher="t", distill=0.9, distill_temp=4.0, label_smoothing=0.1),
+    ]
+    members = [Member(cfg) for cfg in cfgs]
+    fit_population([_model("lenet", s) for s in (0, 1, 2)], members, train, val, teacher=teacher)
+    for seed, cfg, member in zip((0, 1, 2), cfgs, members, strict=True):
+        model = _model("lenet", seed)
+        result = fit(model, train, val, cfg, teacher=teacher)
+        _same_weights(member.module, model)
+        _same_history(member.result, result)
