@@ -198,6 +198,7 @@ def _run_trials(
     from .search.workers import work as work_loop
 
     dev, prec = resolve_runtime(work.device, work.precision)
+    population = check_population(work.population, spec.model, dev, prec, work.compile)
     dataset = load_dataset(work.data_dir, work.download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
     say(
@@ -206,6 +207,7 @@ def _run_trials(
         f"train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}"
         + (f", CUDA_VISIBLE_DEVICES={extra['gpu']}" if extra.get("gpu") is not None else "")
         + f"); target {budgeted.target} trials"
+        + (f", {population} at a time (--population)" if population > 1 else "")
     )
     objective = Objective(
         spec,
@@ -219,7 +221,21 @@ def _run_trials(
         say=lambda message: say(prefix + message),
     )
     work_loop(budgeted, objective, timeout=work.timeout, catch=(Diverged,), callbacks=[progress.on_trial],
-              on_wait=progress.on_wait)  # fmt: skip
+              on_wait=progress.on_wait, population=population)  # fmt: skip
+
+
+def check_population(requested: int | None, model: str, device: Any, precision: str, compile: bool) -> int:
+    """Trials per population: the requested number, else the measured default for this model and device."""
+    from .engine.population import default_population
+
+    population = default_population(model, device) if requested is None else requested
+    if population > 1 and precision == "fp16":
+        raise FmnistSearchError("--population trains in fp32 or bf16; use --precision bf16 (or --population 1)")
+    if population > 1 and compile:
+        if requested is None:
+            return 1  # --compile asks for single-trial training
+        raise FmnistSearchError("--compile compiles single-trial training; use --population 1 with it")
+    return population
 
 
 @functools.cache

@@ -137,6 +137,14 @@ ArtifactsOpt = Annotated[
     typer.Option(envvar="FMNIST_ARTIFACTS", help="Artifact folder for weights [default: beside the SQLite file]."),
 ]
 SaveWeightsOpt = Annotated[bool, typer.Option(help="Save each completed trial's weights as an Optuna artifact.")]
+PopulationOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Trials trained together as one fused model, each with its own hyperparameters "
+        "[default: auto: 32 LeNets or 8 airbenches on a GPU, 1 otherwise].",
+    ),
+]
 
 
 def _artifact_dir(storage: str, artifacts: Path | None) -> Path:
@@ -249,6 +257,7 @@ class WorkOptions:
     storage_patience: PatienceOpt = PATIENCE_S
     artifacts: ArtifactsOpt = None
     save_weights: SaveWeightsOpt = True
+    population: PopulationOpt = None
 
     @property
     def beat(self) -> dict[str, Any]:

@@ -130,7 +130,7 @@ POINTS = {
     "epoch report (storage)": _kill_in_commit("set_trial_intermediate_value"),
     "test evaluation": lambda mp, sig: _kill_on_call(mp, objective, "evaluate", 1, sig),
     "weights saving": lambda mp, sig: _kill_on_call(mp, artifacts, "upload_artifact", 1, sig),
-    "trial attrs (storage)": _kill_in_commit("set_trial_user_attr", 8),
+    "trial attrs (storage)": _kill_in_commit("write_trials", 2),  # 1st: who runs it; 2nd: what it measured
     "trial state (storage)": _kill_in_commit("set_trial_state_values"),
     "gc finalizer after a trial": _kill_in_finalizer,
     # census: 1st call sets the target, 2nd is trial 0's budget check, 3rd trial 1's

@@ -42,6 +42,14 @@ from .devices import synchronize
 from .schedules import make_scheduler
 from .train import EpochMetrics, FitResult, _autocast, _epoch_stop, augment_batch, epoch_batches, widened
 
+# Trials per population when the user gives none (--population): where it pays, measured.
+# CPU: 1 (benchmarks/results/population-cpu.json). GPU: launch-bound small models only.
+DEFAULT_POPULATION = {"cuda": {"lenet": 32, "airbench": 8}}
+
+
+def default_population(model: str, device: torch.device) -> int:
+    return DEFAULT_POPULATION.get(device.type, {}).get(model, 1)
+
 
 def shared_key(cfg: TrainConfig) -> tuple[Any, ...]:
     """Configs with the same key can train in one population: they make the same batches."""
@@ -74,7 +82,9 @@ def fused_forward(template: nn.Module) -> Forward | None:
                 b = state.get(f"{name}.bias")
                 x = F.conv2d(
                     x,
-                    w.reshape(-1, *w.shape[2:]),  # (K * out, in, kh, kw)
+                    # (K * out, in, kh, kw), channels_last like the single-model engine's: the
+                    # activations follow the weights' layout, and NHWC pooling/ReLU are much faster on the CPU.
+                    w.reshape(-1, *w.shape[2:]).to(memory_format=torch.channels_last),
                     None if b is None else b.reshape(-1),
                     m.stride,
                     m.padding,

@@ -35,6 +35,7 @@ from ..engine.train import (
 from .artifacts import save_model
 from .record import FIELDS, TrialRecord
 from .space import suggest
+from .storage import backend
 
 EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
 
@@ -70,28 +71,43 @@ class Objective:
         name = spec.fixed.get("teacher")
         self.teacher = teacher_for(name, self.train, spec.seed, precision, say) if name else None
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        interrupts.check()  # a signal deferred while Optuna created this trial
-        params = suggest(trial, self.spec)
-        cfg = TrainConfig(
-            **params,
+    def config(self, trial: optuna.Trial, data_seed: int | None = None) -> TrainConfig:
+        """This trial's recipe: its sampled hyperparameters (``suggest`` asks the sampler)."""
+        return TrainConfig(
+            **suggest(trial, self.spec),
             seed=self.spec.seed + trial.number,  # reproducible per trial, different across trials
+            data_seed=data_seed,
             precision=self.precision,
         )
-        record = TrialRecord(**self.extra_attrs)
-        _write(trial, record.attrs())  # at the start: who runs a RUNNING trial
-        built = build_model(self.spec.model, cfg.seed, self.device, self._compiled)
-        record = dataclasses.replace(
+
+    def describe(self, record: TrialRecord, cfg: TrainConfig, module: torch.nn.Module, population: int) -> TrialRecord:
+        """``record`` with how the trial runs: device, versions, model size, its full recipe."""
+        return dataclasses.replace(
             record,
             device=str(self.device),
             device_name=device_name(self.device),
             torch_version=torch.__version__,
             precision=cfg.precision,
             compiled=self.compile,
-            num_params=num_params(built.module),
-            population=1,
+            num_params=num_params(module),
+            population=population,
             config={k: v for k, v in asdict(cfg).items() if k not in ("precision", "eval_batch_size")},
         )
+
+    def finish(self, trial: optuna.Trial, record: TrialRecord, runnable: torch.nn.Module, module: torch.nn.Module,
+               cfg: TrainConfig) -> None:  # fmt: skip
+        """Test accuracy (fp32, as ``fmnist-search evaluate`` computes it) and the weights artifact."""
+        record.test_accuracy, _ = evaluate(runnable, *self.test, tta_flip=cfg.tta_flip)
+        if self.artifact_store is not None:
+            record.weights_artifact = save_model(self.artifact_store, trial, module, self.spec.model)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        interrupts.check()  # a signal deferred while Optuna created this trial
+        cfg = self.config(trial)
+        record = TrialRecord(**self.extra_attrs)
+        write_attrs(trial, record.attrs())  # at the start: who runs a RUNNING trial
+        built = build_model(self.spec.model, cfg.seed, self.device, self._compiled)
+        record = self.describe(record, cfg, built.module, population=1)
         result = FitResult()
 
         def on_epoch_end(m: EpochMetrics) -> None:
@@ -107,9 +123,7 @@ class Objective:
         try:
             train_recipe(self.spec.model, cfg, self.train, self.val, built=built, teacher=self.teacher,
                          on_epoch_end=on_epoch_end)  # fmt: skip
-            record.test_accuracy, _ = evaluate(built.runnable, *self.test, tta_flip=cfg.tta_flip)  # fp32: see fit
-            if self.artifact_store is not None:
-                record.weights_artifact = save_model(self.artifact_store, trial, built.module, self.spec.model)
+            self.finish(trial, record, built.runnable, built.module, cfg)
             return result.history[-1].val_accuracy
         except Diverged as e:
             record.fail_reason = str(e)
@@ -122,9 +136,9 @@ class Objective:
             # Runs for completed, pruned, diverged and interrupted trials alike, so every
             # trial keeps what it measured.
             summarize(result, record)
-            _write(trial, record.attrs(*_RUN_FIELDS))
+            write_attrs(trial, record.attrs(*RUN_FIELDS))
             del built
-            _release(self.device)
+            release_memory(self.device)
 
 
 def summarize(result: FitResult, record: TrialRecord) -> None:
@@ -142,15 +156,20 @@ def summarize(result: FitResult, record: TrialRecord) -> None:
     record.history = [asdict(m) for m in result.history]
 
 
-_RUN_FIELDS = tuple(f for f in FIELDS if f not in ("worker", "gpu"))  # written at the end (the start wrote those)
+RUN_FIELDS = tuple(f for f in FIELDS if f not in ("worker", "gpu"))  # written at the end (the start wrote those)
 
 
-def _write(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+def write_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """A trial's user attrs in one transaction where the store allows (Optuna writes one per call)."""
+    store = backend(trial.storage)
+    if store is not None:
+        store.write_trials(user_attrs={trial._trial_id: attrs})
+        return
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
 
 
-def _release(device: torch.device) -> None:
+def release_memory(device: torch.device) -> None:
     # Models and optimizers of finished trials must not pile up on the GPU. (A full
     # gc.collect() costs ~0.2 s; study.optimize(gc_after_trial=True) does it once per trial.)
     if device.type == "cuda":

@@ -28,6 +28,7 @@ class TrialRecord:
     compiled: bool | None = None
     num_params: int | None = None
     population: int | None = None  # models trained together with this one (1: alone)
+    population_throughput: float | None = None  # all those models' training samples/s together
     config: dict[str, Any] | None = None  # the full TrainConfig: what `train --from-study` replays
     # What it measured: written when it ends, however it ends.
     val_accuracy: float | None = None

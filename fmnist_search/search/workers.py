@@ -16,6 +16,7 @@ its own trial at once (``release``): FAIL it, and on SIGTERM re-queue it.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 import time
@@ -23,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from filelock import FileLock
@@ -36,6 +37,7 @@ from .record import TrialRecord
 from .storage import Retrier, dialect
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,25 @@ class BudgetedStudy(optuna.Study):
             self.asked.append(trial.number)
             return trial
 
+    def ask_many(self, k: int, prepare: Callable[[optuna.Trial], T]) -> list[tuple[optuna.Trial, T]]:
+        """Up to ``k`` trials at once (retries first), each ``prepare``d (its params sampled)
+        before the next is asked, so samplers see the earlier ones as RUNNING (TPE's constant
+        liar); all under one hold of the budget lock and one census."""
+        with self._budget_lock:
+            c = census(self)
+            n = min(k, c.waiting + max(self.target - c.counted, 0))
+            if n <= 0:
+                raise BudgetExhausted
+            out = []
+            for _ in range(n):
+                interrupts.check()
+                with warnings.catch_warnings():  # heartbeats are ours to run here (search/population.py)
+                    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+                    trial = super().ask()
+                self.asked.append(trial.number)
+                out.append((trial, prepare(trial)))
+            return out
+
 
 def wait_for_study(
     storage: optuna.storages.BaseStorage, name: str, patience: float, say: Callable[[str], None], poll_s: float = 2.0
@@ -179,8 +200,10 @@ def work(
     callbacks: list[Callable[[optuna.Study, Any], None]] | None = None,
     poll_s: float = 2.0,
     on_wait: Callable[[Census], None] | None = None,
+    population: int = 1,
 ) -> None:
-    """Run trials until the study reaches its target (or ``timeout`` seconds pass).
+    """Run trials until the study reaches its target (or ``timeout`` seconds pass), one at a
+    time or ``population`` at a time (trained as one: search/population.py).
 
     When the budget is spent but trials are still RUNNING, wait: they finish, or their
     worker died and they come back as WAITING retries, which this worker then runs.
@@ -189,7 +212,14 @@ def work(
     while deadline is None or time.monotonic() < deadline:
         interrupts.check()  # a signal whose exception was swallowed (gc, finalizers) stops us here
         try:
-            study.optimize(objective, n_trials=1, catch=catch, callbacks=callbacks, gc_after_trial=True)
+            if population > 1:
+                from .population import run_population
+
+                asked = study.ask_many(population, objective.config)  # type: ignore[attr-defined]
+                run_population(study, objective, asked, callbacks)  # type: ignore[arg-type]
+                gc.collect()  # as optimize(gc_after_trial=True)
+            else:
+                study.optimize(objective, n_trials=1, catch=catch, callbacks=callbacks, gc_after_trial=True)
             continue
         except BudgetExhausted:
             pass

@@ -1,0 +1,132 @@
+"""Pruning for trials that train in lockstep (a population): every decision at an epoch is
+taken against one snapshot, after all of them have reported, so it cannot depend on the
+order in which they are checked.
+
+Optuna's pruners decide one trial at a time, which goes wrong for K trials at the same epoch:
+
+- ``MedianPruner`` compares with COMPLETE trials only, so the first K trials of a study
+  (all RUNNING together) can never be pruned. Here a trial is compared with the COMPLETE
+  trials' values at this epoch *and its population peers'* (both count toward
+  ``n_startup_trials``); pruned if its best value is below that median.
+- ``SuccessiveHalvingPruner`` records a trial's rung value inside ``prune()``, so the first
+  trial checked at a rung competes with fewer values than the last (with none, it always
+  passes). Here all peers' rung values are recorded first (the same ``completed_rung_N``
+  system attrs Optuna writes, so single-trial workers on the same study see them), then each
+  is promoted or pruned against all of them, with Optuna's own promotion rule.
+- ``HyperbandPruner``: the same, per bracket (Optuna's bracket of each trial).
+
+A population of one decides exactly as Optuna does (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.pruners import HyperbandPruner, NopPruner, PercentilePruner, SuccessiveHalvingPruner
+from optuna.trial import TrialState
+
+Values = dict[int, dict[int, float]]  # trial number -> {epoch: validation accuracy}
+Write = Callable[[list[tuple[int, str, Any]]], None]  # (trial_id, system attr key, value) in one transaction
+
+
+def population_prunes(study: optuna.Study, step: int, values: Values, write: Write) -> set[int]:
+    """The trial numbers of ``values`` (all reported at ``step``) that the study's pruner stops."""
+    pruner = study.pruner
+    for kind, decide in _RULES:
+        if isinstance(pruner, kind):
+            return decide(pruner, study, step, values, write)
+    raise ValueError(f"no population rule for {type(pruner).__name__}; use --population 1")
+
+
+def _none(pruner: Any, study: Any, step: int, values: Values, write: Write) -> set[int]:
+    return set()
+
+
+def _percentile(pruner: PercentilePruner, study: Any, step: int, values: Values, write: Write) -> set[int]:
+    warmup, interval = pruner._n_warmup_steps, pruner._interval_steps
+    if step < warmup or (step - warmup) % interval:
+        return set()
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    finished = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    pruned = set()
+    for number, own in values.items():
+        peers = [v[step] for other, v in values.items() if other != number and step in v]
+        if len(completed) + len(peers) < max(pruner._n_startup_trials, 1):
+            continue
+        pool = finished + peers
+        if len(pool) < pruner._n_min_trials:
+            continue
+        best = np.nanmax(list(own.values())) if maximize else np.nanmin(list(own.values()))
+        if math.isnan(best):
+            pruned.add(number)
+            continue
+        q = float(
+            np.nanpercentile(np.array(pool, dtype=float), 100 - pruner._percentile if maximize else pruner._percentile)
+        )
+        if not math.isnan(q) and (best < q if maximize else best > q):
+            pruned.add(number)
+    return pruned
+
+
+def _rung_key(rung: int) -> str:
+    return f"completed_rung_{rung}"  # Optuna's SuccessiveHalvingPruner's system attr
+
+
+def _promotable(value: float, competing: list[float], eta: int, maximize: bool) -> bool:
+    """Optuna's rule: in the top 1/eta of the rung (the best one while fewer than eta competed)."""
+    index = max(len(competing) // eta - 1, 0)
+    ranked = sorted(competing)
+    return value >= ranked[-(index + 1)] if maximize else value <= ranked[index]
+
+
+def _halving(pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Values, write: Write) -> set[int]:
+    if pruner._min_resource is None:  # "auto": Optuna estimates it from finished trials; ours set it
+        raise ValueError("population pruning needs a SuccessiveHalvingPruner with a min_resource")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    pruned, reached = set(), {}
+    for number, own in values.items():
+        t = trials[number]
+        rung = next(r for r in range(len(t.system_attrs) + 1) if _rung_key(r) not in t.system_attrs)
+        if step < pruner._min_resource * pruner._reduction_factor ** (pruner._min_early_stopping_rate + rung):
+            continue
+        if math.isnan(own[step]):
+            pruned.add(number)
+        else:
+            reached[number] = (_rung_key(rung), own[step])
+    write([(trials[n]._trial_id, key, value) for n, (key, value) in reached.items()])
+    for number, (key, value) in reached.items():
+        others = [t.system_attrs[key] for n, t in trials.items() if n not in reached and key in t.system_attrs]
+        competing = others + [v for k, v in reached.values() if k == key]
+        if len(competing) <= pruner._bootstrap_count or not _promotable(
+            value, competing, pruner._reduction_factor, maximize
+        ):
+            pruned.add(number)
+    return pruned
+
+
+def _hyperband(pruner: HyperbandPruner, study: Any, step: int, values: Values, write: Write) -> set[int]:
+    if not pruner._pruners:
+        pruner._try_initialization(study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    brackets: dict[int, Values] = {}
+    for number, own in values.items():
+        brackets.setdefault(pruner._get_bracket_id(study, trials[number]), {})[number] = own
+    pruned = set()
+    for bracket, members in brackets.items():
+        bracket_study = pruner._create_bracket_study(study, bracket)
+        pruned |= _halving(pruner._pruners[bracket], bracket_study, step, members, write)
+    return pruned
+
+
+_RULES: list[tuple[type, Callable[..., set[int]]]] = [
+    (NopPruner, _none),
+    (HyperbandPruner, _hyperband),
+    (SuccessiveHalvingPruner, _halving),
+    (PercentilePruner, _percentile),  # MedianPruner is its 50th percentile
+]
