@@ -191,21 +191,36 @@ class ResilientStorage(RDBStorage):
         system_attrs: list[tuple[int, str, Any]] | None = None,
     ) -> None:
         """Trial user attrs ({trial_id: {key: value}}), intermediate values ((trial_id, step,
-        value)) and system attrs ((trial_id, key, value)) in one transaction."""
+        value)) and system attrs ((trial_id, key, value)) in one transaction: one check that
+        the trials are still running, then one multi-row upsert per table (Optuna's own
+        calls run two ORM statements per value, ~0.7 ms each here)."""
+        import json
+
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
+        user = [{"trial_id": i, "key": k, "value_json": json.dumps(v)} for i, a in (user_attrs or {}).items()
+                for k, v in a.items()]  # fmt: skip
+        system = [{"trial_id": i, "key": k, "value_json": json.dumps(v)} for i, k, v in system_attrs or ()]
+        values = []
+        for trial_id, step, value in intermediate or ():
+            stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+            values.append(
+                {"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind}
+            )
+        ids = {row["trial_id"] for row in (*user, *system, *values)}
+        if not ids:
+            return
+
         def write() -> None:
             with _create_scoped_session(self.scoped_session, True) as session:
-                for trial_id, step, value in intermediate or ():
-                    self._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
-                for trial_id, attrs in (user_attrs or {}).items():
-                    for key, value in attrs.items():
-                        self._set_trial_attr_without_commit(
-                            session, models.TrialUserAttributeModel, trial_id, key, value
-                        )
-                for trial_id, key, value in system_attrs or ():
-                    self._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, trial_id, key, value)
+                states = session.query(models.TrialModel.trial_id, models.TrialModel.state)
+                for trial_id, state in states.filter(models.TrialModel.trial_id.in_(ids)):
+                    self.check_trial_is_updatable(trial_id, state)  # as each of Optuna's writes does
+                _upsert(session, models.TrialUserAttributeModel, user, ("trial_id", "key"), ("value_json",))
+                _upsert(session, models.TrialSystemAttributeModel, system, ("trial_id", "key"), ("value_json",))
+                _upsert(session, models.TrialIntermediateValueModel, values, ("trial_id", "step"),
+                        ("intermediate_value", "intermediate_value_type"))  # fmt: skip
 
         self.retrier(write, "batched write")
 
@@ -229,6 +244,35 @@ class ResilientStorage(RDBStorage):
             self.retrier(beat, "heartbeat")
         except StorageError as e:
             self.retrier.say(f"heartbeat skipped: {e}")
+
+
+def _upsert(
+    session: Any, model: Any, rows: list[dict[str, Any]], keys: tuple[str, ...], update: tuple[str, ...]
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, many rows in one statement, in each dialect's syntax."""
+    if not rows:
+        return
+    name = session.get_bind().dialect.name
+    if name in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = (sqlite if name == "sqlite" else postgresql).insert(model).values(rows)
+        session.execute(
+            insert.on_conflict_do_update(index_elements=list(keys), set_={c: insert.excluded[c] for c in update})
+        )
+    elif name in ("mysql", "mariadb"):
+        from sqlalchemy.dialects import mysql
+
+        insert = mysql.insert(model).values(rows)
+        session.execute(insert.on_duplicate_key_update({c: insert.inserted[c] for c in update}))
+    else:  # any other database: row by row, as Optuna does it
+        for row in rows:
+            found = session.query(model).filter_by(**{k: row[k] for k in keys}).one_or_none()
+            if found is None:
+                session.add(model(**row))
+            else:
+                for c in update:
+                    setattr(found, c, row[c])
 
 
 def backend(storage: Any) -> ResilientStorage | None:

@@ -1,0 +1,121 @@
+"""A study run with --population stores the same kinds of trials as one without, and stops as cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from fmnist_search.cli import app
+from fmnist_search.search import population
+from fmnist_search.search.record import FIELDS, TrialRecord
+from fmnist_search.search.workers import census
+
+TINY = ["--epochs", "2", "--train-size", "2048", "--val-size", "1000", "--batch-size", "64"]
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, real_data):
+    """The same study settings run one trial at a time and four at a time."""
+    root = tmp_path_factory.mktemp("population")
+    urls = {}
+    for k, trials in ((1, 2), (4, 6)):
+        url = urls[k] = f"sqlite:///{root}/k{k}.db"
+        result = invoke("run", "--model", "lenet", "--trials", str(trials), "--population", str(k),
+                        "--lr-min", "0.02", "--lr-max", "0.2", "--storage", url, *TINY)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        if k > 1:
+            assert "4 at a time (--population)" in result.output
+    return urls
+
+
+def _trials(url):
+    return optuna.load_study(study_name="lenet", storage=url).trials
+
+
+def test_population_trials_are_ordinary_trials(studies):
+    alone, together = _trials(studies[1]), _trials(studies[4])
+    assert len(together) == 6 and {t.state for t in together} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    done = [t for t in together if t.state == TrialState.COMPLETE]
+    assert done
+    single_keys = set(alone[0].user_attrs) | {"population_throughput"}
+    for t in done:
+        assert set(t.user_attrs) == single_keys and set(t.user_attrs) <= set(FIELDS)
+        r = TrialRecord.of(t)
+        assert r.epochs_completed == 2 and sorted(t.intermediate_values) == [1, 2]
+        assert t.value == r.val_accuracy and 0.5 < r.val_accuracy <= 1 and 0.5 < r.test_accuracy <= 1
+        assert r.throughput > 0 and r.population_throughput >= r.throughput
+        assert r.weights_artifact
+    # 6 trials, 4 at a time: a population of 4, then one of 2; one batch order per population.
+    assert [TrialRecord.of(t).population for t in together] == [4, 4, 4, 4, 2, 2]
+    assert {TrialRecord.of(t).config["data_seed"] for t in together} == {0, 4}
+    assert {TrialRecord.of(t).config["seed"] for t in together} == set(range(6))  # weights: one seed each
+    assert all(TrialRecord.of(t).population == 1 for t in alone)
+
+
+def test_population_trials_have_heartbeats(studies):
+    path = studies[4].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        beating = {row[0] for row in db.execute("SELECT trial_id FROM trial_heartbeats")}
+    # A killed population's trials go stale and are retried only if each has a heartbeat.
+    assert beating == {t._trial_id for t in _trials(studies[4])}
+
+
+def test_population_weights_reproduce_the_stored_test_accuracy(studies, tmp_path):
+    best = optuna.load_study(study_name="lenet", storage=studies[4]).best_trial
+    result = invoke("evaluate", "--study", "lenet", "--trial", str(best.number), "--storage", studies[4],
+                    "--output-dir", str(tmp_path))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    measured = float(re.search(r"test_accuracy=([0-9.]+)", result.output).group(1))
+    assert measured == round(best.user_attrs["test_accuracy"], 4)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_the_whole_population_cleanly(sig, tmp_path, monkeypatch, real_data):
+    url = f"sqlite:///{tmp_path}/s.db"
+    original = population.population_prunes
+    calls = {"n": 0}
+
+    def prunes(*args, **kwargs):  # the signal lands after the population's first epoch reports
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), sig)
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(population, "population_prunes", prunes)
+        result = invoke("run", "--model", "lenet", "--trials", "3", "--population", "3", "--storage", url, *TINY)
+    assert result.exit_code == (130 if sig == signal.SIGINT else 143), result.output
+    assert "Traceback" not in result.output
+    study = optuna.load_study(study_name="lenet", storage=url)
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states and states.count(TrialState.FAIL) == 3
+    for t in study.trials[:3]:
+        assert TrialRecord.of(t).fail_reason.startswith("interrupted")
+        assert TrialRecord.of(t).epochs_completed == 1  # what it measured is kept
+    c = census(study)
+    if sig == signal.SIGTERM:
+        assert c.waiting == 3 and c.retried == 3  # all three re-queued
+    # Resumable: the same command runs what is left, and the count is exact.
+    more = ("worker", "--study", "lenet") if sig == signal.SIGTERM else ("run", "--study", "lenet", "--trials", "3")
+    result = invoke(*more, "--population", "3", "--storage", url)  # a worker runs the three re-queued trials
+    assert result.exit_code == 0, result.output
+    after = census(optuna.load_study(study_name="lenet", storage=url))
+    assert after.running == 0 and after.waiting == 0 and after.complete + after.pruned == 3
+
+
+def test_population_refuses_fp16_and_compile_in_one_line(tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/r.db"
+    result = invoke("run", "--model", "lenet", "--trials", "1", "--population", "2", "--compile", "--storage", url)
+    assert result.exit_code != 0 and "--population 1" in result.output and "Traceback" not in result.output
