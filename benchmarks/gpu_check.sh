@@ -1,60 +1,91 @@
 #!/usr/bin/env bash
-# All GPU measurements in one go (< 5 minutes on an H200), for a borrowed GPU machine.
-# Installs nothing: run it from the repo root with the project's venv already there, or,
-# on the lent GPU machine (no Optuna, no internet), after benchmarks/gpu_prepare.sh here:
-# that script's header has the one device command.
+# Every GPU figure in one run of under 8 minutes on an H200, for a borrowed GPU machine
+# (a hard budget: ~15 minutes of device time in all, at most 10 per command).
+# Installs nothing: run it from the repo root with the project's venv, or on the lent GPU
+# machine after benchmarks/gpu_prepare.sh here (its header has the one device command).
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR          # on the GPU machine
-#   ACCURACY=1 bash benchmarks/gpu_check.sh OUT_DIR  # also train the tuned presets (+~3 min)
-#   SMOKE=1 bash benchmarks/gpu_check.sh OUT_DIR  # the same flow on the CPU, tiny sizes (tests use this)
+#   bash benchmarks/gpu_check.sh OUT_DIR            # on the GPU machine
+#   SMOKE=1 bash benchmarks/gpu_check.sh OUT_DIR    # the same flow on the CPU, tiny sizes (a test runs it)
 #
-# Writes OUT_DIR/gpu_check.log (everything printed), the JSON of each benchmark and the
-# study's CSV: 5 files, within the 8 a device run returns. The study's SQLite file and
-# artifacts go to a temporary folder.
-set -euo pipefail
+# Most important first; each step runs under its own `timeout`, capped by what is left of
+# the whole budget (BUDGET_S, 450 s), and a failed or timed-out step does not stop the rest.
+# Each figure lands in OUT_DIR as soon as it is measured (at most 8 files, what a device run
+# returns): gpu_check.log (everything printed), steps.txt (each step: status, seconds),
+# throughput.json, population.json, study-sequential.csv, study-population.csv, scale.json,
+# graphs.json. The studies' SQLite files and weights stay in a temporary folder.
+set -uo pipefail
 OUT=${1:?usage: gpu_check.sh OUT_DIR}
 mkdir -p "$OUT"
 PY=${PY:-.venv/bin/python}
 CLI=("$PY" -m fmnist_search)
 STORE=$(mktemp -d)
 exec > >(tee "$OUT/gpu_check.log") 2>&1
+START=$(date +%s)
+BUDGET_S=${BUDGET_S:-450}
 
 if [[ "${SMOKE:-0}" == 1 ]]; then
-  DEVICE=cpu MODELS=lenet BATCHES=3 REPS=1 WORKERS=0 TRIALS=2 STUDY_ARGS=(--epochs 1 --train-size 1024 --val-size 1000)
+  DEVICE=cpu WORKERS=0 LENET_BATCHES=3 RESNETS=airbench RESNET_BATCHES=2 REPS=1 SIZES=1,2 POP_TRAIN=512 TRIALS=4 POP=2
+  STUDY_ARGS=(--epochs 1 --train-size 1024 --val-size 1000)
+  SCALE_ARGS=(--workers 1,2 --trials 2 --epochs 1 --train-size 512 --val-size 500 --reps 1)
+  TRAIN_ARGS=(--model lenet --params '{"lr": 0.05}' --epochs 1 --train-size 1024 --val-size 1000)
 else
-  DEVICE=cuda MODELS=lenet,resnet18,resnet34 BATCHES=100 REPS=3 WORKERS=4 TRIALS=30 STUDY_ARGS=(--epochs 10)
+  DEVICE=cuda WORKERS=4 LENET_BATCHES=1000 RESNETS=resnet18,resnet34 RESNET_BATCHES=200 REPS=3 SIZES=1,8,32,128 POP_TRAIN=50000 TRIALS=30 POP=32
+  STUDY_ARGS=(--epochs 10)
+  SCALE_ARGS=(--gpu --workers 1,4 --trials 16 --epochs 10 --train-size 0 --val-size 10000 --reps 1)
+  TRAIN_ARGS=(--preset resnet18-tuned)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
 
-echo "== 1. throughput: report pipeline vs ours (batch 256)"
-"$PY" benchmarks/throughput.py --device "$DEVICE" --models "$MODELS" --batches "$BATCHES" --reps "$REPS" \
-  --workers "$WORKERS" --json "$OUT/throughput.json"
-if [[ "${SMOKE:-0}" != 1 ]]; then  # inductor's C++ build on a small CPU takes a minute: GPU runs only
-  echo "== 1b. throughput with torch.compile"
-  "$PY" benchmarks/throughput.py --device "$DEVICE" --models "$MODELS" --batches "$BATCHES" --reps "$REPS" \
-    --workers "$WORKERS" --compile --json "$OUT/throughput-compiled.json"
-fi
+# step NAME CAP_S COMMAND...: run under timeout min(CAP_S, what is left), record status and seconds.
+step() {
+  local name=$1 cap=$2; shift 2
+  local left=$(( BUDGET_S - ($(date +%s) - START) ))
+  if (( left < 15 )); then
+    echo "== $name: skipped (budget spent)"; echo "$name skipped 0" >> "$OUT/steps.txt"; return
+  fi
+  local limit=$(( cap < left ? cap : left ))
+  echo "== $name (at most ${limit} s)"
+  local t0=$(date +%s%N)
+  timeout --signal=INT --kill-after=10 "$limit" "$@"
+  local rc=$?
+  local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  local status=ok; (( rc == 124 )) && status=timeout; (( rc != 0 && rc != 124 )) && status="failed($rc)"
+  echo "$name $status ${ms}ms" | tee -a "$OUT/steps.txt"
+}
 
-echo "== 2. a ${TRIALS}-trial LeNet study, timed"
-start=$(date +%s%N)
-"${CLI[@]}" run --model lenet --trials "$TRIALS" --device "$DEVICE" --storage "sqlite:///$STORE/gpu_check.db" \
-  --study gpu-check-lenet "${STUDY_ARGS[@]}"
-end=$(date +%s%N)
-echo "study wall time: $(( (end - start) / 1000000 )) ms"
-"${CLI[@]}" export --study gpu-check-lenet --storage "sqlite:///$STORE/gpu_check.db" --output "$OUT/gpu_check_lenet.csv"
-echo "== 3. study throughput: workers packed on one GPU (trials/hour)"
-if [[ "${SMOKE:-0}" == 1 ]]; then
-  "$PY" benchmarks/scale.py --workers 1,2 --trials 2 --epochs 1 --train-size 512 --val-size 500 --reps 1 \
-    --json "$OUT/scale.json"
-else
-  "$PY" benchmarks/scale.py --gpu --workers 1,4,8 --trials 32 --epochs 10 --train-size 0 --val-size 10000 --reps 1 \
-    --json "$OUT/scale.json"
+step "1 single-trial throughput, lenet" 60 "$PY" benchmarks/throughput.py --device "$DEVICE" --models lenet \
+  --batches "$LENET_BATCHES" --reps "$REPS" --workers "$WORKERS" --json "$OUT/throughput.json"
+step "1 single-trial throughput, $RESNETS" 90 "$PY" benchmarks/throughput.py --device "$DEVICE" \
+  --models "$RESNETS" --batches "$RESNET_BATCHES" --reps "$REPS" --workers "$WORKERS" --json "$OUT/throughput-resnets.json"
+# one file for both (8 files at most come back)
+"$PY" - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+lenet, resnets = out / "throughput.json", out / "throughput-resnets.json"
+if resnets.exists():
+    merged = json.loads(lenet.read_text()) if lenet.exists() else {}
+    extra = json.loads(resnets.read_text())
+    merged.update({k: v for k, v in extra.items() if k != "hardware"})
+    merged.setdefault("hardware", extra["hardware"])
+    lenet.write_text(json.dumps(merged, indent=2) + "\n")
+    resnets.unlink()
+PY
+step "2 population throughput, lenet and airbench" 120 "$PY" benchmarks/population.py --device "$DEVICE" \
+  --models lenet,airbench --sizes "$SIZES" --train-size "$POP_TRAIN" --reps "$REPS" --json "$OUT/population.json"
+
+for how in population sequential; do  # a TRIALS-trial LeNet study: a population at a time, then one trial at a time
+  k=$([[ $how == population ]] && echo "$POP" || echo 1)
+  step "3 ${TRIALS}-trial study, $how (--population $k)" 150 "${CLI[@]}" run --model lenet --trials "$TRIALS" \
+    --device "$DEVICE" --population "$k" --storage "sqlite:///$STORE/$how.db" --study "$how" "${STUDY_ARGS[@]}"
+  timeout 60 "${CLI[@]}" export --study "$how" --storage "sqlite:///$STORE/$how.db" --all \
+    --output "$OUT/study-$how.csv" || echo "export of $how failed"
+done
+step "4 workers packed on one GPU" 90 "$PY" benchmarks/scale.py "${SCALE_ARGS[@]}" --json "$OUT/scale.json"
+step "5 accuracy: train ${TRAIN_ARGS[0]} ${TRAIN_ARGS[1]}" 120 "${CLI[@]}" train "${TRAIN_ARGS[@]}" --device "$DEVICE"
+if [[ "${SMOKE:-0}" != 1 ]]; then  # CUDA graphs for one LeNet: compile time ~1 min, so last
+  step "6 single-trial lenet with CUDA graphs" 120 "$PY" benchmarks/throughput.py --device cuda --models lenet \
+    --batches "$LENET_BATCHES" --reps "$REPS" --compile-mode reduce-overhead --json "$OUT/graphs.json"
 fi
-if [[ "${ACCURACY:-0}" == 1 && "${SMOKE:-0}" != 1 ]]; then  # ~2 more minutes on an H200
-  echo "== 4. tuned recipes (test accuracy is the last line of each; lenet-tuned trains its airbench teacher first)"
-  for m in resnet18 resnet34 airbench lenet; do
-    "${CLI[@]}" train --preset "$m-tuned" --device cuda | tail -n 3
-  done
-fi
-echo "== done"
+echo "== done in $(( $(date +%s) - START )) s"

@@ -30,6 +30,7 @@ def one(workers: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "fmnist_search", "run", "--model", "lenet", "--study", "scale", "--storage", url]
     cmd += ["--trials", str(args.trials), "--epochs", str(args.epochs), "--val-size", str(args.val_size)]
     cmd += ["--pruner", "none", "--sampler", "random"]  # every trial runs all its epochs: equal work
+    cmd += ["--population", str(args.population)]  # processes packed, not trials fused (population.py measures that)
     if args.train_size:
         cmd += ["--train-size", str(args.train_size)]
     cmd += ["--gpus", "0", "--workers-per-gpu", str(workers)] if args.gpu else ["--jobs", str(workers)]
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-size", type=int, default=4096, help="0: the whole training split")
     p.add_argument("--val-size", type=int, default=2000)
     p.add_argument("--reps", type=int, default=2, help="alternating repetitions; the median is reported")
+    p.add_argument("--population", type=int, default=1, help="trials per worker population")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 

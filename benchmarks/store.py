@@ -22,6 +22,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
 
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:

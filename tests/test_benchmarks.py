@@ -37,6 +37,25 @@ def test_search_efficiency_script(tmp_path, real_data):
     assert "epochs_ratio" in results["median"]
 
 
+def test_population_script_reports_the_k_sweep(tmp_path, real_data):
+    import population
+
+    out = tmp_path / "p.json"
+    args = ["--models", "lenet", "--device", "cpu", "--sizes", "1,2", "--train-size", "512", "--reps", "1"]
+    results = population.main([*args, "--json", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert set(results["lenet"]) == {"1", "2", "sequential", "speedup"}  # the issue's shape, plus ratios
+    assert all(results["lenet"][k] > 0 for k in ("1", "2", "sequential"))
+
+
+def test_store_script_measures_each_mode(tmp_path):
+    import store
+
+    results = store.main(["--trials", "4", "--population", "2"])
+    assert set(results["sqlite"]) == {"per-call", "single", "population"}
+    assert all(v > 0 for v in results["sqlite"].values())
+
+
 @pytest.mark.slow
 def test_gpu_check_flow_on_cpu(tmp_path, real_data):
     """The GPU script's whole flow, with SMOKE=1 on the CPU: syntax, arguments, outputs."""
@@ -45,9 +64,25 @@ def test_gpu_check_flow_on_cpu(tmp_path, real_data):
         ["bash", "benchmarks/gpu_check.sh", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "== done" in (tmp_path / "gpu_check.log").read_text()
-    assert json.loads((tmp_path / "throughput.json").read_text())["lenet"]["ratio"] > 0
-    assert len((tmp_path / "gpu_check_lenet.csv").read_text().splitlines()) >= 2
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert "== done" in log
+    steps = (tmp_path / "steps.txt").read_text().splitlines()
+    assert len(steps) == 7 and all(line.split()[-2] == "ok" for line in steps), steps  # every step ran and passed
+    throughput = json.loads((tmp_path / "throughput.json").read_text())
+    assert throughput["lenet"]["ratio"] > 0 and throughput["airbench"]["ratio"] > 0  # both steps in one file
+    assert set(json.loads((tmp_path / "population.json").read_text())) == {"lenet", "airbench", "hardware"}
+    for how in ("sequential", "population"):
+        assert len((tmp_path / f"study-{how}.csv").read_text().splitlines()) == 5  # header + 4 trials
     assert set(json.loads((tmp_path / "scale.json").read_text())) == {"1", "2", "protocol"}
     # A device run returns at most 8 plain files from its output folder: no databases, no weights.
     assert all(p.is_file() for p in tmp_path.iterdir()) and len(list(tmp_path.iterdir())) <= 8
+
+
+def test_gpu_check_skips_steps_once_its_budget_is_spent(tmp_path):
+    env = {**os.environ, "SMOKE": "1", "PY": sys.executable, "BUDGET_S": "0"}
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = (tmp_path / "steps.txt").read_text().splitlines()
+    assert len(steps) == 7 and all(" skipped " in line for line in steps)

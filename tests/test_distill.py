@@ -164,3 +164,14 @@ def test_run_trains_the_studys_teacher_once_then_resumes_with_it(tmp_path, real_
     study = optuna.load_study(study_name="kd", storage=url)
     assert len(study.trials) == 2
     assert all(t.user_attrs["config"]["distill"] == 0.5 for t in study.trials)
+
+
+def test_teacher_cache_key_is_the_images_not_their_float_rounding(tiny_splits):
+    from fmnist_search.engine.teachers import _fingerprint
+    from fmnist_search.engine.train import to_device
+
+    x, y = to_device(*tiny_splits.train, torch.device("cpu"))
+    ulp_off = torch.nextafter(x, torch.full_like(x, 10.0))  # another device's normalisation, an ulp away
+    key = _fingerprint("lenet", {"lr": 0.1}, 0, "fp32", (x, y))
+    assert _fingerprint("lenet", {"lr": 0.1}, 0, "fp32", (ulp_off, y)) == key
+    assert _fingerprint("lenet", {"lr": 0.1}, 0, "fp32", (x[1:], y[1:])) != key  # other images: another teacher

@@ -39,8 +39,11 @@ def test_plan_one_worker_per_gpu_and_packing():
     assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plans] == ["0", "0", "1", "1"]
     assert all(p.device == "cuda" for p in plans)
     assert len({p.label for p in plans}) == 4
+    # GPU workers share the cores too (host side, torch.compile's builds): 16 cores / 4 workers.
+    assert all(p.env["OMP_NUM_THREADS"] == p.env["TORCHINDUCTOR_COMPILE_THREADS"] == "4" for p in plans)
     cpu = plan_workers(4, None, 1, cpu_count=8)
-    assert [p.env for p in cpu] == [{"OMP_NUM_THREADS": "2"}] * 4 and all(p.device is None for p in cpu)
+    assert [p.env for p in cpu] == [{"OMP_NUM_THREADS": "2", "TORCHINDUCTOR_COMPILE_THREADS": "2"}] * 4
+    assert all(p.device is None for p in cpu)
 
 
 def test_jobs_on_the_default_sqlite_store(tmp_path, monkeypatch, real_data):

@@ -116,3 +116,13 @@ def test_predict_proba_with_flip_tta_averages_each_image_and_its_mirror():
     plain, mirrored = predict_proba(model, x), predict_proba(model, x.flip(-1))
     assert not torch.allclose(plain, mirrored)
     assert torch.allclose(predict_proba(model, x, batch_size=2, tta_flip=True), (plain + mirrored) / 2, atol=1e-6)
+
+
+def test_throughput_leaves_out_the_first_epochs_one_time_costs():
+    from fmnist_search.engine.train import EpochMetrics, FitResult
+
+    def epoch(n, seconds):
+        return EpochMetrics(n, 1.0, 0.5, 0.5, 1.0, seconds, 1000)
+
+    assert FitResult([epoch(1, 10.0)]).throughput == 100.0  # one epoch: all there is
+    assert FitResult([epoch(1, 10.0), epoch(2, 1.0), epoch(3, 1.0)]).throughput == 1000.0  # 2000 samples / 2 s

@@ -37,7 +37,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` is bf16 on a CUDA GPU that supports it, else fp32 (CPU autocast is slower, not faster)."""
     if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        # Native bf16 only (Ampere and later): emulated bf16 on older GPUs is slower than fp32.
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16" if native else "fp32"
     if name not in PRECISIONS:
         raise ConfigError(f"unknown precision {name!r}; choose one of: auto, {', '.join(PRECISIONS)}")
     if name == "fp16" and device.type == "cpu":
@@ -49,6 +51,10 @@ def tune_backend(device: torch.device) -> None:
     """Process-wide settings for training on ``device`` (fixed input shapes: cuDNN may autotune)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        # fp32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa products, fp32
+        # accumulation): what fp32 training on Ampere+ normally means; bf16 autocast is unaffected.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def synchronize(device: torch.device) -> None:

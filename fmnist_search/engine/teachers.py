@@ -23,7 +23,7 @@ import torch.nn as nn
 from filelock import FileLock
 
 from ..core.config import TrainConfig, cache_root, check_teacher
-from .train import EpochMetrics, train_recipe
+from .train import MEAN, STD, EpochMetrics, train_recipe
 from .weights import load_weights_file, weights_payload
 
 
@@ -31,8 +31,13 @@ def _fingerprint(
     model: str, recipe: dict[str, Any], seed: int, precision: str, train: tuple[torch.Tensor, torch.Tensor]
 ) -> str:
     h = hashlib.sha256(json.dumps([model, recipe, seed, precision], sort_keys=True).encode())
-    for t in train:  # the exact images and labels, in order: a different split is a different teacher
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    images, labels = train
+    # The exact images and labels, in order: a different split is a different teacher. Hashed as
+    # the uint8 pixels they came from: CUDA and CPU normalise to floats an ulp apart, and a
+    # teacher trained on one device must be found from the other.
+    pixels = (images.detach().float() * STD + MEAN).mul_(255).round_().to(torch.uint8)
+    for t in (pixels, labels):
+        h.update(t.cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -23,10 +23,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from ..core import interrupts
-from ..core.errors import StorageError
+from ..core.errors import FmnistSearchError, StorageError
 from ..engine.population import Member, fit_population, shared_key
 from ..engine.train import TrainConfig, build_model
 from .objective import RUN_FIELDS, Objective, release_memory, summarize
@@ -72,6 +73,15 @@ def run_population(
                 if not s.told:  # left RUNNING: the worker's release() fails (and on SIGTERM re-queues) them
                     s.record.fail_reason = f"{interrupts.INTERRUPTED}: {e}"
             raise
+        except torch.OutOfMemoryError:
+            why = f"out of device memory with a population of {len(slots)}; use a smaller --population"
+            for s in slots:
+                if not s.told:
+                    s.record.fail_reason = why
+                    store.attrs({s.trial._trial_id: s.record.attrs(*RUN_FIELDS)})
+                    study.tell(s.trial, state=TrialState.FAIL)
+                    s.told = True
+            raise FmnistSearchError(why) from None
         finally:
             untold = {s.trial._trial_id: s.record.attrs(*RUN_FIELDS) for s in slots if not s.told}
             if untold:

@@ -52,14 +52,18 @@ class WorkerPlan:
 def plan_workers(jobs: int, gpus: list[str] | None, workers_per_gpu: int, cpu_count: int) -> list[WorkerPlan]:
     """``--gpus 0,1 --workers-per-gpu 2`` -> 4 workers, each seeing one GPU as cuda:0.
 
-    CPU workers split the cores between them (OMP_NUM_THREADS) instead of each taking all.
+    Workers split the cores between them (OMP_NUM_THREADS, and inductor's compile threads)
+    instead of each taking all: GPU workers use them for the host side and torch.compile.
     """
     if gpus:
-        return [
-            WorkerPlan(f"gpu{g}-{k}", {"CUDA_VISIBLE_DEVICES": g}, "cuda") for g in gpus for k in range(workers_per_gpu)
-        ]
-    threads = str(max(1, cpu_count // jobs))
-    return [WorkerPlan(f"w{i}", {"OMP_NUM_THREADS": threads}, None) for i in range(jobs)]
+        plans = [(f"gpu{g}-{k}", {"CUDA_VISIBLE_DEVICES": g}, "cuda") for g in gpus for k in range(workers_per_gpu)]
+    else:
+        plans = [(f"w{i}", {}, None) for i in range(jobs)]
+    threads = str(max(1, cpu_count // len(plans)))
+    return [
+        WorkerPlan(label, {**env, "OMP_NUM_THREADS": threads, "TORCHINDUCTOR_COMPILE_THREADS": threads}, device)
+        for label, env, device in plans
+    ]
 
 
 @dataclass(frozen=True)
