@@ -661,16 +661,18 @@ def plot(
         bool, typer.Option(help="Also attach the learning curves to the study for optuna-dashboard.")
     ] = True,
 ) -> None:
-    """Learning curves and Optuna's plots of a study as HTML files, with an index.html."""
+    """The study on one page (index.html: settings, counts, best trial, report table, figures), plus each figure."""
     import optuna_dashboard
 
     from .search.plots import study_figures, write_html
     from .search.study import load_study
+    from .search.summary import summary_page
 
     s = load_study(_storage(storage), study)
     figures = study_figures(s)
+    title = f"fmnist-search: {study}"
     try:
-        paths = write_html(figures, output_dir, title=f"fmnist-search: {study}")
+        paths = write_html(figures, output_dir, title, page=summary_page(s, figures, title))
     except OSError as e:
         raise FmnistSearchError(f"cannot write to {output_dir}: {e.strerror}") from None
     if dashboard:  # optuna-dashboard draws Optuna's plots itself; this adds the learning curves

@@ -86,3 +86,11 @@ def test_gpu_check_skips_steps_once_its_budget_is_spent(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     steps = (tmp_path / "steps.txt").read_text().splitlines()
     assert len(steps) == 7 and all(" skipped " in line for line in steps)
+
+
+def test_distill_script_compares_three_ways(real_data):
+    import distill
+
+    results = distill.main(["--device", "cpu", "--train-size", "512", "--reps", "1"])
+    assert set(results["epoch_time_vs_undistilled"]) == {"teacher per batch", "teacher looked up"}
+    assert results["undistilled"] > 0 and results["table_s"] > 0

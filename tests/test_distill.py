@@ -175,3 +175,32 @@ def test_teacher_cache_key_is_the_images_not_their_float_rounding(tiny_splits):
     key = _fingerprint("lenet", {"lr": 0.1}, 0, "fp32", (x, y))
     assert _fingerprint("lenet", {"lr": 0.1}, 0, "fp32", (ulp_off, y)) == key
     assert _fingerprint("lenet", {"lr": 0.1}, 0, "fp32", (x[1:], y[1:])) != key  # other images: another teacher
+
+
+def test_looked_up_soft_targets_are_the_teachers_and_train_the_same(tiny_splits):
+    """No crops, no erasing: the teacher's logits come from a table (each image and its mirror,
+    computed once) instead of a forward pass per batch, with the same result."""
+    from fmnist_search.engine.train import Teacher, build_model, soft_targets, to_device
+
+    cpu = torch.device("cpu")
+    x, y = (t.double() if t.is_floating_point() else t for t in to_device(*tiny_splits.train, cpu))
+    net = build_model("lenet", 9, cpu).module.double().eval()
+    teacher = Teacher(net)
+    plain, mirror = teacher.tables(x, "fp32", 64)
+    idx = torch.tensor([5, 0, 399, 17])
+    flips = torch.tensor([True, False, True, False])
+    looked_up = soft_targets((plain, mirror), idx, flips)
+    with torch.no_grad():
+        direct = net(torch.where(flips.view(-1, 1, 1, 1), x[idx].flip(-1), x[idx]))
+    torch.testing.assert_close(looked_up, direct, rtol=1e-12, atol=1e-12)
+    assert teacher.tables(x, "fp32", 64)[0] is plain  # computed once, then kept
+
+    cfg = TrainConfig(lr=0.05, epochs=2, batch_size=64, flip=True, teacher="t", distill=0.7, distill_temp=3.0)
+    runs = []
+    for lookup in (True, False):
+        model = build_model("lenet", 0, cpu).module.double()
+        result = fit(model, (x, y), None, cfg, teacher=teacher, lookup=lookup)
+        runs.append((model, result))
+    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11)
+    assert [m.train_loss for m in runs[0][1].history] == pytest.approx([m.train_loss for m in runs[1][1].history])

@@ -227,3 +227,46 @@ def test_each_trial_keeps_one_colour_across_panels(tmp_path):
         by_trial.setdefault(trace.name, set()).add(trace.line.color)
     assert len(by_trial) == 3 and all(len(colours) == 1 for colours in by_trial.values())
     assert len({next(iter(c)) for c in by_trial.values()}) == 3
+
+
+def test_plot_index_is_the_study_on_one_page_and_works_offline(tmp_path):
+    from html.parser import HTMLParser
+
+    study = _grid_study(tmp_path)
+    out = tmp_path / "plots"
+    url = f"sqlite:///{tmp_path}/r.db"
+    result = runner.invoke(app, ["plot", "--study", study.study_name, "--storage", url, "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.ids, self.scripts, self.cells, self.headings, self._tag = [], [], [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            self._tag = tag
+            if "id" in a:
+                self.ids.append(a["id"])
+            if tag == "script" and a.get("src"):
+                self.scripts.append(a["src"])
+
+        def handle_data(self, data):
+            if self._tag in ("td", "th") and data.strip():
+                self.cells.append(data.strip())
+            if self._tag in ("h2", "h3"):
+                self.headings.append(data.strip())
+
+    page = Page()
+    page.feed((out / "index.html").read_text())
+    # settings, counts, best trial, the report's table, then the figures, learning curves first
+    assert [i for i in page.ids if not i.startswith("figure-")][:4] == ["settings", "counts", "best", "report"]
+    figures = [i for i in page.ids if i.startswith("figure-")]
+    assert figures[0] == "figure-learning_curves" and "figure-optimization_history" in figures
+    assert "seed-report-lenet" in (out / "index.html").read_text()
+    best = max(study.trials, key=lambda t: t.value)
+    assert str(best.number) in page.cells and "test cpu" in page.cells  # the best trial and its hardware
+    assert "89.4%" in page.cells  # the report's own figure for lr 0.1, beside ours
+    # Offline: the only script is plotly.js, loaded from the folder itself.
+    assert page.scripts == ["plotly.min.js"] and (out / "plotly.min.js").stat().st_size > 1_000_000
+    assert 'href="learning_curves.html"' in (out / "index.html").read_text()

@@ -20,10 +20,18 @@ def random_crop(x: torch.Tensor, padding: int, fill: float, g: torch.Generator) 
     return padded.gather(2, rows).gather(3, cols)  # each sample's rows, then its columns
 
 
+def flip_mask(n: int, device: torch.device, g: torch.Generator) -> torch.Tensor:
+    """Which of ``n`` samples ``random_flip`` mirrors (the same draw from ``g``)."""
+    return torch.rand(n, device=device, generator=g) < 0.5
+
+
+def flipped(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
 def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
-    flip = torch.rand(len(x), device=x.device, generator=g) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    return flipped(x, flip_mask(len(x), x.device, g))
 
 
 def random_erasing(

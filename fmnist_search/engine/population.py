@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +38,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.config import TrainConfig
+from . import augment
 from .devices import synchronize
 from .schedules import make_scheduler
-from .train import EpochMetrics, FitResult, _autocast, _epoch_stop, augment_batch, epoch_batches, widened
+from .train import (
+    EpochMetrics,
+    FitResult,
+    Teacher,
+    _autocast,
+    _epoch_stop,
+    as_teacher,
+    augment_batch,
+    epoch_batches,
+    soft_targets,
+    widened,
+)
 
 # Trials per population when the user gives none (--population): where it pays, measured.
 # CPU: 1 (benchmarks/results/population-cpu.json). GPU: launch-bound small models only.
@@ -221,7 +233,7 @@ def fit_population(
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor] | None,
     on_epoch_end: EpochHook | None = None,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | Teacher | None = None,
 ) -> Census:
     """Train ``modules[k]`` with ``members[k].cfg`` for every k at once; each leaves when its
     epochs are done, when it diverges, or when ``on_epoch_end`` names it. ``members`` carry
@@ -238,81 +250,139 @@ def fit_population(
         raise ValueError("population training runs in fp32 or bf16 (fp16 needs a loss scale per model)")
     if any(c.distill > 0 for c in cfgs) and teacher is None:
         raise ValueError("a distilled member needs a teacher network")
-    x, y = train
-    device, n = x.device, len(x)
-    alive = list(range(len(members)))
-    census = Census()
-    template = copy.deepcopy(modules[0])
-    census.kind, forward = make_forward(template)
-    state = stack(modules)
-    opt = _SGD(state, template, cfgs, device)
-    steps_per_epoch = len(range(0, _epoch_stop(n, base.batch_size), base.batch_size))
-    lrs = lr_table(cfgs, steps_per_epoch, device, next(iter(state.values())).dtype)
-    per_model = _PerModel(cfgs, device, opt.params[0].dtype)
-    order = torch.Generator(device=device).manual_seed(_order_seed(base))
-    augmenting = base.crop > 0 or base.flip or base.erasing > 0
-    step = 0
+    device = train[0].device
+    stack_ = _Stack(modules, cfgs, len(train[0]), device)
+    batches = _Batches(train, base, teacher if any(c.distill > 0 for c in cfgs) else None)
+    census = Census(kind=stack_.kind)
     for epoch in range(1, max(c.epochs for c in cfgs) + 1):
-        k = len(alive)
-        perm = torch.randperm(n, device=device, generator=order)
+        k = len(stack_.alive)
         loss_sum = torch.zeros(k, device=device)
         correct = torch.zeros(k, device=device, dtype=torch.long)
         seen = 0
         synchronize(device)
         t0 = time.perf_counter()
-        for idx in epoch_batches(perm, base.batch_size):
-            xb, yb = x[idx], y[idx]
-            if augmenting:
-                xb = augment_batch(xb, base, order)
+        for xb, yb, soft in batches.epoch():
             with _autocast(device, base.precision):
-                out = forward(state, xb, True)  # (K, B, classes)
-                soft = None
-                if teacher is not None and per_model.distilling:
-                    with torch.no_grad():
-                        soft = teacher(xb)
-                losses = per_model.loss(out, yb, soft)  # (K,)
-            grads = torch.autograd.grad(losses.sum(), opt.params)
-            opt.step(grads, lrs[:, step])
-            step += 1
-            loss_sum += losses.detach().float() * len(idx)
+                out = stack_.forward(stack_.state, xb, True)  # (K, B, classes)
+                losses = stack_.per_model.loss(out, yb, soft(xb))  # (K,)
+            stack_.step(losses)
+            loss_sum += losses.detach().float() * len(yb)
             correct += (out.argmax(-1) == yb).sum(1)
-            seen += len(idx)
+            seen += len(yb)
         synchronize(device)
         elapsed = time.perf_counter() - t0
         census.samples += seen * k
         census.train_time_s += elapsed
-        losses_now, corrects = torch.stack([loss_sum, correct.float()]).tolist()  # the epoch's one sync
-        accs = _evaluate(forward, state, val, base.eval_batch_size, per_model.tta) if val is not None else None
-        metrics: dict[int, EpochMetrics] = {}
-        for row, m in enumerate(alive):
-            train_loss = losses_now[row] / seen
-            if not math.isfinite(train_loss):
-                members[m].status = "diverged"
-                members[m].error = f"training loss became {train_loss} in epoch {epoch} (lr={cfgs[m].lr:.4g})"
-                continue
-            val_acc, val_loss = accs[row] if accs is not None else (math.nan, math.nan)
-            metrics[m] = EpochMetrics(epoch, train_loss, corrects[row] / seen, val_acc, val_loss, elapsed, seen)
-            members[m].result.history.append(metrics[m])
+        sums = torch.stack([loss_sum, correct.float()]).tolist()  # the epoch's one sync
+        accs = stack_.evaluate(val, base.eval_batch_size) if val is not None else None
+        metrics = _epoch_metrics(members, stack_.alive, epoch, sums, accs, seen, elapsed)
         stop = set(on_epoch_end(epoch, metrics)) if on_epoch_end is not None else set()
-        for row, m in enumerate(alive):
+        if not stack_.settle(members, stop, epoch):
+            break
+    return census
+
+
+def _epoch_metrics(
+    members: Sequence[Member],
+    alive: list[int],
+    epoch: int,
+    sums: list[list[float]],
+    accs: list[tuple[float, float]] | None,
+    seen: int,
+    elapsed: float,
+) -> dict[int, EpochMetrics]:
+    """Each training member's epoch, appended to its history; members whose loss is not finite diverge."""
+    losses, corrects = sums
+    metrics: dict[int, EpochMetrics] = {}
+    for row, m in enumerate(alive):
+        train_loss = losses[row] / seen
+        if not math.isfinite(train_loss):
+            members[m].status = "diverged"
+            members[m].error = f"training loss became {train_loss} in epoch {epoch} (lr={members[m].cfg.lr:.4g})"
+            continue
+        val_acc, val_loss = accs[row] if accs is not None else (math.nan, math.nan)
+        metrics[m] = EpochMetrics(epoch, train_loss, corrects[row] / seen, val_acc, val_loss, elapsed, seen)
+        members[m].result.history.append(metrics[m])
+    return metrics
+
+
+class _Batches:
+    """The population's shared batches: one seeded order, augmentation, and the teacher's soft targets."""
+
+    def __init__(self, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, teacher: Any) -> None:
+        self.x, self.y, self.cfg = train[0], train[1], cfg
+        self.order = torch.Generator(device=self.x.device).manual_seed(_order_seed(cfg))
+        self.augmenting = cfg.crop > 0 or cfg.flip or cfg.erasing > 0
+        self.teacher = as_teacher(teacher)
+        # soft targets looked up by index where a batch is its images, some mirrored (train.Teacher)
+        lookup = self.teacher is not None and not cfg.crop and not cfg.erasing
+        self.tables = self.teacher.tables(self.x, cfg.precision, cfg.batch_size) if self.teacher and lookup else None
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor | None]]]:
+        """(images, labels, soft targets of the images) per batch; the teacher runs inside autocast."""
+        perm = torch.randperm(len(self.x), device=self.x.device, generator=self.order)
+        for idx in epoch_batches(perm, self.cfg.batch_size):
+            xb, yb = self.x[idx], self.y[idx]
+            mirrored = None
+            if self.augmenting and self.tables is not None:  # flips only: the same draw as augment_batch's
+                mirrored = augment.flip_mask(len(xb), xb.device, self.order) if self.cfg.flip else None
+                xb = augment.flipped(xb, mirrored) if mirrored is not None else xb
+            elif self.augmenting:
+                xb = augment_batch(xb, self.cfg, self.order)
+            yield xb, yb, self._soft(idx, mirrored)
+
+    def _soft(self, idx: torch.Tensor, mirrored: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        teacher, tables = self.teacher, self.tables
+        if teacher is None:
+            return lambda xb: None
+        if tables is None:
+            return teacher
+        return lambda xb: soft_targets(tables, idx, mirrored)
+
+
+class _Stack:
+    """The alive members' stacked state, optimizer, lr tables and loss settings (rows = ``alive``)."""
+
+    def __init__(self, modules: Sequence[nn.Module], cfgs: Sequence[TrainConfig], n: int, device: torch.device) -> None:
+        self.template = copy.deepcopy(modules[0])
+        self.kind, self.forward = make_forward(self.template)
+        self.state = stack(modules)
+        self.opt = _SGD(self.state, self.template, cfgs, device)
+        batch = cfgs[0].batch_size
+        steps_per_epoch = len(range(0, _epoch_stop(n, batch), batch))
+        self.lrs = lr_table(cfgs, steps_per_epoch, device, self.opt.params[0].dtype)
+        self.per_model = _PerModel(cfgs, device, self.opt.params[0].dtype)
+        self.alive = list(range(len(cfgs)))
+        self.steps = 0
+
+    def step(self, losses: torch.Tensor) -> None:
+        grads = torch.autograd.grad(losses.sum(), self.opt.params)  # model k's gradients: its own loss's
+        self.opt.step(grads, self.lrs[:, self.steps])
+        self.steps += 1
+
+    def evaluate(self, val: tuple[torch.Tensor, torch.Tensor], batch_size: int) -> list[tuple[float, float]]:
+        return _evaluate(self.forward, self.state, val, batch_size, self.per_model.tta)
+
+    def settle(self, members: Sequence[Member], stop: set[int], epoch: int) -> bool:
+        """After an epoch: members named in ``stop`` are stopped, those at their last epoch done
+        (weights taken out); the rest stay. False when none does."""
+        for row, m in enumerate(self.alive):
             if members[m].status != "training":
                 continue
             if m in stop:
                 members[m].status = "stopped"
-            elif epoch >= cfgs[m].epochs:
+            elif epoch >= members[m].cfg.epochs:
                 members[m].status = "done"
-                members[m].module = unstack(state, row, template)
-        keep = [row for row, m in enumerate(alive) if members[m].status == "training"]
-        if not keep:
-            break
-        if len(keep) < len(alive):
-            rows = torch.tensor(keep, device=device)
-            state = {key: _take(v, rows, key in opt.names) for key, v in state.items()}
-            opt.keep(state, rows)
-            lrs = lrs[rows]
-            per_model.keep(rows)
-            alive = [alive[r] for r in keep]
-    return census
+                members[m].module = unstack(self.state, row, self.template)
+        keep = [row for row, m in enumerate(self.alive) if members[m].status == "training"]
+        if keep and len(keep) < len(self.alive):
+            rows = torch.tensor(keep, device=self.lrs.device)
+            self.state = {key: _take(v, rows, key in self.opt.names) for key, v in self.state.items()}
+            self.opt.keep(self.state, rows)
+            self.lrs = self.lrs[rows]
+            self.per_model.keep(rows)
+            self.alive = [self.alive[r] for r in keep]
+        return bool(keep)
 
 
 def _take(t: torch.Tensor, rows: torch.Tensor, is_param: bool) -> torch.Tensor:
@@ -331,7 +401,6 @@ class _PerModel:
         self.distill = col([c.distill for c in cfgs])
         self.temp = col([c.distill_temp for c in cfgs]).unsqueeze(-1)
         self.tta = torch.tensor([c.tta_flip for c in cfgs], device=device)
-        self.distilling = any(c.distill > 0 for c in cfgs)
 
     def keep(self, rows: torch.Tensor) -> None:
         self.smooth, self.distill, self.temp, self.tta = (

@@ -26,6 +26,7 @@ from ..engine.train import (
     Diverged,
     EpochMetrics,
     FitResult,
+    Teacher,
     TrainConfig,
     build_model,
     evaluate,
@@ -69,7 +70,8 @@ class Objective:
         tune_backend(device)
         # Not sampled, so one teacher serves the whole study; trained (or loaded) once per process.
         name = spec.fixed.get("teacher")
-        self.teacher = teacher_for(name, self.train, spec.seed, precision, say) if name else None
+        # Its logits of the training images are looked up once computed (train.Teacher).
+        self.teacher = Teacher(teacher_for(name, self.train, spec.seed, precision, say)) if name else None
 
     def config(self, trial: optuna.Trial, data_seed: int | None = None) -> TrainConfig:
         """This trial's recipe: its sampled hyperparameters (``suggest`` asks the sampler)."""

@@ -74,9 +74,10 @@ def study_figures(study: optuna.Study) -> dict[str, go.Figure]:
     return figures
 
 
-def write_html(figures: dict[str, go.Figure], out_dir: Path, title: str) -> list[Path]:
-    """One HTML file per figure plus index.html; plotly.js is written once beside them, so
-    the folder works offline and each file stays small."""
+def write_html(figures: dict[str, go.Figure], out_dir: Path, title: str, page: str | None = None) -> list[Path]:
+    """One HTML file per figure plus index.html (``page``, e.g. ``summary.summary_page``, else a
+    list of links); plotly.js is written once beside them, so the folder works offline and
+    each file stays small."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem, fig in figures.items():
@@ -84,7 +85,10 @@ def write_html(figures: dict[str, go.Figure], out_dir: Path, title: str) -> list
         fig.write_html(path, include_plotlyjs="directory", full_html=True)
         paths.append(path)
     links = "\n".join(f'<li><a href="{p.name}">{p.stem.replace("_", " ")}</a></li>' for p in paths)
+    files = f"<h2>Files</h2><ul id='files'>\n{links}\n</ul>"
+    if page is None:
+        head = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+        page = f"{head}<body><h1>{title}</h1></body></html>"
     index = out_dir / "index.html"
-    index.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-                     f"<body><h1>{title}</h1><ul>\n{links}\n</ul></body></html>\n")  # fmt: skip
+    index.write_text(page.replace("</body>", files + "</body>", 1))
     return [*paths, index]
