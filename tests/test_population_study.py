@@ -119,3 +119,16 @@ def test_population_refuses_fp16_and_compile_in_one_line(tmp_path, real_data):
     url = f"sqlite:///{tmp_path}/r.db"
     result = invoke("run", "--model", "lenet", "--trials", "1", "--population", "2", "--compile", "--storage", url)
     assert result.exit_code != 0 and "--population 1" in result.output and "Traceback" not in result.output
+
+
+def test_a_population_on_a_database_server(database_url, real_data):
+    """The batched writes (multi-row upserts of reports, records and SHA rung attrs) and the
+    batched heartbeats in each server's own SQL dialect."""
+    result = invoke("run", "--model", "lenet", "--study", "pop", "--trials", "4", "--population", "4",
+                    "--pruner", "sha", "--storage", database_url, *TINY)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="pop", storage=database_url).trials
+    assert len(trials) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert all(sorted(t.intermediate_values)[0] == 1 for t in trials)
+    assert all("completed_rung_0" in t.system_attrs for t in trials)  # every peer's rung value, recorded first
+    assert all(TrialRecord.of(t).population == 4 and TrialRecord.of(t).history for t in trials)

@@ -18,7 +18,9 @@ from ..core.errors import StorageError
 from .storage import make_storage, mask_url  # noqa: F401 - re-exported
 
 SAMPLERS: dict[str, Callable[[StudySpec, int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda spec, seed: optuna.samplers.TPESampler(seed=seed),
+    # constant_liar (Optuna 5's default, set for clarity): RUNNING trials count as poor ones, so trials
+    # asked together (--population, many workers) spread out instead of sampling the same point.
+    "tpe": lambda spec, seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
     "random": lambda spec, seed: optuna.samplers.RandomSampler(seed=seed),
     "cmaes": lambda spec, seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
     "gp": lambda spec, seed: optuna.samplers.GPSampler(seed=seed),
