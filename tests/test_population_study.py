@@ -57,6 +57,7 @@ def test_population_trials_are_ordinary_trials(studies):
         assert t.value == r.val_accuracy and 0.5 < r.val_accuracy <= 1 and 0.5 < r.test_accuracy <= 1
         assert r.throughput > 0 and r.population_throughput >= r.throughput
         assert r.weights_artifact
+    assert all(TrialRecord.of(t).population_throughput > 0 for t in together)  # pruned ones too
     # 6 trials, 4 at a time: a population of 4, then one of 2; one batch order per population.
     assert [TrialRecord.of(t).population for t in together] == [4, 4, 4, 4, 2, 2]
     assert {TrialRecord.of(t).config["data_seed"] for t in together} == {0, 4}

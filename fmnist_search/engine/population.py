@@ -234,10 +234,12 @@ def fit_population(
     val: tuple[torch.Tensor, torch.Tensor] | None,
     on_epoch_end: EpochHook | None = None,
     teacher: nn.Module | Teacher | None = None,
+    census: Census | None = None,
 ) -> Census:
     """Train ``modules[k]`` with ``members[k].cfg`` for every k at once; each leaves when its
     epochs are done, when it diverges, or when ``on_epoch_end`` names it. ``members`` carry
-    the results, also when an exception (an interrupt) ends the population early.
+    the results, also when an exception (an interrupt) ends the population early, and
+    ``census`` (returned) the population's throughput so far, epoch by epoch.
 
     ``modules`` are freshly built models of one architecture on the data's device (each
     seeded by its caller); the configs must share ``shared_key``. Precision fp32 or bf16.
@@ -253,7 +255,8 @@ def fit_population(
     device = train[0].device
     stack_ = _Stack(modules, cfgs, len(train[0]), device)
     batches = _Batches(train, base, teacher if any(c.distill > 0 for c in cfgs) else None)
-    census = Census(kind=stack_.kind)
+    census = census if census is not None else Census()
+    census.kind = stack_.kind
     for epoch in range(1, max(c.epochs for c in cfgs) + 1):
         k = len(stack_.alive)
         loss_sum = torch.zeros(k, device=device)

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from ..core import interrupts
 from ..core.errors import FmnistSearchError, StorageError
-from ..engine.population import Member, fit_population, shared_key
+from ..engine.population import Census, Member, fit_population, shared_key
 from ..engine.train import TrainConfig, build_model
 from .objective import RUN_FIELDS, Objective, release_memory, summarize
 from .pruning import population_prunes
@@ -97,10 +97,12 @@ def _train_group(
     for s, module in zip(group, modules, strict=True):
         s.record = objective.describe(s.record, s.cfg, module, population=len(group))
     members = [Member(s.cfg) for s in group]
+    census = Census()  # filled epoch by epoch: pruned trials record it too
 
     def tell(i: int, state: TrialState, value: float | None = None) -> None:
         s = group[i]
         summarize(members[i].result, s.record)
+        s.record.population_throughput = census.throughput
         store.attrs({s.trial._trial_id: s.record.attrs(*RUN_FIELDS)})
         frozen = study.tell(s.trial, state=state, values=value)
         s.told = True
@@ -126,13 +128,12 @@ def _train_group(
         return stop
 
     try:
-        census = fit_population(modules, members, objective.train, objective.val, on_epoch_end, objective.teacher)
+        fit_population(modules, members, objective.train, objective.val, on_epoch_end, objective.teacher, census)
     finally:  # an interrupt too: every trial keeps what it measured
         for s, m in zip(group, members, strict=True):
             if not s.told:
                 summarize(m.result, s.record)
     for i, m in enumerate(members):
-        group[i].record.population_throughput = census.throughput
         if m.status == "diverged" and not group[i].told:
             group[i].record.fail_reason = m.error
             tell(i, TrialState.FAIL)
