@@ -49,10 +49,12 @@ def signal_name(signum: int) -> str:
 def plan_studies(
     preset: str | None, model: str | None, models: str | None, study: str | None, flags: dict[str, Any],
     trials: int | None,
-) -> list[tuple[str, dict[str, Any], int]]:  # fmt: skip
-    """(study name, requested settings, trials) for each study this command works on.
+) -> list[tuple[str, dict[str, Any], int, bool]]:  # fmt: skip
+    """(study name, requested settings, trials, whether a new study gets its model's base
+    recipe) for each study this command works on.
 
-    Settings flow one way: preset < flags; a resumed study's stored settings must agree.
+    Settings flow one way: base recipe (new studies without a preset) < preset < flags; a
+    resumed study's stored settings must agree.
     """
     from .core.config import load_preset
 
@@ -62,7 +64,7 @@ def plan_studies(
         if model is None and study is None:
             raise FmnistSearchError("give --model (a new study), --study NAME (resume one) or --preset NAME")
         requested = {"model": model, **flags} if model else flags
-        return [(study or model, requested, trials or 30)]  # type: ignore[list-item]
+        return [(study or model, requested, trials or 30, True)]  # type: ignore[list-item]
     p = load_preset(preset)
     chosen = [model] if model else list(p.models)
     if models is not None:
@@ -80,14 +82,16 @@ def plan_studies(
     settings = {**p.settings, **flags}
     if "fixed" in p.settings and "fixed" in flags:  # --fix adds to (or overrides keys of) the preset's [fixed]
         settings["fixed"] = {**p.settings["fixed"], **flags["fixed"]}
-    return [(study or p.study.format(model=m), {**settings, "model": m}, trials or p.trials or 30) for m in chosen]
+    return [(study or p.study.format(model=m), {**settings, "model": m}, trials or p.trials or 30, False)
+            for m in chosen]  # fmt: skip
 
 
 def open_with_target(
-    storage: str, name: str, requested: dict[str, Any], trials: int, beat: dict[str, Any], say: Say
-) -> tuple[Any, Any, Any, int]:
-    """Create or resume the study, check its settings, raise its target by ``trials``:
-    (store, study, spec, target)."""
+    storage: str, name: str, requested: dict[str, Any], trials: int, beat: dict[str, Any], say: Say,
+    base: bool = False,
+) -> tuple[Any, Any, Any, int]:  # fmt: skip
+    """Create (with its model's base recipe if ``base``) or resume the study, check its
+    settings, raise its target by ``trials``: (store, study, spec, target)."""
     from .core.interrupts import check, shielded
     from .search.study import open_study
     from .search.workers import set_target
@@ -96,7 +100,7 @@ def open_with_target(
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
     store = open_store(storage, say, heartbeat=True, **beat)
     with shielded():  # a study is created with its settings and target, or not at all
-        opt_study, spec = open_study(store, name, requested)
+        opt_study, spec = open_study(store, name, requested, base=base)
         target = set_target(opt_study, trials)
     check()
     return store, opt_study, spec, target

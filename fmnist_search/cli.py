@@ -308,8 +308,8 @@ def create(options: StudyOptions) -> None:
 
     o = options
     beat = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
-    for name, requested, n in plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials):
-        _, _, spec, target = open_with_target(o.storage, name, requested, n, beat, _say)
+    for name, requested, n, base in plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials):
+        _, _, spec, target = open_with_target(o.storage, name, requested, n, beat, _say, base)
         _say(f"study {name!r} ({spec.model}) has a target of {target} trials; start workers with:")
         _say(f"  fmnist-search worker --study {name} --storage URL")
 
@@ -343,8 +343,8 @@ def run(
     if here:
         resolve_runtime(work.device, work.precision)  # a bad --device fails before the store is touched
     beat = {**work.beat, "patience": work.storage_patience}
-    for name, requested, n in plan:
-        store, opt_study, spec, target = open_with_target(o.storage, name, requested, n, beat, _say)
+    for name, requested, n, base in plan:
+        store, opt_study, spec, target = open_with_target(o.storage, name, requested, n, beat, _say, base)
         if here:
             with _RunProgress(n, spec.epochs) as progress:
                 work_here(store, o.storage, name, spec, work, progress, _say)

@@ -74,3 +74,40 @@ def test_only_our_sqlite_stores_are_switched_to_wal(tmp_path):
     other = create_engine(f"sqlite:///{tmp_path}/theirs.db")
     with other.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+
+
+def test_a_new_lenet_study_gets_its_base_recipe_and_keeps_it(storage):
+    from fmnist_search.core.config import BASE_RECIPES
+
+    _, spec = open_study(storage, "new", {"model": "lenet", "fixed": {"flip": False}, "momentum": 0.5}, base=True)
+    recipe = BASE_RECIPES["lenet"]
+    assert spec.batch_size == recipe["batch_size"] and spec.momentum == 0.5  # a flag wins, key by key
+    assert spec.fixed == {**recipe["fixed"], "flip": False}
+    _, again = open_study(storage, "new", {"model": "lenet"}, base=True)  # resumed: the stored recipe, unchanged
+    assert again == spec
+
+
+def test_old_studies_presets_and_wider_spaces_get_no_base_recipe(storage):
+    _, old = open_study(storage, "old", {"model": "lenet"})  # created before base recipes
+    _, resumed = open_study(storage, "old", {"model": "lenet"}, base=True)
+    assert resumed == old and old.fixed == {} and old.momentum == 0.9 and old.batch_size == 256
+    _, full = open_study(storage, "full", {"model": "lenet", "space": "full"}, base=True)
+    assert full.fixed == {}  # the full space samples these itself
+    _, other = open_study(storage, "r18", {"model": "resnet18"}, base=True)
+    assert other.fixed == {}  # only LeNet has one
+    from fmnist_search.app import plan_studies
+
+    (_, _, _, base), *_ = plan_studies("seed-report", None, "lenet", None, {}, None)
+    assert base is False  # a preset is a complete recipe (seed-report: the report's protocol)
+    (_, _, _, base), *_ = plan_studies(None, "lenet", None, None, {}, None)
+    assert base is True
+
+
+def test_resuming_with_part_of_the_fixed_values_is_fine_and_a_different_one_refused(storage):
+    open_study(storage, "kd", {"model": "lenet", "fixed": {"distill": 0.5, "teacher": "airbench-tuned"}}, base=True)
+    _, spec = open_study(storage, "kd", {"model": "lenet", "fixed": {"distill": 0.5}})  # the same --fix again
+    assert spec.fixed["distill"] == 0.5 and spec.fixed["flip"] is True
+    with pytest.raises(ConfigError, match="created with fixed="):
+        open_study(storage, "kd", {"fixed": {"distill": 0.7}})
+    with pytest.raises(ConfigError, match="created with fixed="):
+        open_study(storage, "kd", {"fixed": {"crop": 2}})  # a value the study never had

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
-from ..core.config import DEFAULT_STORAGE, StudySpec, check_recipe, resolve  # noqa: F401 - re-exported
+from ..core.config import DEFAULT_STORAGE, StudySpec, check_recipe, resolve, with_base_recipe  # noqa: F401
 from ..core.errors import StorageError
 from .storage import make_storage, mask_url  # noqa: F401 - re-exported
 
@@ -69,12 +69,17 @@ def stored_spec(study: optuna.Study) -> StudySpec:
     return StudySpec.from_attrs(study.user_attrs)
 
 
-def open_study(storage: RDBStorage, name: str, requested: dict[str, Any]) -> tuple[optuna.Study, StudySpec]:
-    """Create study ``name`` from ``requested`` settings, or resume it if they agree with the stored ones."""
+def open_study(
+    storage: RDBStorage, name: str, requested: dict[str, Any], base: bool = False
+) -> tuple[optuna.Study, StudySpec]:
+    """Create study ``name`` from ``requested`` settings (over its model's base recipe if
+    ``base``), or resume it if they agree with the stored ones."""
     exists = name in study_names(storage)
     stored = optuna.load_study(study_name=name, storage=storage).user_attrs if exists else None
     if stored is not None and "model" not in stored:
         raise StorageError(f"study {name!r} exists but was not created by fmnist-search; use another --study name")
+    if stored is None and base:
+        requested = with_base_recipe(requested)
     spec = resolve(requested, stored, name)
     if stored is None:
         check_recipe(spec.fixed)  # a new study's teacher must be able to teach
