@@ -315,19 +315,21 @@ def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int,
 
 def load_model(
     study: str | None, trial: int | None, weights: Path | None, store: Callable[[], Any], artifact_dir: Path
-) -> tuple[str, str, Any]:
-    """(label, model name, model) from a study's trial (its best, or number ``trial``) or a weights file."""
+) -> tuple[str, str, Any, bool]:
+    """(label, model name, model, whether its recipe evaluates with flip TTA) from a study's
+    trial (its best, or number ``trial``) or a weights file (no recipe: False)."""
     from .engine.weights import load_weights_file
     from .search.artifacts import trial_model
+    from .search.record import TrialRecord
     from .search.study import load_study
 
     if (study is None) == (weights is None):
         raise FmnistSearchError("give --study NAME (its best or --trial N weights) or --weights FILE")
     if weights is not None:
         name, model = load_weights_file(weights)
-        return weights.stem, name, model
+        return weights.stem, name, model, False
     t, name, model = trial_model(load_study(store(), study), artifact_dir, trial)
-    return f"{study} trial {t.number}", name, model
+    return f"{study} trial {t.number}", name, model, bool((TrialRecord.of(t).config or {}).get("tta_flip"))
 
 
 def train_config(

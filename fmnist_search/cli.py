@@ -693,8 +693,12 @@ def evaluate(
     artifacts: ArtifactsOpt = None,
     output_dir: Annotated[Path, typer.Option(help="Folder for the confusion-matrix HTML.")] = Path("."),
     tta_flip: Annotated[
-        bool, typer.Option(help="Average each image's and its mirror image's predictions, as tta_flip recipes do.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            help="Average each image's and its mirror image's predictions [default: as the trial's recipe, "
+            "so its stored test accuracy is reproduced; off for --weights]."
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
     download: DownloadOpt = True,
@@ -708,7 +712,10 @@ def evaluate(
     from .engine.train import to_device
     from .search.plots import confusion_figure
 
-    label, _, model = load_model(study, trial, weights, lambda: _storage(storage), _artifact_dir(storage, artifacts))
+    label, _, model, recipe_tta = load_model(
+        study, trial, weights, lambda: _storage(storage), _artifact_dir(storage, artifacts)
+    )
+    tta_flip = recipe_tta if tta_flip is None else tta_flip
     dev, _ = resolve_runtime(device, "fp32")
     ds = load_dataset(data_dir, download)
     x, y = to_device(ds.test_images, ds.test_labels, dev)
@@ -753,7 +760,7 @@ def predict(
     from .engine.inference import load_image, predict_images
 
     loaded = [load_image(p) for p in images]  # every file is checked before the model is loaded
-    label, _, model = load_model(study, trial, weights, lambda: _storage(storage), _artifact_dir(storage, artifacts))
+    label, _, model, _ = load_model(study, trial, weights, lambda: _storage(storage), _artifact_dir(storage, artifacts))
     probs = predict_images(model, torch.stack([img for img, _ in loaded]), torch.device("cpu"))
     for path, (_, inverted), p in zip(images, loaded, probs, strict=True):
         k = int(p.argmax())
