@@ -12,18 +12,16 @@ from the second epoch on; the three alternate per repetition; medians.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-from results_io import write_json  # benchmarks/ is on sys.path when a script runs
+from results_io import hardware, write_json  # benchmarks/ is on sys.path when a script runs
 
 from fmnist_search.core.config import TrainConfig
 from fmnist_search.engine import data
-from fmnist_search.engine.devices import device_name, resolve_device, resolve_precision, synchronize
+from fmnist_search.engine.devices import resolve_device, resolve_precision, synchronize
 from fmnist_search.engine.train import Teacher, build_model, fit, to_device
 
 
@@ -66,16 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     for k, v in runs.items():
         print(f"{k:18s} {statistics.median(v):10,.0f} samples/s", flush=True)
     print(f"epoch time vs undistilled: {results['epoch_time_vs_undistilled']}; table built once in {table_s:.1f} s")
-    results["hardware"] = {
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "precision": precision,
-        "threads": torch.get_num_threads(),
-        "train_size": n,
-        "reps": args.reps,
-    }
+    results["hardware"] = hardware(device, precision, train_size=n, reps=args.reps)
     write_json(args.json, results)
     return results
 

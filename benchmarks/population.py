@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
 import sys
 from pathlib import Path
 
-import torch
-from results_io import write_json  # benchmarks/ is on sys.path when a script runs
+from results_io import hardware, write_json  # benchmarks/ is on sys.path when a script runs
 
 from fmnist_search.engine import data
-from fmnist_search.engine.devices import device_name, resolve_device, resolve_precision, tune_backend
+from fmnist_search.engine.devices import resolve_device, resolve_precision, tune_backend
 from fmnist_search.engine.population import Member, fit_population
 from fmnist_search.engine.train import TrainConfig, build_model, fit, to_device
 
@@ -82,17 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         line = "  ".join(f"K={k}: {row[str(k)]:,.0f} ({row['speedup'][str(k)]:.2f}x)" for k in sizes)
         print(f"{name:9s} sequential {row['sequential']:,.0f} samples/s; {line}", flush=True)
 
-    results["hardware"] = {
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "precision": precision,
-        "threads": torch.get_num_threads(),
-        "train_size": n,
-        "batch_size": BATCH,
-        "reps": args.reps,
-    }
+    results["hardware"] = hardware(device, precision, train_size=n, batch_size=BATCH, reps=args.reps)
     write_json(args.json, results)
     return results
 

@@ -16,7 +16,6 @@ time at least ~1,000 LeNet batches: fewer is over in milliseconds.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,14 +24,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from results_io import write_json  # benchmarks/ is on sys.path when a script runs
+from results_io import hardware, write_json  # benchmarks/ is on sys.path when a script runs
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine import data
-from fmnist_search.engine.devices import device_name, resolve_device, resolve_precision, synchronize
+from fmnist_search.engine.devices import resolve_device, resolve_precision, synchronize
 from fmnist_search.engine.train import MEAN, STD, TrainConfig, _autocast, build_model, fit
 from fmnist_search.search.objective import Objective
 
@@ -118,19 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = {"baseline": round(b, 1), "ours": round(o, 1), "ratio": round(o / b, 2)}
         print(f"{name:10s} baseline {b:12,.0f}  ours {o:12,.0f} samples/s  ratio {o / b:6.2f}x", flush=True)
 
-    results["hardware"] = {
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "precision": precision,
-        "compiled": args.compile,
-        "compile_mode": args.compile_mode,
-        "batches": args.batches,
-        "reps": args.reps,
-        "baseline_workers": args.workers,
-        "threads": torch.get_num_threads(),
-    }
+    results["hardware"] = hardware(
+        device, precision, compiled=args.compile, compile_mode=args.compile_mode, batches=args.batches,
+        reps=args.reps, baseline_workers=args.workers,
+    )  # fmt: skip
     write_json(args.json, results)
     return results
 
