@@ -38,7 +38,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.config import TrainConfig
-from . import augment
 from .devices import synchronize
 from .schedules import make_scheduler
 from .train import (
@@ -48,7 +47,7 @@ from .train import (
     _autocast,
     _epoch_stop,
     as_teacher,
-    augment_batch,
+    augmented,
     epoch_batches,
     soft_targets,
     widened,
@@ -315,7 +314,6 @@ class _Batches:
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, teacher: Any) -> None:
         self.x, self.y, self.cfg = train[0], train[1], cfg
         self.order = torch.Generator(device=self.x.device).manual_seed(_order_seed(cfg))
-        self.augmenting = cfg.crop > 0 or cfg.flip or cfg.erasing > 0
         self.teacher = as_teacher(teacher)
         # soft targets looked up by index where a batch is its images, some mirrored (train.Teacher)
         lookup = self.teacher is not None and not cfg.crop and not cfg.erasing
@@ -325,14 +323,8 @@ class _Batches:
         """(images, labels, soft targets of the images) per batch; the teacher runs inside autocast."""
         perm = torch.randperm(len(self.x), device=self.x.device, generator=self.order)
         for idx in epoch_batches(perm, self.cfg.batch_size):
-            xb, yb = self.x[idx], self.y[idx]
-            mirrored = None
-            if self.augmenting and self.tables is not None:  # flips only: the same draw as augment_batch's
-                mirrored = augment.flip_mask(len(xb), xb.device, self.order) if self.cfg.flip else None
-                xb = augment.flipped(xb, mirrored) if mirrored is not None else xb
-            elif self.augmenting:
-                xb = augment_batch(xb, self.cfg, self.order)
-            yield xb, yb, self._soft(idx, mirrored)
+            xb, mirrored = augmented(self.x[idx], self.cfg, self.order, self.tables is not None)
+            yield xb, self.y[idx], self._soft(idx, mirrored)
 
     def _soft(self, idx: torch.Tensor, mirrored: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor | None]:
         teacher, tables = self.teacher, self.tables

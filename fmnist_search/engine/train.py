@@ -102,6 +102,19 @@ def augment_batch(xb: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> tor
     return xb
 
 
+def augmented(
+    xb: torch.Tensor, cfg: TrainConfig, g: torch.Generator, lookup: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A training batch, augmented; with looked-up soft targets (no crops, no erasing: flips
+    at most), also which images were mirrored, drawn from ``g`` as ``augment_batch`` draws it."""
+    if not (cfg.crop > 0 or cfg.flip or cfg.erasing > 0):
+        return xb, None
+    if not lookup:
+        return augment_batch(xb, cfg, g), None
+    mirrored = augment.flip_mask(len(xb), xb.device, g) if cfg.flip else None
+    return (xb if mirrored is None else augment.flipped(xb, mirrored)), mirrored
+
+
 class Teacher:
     """A frozen distillation teacher, and its logits of every training image looked up by index.
 
@@ -181,7 +194,6 @@ def fit(
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs * steps_per_epoch, cfg.warmup_frac, cfg.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     order = torch.Generator(device=device).manual_seed(cfg.seed if cfg.data_seed is None else cfg.data_seed)
-    augmenting = cfg.crop > 0 or cfg.flip or cfg.erasing > 0
     result = FitResult()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -192,13 +204,8 @@ def fit(
         synchronize(device)
         t0 = time.perf_counter()
         for idx in epoch_batches(perm, cfg.batch_size):
-            xb, yb = x[idx], y[idx]
-            mirrored = None
-            if augmenting and tables is not None:  # flips only: the same draw as augment_batch's
-                mirrored = augment.flip_mask(len(xb), device, order) if cfg.flip else None
-                xb = augment.flipped(xb, mirrored) if mirrored is not None else xb
-            elif augmenting:
-                xb = augment_batch(xb, cfg, order)
+            xb, mirrored = augmented(x[idx], cfg, order, tables is not None)
+            yb = y[idx]
             with _autocast(device, cfg.precision):
                 out = model(xb)
                 loss = F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing)

@@ -36,7 +36,7 @@ from ..engine.train import (
 from .artifacts import save_model
 from .record import FIELDS, TrialRecord
 from .space import suggest
-from .storage import backend
+from .storage import write_trials
 
 EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
 
@@ -163,12 +163,7 @@ RUN_FIELDS = tuple(f for f in FIELDS if f not in ("worker", "gpu"))  # written a
 
 def write_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """A trial's user attrs in one transaction where the store allows (Optuna writes one per call)."""
-    store = backend(trial.storage)
-    if store is not None:
-        store.write_trials(user_attrs={trial._trial_id: attrs})
-        return
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    write_trials(trial.storage, user_attrs={trial._trial_id: attrs})
 
 
 def release_memory(device: torch.device) -> None:

@@ -33,9 +33,25 @@ from ..engine.train import TrainConfig, build_model
 from .objective import RUN_FIELDS, Objective, release_memory, summarize
 from .pruning import population_prunes
 from .record import TrialRecord
-from .storage import backend
+from .storage import backend, write_trials
 
 Callback = Callable[[optuna.Study, Any], None]
+
+
+class _Store:
+    """The study's writes, each call one transaction (``storage.write_trials``)."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+
+    def attrs(self, by_trial: dict[int, dict[str, Any]]) -> None:
+        write_trials(self.storage, user_attrs=by_trial)
+
+    def reports(self, items: list[tuple[int, int, float]]) -> None:
+        write_trials(self.storage, intermediate=items)
+
+    def system_attrs(self, items: list[tuple[int, str, Any]]) -> None:
+        write_trials(self.storage, system_attrs=items)
 
 
 class _Slot:
@@ -54,7 +70,7 @@ def run_population(
 ) -> None:
     """Train the ``asked`` trials (RUNNING, with their sampled recipes) as populations grouped
     by what they must share."""
-    store = _Store(study)
+    store = _Store(study._storage)
     trials = [trial for trial, _ in asked]
     data_seed = objective.spec.seed + trials[0].number  # one batch order for the population
     slots = [
@@ -146,36 +162,6 @@ def _train_group(
 
 def _history(member: Member) -> dict[int, float]:
     return {m.epoch: m.val_accuracy for m in member.result.history}
-
-
-class _Store:
-    """The study's writes, batched where the store allows (ResilientStorage), else one by one."""
-
-    def __init__(self, study: Any) -> None:
-        self.study = study
-        self.batched = backend(study._storage)
-
-    def attrs(self, by_trial: dict[int, dict[str, Any]]) -> None:
-        if self.batched is not None:
-            self.batched.write_trials(user_attrs=by_trial)
-            return
-        for trial_id, attrs in by_trial.items():
-            for key, value in attrs.items():
-                self.study._storage.set_trial_user_attr(trial_id, key, value)
-
-    def reports(self, items: list[tuple[int, int, float]]) -> None:
-        if self.batched is not None:
-            self.batched.write_trials(intermediate=items)
-            return
-        for trial_id, step, value in items:
-            self.study._storage.set_trial_intermediate_value(trial_id, step, value)
-
-    def system_attrs(self, items: list[tuple[int, str, Any]]) -> None:
-        if self.batched is not None:
-            self.batched.write_trials(system_attrs=items)
-            return
-        for trial_id, key, value in items:
-            self.study._storage.set_trial_system_attr(trial_id, key, value)
 
 
 @contextmanager

@@ -281,6 +281,28 @@ def backend(storage: Any) -> ResilientStorage | None:
     return inner if isinstance(inner, ResilientStorage) else None
 
 
+def write_trials(
+    storage: Any,
+    *,
+    user_attrs: dict[int, dict[str, Any]] | None = None,
+    intermediate: list[tuple[int, int, float]] | None = None,
+    system_attrs: list[tuple[int, str, Any]] | None = None,
+) -> None:
+    """``ResilientStorage.write_trials`` on a study's storage; on any other Optuna storage
+    (an in-memory study), the same writes one call each."""
+    store = backend(storage)
+    if store is not None:
+        store.write_trials(user_attrs=user_attrs, intermediate=intermediate, system_attrs=system_attrs)
+        return
+    for trial_id, attrs in (user_attrs or {}).items():
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+    for trial_id, step, value in intermediate or ():
+        storage.set_trial_intermediate_value(trial_id, step, value)
+    for trial_id, key, value in system_attrs or ():
+        storage.set_trial_system_attr(trial_id, key, value)
+
+
 def _resilient(name: str) -> Callable[..., Any]:
     method = getattr(ResilientStorage, name)
 
