@@ -142,7 +142,7 @@ PopulationOpt = Annotated[
     typer.Option(
         min=1,
         help="Trials trained together as one fused model, each with its own hyperparameters "
-        "[default: auto: 32 LeNets or 8 airbenches on a GPU, 1 otherwise].",
+        "[default: auto: 32 LeNets or airbenches on a GPU, 1 otherwise].",
     ),
 ]
 

@@ -67,10 +67,10 @@ def test_gpu_check_flow_on_cpu(tmp_path, real_data):
     log = (tmp_path / "gpu_check.log").read_text()
     assert "== done" in log
     steps = (tmp_path / "steps.txt").read_text().splitlines()
-    assert len(steps) == 7 and all(line.split()[-2] == "ok" for line in steps), steps  # every step ran and passed
+    assert len(steps) == 8 and all(line.split()[-2] == "ok" for line in steps), steps  # every step ran and passed
     throughput = json.loads((tmp_path / "throughput.json").read_text())
     assert throughput["lenet"]["ratio"] > 0 and throughput["airbench"]["ratio"] > 0  # both steps in one file
-    assert set(json.loads((tmp_path / "population.json").read_text())) == {"lenet", "airbench", "hardware"}
+    assert {"lenet", "airbench", "hardware"} <= set(json.loads((tmp_path / "population.json").read_text()))
     for how in ("sequential", "population"):
         assert len((tmp_path / f"study-{how}.csv").read_text().splitlines()) == 5  # header + 4 trials
     assert set(json.loads((tmp_path / "scale.json").read_text())) == {"1", "2", "protocol"}
@@ -85,7 +85,7 @@ def test_gpu_check_skips_steps_once_its_budget_is_spent(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     steps = (tmp_path / "steps.txt").read_text().splitlines()
-    assert len(steps) == 7 and all(" skipped " in line for line in steps)
+    assert len(steps) == 8 and all(" skipped " in line for line in steps)
 
 
 def test_distill_script_compares_three_ways(real_data):

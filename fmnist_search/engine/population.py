@@ -54,8 +54,10 @@ from .train import (
 )
 
 # Trials per population when the user gives none (--population): where it pays, measured.
-# CPU: 1 (benchmarks/results/population-cpu.json). GPU: launch-bound small models only.
-DEFAULT_POPULATION = {"cuda": {"lenet": 32, "airbench": 8}}
+# CPU: 1 (benchmarks/results/population-cpu-*.json). H200 (benchmarks/results/gpu-h200.md):
+# 32 LeNets train 20x faster than one after another, 128 51x; 32 keeps a 30-trial study in one
+# population while leaving the sampler rounds of feedback on longer ones. airbench: 7x at 32.
+DEFAULT_POPULATION = {"cuda": {"lenet": 32, "airbench": 32}}
 
 
 def default_population(model: str, device: torch.device) -> int:
