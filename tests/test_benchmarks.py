@@ -94,3 +94,14 @@ def test_distill_script_compares_three_ways(real_data):
     results = distill.main(["--device", "cpu", "--train-size", "512", "--reps", "1"])
     assert set(results["epoch_time_vs_undistilled"]) == {"teacher per batch", "teacher looked up"}
     assert results["undistilled"] > 0 and results["table_s"] > 0
+
+
+def test_a_population_step_makes_as_many_operations_whatever_its_size():
+    """On a GPU a small model's step is bound by its operations (launches), not arithmetic:
+    a population of 8 must make as many per step as a population of 2 (no per-model or
+    per-layer loops in the step), and fewer kernel launches than a single trial's step."""
+    import step_ops
+
+    counts = step_ops.main(["--sizes", "2,8", "--images", "256"])["lenet"]
+    assert counts["population 8"] == counts["population 2"]
+    assert 0 < counts["population 8"]["kernel_ops"] < counts["single"]["kernel_ops"]

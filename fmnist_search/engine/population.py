@@ -374,17 +374,12 @@ class _Stack:
         keep = [row for row, m in enumerate(self.alive) if members[m].status == "training"]
         if keep and len(keep) < len(self.alive):
             rows = torch.tensor(keep, device=self.lrs.device)
-            self.state = {key: _take(v, rows, key in self.opt.names) for key, v in self.state.items()}
+            self.state = {key: v.detach()[rows].contiguous() for key, v in self.state.items()}
             self.opt.keep(self.state, rows)
             self.lrs = self.lrs[rows]
             self.per_model.keep(rows)
             self.alive = [self.alive[r] for r in keep]
         return bool(keep)
-
-
-def _take(t: torch.Tensor, rows: torch.Tensor, is_param: bool) -> torch.Tensor:
-    kept = t.detach()[rows].contiguous()
-    return kept.requires_grad_() if is_param else kept
 
 
 class _PerModel:
@@ -426,38 +421,65 @@ class _PerModel:
 
 class _SGD:
     """``torch.optim.SGD``'s update on stacked parameters, each model with its own lr, momentum,
-    Nesterov and weight decay: g += wd p; buf = m buf + g; d = g + m buf (Nesterov) or buf; p -= lr d."""
+    Nesterov and weight decay: g += wd p; buf = m buf + g; d = g + m buf (Nesterov) or buf; p -= lr d.
+
+    All parameters live in one flat buffer (each a contiguous (K, ...) block of it, handed to
+    the forward as a leaf that shares its memory), so the update is ~10 operations over that
+    buffer whatever the number of layers: on a GPU the step is bound by launches, and a loop
+    over 10 LeNet parameters cost ~120 of them (benchmarks/results/gpu-h200.md)."""
 
     def __init__(self, state: dict[str, torch.Tensor], template: nn.Module, cfgs: Sequence[TrainConfig],
                  device: torch.device) -> None:  # fmt: skip
         self.names = [n for n, _ in template.named_parameters()]
-        self.params = [state[n] for n in self.names]
-        dtype = self.params[0].dtype
+        dtype = state[self.names[0]].dtype
 
         def col(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, device=device, dtype=dtype).view(-1, 1)
 
+        # per model, (K, 1); spread over the flat buffer's elements by _adopt
         self.momentum = col([c.momentum for c in cfgs])
         self.wd = col([c.weight_decay for c in cfgs])
         self.nesterov = col([float(c.nesterov and c.momentum > 0) for c in cfgs])  # as fit: none without momentum
         self.decaying = any(c.weight_decay > 0 for c in cfgs)
-        self.bufs = [torch.zeros_like(p).view(len(cfgs), -1) for p in self.params]
+        self._adopt(state)
+        self.buf = torch.zeros_like(self.flat)
+
+    def _adopt(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy the parameters in ``state`` into one flat buffer and put leaf views of it in their place."""
+        blocks = [state[n].detach() for n in self.names]
+        self.flat = torch.cat([b.reshape(-1) for b in blocks])
+        self.params, at = [], 0
+        for name, b in zip(self.names, blocks, strict=True):
+            state[name] = self.flat[at : at + b.numel()].view(b.shape).detach().requires_grad_()
+            self.params.append(state[name])
+            at += b.numel()
+        k = len(self.momentum)
+        per_model = [b[0].numel() for b in blocks]  # elements of one model in each block
+
+        def spread(t: torch.Tensor) -> torch.Tensor:  # (K, ...) -> one value per flat element
+            return torch.cat([t.view(k, 1).expand(k, n).reshape(-1) for n in per_model])
+
+        self.model_of = spread(torch.arange(k, device=self.flat.device))  # row of each element, for the lr
+        self.mom, self.decay, self.nest = spread(self.momentum), spread(self.wd), spread(self.nesterov)
 
     def keep(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> None:
-        self.params = [state[n] for n in self.names]
+        """Keep the models in ``rows``; ``state`` already holds their rows (parameters become views again)."""
+        blocks, at = [], 0
+        for p in self.params:  # the momentum buffer, block by block: (K, n) -> kept rows
+            blocks.append(self.buf[at : at + p.numel()].view(len(p), -1)[rows].reshape(-1))
+            at += p.numel()
         self.momentum, self.wd, self.nesterov = (t[rows] for t in (self.momentum, self.wd, self.nesterov))
-        self.bufs = [b[rows] for b in self.bufs]
+        self._adopt(state)
+        self.buf = torch.cat(blocks)
 
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor], lr: torch.Tensor) -> None:
-        lr = lr.view(-1, 1)
-        for p, g, buf in zip(self.params, grads, self.bufs, strict=True):
-            p2, g2 = p.view(len(lr), -1), g.reshape(len(lr), -1)
-            if self.decaying:
-                g2 = g2 + self.wd * p2
-            buf.mul_(self.momentum).add_(g2)
-            d = torch.lerp(buf, g2 + self.momentum * buf, self.nesterov)  # nesterov is 0 or 1 per model
-            p2.sub_(lr * d)
+        g = torch.cat([g.reshape(-1) for g in grads])
+        if self.decaying:
+            g = torch.addcmul(g, self.decay, self.flat)
+        self.buf.mul_(self.mom).add_(g)
+        d = torch.lerp(self.buf, torch.addcmul(g, self.mom, self.buf), self.nest)  # nesterov is 0 or 1 per model
+        self.flat.addcmul_(lr[self.model_of], d, value=-1)
 
 
 @torch.inference_mode()
