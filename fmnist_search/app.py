@@ -345,7 +345,7 @@ def train_config(
     the study store, only when a study is named."""
     import json
 
-    from .core.config import load_preset
+    from .core.config import TRAIN_RUN_KEYS, load_preset
     from .search.record import TrialRecord
     from .search.study import find_trial, load_study, stored_spec
 
@@ -357,8 +357,9 @@ def train_config(
         p = load_preset(preset)
         model = model or p.train.get("model") or (p.models[0] if p.models else None)
         config.update({k: v for k, v in p.settings.items() if k in ("epochs", "batch_size", "momentum")})
-        config.update({k: v for k, v in p.train.items() if k != "model"})
+        config.update({k: v for k, v in p.train.items() if k not in TRAIN_RUN_KEYS})
         split = {k: v for k, v in p.settings.items() if k in ("val_size", "train_size", "seed")}
+        split.update({k: v for k, v in p.train.items() if k == "full_train"})
     if from_study is not None:
         study = load_study(store(), from_study)
         spec = stored_spec(study)

@@ -157,8 +157,8 @@ def _artifact_dir(storage: str, artifacts: Path | None) -> Path:
 ModelOpt = Annotated[str | None, typer.Option(help=_model_help())]
 EpochsOpt = Annotated[int | None, typer.Option(help="Epochs per trial [default: 10].")]
 BatchOpt = Annotated[int | None, typer.Option(help="SGD batch size [default: 256].")]
-LrMinOpt = Annotated[float | None, typer.Option(help="Lower end of the log-uniform lr range [default: 1e-3].")]
-LrMaxOpt = Annotated[float | None, typer.Option(help="Upper end of the lr range [default: 0.5].")]
+LrMinOpt = Annotated[float | None, typer.Option(help="Lower end of the log-uniform lr [default: 1e-3; LeNet: 0.01].")]
+LrMaxOpt = Annotated[float | None, typer.Option(help="Upper end of the lr range [default: 0.5; LeNet: 0.4].")]
 MomentumOpt = Annotated[float | None, typer.Option(help="Fixed SGD momentum [default: 0.9].")]
 SamplerOpt = Annotated[str | None, typer.Option(help="tpe, random, cmaes, gp, qmc or grid [default: tpe].")]
 PrunerOpt = Annotated[str | None, typer.Option(help="median, sha, hyperband or none [default: median].")]
@@ -779,7 +779,10 @@ def train(
     storage: StorageOpt = DEFAULT_STORAGE,
     epochs: Annotated[int | None, typer.Option(help="Override the configuration's epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Weights, batch order and split seed [default: 0].")] = None,
-    full_train: Annotated[bool, typer.Option(help="Train on train+validation (no validation metrics).")] = False,
+    full_train: Annotated[
+        bool | None,
+        typer.Option(help="Train on train+validation (no validation metrics) [default: the preset's, else no]."),
+    ] = None,
     val_size: ValSizeOpt = None,
     train_size: TrainSizeOpt = None,
     device: DeviceOpt = "auto",
@@ -802,7 +805,8 @@ def train(
     name, config, split = train_config(model, preset, params, from_study, trial, lambda: _storage(storage))
     if epochs is not None:
         config["epochs"] = epochs
-    split.update(_given(val_size=val_size, train_size=train_size, seed=seed))
+    split.update(_given(val_size=val_size, train_size=train_size, seed=seed, full_train=full_train))
+    full_train = bool(split.get("full_train", False))
     check_recipe(config)
     if "lr" not in config:
         raise FmnistSearchError("no learning rate: give --params '{\"lr\": 0.05}', a preset with one, or --from-study")

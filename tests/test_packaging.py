@@ -52,7 +52,7 @@ def test_the_wheel_runs_shipped_presets_outside_the_repository(installed_wheel, 
     study = optuna.load_study(study_name="seed-report-lenet", storage=url)
     assert sorted(t.params["lr"] for t in study.trials) == [0.01, 0.05, 0.1]  # the preset's grid
 
-    # lenet-tuned names a teacher preset, which must load from the package too (trained on 512 images).
+    # lenet-tuned names a teacher preset, which must load from the package too (trained on 512 + 500 images).
     done = _run(installed_wheel, tmp_path, "train", "--preset", "lenet-tuned", "--epochs", "1",
                 "--train-size", "512", "--val-size", "500")  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -155,6 +155,7 @@ def test_seed_report_preset_is_the_report_protocol():
         ("epochs = 10\ncolour = 'red'\n", "unknown key"),
         ("epochs = 0\n", "epochs must be at least 1"),
         ("[train]\nlr = 0.1\ndropout = 0.2\n", "unknown fixed parameter"),
+        ("[train]\nlr = 0.1\nfull_train = 'yes'\n", "full_train must be true or false"),
         ("epochs = [\n", "not valid TOML"),
     ],
 )
@@ -175,12 +176,26 @@ def test_train_with_a_preset_on_a_tiny_subset(tmp_path, real_data, preset):
     lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith("test_accuracy=")
     assert any(line.startswith("epoch 1/1:") for line in lines)
+    fitted = {"lenet-tuned": 3048, "airbench-tuned": 2048}[preset]  # lenet-tuned's final fit: train + val
+    assert any(f" on {fitted} images" in line for line in lines)
     assert 0.1 < float(lines[-1].split("=")[1]) <= 1.0
     assert weights.stat().st_size > 10_000
     # evaluate --tta-flip reproduces train's figure (both presets evaluate with flip TTA)
     again = runner.invoke(app, ["evaluate", "--weights", str(weights), "--tta-flip", "--output-dir", str(tmp_path)])
     assert again.exit_code == 0, again.output
     assert again.stdout.strip().splitlines()[-1] == lines[-1]
+
+
+def test_a_presets_final_fit_on_train_and_validation_and_the_flag_that_overrides_it(tmp_path, real_data):
+    preset = tmp_path / "final.toml"
+    preset.write_text("description = 'x'\nmodel = 'lenet'\n[train]\nlr = 0.05\nfull_train = true\n")
+    base = ["train", "--preset", str(preset), "--epochs", "1", "--train-size", "2048", "--val-size", "1000"]
+    for extra, images, val_shown in (([], 3048, False), (["--no-full-train"], 2048, True)):
+        result = runner.invoke(app, base + extra)
+        assert result.exit_code == 0, result.output
+        assert f"train lenet on {images} images" in result.stdout
+        epoch = next(line for line in result.stdout.splitlines() if line.startswith("epoch 1/1:"))
+        assert ("val_acc=" in epoch) is val_shown
 
 
 def test_train_errors():

@@ -85,6 +85,9 @@ def test_a_new_lenet_study_gets_its_base_recipe_and_keeps_it(storage):
     assert spec.fixed == {**recipe["fixed"], "flip": False}
     _, again = open_study(storage, "new", {"model": "lenet"}, base=True)  # resumed: the stored recipe, unchanged
     assert again == spec
+    assert (spec.lr_min, spec.lr_max) == (recipe["lr_min"], recipe["lr_max"])
+    _, low = open_study(storage, "low", {"model": "lenet", "lr_max": 0.005}, base=True)
+    assert (low.lr_min, low.lr_max) == (1e-3, 0.005)  # one bound given: the range is the user's, not half the base's
 
 
 def test_old_studies_presets_and_wider_spaces_get_no_base_recipe(storage):

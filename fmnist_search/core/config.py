@@ -41,6 +41,10 @@ SPACE_NAMES = ("full", "lr")  # fmnist_search.space.SPACES
 # 60 trials, selection on the 10,000 validation images only; its lr searched here instead).
 BASE_RECIPES: dict[str, dict[str, Any]] = {
     "lenet": {
+        # the range that search sampled: below 0.01 this recipe trains too slowly in 10 epochs
+        # (validation 64-84% after 2 epochs, every such trial pruned: gpu-h200.md's studies)
+        "lr_min": 0.01,
+        "lr_max": 0.4,
         "momentum": 0.955,
         "batch_size": 128,
         "fixed": {
@@ -64,7 +68,9 @@ def with_base_recipe(requested: dict[str, Any]) -> dict[str, Any]:
     if not base or requested.get("space", "lr") != "lr" or requested.get("sampler") == "grid":
         return requested
     fixed = {**base.get("fixed", {}), **requested.get("fixed", {})}
-    return {**{k: v for k, v in base.items() if k != "fixed"}, **requested, "fixed": fixed}
+    lr_given = "lr_min" in requested or "lr_max" in requested  # a range is the user's whole, or the base's
+    settings = {k: v for k, v in base.items() if k != "fixed" and not (lr_given and k in ("lr_min", "lr_max"))}
+    return {**settings, **requested, "fixed": fixed}
 
 
 def cache_root() -> Path:
@@ -198,6 +204,11 @@ def preset_names() -> list[str]:
     return sorted(shipped | own)
 
 
+# A preset's [train] keys that say how `train` runs rather than the recipe: the network, and
+# whether the final fit uses the validation images too (after the recipe was chosen on them).
+TRAIN_RUN_KEYS = ("model", "full_train")
+
+
 def load_preset(name: str) -> Preset:
     path = preset_path(name)
     raw = _read_preset(path)
@@ -224,7 +235,9 @@ def load_preset(name: str) -> Preset:
         except (TypeError, ConfigError) as e:
             raise ConfigError(f"preset {path}: {e}") from None
     try:
-        check_recipe({k: v for k, v in preset.train.items() if k not in ("model",)})
+        check_recipe({k: v for k, v in preset.train.items() if k not in TRAIN_RUN_KEYS})
+        if not isinstance(preset.train.get("full_train", False), bool):
+            raise ConfigError("full_train must be true or false")
     except ConfigError as e:
         raise ConfigError(f"preset {path} [train]: {e}") from None
     return preset
