@@ -88,12 +88,18 @@ def test_learning_curves_have_a_trace_per_trial_and_panel(tmp_path):
     assert "param_importances" not in names  # a single parameter has no importances
 
 
-def test_plot_command_writes_every_figure(tmp_path):
+def _plotted(tmp_path: Path) -> tuple[optuna.Study, Path, str]:
+    """`plot` of a 3-trial grid study: the study, the folder it wrote, the storage URL."""
     study = _grid_study(tmp_path)
     out = tmp_path / "plots"
     url = f"sqlite:///{tmp_path}/r.db"
     result = runner.invoke(app, ["plot", "--study", study.study_name, "--storage", url, "--output-dir", str(out)])
     assert result.exit_code == 0, result.output
+    return study, out, url
+
+
+def test_plot_command_writes_every_figure(tmp_path):
+    study, out, url = _plotted(tmp_path)
     for name in ("learning_curves", "optimization_history", "slice", "timeline"):
         assert (out / f"{name}.html").stat().st_size > 2000
     assert "trial 0 lr=0.1" in (out / "learning_curves.html").read_text()
@@ -232,11 +238,7 @@ def test_each_trial_keeps_one_colour_across_panels(tmp_path):
 def test_plot_index_is_the_study_on_one_page_and_works_offline(tmp_path):
     from html.parser import HTMLParser
 
-    study = _grid_study(tmp_path)
-    out = tmp_path / "plots"
-    url = f"sqlite:///{tmp_path}/r.db"
-    result = runner.invoke(app, ["plot", "--study", study.study_name, "--storage", url, "--output-dir", str(out)])
-    assert result.exit_code == 0, result.output
+    study, out, _ = _plotted(tmp_path)
 
     class Page(HTMLParser):
         def __init__(self):

@@ -49,6 +49,7 @@ from .train import (
     as_teacher,
     augmented,
     epoch_batches,
+    looks_up,
     soft_targets,
     widened,
 )
@@ -318,7 +319,7 @@ class _Batches:
         self.order = torch.Generator(device=self.x.device).manual_seed(_order_seed(cfg))
         self.teacher = as_teacher(teacher)
         # soft targets looked up by index where a batch is its images, some mirrored (train.Teacher)
-        lookup = self.teacher is not None and not cfg.crop and not cfg.erasing
+        lookup = self.teacher is not None and looks_up(cfg)
         self.tables = self.teacher.tables(self.x, cfg.precision, cfg.batch_size) if self.teacher and lookup else None
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor | None]]]:

@@ -151,8 +151,9 @@ def as_teacher(teacher: nn.Module | Teacher | None) -> Teacher | None:
 
 
 def looks_up(cfg: TrainConfig) -> bool:
-    """Whether a distilled recipe's soft targets can be looked up (no crops, no erasing)."""
-    return cfg.distill > 0 and cfg.crop == 0 and cfg.erasing == 0
+    """Whether a recipe's batches are its images, some mirrored (no crops, no erasing), so a
+    teacher's soft targets can be looked up."""
+    return cfg.crop == 0 and cfg.erasing == 0
 
 
 def fit(
@@ -179,7 +180,8 @@ def fit(
     if cfg.distill > 0 and teacher is None:
         raise ValueError(f"distill={cfg.distill} needs a teacher network")
     teacher = as_teacher(teacher)
-    tables = teacher.tables(x, cfg.precision, cfg.batch_size) if teacher and lookup and looks_up(cfg) else None
+    lookup = lookup and teacher is not None and cfg.distill > 0 and looks_up(cfg)
+    tables = teacher.tables(x, cfg.precision, cfg.batch_size) if teacher and lookup else None
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,

@@ -38,22 +38,6 @@ from .storage import backend, write_trials
 Callback = Callable[[optuna.Study, Any], None]
 
 
-class _Store:
-    """The study's writes, each call one transaction (``storage.write_trials``)."""
-
-    def __init__(self, storage: Any) -> None:
-        self.storage = storage
-
-    def attrs(self, by_trial: dict[int, dict[str, Any]]) -> None:
-        write_trials(self.storage, user_attrs=by_trial)
-
-    def reports(self, items: list[tuple[int, int, float]]) -> None:
-        write_trials(self.storage, intermediate=items)
-
-    def system_attrs(self, items: list[tuple[int, str, Any]]) -> None:
-        write_trials(self.storage, system_attrs=items)
-
-
 class _Slot:
     """One trial of the population: the Optuna trial, its recipe, its record, whether it was told."""
 
@@ -70,7 +54,7 @@ def run_population(
 ) -> None:
     """Train the ``asked`` trials (RUNNING, with their sampled recipes) as populations grouped
     by what they must share."""
-    store = _Store(study._storage)
+    store = study._storage  # each write_trials call below is one transaction
     trials = [trial for trial, _ in asked]
     data_seed = objective.spec.seed + trials[0].number  # one batch order for the population
     slots = [
@@ -78,7 +62,9 @@ def run_population(
     ]
     with _heartbeats(study, trials):
         try:
-            store.attrs({s.trial._trial_id: s.record.attrs() for s in slots})  # who runs them, at the start
+            write_trials(
+                store, user_attrs={s.trial._trial_id: s.record.attrs() for s in slots}
+            )  # who runs them, at the start
             groups: dict[tuple[Any, ...], list[_Slot]] = {}
             for s in slots:
                 groups.setdefault(shared_key(s.cfg), []).append(s)
@@ -94,20 +80,18 @@ def run_population(
             for s in slots:
                 if not s.told:
                     s.record.fail_reason = why
-                    store.attrs({s.trial._trial_id: s.record.attrs(*RUN_FIELDS)})
+                    write_trials(store, user_attrs={s.trial._trial_id: s.record.attrs(*RUN_FIELDS)})
                     study.tell(s.trial, state=TrialState.FAIL)
                     s.told = True
             raise FmnistSearchError(why) from None
         finally:
             untold = {s.trial._trial_id: s.record.attrs(*RUN_FIELDS) for s in slots if not s.told}
             if untold:
-                store.attrs(untold)
+                write_trials(store, user_attrs=untold)
             release_memory(objective.device)
 
 
-def _train_group(
-    study: Any, objective: Objective, group: list[_Slot], store: _Store, callbacks: list[Callback]
-) -> None:
+def _train_group(study: Any, objective: Objective, group: list[_Slot], store: Any, callbacks: list[Callback]) -> None:
     spec, device = objective.spec, objective.device
     modules = [build_model(spec.model, s.cfg.seed, device).module for s in group]
     for s, module in zip(group, modules, strict=True):
@@ -119,7 +103,7 @@ def _train_group(
         s = group[i]
         summarize(members[i].result, s.record)
         s.record.population_throughput = census.throughput
-        store.attrs({s.trial._trial_id: s.record.attrs(*RUN_FIELDS)})
+        write_trials(store, user_attrs={s.trial._trial_id: s.record.attrs(*RUN_FIELDS)})
         frozen = study.tell(s.trial, state=state, values=value)
         s.told = True
         for cb in callbacks:
@@ -131,12 +115,14 @@ def _train_group(
             if m.status == "diverged" and not group[i].told:
                 group[i].record.fail_reason = m.error
                 tell(i, TrialState.FAIL)
-        store.reports([(group[i].trial._trial_id, epoch, m.val_accuracy) for i, m in metrics.items()])
+        write_trials(
+            store, intermediate=[(group[i].trial._trial_id, epoch, m.val_accuracy) for i, m in metrics.items()]
+        )
         if objective.on_epoch is not None:
             for i, m in metrics.items():
                 objective.on_epoch(group[i].trial.number, m)
         values = {group[i].trial.number: _history(members[i]) for i in metrics}
-        pruned = population_prunes(study, epoch, values, store.system_attrs)
+        pruned = population_prunes(study, epoch, values, lambda items: write_trials(store, system_attrs=items))
         stop = {i for i in metrics if group[i].trial.number in pruned}
         for i in sorted(stop):
             tell(i, TrialState.PRUNED)

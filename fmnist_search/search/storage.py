@@ -171,12 +171,7 @@ class ResilientStorage(RDBStorage):
     retrier: Retrier
 
     def record_heartbeat(self, trial_id: int) -> None:
-        # The heartbeat thread: a missed beat is harmless (the grace period is 6 beats), a
-        # traceback from a dying thread is not. The main thread reports a lasting outage.
-        try:
-            self.retrier(lambda: RDBStorage.record_heartbeat(self, trial_id), "heartbeat")
-        except StorageError as e:
-            self.retrier.say(f"heartbeat skipped: {e}")
+        self.record_heartbeats([trial_id])
 
     # --- batched writes: one transaction for what Optuna writes one call (one commit) at a time ---
     # A population of K trials reports K values per epoch and ends with K records of ~20 attrs:
@@ -225,7 +220,10 @@ class ResilientStorage(RDBStorage):
         self.retrier(write, "batched write")
 
     def record_heartbeats(self, trial_ids: list[int]) -> None:
-        """``record_heartbeat`` for many trials in one transaction (a population's heartbeat thread)."""
+        """Optuna's ``record_heartbeat`` for many trials in one transaction (a population's
+        heartbeat thread; one trial's is the same with one id). A missed beat is harmless (the
+        grace period is 6 beats), a traceback from a dying thread is not: the main thread
+        reports a lasting outage."""
         import sqlalchemy
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
