@@ -22,6 +22,7 @@ from results_io import write_json  # benchmarks/ is on sys.path when a script ru
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine import data
 from fmnist_search.engine.devices import device_name, resolve_device, resolve_precision
+from fmnist_search.search.lifecycle import optimize
 from fmnist_search.search.objective import Objective
 from fmnist_search.search.study import PRUNERS, SAMPLERS
 
@@ -32,7 +33,7 @@ def run_study(spec: StudySpec, splits: data.Splits, device: torch.device, trials
     )
     obj = Objective(spec, splits, device, resolve_precision("auto", device))
     t0 = time.perf_counter()
-    study.optimize(obj, n_trials=trials, gc_after_trial=True)
+    optimize(study, obj, trials)
     wall = time.perf_counter() - t0
     return {
         "epochs": sum(t.user_attrs.get("epochs_completed", 0) for t in study.trials),

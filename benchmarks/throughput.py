@@ -4,8 +4,12 @@ Baseline (the report's pipeline): torchvision's FashionMNIST dataset with ToTens
 Normalize, a shuffling DataLoader at batch 256, a host->device copy per batch.
 Ours: the engine every trial uses (fmnist_search.engine.train.fit): data resident on the
 device, index-sliced batches, no per-batch sync; bf16/channels_last on CUDA.
-Same model, same SGD step, same precision (autocast for both). The two alternate in one
-run after a warm-up; we report the median samples/s of each and their ratio. On a GPU,
+Reference: ours with PyTorch's own parts in the step (torch.optim.SGD, a torch scheduler
+stepped per batch, F.cross_entropy) over the same device-resident batches: how the engine
+trained one model before one loop served single trials and populations; ``ours/ref`` says
+what that loop (flat SGD, the lr read from a table, the population's loss) costs a single trial.
+Same model, same SGD step, same precision (autocast for all). The three alternate in one
+run after a warm-up; we report the median samples/s of each and their ratios. On a GPU,
 time at least ~1,000 LeNet batches: fewer is over in milliseconds.
 ``--compile-mode reduce-overhead`` compiles ours with CUDA graphs (one replay per step).
 
@@ -31,8 +35,10 @@ from torchvision.datasets import FashionMNIST
 
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine import data
+from fmnist_search.engine.batches import MEAN, STD, autocast, epoch_batches
 from fmnist_search.engine.devices import resolve_device, resolve_precision, synchronize
-from fmnist_search.engine.train import MEAN, STD, TrainConfig, _autocast, build_model, fit
+from fmnist_search.engine.schedules import make_scheduler
+from fmnist_search.engine.train import TrainConfig, build_model, fit
 from fmnist_search.search.objective import Objective
 
 BATCH = 256  # the report's batch size
@@ -52,7 +58,7 @@ def report_loader(raw: dict[str, Path], workers: int) -> DataLoader:
 
 def baseline_rate(name: str, loader: DataLoader, obj: Objective, batches: int) -> float:
     """The report's loop, at our precision: autocast like ours, so the ratio is the pipeline's."""
-    model = build_model(name, 0, obj.device, obj._compiled).runnable
+    model = build_model(name, 0, obj.device, obj.compiled).runnable
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     device = obj.device
@@ -63,7 +69,7 @@ def baseline_rate(name: str, loader: DataLoader, obj: Objective, batches: int) -
         if i == batches:
             break
         x, y = x.to(device), y.to(device)
-        with _autocast(device, obj.precision):
+        with autocast(device, obj.precision):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -79,9 +85,36 @@ def ours_rate(name: str, obj: Objective, batches: int, mode: str | None = None) 
     val = (obj.val[0][:BATCH], obj.val[1][:BATCH])
     epochs = -(-batches * BATCH // n)  # more batches than an epoch has: more epochs (the first is not timed)
     cfg = TrainConfig(lr=LR, epochs=epochs, batch_size=BATCH, momentum=0.9, precision=obj.precision)
-    built = build_model(name, 0, obj.device, obj._compiled)
+    built = build_model(name, 0, obj.device, obj.compiled)
     runnable = torch.compile(built.module, mode=mode) if mode else built.runnable
     return fit(runnable, train, val, cfg).throughput
+
+
+def reference_rate(name: str, obj: Objective, batches: int) -> float:
+    """The single-model step as it was: torch.optim.SGD, LambdaLR per step, F.cross_entropy."""
+    model = build_model(name, 0, obj.device, obj.compiled).runnable
+    model.train()
+    device = obj.device
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, fused=True if device.type == "cuda" else None)
+    sched = make_scheduler(opt, "cosine", batches, 0.0, LR)
+    x, y = obj.train
+    order = torch.Generator(device=device).manual_seed(0)
+    seen = 0
+    synchronize(device)
+    t0 = time.perf_counter()
+    while seen < batches * BATCH:
+        for idx in epoch_batches(torch.randperm(len(x), device=device, generator=order), BATCH):
+            with autocast(device, obj.precision):
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += len(idx)
+            if seen >= batches * BATCH:
+                break
+    synchronize(device)
+    return seen / (time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,13 +142,17 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.models.split(","):
         baseline_rate(name, loader, obj, min(args.batches, 5))  # warm-up: allocator, cuDNN autotune, compile
         ours_rate(name, obj, min(args.batches, 5), args.compile_mode)
-        base, ours = [], []
-        for _ in range(args.reps):  # alternate so drift in machine load hits both alike
+        reference_rate(name, obj, min(args.batches, 5))
+        base, ours, ref = [], [], []
+        for _ in range(args.reps):  # alternate so drift in machine load hits all alike
             base.append(baseline_rate(name, loader, obj, args.batches))
             ours.append(ours_rate(name, obj, args.batches, args.compile_mode))
-        b, o = statistics.median(base), statistics.median(ours)
-        results[name] = {"baseline": round(b, 1), "ours": round(o, 1), "ratio": round(o / b, 2)}
-        print(f"{name:10s} baseline {b:12,.0f}  ours {o:12,.0f} samples/s  ratio {o / b:6.2f}x", flush=True)
+            ref.append(reference_rate(name, obj, args.batches))
+        b, o, r = statistics.median(base), statistics.median(ours), statistics.median(ref)
+        results[name] = {"baseline": round(b, 1), "ours": round(o, 1), "ratio": round(o / b, 2),
+                         "reference": round(r, 1), "ours_vs_reference": round(o / r, 2)}  # fmt: skip
+        print(f"{name:10s} baseline {b:12,.0f}  ours {o:12,.0f}  reference {r:12,.0f} samples/s  "
+              f"ours/baseline {o / b:5.2f}x  ours/ref {o / r:5.2f}x", flush=True)  # fmt: skip
 
     results["hardware"] = hardware(
         device, precision, compiled=args.compile, compile_mode=args.compile_mode, batches=args.batches,

@@ -56,8 +56,19 @@ def plan_studies(
     Settings flow one way: base recipe (new studies without a preset) < preset < flags; a
     resumed study's stored settings must agree.
     """
-    from .core.config import load_preset
+    from .core.config import check_settings, load_preset, with_fixed_settings
 
+    plan = _plan(preset, model, models, study, flags, trials, load_preset)
+    planned = [(name, with_fixed_settings(requested), n, base) for name, requested, n, base in plan]
+    for _, requested, _, _ in planned:  # refused values end here, before any store is opened
+        check_settings(requested)
+    return planned
+
+
+def _plan(
+    preset: str | None, model: str | None, models: str | None, study: str | None, flags: dict[str, Any],
+    trials: int | None, load_preset: Callable[[str], Any],
+) -> list[tuple[str, dict[str, Any], int, bool]]:  # fmt: skip
     if preset is None:
         if models is not None:
             raise FmnistSearchError("--models selects among a preset's models; use it with --preset")
@@ -195,7 +206,6 @@ def _run_trials(
     budgeted: Any, url: str, spec: Any, work: Any, extra: dict[str, Any], prefix: str, progress: Progress, say: Say
 ) -> None:
     from .engine import data as data_mod
-    from .engine.train import Diverged
     from .search.artifacts import open_store as open_artifacts
     from .search.objective import Objective
     from .search.storage import mask_url
@@ -224,8 +234,8 @@ def _run_trials(
         artifact_store=open_artifacts(art_dir) if (art_dir := work.artifact_dir(url)) is not None else None,
         say=lambda message: say(prefix + message),
     )
-    work_loop(budgeted, objective, timeout=work.timeout, catch=(Diverged,), callbacks=[progress.on_trial],
-              on_wait=progress.on_wait, population=population)  # fmt: skip
+    work_loop(budgeted, objective, timeout=work.timeout, callbacks=[progress.on_trial], on_wait=progress.on_wait,
+              population=population)  # fmt: skip
 
 
 def check_population(requested: int | None, model: str, device: Any, precision: str, compile: bool) -> int:

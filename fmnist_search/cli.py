@@ -119,7 +119,7 @@ PrecisionOpt = Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto:
 CompileOpt = Annotated[bool, typer.Option(help="torch.compile the model once per process (GPU).")]
 DataDirOpt = Annotated[Path | None, typer.Option(envvar="FMNIST_DATA_DIR", help="Folder with the data.")]
 DownloadOpt = Annotated[bool, typer.Option(help="Download the data when it is not found.")]
-TimeoutOpt = Annotated[float | None, typer.Option(min=0, help="Stop starting trials after SECONDS.")]
+TimeoutOpt = Annotated[float | None, typer.Option(help="Stop starting trials after SECONDS.")]
 HeartbeatOpt = Annotated[int, typer.Option(min=1, help="Seconds between a running trial's heartbeats.")]
 GraceOpt = Annotated[int, typer.Option(min=2, help="Seconds without heartbeat before a trial counts as dead.")]
 PatienceOpt = Annotated[
@@ -178,24 +178,6 @@ FixOpt = Annotated[
 ]
 
 
-def _parse_fixed(items: list[str] | None) -> dict[str, Any] | None:
-    """``["momentum=0.9", "schedule=cosine"]`` -> {"momentum": 0.9, "schedule": "cosine"} (JSON values)."""
-    import json
-
-    if not items:
-        return None
-    fixed = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise FmnistSearchError(f"--fix takes NAME=VALUE, got {item!r}")
-        try:
-            fixed[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            fixed[key.strip()] = raw  # a bare word: a string such as cosine
-    return fixed
-
-
 TrialsOpt = Annotated[
     int | None, typer.Option(min=1, help="Trials to add to the study [default: 30, or the preset's].")
 ]
@@ -236,7 +218,9 @@ class StudyOptions:
     def settings(self) -> dict[str, Any]:
         """The study settings these options give (an option left out gives none)."""
         given = {k: getattr(self, k) for k in self.SETTINGS if getattr(self, k) is not None}
-        fixed = _parse_fixed(self.fix)
+        from .core.config import parse_fixed
+
+        fixed = parse_fixed(self.fix)
         if fixed:
             given["fixed"] = fixed
         return given
@@ -258,6 +242,10 @@ class WorkOptions:
     artifacts: ArtifactsOpt = None
     save_weights: SaveWeightsOpt = True
     population: PopulationOpt = None
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and not self.timeout > 0:  # Typer's min is inclusive
+            raise FmnistSearchError(f"--timeout must be a number of seconds > 0, got {self.timeout:g}")
 
     @property
     def beat(self) -> dict[str, Any]:

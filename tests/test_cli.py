@@ -126,7 +126,7 @@ def _error_line(result) -> str:
         (["run", "--model", "lenet", "--trials", "0"], "'--trials': Input should be greater than or equal to 1"),
         (["run", "--model", "lenet", "--trials", "many"], "'--trials': Input should be a valid integer"),
         (["run", "--model", "lenet", "--lr-min", "0.5", "--lr-max", "0.1"], "lr_min (0.5) must be below lr_max"),
-        (["run", "--model", "lenet", "--lr-min", "-0.1"], "learning rates must be positive"),
+        (["run", "--model", "lenet", "--lr-min", "-0.1"], "lr_min must be a number > 0, got -0.1"),
         (["run", "--model", "lenet", "--sampler", "bayes"], "unknown sampler 'bayes'; choose one of: cmaes, gp, grid"),
         (["run", "--model", "lenet", "--pruner", "magic"], "unknown pruner 'magic'"),
         (["run", "--model", "lenet", "--device", "cuda"], "asked for a CUDA GPU, but none is visible"),

@@ -16,6 +16,7 @@ from fmnist_search.core.config import StudySpec, check_recipe, load_preset
 from fmnist_search.core.errors import ConfigError
 from fmnist_search.engine.teachers import teacher_for
 from fmnist_search.engine.train import TrainConfig, distillation_loss, fit, to_device
+from fmnist_search.search.lifecycle import optimize
 from fmnist_search.search.objective import Objective
 
 runner = CliRunner()
@@ -92,7 +93,7 @@ def test_teacher_is_trained_once_on_the_students_images_then_loaded(tiny_splits)
         ({"teacher": "no-such-preset", "distill": 0.5}, "teacher: unknown preset"),
         ({"teacher": "seed-report", "distill": 0.5}, "must name one model"),
         ({"teacher": "airbench-tuned", "distill": 1.5}, r"distill must be a number in \[0, 1\]"),
-        ({"teacher": "airbench-tuned", "distill": 0.5, "distill_temp": 0}, "distill_temp must be a positive"),
+        ({"teacher": "airbench-tuned", "distill": 0.5, "distill_temp": 0}, "distill_temp must be a number > 0, got 0"),
     ],
 )
 def test_bad_distillation_settings_are_config_errors(values, message):
@@ -139,7 +140,7 @@ def test_a_study_with_a_fixed_teacher_distils_every_trial(tiny_splits):
         objective = Objective(spec, tiny_splits, torch.device("cpu"), say=said.append)
         assert (objective.teacher is not None) == (name == "distilled")
         study = optuna.create_study(direction="maximize")
-        study.optimize(objective, n_trials=2)
+        optimize(study, objective, 2)
         for t in study.trials:
             assert t.state.name == "COMPLETE" and not math.isnan(t.value)
             if name == "distilled":

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from fmnist_search.cli import app
 from fmnist_search.core import interrupts
-from fmnist_search.engine import train
+from fmnist_search.engine import population
 from fmnist_search.search import artifacts, objective, workers
 from fmnist_search.search.workers import census
 from tests.conftest import cli_process
@@ -50,7 +50,7 @@ def _kill_on_call(monkeypatch, module, name: str, nth: int = 1, sig: int = signa
 
 
 def _kill_in_batches(monkeypatch, sig: int) -> None:
-    original = train.epoch_batches
+    original = population.epoch_batches
 
     def batches(perm, batch_size):
         for i, idx in enumerate(original(perm, batch_size)):
@@ -58,7 +58,7 @@ def _kill_in_batches(monkeypatch, sig: int) -> None:
                 os.kill(os.getpid(), sig)
             yield idx
 
-    monkeypatch.setattr(train, "epoch_batches", batches)
+    monkeypatch.setattr(population, "epoch_batches", batches)
 
 
 def _kill_in_commit(method: str, nth: int = 1):
@@ -118,7 +118,7 @@ def _kill_twice(monkeypatch, sig: int) -> None:
         return original(*args, **kwargs)
 
     monkeypatch.setattr(workers, "release", release)
-    _kill_on_call(monkeypatch, train, "evaluate", 1, sig)
+    _kill_on_call(monkeypatch, population, "evaluate_all", 1, sig)
 
 
 POINTS = {
@@ -126,8 +126,8 @@ POINTS = {
     "trial creation (storage)": _kill_in_commit("_create_new_trial"),
     "sampling": lambda mp, sig: _kill_on_call(mp, objective, "suggest", 1, sig),
     "mid-epoch": _kill_in_batches,
-    "validation": lambda mp, sig: _kill_on_call(mp, train, "evaluate", 1, sig),
-    "epoch report (storage)": _kill_in_commit("set_trial_intermediate_value"),
+    "validation": lambda mp, sig: _kill_on_call(mp, population, "evaluate_all", 1, sig),
+    "epoch report (storage)": _kill_in_commit("write_trials", 2),  # 1: the start record, 2: epoch 1
     "test evaluation": lambda mp, sig: _kill_on_call(mp, objective, "evaluate", 1, sig),
     "weights saving": lambda mp, sig: _kill_on_call(mp, artifacts, "upload_artifact", 1, sig),
     "trial attrs (storage)": _kill_in_commit("write_trials", 2),  # 1st: who runs it; 2nd: what it measured

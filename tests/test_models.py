@@ -1,3 +1,4 @@
+import optuna
 import pytest
 import torch
 
@@ -24,6 +25,21 @@ def test_registries_have_exactly_the_names_settings_check():
     assert sorted(SAMPLERS) == list(SAMPLER_NAMES)
     assert sorted(PRUNERS) == list(PRUNER_NAMES)
     assert sorted(SPACES) == list(SPACE_NAMES)
+
+
+def test_the_core_knows_the_engines_schedules_and_precisions():
+    from fmnist_search.core.config import PRECISION_NAMES, SCHEDULE_NAMES
+    from fmnist_search.engine.devices import PRECISIONS
+    from fmnist_search.engine.schedules import make_scheduler
+    from fmnist_search.search.space import PARAMS
+
+    assert sorted(PRECISIONS) == list(PRECISION_NAMES)
+    for name in SCHEDULE_NAMES:  # each name a recipe may hold builds a schedule
+        make_scheduler(torch.optim.SGD([torch.zeros(1)], lr=0.1), name, 100, 0.1, 0.1)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_scheduler(torch.optim.SGD([torch.zeros(1)], lr=0.1), "cosin", 100, 0.1, 0.1)
+    sampled = {PARAMS["schedule"](optuna.trial.FixedTrial({"schedule": s}), None) for s in SCHEDULE_NAMES}
+    assert sampled == set(SCHEDULE_NAMES)  # the full space samples every schedule there is
 
 
 @pytest.mark.parametrize("name", list_models())

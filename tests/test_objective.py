@@ -6,10 +6,11 @@ import torch
 from optuna.trial import TrialState
 
 from fmnist_search.core.config import StudySpec
-from fmnist_search.engine import train as train_mod
+from fmnist_search.engine import population
 from fmnist_search.engine.models import create_model
-from fmnist_search.engine.train import Diverged, build_model
+from fmnist_search.engine.train import build_model
 from fmnist_search.search import objective as objective_mod
+from fmnist_search.search.lifecycle import optimize
 from fmnist_search.search.objective import Objective
 from fmnist_search.search.record import FIELDS, TrialRecord
 
@@ -27,7 +28,7 @@ def _study(pruner=None):
 def test_completed_trial_has_every_attr(tiny_splits):
     spec = StudySpec(epochs=2, batch_size=32, lr_min=0.01, lr_max=0.1)
     study = _study()
-    study.optimize(Objective(spec, tiny_splits, torch.device("cpu")), n_trials=2)
+    optimize(study, Objective(spec, tiny_splits, torch.device("cpu")), 2)
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
         assert set(t.user_attrs) >= ATTRS
@@ -55,7 +56,7 @@ def test_pruned_trial_keeps_what_it_measured(tiny_splits):
     spec = StudySpec(epochs=3, batch_size=32)
     # Prunes every trial whose accuracy is below 1.01, i.e. all of them, after epoch 1.
     study = _study(pruner=optuna.pruners.ThresholdPruner(lower=1.01))
-    study.optimize(Objective(spec, tiny_splits, torch.device("cpu")), n_trials=1)
+    optimize(study, Objective(spec, tiny_splits, torch.device("cpu")), 1)
     t = study.trials[0]
     assert t.state == TrialState.PRUNED
     assert t.user_attrs["epochs_completed"] == 1
@@ -66,7 +67,7 @@ def test_pruned_trial_keeps_what_it_measured(tiny_splits):
 def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_splits):
     spec = StudySpec(epochs=2, batch_size=32, lr_min=1e5, lr_max=1e6, momentum=0.0)
     study = _study()
-    study.optimize(Objective(spec, tiny_splits, torch.device("cpu")), n_trials=2, catch=(Diverged,))
+    optimize(study, Objective(spec, tiny_splits, torch.device("cpu")), 2)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     for t in study.trials:
         assert "training loss became" in t.user_attrs["fail_reason"]
@@ -74,21 +75,19 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_splits):
 
 def test_nan_loss_after_some_epochs_keeps_history(tiny_splits, monkeypatch):
     """A trial that diverges in epoch 2 keeps epoch 1's measurements."""
-    real_fit = train_mod.fit
+    real = population._epoch_metrics
 
-    def fit_then_diverge(model, tr, va, cfg, on_epoch_end, teacher=None):
-        def hook(m):
-            on_epoch_end(m)
-            raise Diverged(f"training loss became {math.nan} in epoch 2")
+    def nan_in_epoch_2(members, alive, epoch, sums, *rest):
+        if epoch == 2:  # the epoch's summed loss, as a NaN loss would leave it
+            sums = [[math.nan] * len(sums[0]), sums[1]]
+        return real(members, alive, epoch, sums, *rest)
 
-        return real_fit(model, tr, va, cfg, on_epoch_end=hook, teacher=teacher)
-
-    monkeypatch.setattr(train_mod, "fit", fit_then_diverge)  # what train_recipe calls
+    monkeypatch.setattr(population, "_epoch_metrics", nan_in_epoch_2)
     study = _study()
-    study.optimize(Objective(StudySpec(epochs=3, batch_size=32), tiny_splits, torch.device("cpu")), 1, catch=Diverged)
+    optimize(study, Objective(StudySpec(epochs=3, batch_size=32), tiny_splits, torch.device("cpu")), 1)
     t = study.trials[0]
     assert t.state == TrialState.FAIL and t.user_attrs["epochs_completed"] == 1
-    assert "epoch 2" in t.user_attrs["fail_reason"]
+    assert "training loss became nan in epoch 2" in t.user_attrs["fail_reason"]
 
 
 def test_data_moves_to_device_once(tiny_splits, monkeypatch):
@@ -96,7 +95,7 @@ def test_data_moves_to_device_once(tiny_splits, monkeypatch):
     real = objective_mod.to_device
     monkeypatch.setattr(objective_mod, "to_device", lambda *a: calls.append(1) or real(*a))
     study = _study()
-    study.optimize(Objective(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu")), n_trials=3)
+    optimize(study, Objective(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu")), 3)
     assert len(calls) == 3  # train, val, test: once per process, not per trial
 
 
@@ -105,7 +104,7 @@ def test_trials_are_reproducible(tiny_splits):
     runs = []
     for _ in range(2):
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
-        study.optimize(Objective(spec, tiny_splits, torch.device("cpu")), n_trials=1)
+        optimize(study, Objective(spec, tiny_splits, torch.device("cpu")), 1)
         runs.append((study.trials[0].params["lr"], study.trials[0].value))
     assert runs[0] == runs[1]
 
@@ -130,16 +129,16 @@ def test_compile_once_and_reuse_across_trials(tiny_splits, monkeypatch):
     monkeypatch.setattr(torch, "compile", counting_compile)
     obj = Objective(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu"), compile=True)
     study = _study()
-    study.optimize(obj, n_trials=3)
+    optimize(study, obj, 3)
     assert len(compiled) == 1
     assert all(t.user_attrs["compiled"] for t in study.trials)
     # Re-initialisation: the compiled module starts each trial from that trial's seed.
-    fresh = build_model("lenet", 123, torch.device("cpu"), obj._compiled)
+    fresh = build_model("lenet", 123, torch.device("cpu"), obj.compiled)
     torch.manual_seed(123)
     expected = create_model("lenet").state_dict()
     for key, value in compiled[0].state_dict().items():
         assert torch.equal(value, expected[key])
-    assert fresh is obj._compiled["lenet"] and fresh.module is compiled[0]
+    assert fresh is obj.compiled["lenet"] and fresh.module is compiled[0]
 
 
 def _rss_mb() -> float:
@@ -150,9 +149,9 @@ def _rss_mb() -> float:
 def test_memory_stays_flat_over_many_trials(tiny_splits):
     obj = Objective(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu"))
     study = _study()
-    study.optimize(obj, n_trials=5, gc_after_trial=True)  # warm up allocator and caches
+    optimize(study, obj, 5)  # warm up allocator and caches
     before = _rss_mb()
-    study.optimize(obj, n_trials=20, gc_after_trial=True)
+    optimize(study, obj, 20)
     grown = _rss_mb() - before
     # Measured here: ~2.5 MB of allocator noise; leaking just the LeNet of each trial: ~9 MB.
 

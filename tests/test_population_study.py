@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.search import population
+from fmnist_search.search import lifecycle
 from fmnist_search.search.record import FIELDS, TrialRecord
 from fmnist_search.search.workers import census
 
@@ -85,7 +85,7 @@ def test_population_weights_reproduce_the_stored_test_accuracy(studies, tmp_path
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_ends_the_whole_population_cleanly(sig, tmp_path, monkeypatch, real_data):
     url = f"sqlite:///{tmp_path}/s.db"
-    original = population.population_prunes
+    original = lifecycle.population_prunes
     calls = {"n": 0}
 
     def prunes(*args, **kwargs):  # the signal lands after the population's first epoch reports
@@ -95,7 +95,7 @@ def test_a_signal_ends_the_whole_population_cleanly(sig, tmp_path, monkeypatch, 
         return original(*args, **kwargs)
 
     with monkeypatch.context() as mp:
-        mp.setattr(population, "population_prunes", prunes)
+        mp.setattr(lifecycle, "population_prunes", prunes)
         result = invoke("run", "--model", "lenet", "--trials", "3", "--population", "3", "--storage", url, *TINY)
     assert result.exit_code == (130 if sig == signal.SIGINT else 143), result.output
     assert "Traceback" not in result.output

@@ -156,9 +156,15 @@ def test_hyperband_population_is_order_independent():
     assert results[0] == results[1] and len(results[0]) < 10
 
 
-def test_nop_pruner_prunes_nothing_and_unknown_pruners_are_refused():
+def test_nop_pruner_prunes_nothing_and_other_pruners_decide_one_trial_as_optuna_does():
     study = _study(optuna.pruners.NopPruner())
     assert population_prunes(study, 1, {0: {1: 0.0}}, _write(study)) == set()
     study = _study(optuna.pruners.ThresholdPruner(lower=0.5))
-    with pytest.raises(ValueError, match="--population 1"):
-        population_prunes(study, 1, {0: {1: 0.0}}, _write(study))
+    low, high = study.ask(), study.ask()
+    low.report(0.2, 1)
+    high.report(0.8, 1)
+    # One trial at a time: any Optuna pruner, asked about the stored trial (ThresholdPruner: below 0.5).
+    assert population_prunes(study, 1, {low.number: {1: 0.2}}, _write(study)) == {low.number}
+    assert population_prunes(study, 1, {high.number: {1: 0.8}}, _write(study)) == set()
+    with pytest.raises(ValueError, match="--population 1"):  # several: no order-independent rule for it
+        population_prunes(study, 1, {low.number: {1: 0.2}, high.number: {1: 0.8}}, _write(study))

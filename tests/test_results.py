@@ -17,8 +17,9 @@ from fmnist_search.cli import app
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine import data
 from fmnist_search.engine.train import predict_proba
-from fmnist_search.search import objective as objective_mod
+from fmnist_search.search import lifecycle as lifecycle_mod
 from fmnist_search.search.artifacts import load_model, open_store
+from fmnist_search.search.lifecycle import optimize
 from fmnist_search.search.objective import Objective
 from fmnist_search.search.plots import curves_data, learning_curves, study_figures
 from fmnist_search.search.record import TrialRecord
@@ -116,15 +117,15 @@ def test_weights_round_trip_through_the_artifact_store(tmp_path, tiny_splits, mo
     obj = Objective(spec, tiny_splits, torch.device("cpu"), artifact_store=store)
     study = optuna.create_study(direction="maximize")
     models = []
-    real_build = objective_mod.build_model
+    real_build = lifecycle_mod.build_model
 
     def spy(*args):
         built = real_build(*args)
         models.append(built.module)  # the module the trial trains
         return built
 
-    monkeypatch.setattr(objective_mod, "build_model", spy)
-    study.optimize(obj, n_trials=1)
+    monkeypatch.setattr(lifecycle_mod, "build_model", spy)
+    optimize(study, obj, 1)
     t = study.trials[0]
     name, loaded = load_model(store, TrialRecord.of(t).weights_artifact)
     assert name == "lenet"

@@ -16,6 +16,7 @@ from fmnist_search.core.errors import ConfigError
 from fmnist_search.engine import augment
 from fmnist_search.engine.schedules import make_scheduler
 from fmnist_search.engine.train import BACKGROUND, TrainConfig, augment_batch
+from fmnist_search.search.lifecycle import optimize
 from fmnist_search.search.objective import Objective
 from fmnist_search.search.space import PARAMS
 
@@ -116,7 +117,7 @@ def test_full_space_records_every_sampled_param(tiny_splits):
     spec = StudySpec(space="full", epochs=2, fixed={"schedule": "cosine"})
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(Objective(spec, tiny_splits, torch.device("cpu")), n_trials=2)
+    optimize(study, Objective(spec, tiny_splits, torch.device("cpu")), 2)
     for t in study.trials:
         assert set(t.params) == set(PARAMS) - {"schedule"}  # every sampled one; the fixed one is not sampled
         config = t.user_attrs["config"]
@@ -153,7 +154,7 @@ def test_seed_report_preset_is_the_report_protocol():
     "body,message",
     [
         ("epochs = 10\ncolour = 'red'\n", "unknown key"),
-        ("epochs = 0\n", "epochs must be at least 1"),
+        ("epochs = 0\n", "epochs must be an integer >= 1, got 0"),
         ("[train]\nlr = 0.1\ndropout = 0.2\n", "unknown fixed parameter"),
         ("[train]\nlr = 0.1\nfull_train = 'yes'\n", "full_train must be true or false"),
         ("epochs = [\n", "not valid TOML"),

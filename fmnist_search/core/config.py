@@ -10,8 +10,10 @@ names a distillation teacher is checked against the teacher's preset by ``check_
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -31,6 +33,203 @@ MODEL_NAMES = ("airbench", "lenet", "resnet18", "resnet34")  # fmnist_search.mod
 SAMPLER_NAMES = ("cmaes", "gp", "grid", "qmc", "random", "tpe")  # fmnist_search.study.SAMPLERS
 PRUNER_NAMES = ("hyperband", "median", "none", "sha")  # fmnist_search.study.PRUNERS
 SPACE_NAMES = ("full", "lr")  # fmnist_search.space.SPACES
+SCHEDULE_NAMES = ("constant", "cosine", "onecycle")  # fmnist_search.engine.schedules.SCHEDULES
+PRECISION_NAMES = ("bf16", "fp16", "fp32")  # fmnist_search.engine.devices.PRECISIONS (resolved, never "auto")
+
+
+# --- what each setting may hold: one rule per field, checked wherever a value enters ---
+# (flags, --fix, --params, presets, stored studies), so a refused value is one line that names
+# the setting and what it allows. Plain dataclass checks rather than pydantic or msgspec: the
+# settings are ~30 scalar fields with ranges, the messages are ours, --help stays import-light,
+# and no dependency joins the core for it.
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: type  # bool, int, float or str; an int is accepted (and kept) where a float is asked
+    allowed: str  # what the message says is allowed
+    ok: Callable[[Any], bool] = lambda v: True
+    optional: bool = False  # None allowed
+    choices: tuple[str, ...] = ()  # a name from a registry
+
+
+def _num(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
+         kind: type = float) -> Rule:  # fmt: skip
+    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+    noun = "a number" if kind is float else "an integer"
+    if low is not None and high is not None:
+        allowed = f"{noun} in {lo}, {hi}"
+    elif low is not None:
+        allowed = f"{noun} {'>' if low_open else '>='} {low:g}"
+    else:
+        allowed = noun
+
+    def ok(v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if low is not None and (v <= low if low_open else v < low):
+            return False
+        return high is None or (v < high if high_open else v <= high)
+
+    return Rule(kind, allowed, ok)
+
+
+def _one_of(names: tuple[str, ...]) -> Rule:
+    return Rule(str, f"one of: {', '.join(names)}", lambda v: v in names, choices=names)
+
+
+_BOOL = Rule(bool, "true or false")
+_PROBABILITY = _num(0, 1)
+_POSITIVE_INT = _num(1, kind=int)
+
+# TrainConfig's fields: one training recipe.
+RECIPE_RULES: dict[str, Rule] = {
+    "lr": _num(0, low_open=True),
+    "epochs": _POSITIVE_INT,
+    "batch_size": _POSITIVE_INT,
+    "momentum": _num(0, 1, high_open=True),
+    "nesterov": _BOOL,
+    "weight_decay": _num(0),
+    "label_smoothing": _num(0, 1, high_open=True),
+    "schedule": _one_of(SCHEDULE_NAMES),
+    "warmup_frac": _num(0, 1, high_open=True),
+    "crop": _num(0, kind=int),
+    "flip": _BOOL,
+    "erasing": _PROBABILITY,
+    "tta_flip": _BOOL,
+    "teacher": Rule(str, "a preset name (or empty: none)"),
+    "distill": _PROBABILITY,
+    "distill_temp": _num(0, low_open=True),
+    "seed": _num(0, kind=int),
+    "data_seed": dataclasses.replace(_num(0, kind=int), optional=True),
+    "precision": _one_of(PRECISION_NAMES),
+    "eval_batch_size": _POSITIVE_INT,
+}
+
+# StudySpec's own fields (``fixed`` holds RECIPE_RULES values).
+SPEC_RULES: dict[str, Rule] = {
+    "model": _one_of(MODEL_NAMES),
+    "epochs": _POSITIVE_INT,
+    "batch_size": _POSITIVE_INT,
+    "lr_min": _num(0, low_open=True),
+    "lr_max": _num(0, low_open=True),
+    "momentum": _num(0, 1, high_open=True),
+    "sampler": _one_of(SAMPLER_NAMES),
+    "pruner": _one_of(PRUNER_NAMES),
+    "seed": _num(0, kind=int),
+    "val_size": _num(1, FULL_TRAIN_SIZE - 1, kind=int),
+    "train_size": dataclasses.replace(_POSITIVE_INT, optional=True),
+    "space": _one_of(SPACE_NAMES),
+}
+
+# Study settings a recipe also has. A fixed value of one of these is the study's value: `--fix
+# epochs=5` makes a 5-epoch study (what Hyperband reads), holding the full space's sampled
+# epochs there; with `--epochs 10` too, or a stored study of 10, it is refused, never silently
+# one or the other.
+SHARED_KEYS = ("epochs", "batch_size", "momentum")
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _has_kind(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_value(name: str, value: Any, rule: Rule) -> None:
+    """``value`` as ``rule`` allows, or a ConfigError naming ``name`` and what it allows."""
+    if value is None and rule.optional:
+        return
+    if not _has_kind(value, rule.kind) or not rule.ok(value):
+        if rule.choices:
+            raise ConfigError(f"unknown {name} {value!r}; choose {rule.allowed}")
+        raise ConfigError(f"{name} must be {rule.allowed}, got {value!r}")
+
+
+def parse_value(name: str, raw: str) -> Any:
+    """A recipe value typed on the command line (``--fix NAME=VALUE``) as its field's type:
+    booleans as true/false, yes/no, on/off or 1/0 in any case; then checked."""
+    if name not in RECIPE_RULES or name not in RECIPE_KEYS:
+        raise ConfigError(f"unknown fixed parameter {name}; known: {', '.join(sorted(RECIPE_KEYS))}")
+    rule = RECIPE_RULES[name]
+    text = raw.strip()
+    value: Any = text
+    if rule.kind is bool:
+        word = text.lower()
+        value = True if word in _TRUE else False if word in _FALSE else text
+    elif rule.kind in (int, float):
+        try:
+            value = rule.kind(text)
+        except ValueError:
+            value = text
+    check_value(name, value, rule)
+    return value
+
+
+def parse_fixed(items: list[str] | None) -> dict[str, Any] | None:
+    """``["momentum=0.9", "schedule=cosine"]`` -> {"momentum": 0.9, "schedule": "cosine"}, each typed and checked."""
+    if not items:
+        return None
+    fixed = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--fix takes NAME=VALUE, got {item!r}")
+        fixed[key.strip()] = parse_value(key.strip(), raw)
+    return fixed
+
+
+def with_fixed_settings(requested: dict[str, Any]) -> dict[str, Any]:
+    """``requested`` with each fixed study setting (SHARED_KEYS) as the study's own, where not given."""
+    fixed = requested.get("fixed") or {}
+    shared = {k: fixed[k] for k in SHARED_KEYS if k in fixed and k not in requested}
+    return {**requested, **shared} if shared else requested
+
+
+def check_settings(requested: dict[str, Any]) -> None:
+    """Requested study settings (flags or a preset, before defaults), each against its rule:
+    what can be refused before a store is opened."""
+    unknown = set(requested) - SPEC_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    fixed = requested.get("fixed") or {}
+    for key in SHARED_KEYS:
+        if key in fixed and key in requested and fixed[key] != requested[key]:
+            raise ConfigError(_disagree(key, fixed[key], requested[key]))
+    for key, value in requested.items():
+        if key in SPEC_RULES:
+            check_value(key, value, SPEC_RULES[key])
+    if "lr_min" in requested and "lr_max" in requested:
+        _lr_range(requested["lr_min"], requested["lr_max"])
+    if "lr_grid" in requested:
+        _lr_grid(requested["lr_grid"])
+    if "fixed" in requested:
+        check_fixed(requested["fixed"])
+
+
+def _disagree(key: str, fixed: Any, study: Any) -> str:
+    return (
+        f"fixed {key}={fixed!r} disagrees with the study's {key}={study!r}; give one of them "
+        f"(--fix {key}=N sets the study's --{key.replace('_', '-')})"
+    )
+
+
+def _lr_range(lr_min: float, lr_max: float) -> None:
+    if lr_min >= lr_max:
+        raise ConfigError(f"lr_min ({lr_min}) must be below lr_max ({lr_max})")
+
+
+def _lr_grid(grid: Any) -> None:
+    if grid is None:
+        return
+    if not isinstance(grid, list | tuple) or not grid:
+        raise ConfigError(f"lr_grid must be a list of learning rates, got {grid!r}")
+    for lr in grid:
+        check_value("lr_grid", lr, RECIPE_RULES["lr"])
 
 
 # A model's base recipe: what a new study without a preset trains with while it searches the lr
@@ -101,6 +300,14 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (resolved, never "auto")
     eval_batch_size: int = 2048  # samples per forward pass when evaluating
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_value(f.name, getattr(self, f.name), RECIPE_RULES[f.name])
+        if self.distill > 0 and not self.teacher:  # (a teacher at weight 0 is a population member's choice)
+            raise ConfigError(
+                f"distill={self.distill} needs a teacher: add teacher=PRESET, e.g. teacher=airbench-tuned"
+            )
+
 
 @dataclass(frozen=True)
 class StudySpec:
@@ -122,27 +329,20 @@ class StudySpec:
     def __post_init__(self) -> None:
         if isinstance(self.lr_grid, list):  # from JSON (study attrs) or TOML
             object.__setattr__(self, "lr_grid", tuple(self.lr_grid))
-        _choice("model", self.model, MODEL_NAMES)
-        _choice("sampler", self.sampler, SAMPLER_NAMES)
-        _choice("pruner", self.pruner, PRUNER_NAMES)
-        _choice("space", self.space, SPACE_NAMES)
+        for name, rule in SPEC_RULES.items():
+            check_value(name, getattr(self, name), rule)
+        _lr_range(self.lr_min, self.lr_max)
+        _lr_grid(self.lr_grid)
+        if not isinstance(self.fixed, dict):
+            raise ConfigError(f"fixed must be a table of recipe values, got {self.fixed!r}")
         check_fixed(self.fixed)
+        for key in SHARED_KEYS:
+            if key in self.fixed and self.fixed[key] != getattr(self, key):
+                raise ConfigError(_disagree(key, self.fixed[key], getattr(self, key)))
         if self.sampler == "grid" and not self.lr_grid:
             raise ConfigError("the grid sampler needs lr_grid (a list of learning rates)")
         if self.sampler == "grid" and self.space != "lr":
             raise ConfigError("the grid sampler searches lr_grid only; use space = 'lr'")
-        _at_least("epochs", self.epochs, 1)
-        _at_least("batch_size", self.batch_size, 1)
-        if not (self.lr_min > 0 and self.lr_max > 0):
-            raise ConfigError(f"learning rates must be positive, got lr_min={self.lr_min}, lr_max={self.lr_max}")
-        if self.lr_min >= self.lr_max:
-            raise ConfigError(f"lr_min ({self.lr_min}) must be below lr_max ({self.lr_max})")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0 < self.val_size < FULL_TRAIN_SIZE:
-            raise ConfigError(f"val_size must be between 1 and {FULL_TRAIN_SIZE - 1}, got {self.val_size}")
-        if self.train_size is not None:
-            _at_least("train_size", self.train_size, 1)
 
     def to_attrs(self) -> dict[str, Any]:
         attrs = dataclasses.asdict(self)
@@ -257,30 +457,24 @@ RECIPE_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - _RUN_
 
 
 def check_fixed(fixed: dict[str, Any]) -> None:
-    """Pure checks of a recipe's values: known keys, and a consistent distillation."""
+    """Pure checks of a recipe's values: known keys, each value as its rule allows, a consistent distillation."""
     unknown = set(fixed) - RECIPE_KEYS
     if unknown:
         raise ConfigError(
             f"unknown fixed parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(RECIPE_KEYS))}"
         )
+    for key, value in fixed.items():
+        check_value(key, value, RECIPE_RULES[key])
     check_distill(fixed)
 
 
 def check_distill(values: dict[str, Any]) -> None:
     """``teacher`` and ``distill`` come together (neither is sampled, so a study's fixed values hold both)."""
     teacher, distill = values.get("teacher", ""), values.get("distill", 0.0)
-    temp = values.get("distill_temp", 4.0)
-    if not isinstance(distill, int | float) or not 0.0 <= distill <= 1.0:
-        raise ConfigError(f"distill must be a number in [0, 1] (the teacher's share of the loss), got {distill!r}")
-    if not isinstance(temp, int | float) or temp <= 0:
-        raise ConfigError(f"distill_temp must be a positive number, got {temp!r}")
     if distill > 0 and not teacher:
         raise ConfigError(f"distill={distill} needs a teacher: add teacher=PRESET, e.g. teacher=airbench-tuned")
-    if teacher:
-        if not isinstance(teacher, str):
-            raise ConfigError(f"teacher must be a preset name, got {teacher!r}")
-        if distill == 0:
-            raise ConfigError(f"teacher {teacher!r} is unused with distill=0; set distill, e.g. distill=0.9")
+    if teacher and distill == 0:
+        raise ConfigError(f"teacher {teacher!r} is unused with distill=0; set distill, e.g. distill=0.9")
 
 
 def check_recipe(values: dict[str, Any]) -> None:
@@ -340,13 +534,3 @@ def resolve(requested: dict[str, Any], stored: dict[str, Any] | None, study_name
                 f"or use --study NEW_NAME for a new study"
             )
     return spec
-
-
-def _choice(name: str, value: str, choices: Any) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(sorted(choices))}")
-
-
-def _at_least(name: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"{name} must be at least {low}, got {value}")

@@ -38,21 +38,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.config import TrainConfig
+from .batches import augmented, autocast, epoch_batches, looks_up, steps_per_epoch
 from .devices import synchronize
+from .distill import Teacher, as_teacher, distillation_loss, soft_targets, widened
 from .schedules import make_scheduler
-from .train import (
-    EpochMetrics,
-    FitResult,
-    Teacher,
-    _autocast,
-    _epoch_stop,
-    as_teacher,
-    augmented,
-    epoch_batches,
-    looks_up,
-    soft_targets,
-    widened,
-)
 
 # Trials per population when the user gives none (--population): where it pays, measured.
 # CPU: 1 (benchmarks/results/population-cpu-*.json). H200 (benchmarks/results/gpu-h200.md):
@@ -152,9 +141,58 @@ def vmap_forward(template: nn.Module) -> Forward:
     return forward
 
 
+def plain_forward(module: nn.Module) -> Forward:
+    """One model as a population of one: the module itself (or its ``torch.compile`` wrapper),
+    with its own parameters; ``state`` is not read."""
+
+    def forward(state: dict[str, torch.Tensor], x: torch.Tensor, training: bool) -> torch.Tensor:
+        if module.training != training:  # .train() walks every submodule: only when it changes
+            module.train(training)
+        out: torch.Tensor = module(x)
+        return out.unsqueeze(0)
+
+    return forward
+
+
 def make_forward(template: nn.Module) -> tuple[str, Forward]:
     fused = fused_forward(template)
     return ("fused", fused) if fused is not None else ("vmap", vmap_forward(template))
+
+
+# --- what a training run measures ---
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 1-based
+    train_loss: float  # mean cross-entropy over the epoch's training steps
+    train_accuracy: float  # fraction correct during the epoch's training steps
+    val_accuracy: float
+    val_loss: float
+    train_time_s: float  # this epoch's training steps only (no evaluation), device-synchronised
+    samples: int  # training samples seen this epoch
+
+
+@dataclass
+class FitResult:
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    @property
+    def train_time_s(self) -> float:
+        return sum(m.train_time_s for m in self.history)
+
+    @property
+    def throughput(self) -> float:
+        """Training samples per second over training steps only, from the second epoch on
+        when there is one: the first pays one-time costs (cuDNN autotuning, compilation,
+        allocator warm-up) that say nothing about the recipe's speed."""
+        timed = self.history[1:] or self.history
+        t = sum(m.train_time_s for m in timed)
+        return sum(m.samples for m in timed) / t if t > 0 else 0.0
+
+
+class Diverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 # --- the population ---
@@ -177,7 +215,7 @@ class Census:
 
     samples: int = 0
     train_time_s: float = 0.0
-    kind: str = ""  # fused | vmap: how the models were stacked
+    kind: str = ""  # plain | fused | vmap: how the models were stacked
 
     @property
     def throughput(self) -> float:
@@ -190,7 +228,8 @@ EpochHook = Callable[[int, dict[int, EpochMetrics]], Iterable[int]]  # (epoch, m
 def lr_table(
     cfgs: Sequence[TrainConfig], steps_per_epoch: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """(K, max steps) learning rates, row k exactly what ``fit``'s scheduler gives model k at each step."""
+    """(K, max steps) learning rates, row k what the recipe's torch scheduler (``schedules``)
+    gives model k at each step: the lr of every step is read from this table on the device."""
     cache: dict[tuple[Any, ...], list[float]] = {}
     rows = []
     for cfg in cfgs:
@@ -237,6 +276,7 @@ def fit_population(
     on_epoch_end: EpochHook | None = None,
     teacher: nn.Module | Teacher | None = None,
     census: Census | None = None,
+    lookup: bool = True,
 ) -> Census:
     """Train ``modules[k]`` with ``members[k].cfg`` for every k at once; each leaves when its
     epochs are done, when it diverges, or when ``on_epoch_end`` names it. ``members`` carry
@@ -244,19 +284,21 @@ def fit_population(
     ``census`` (returned) the population's throughput so far, epoch by epoch.
 
     ``modules`` are freshly built models of one architecture on the data's device (each
-    seeded by its caller); the configs must share ``shared_key``. Precision fp32 or bf16.
+    seeded by its caller); the configs must share ``shared_key``. One module trains as itself
+    (in place; it may be a ``torch.compile`` wrapper): that is ``train.fit``. fp16 (a shared
+    loss scale) only for one. ``lookup=False`` runs the teacher on every batch (benchmarks).
     """
     cfgs = [mb.cfg for mb in members]
     if len({shared_key(c) for c in cfgs}) != 1:
         raise ValueError("a population shares batch size, augmentation, teacher, precision and data order")
     base = cfgs[0]
-    if base.precision == "fp16":
+    if base.precision == "fp16" and len(cfgs) > 1:
         raise ValueError("population training runs in fp32 or bf16 (fp16 needs a loss scale per model)")
     if any(c.distill > 0 for c in cfgs) and teacher is None:
-        raise ValueError("a distilled member needs a teacher network")
+        raise ValueError(f"distill={max(c.distill for c in cfgs)} needs a teacher network")
     device = train[0].device
     stack_ = _Stack(modules, cfgs, len(train[0]), device)
-    batches = _Batches(train, base, teacher if any(c.distill > 0 for c in cfgs) else None)
+    batches = _Batches(train, base, teacher if any(c.distill > 0 for c in cfgs) else None, lookup)
     census = census if census is not None else Census()
     census.kind = stack_.kind
     for epoch in range(1, max(c.epochs for c in cfgs) + 1):
@@ -267,9 +309,9 @@ def fit_population(
         synchronize(device)
         t0 = time.perf_counter()
         for xb, yb, soft in batches.epoch():
-            with _autocast(device, base.precision):
+            with autocast(device, base.precision):
                 out = stack_.forward(stack_.state, xb, True)  # (K, B, classes)
-                losses = stack_.per_model.loss(out, yb, soft(xb))  # (K,)
+                losses = stack_.losses(out, yb, soft(xb))  # (K,)
             stack_.step(losses)
             loss_sum += losses.detach().float() * len(yb)
             correct += (out.argmax(-1) == yb).sum(1)
@@ -279,6 +321,8 @@ def fit_population(
         census.samples += seen * k
         census.train_time_s += elapsed
         sums = torch.stack([loss_sum, correct.float()]).tolist()  # the epoch's one sync
+        # Evaluation runs in fp32 whatever the training precision: it costs little, and the
+        # stored accuracies are then exactly what `fmnist-search evaluate` (fp32) reproduces.
         accs = stack_.evaluate(val, base.eval_batch_size) if val is not None else None
         metrics = _epoch_metrics(members, stack_.alive, epoch, sums, accs, seen, elapsed)
         stop = set(on_epoch_end(epoch, metrics)) if on_epoch_end is not None else set()
@@ -314,12 +358,12 @@ def _epoch_metrics(
 class _Batches:
     """The population's shared batches: one seeded order, augmentation, and the teacher's soft targets."""
 
-    def __init__(self, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, teacher: Any) -> None:
+    def __init__(self, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, teacher: Any, lookup: bool) -> None:
         self.x, self.y, self.cfg = train[0], train[1], cfg
         self.order = torch.Generator(device=self.x.device).manual_seed(_order_seed(cfg))
         self.teacher = as_teacher(teacher)
-        # soft targets looked up by index where a batch is its images, some mirrored (train.Teacher)
-        lookup = self.teacher is not None and looks_up(cfg)
+        # soft targets looked up by index where a batch is its images, some mirrored (distill.Teacher)
+        lookup = lookup and self.teacher is not None and looks_up(cfg)
         self.tables = self.teacher.tables(self.x, cfg.precision, cfg.batch_size) if self.teacher and lookup else None
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor | None]]]:
@@ -339,27 +383,43 @@ class _Batches:
 
 
 class _Stack:
-    """The alive members' stacked state, optimizer, lr tables and loss settings (rows = ``alive``)."""
+    """The alive members' weights, optimizer, lr tables and loss settings (rows = ``alive``):
+    one module as itself (``plain``), or K stacked (``fused`` / ``vmap``)."""
 
     def __init__(self, modules: Sequence[nn.Module], cfgs: Sequence[TrainConfig], n: int, device: torch.device) -> None:
-        self.template = copy.deepcopy(modules[0])
-        self.kind, self.forward = make_forward(self.template)
-        self.state = stack(modules)
-        self.opt = _SGD(self.state, self.template, cfgs, device)
-        batch = cfgs[0].batch_size
-        steps_per_epoch = len(range(0, _epoch_stop(n, batch), batch))
-        self.lrs = lr_table(cfgs, steps_per_epoch, device, self.opt.params[0].dtype)
-        self.per_model = _PerModel(cfgs, device, self.opt.params[0].dtype)
+        self.plain = len(modules) == 1
+        if self.plain:
+            self.template = modules[0]
+            self.kind, self.forward = "plain", plain_forward(modules[0])
+            self.state: dict[str, torch.Tensor] = {}
+            params: list[torch.Tensor] = list(modules[0].parameters())
+        else:
+            self.template = copy.deepcopy(modules[0])
+            self.kind, self.forward = make_forward(self.template)
+            self.state = stack(modules)
+            self.names = [n for n, _ in self.template.named_parameters()]
+            params = [self.state[n] for n in self.names]
+        self.opt = _SGD(params, cfgs, device)
+        self.lrs = lr_table(cfgs, steps_per_epoch(n, cfgs[0].batch_size), device, params[0].dtype)
+        self.per_model = _PerModel(cfgs, device, params[0].dtype)
+        self.scale = _LossScale(device) if cfgs[0].precision == "fp16" else None
         self.alive = list(range(len(cfgs)))
         self.steps = 0
 
+    def losses(self, out: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+        return self.per_model.loss(out, y, soft)
+
     def step(self, losses: torch.Tensor) -> None:
-        grads = torch.autograd.grad(losses.sum(), self.opt.params)  # model k's gradients: its own loss's
-        self.opt.step(grads, self.lrs[:, self.steps])
+        total = losses.sum()  # model k's gradients: its own loss's
+        if self.scale is None:
+            self.opt.step(torch.autograd.grad(total, self.opt.params), self.lrs[:, self.steps])
+        else:
+            grads = torch.autograd.grad(total * self.scale.scale, self.opt.params)
+            self.opt.step(grads, self.lrs[:, self.steps], self.scale.unscale(grads))
         self.steps += 1
 
     def evaluate(self, val: tuple[torch.Tensor, torch.Tensor], batch_size: int) -> list[tuple[float, float]]:
-        return _evaluate(self.forward, self.state, val, batch_size, self.per_model.tta)
+        return evaluate_all(self.forward, self.state, val, batch_size, self.per_model.tta)
 
     def settle(self, members: Sequence[Member], stop: set[int], epoch: int) -> bool:
         """After an epoch: members named in ``stop`` are stopped, those at their last epoch done
@@ -371,12 +431,14 @@ class _Stack:
                 members[m].status = "stopped"
             elif epoch >= members[m].cfg.epochs:
                 members[m].status = "done"
-                members[m].module = unstack(self.state, row, self.template)
+                members[m].module = (
+                    self.template.train(False) if self.plain else unstack(self.state, row, self.template)
+                )
         keep = [row for row, m in enumerate(self.alive) if members[m].status == "training"]
-        if keep and len(keep) < len(self.alive):
+        if keep and len(keep) < len(self.alive):  # never for one model: it either stays or leaves
             rows = torch.tensor(keep, device=self.lrs.device)
             self.state = {key: v.detach()[rows].contiguous() for key, v in self.state.items()}
-            self.opt.keep(self.state, rows)
+            self.opt.keep([self.state[n].requires_grad_() for n in self.names], rows)
             self.lrs = self.lrs[rows]
             self.per_model.keep(rows)
             self.alive = [self.alive[r] for r in keep]
@@ -402,7 +464,7 @@ class _PerModel:
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
         """(K,) mean losses: ``F.cross_entropy`` with each model's label smoothing, mixed with
-        each model's distillation term (``train.distillation_loss``) where it has one."""
+        each model's distillation term (``distill.distillation_loss``) where it has one."""
         out = widened(out)
         logp = F.log_softmax(out, dim=-1)
         nll = -logp.gather(-1, y.view(1, -1, 1).expand(len(out), -1, 1)).squeeze(-1)  # (K, B)
@@ -412,27 +474,39 @@ class _PerModel:
         ce = ((1 - self.smooth) * nll.mean(1, keepdim=True) + smooth * (self.smooth / logp.shape[-1])).view(-1)
         if soft is None:
             return ce
-        t = self.temp  # (K, 1, 1)
-        log_p_student = F.log_softmax(out / t, dim=-1)
-        log_p_teacher = F.log_softmax(widened(soft).unsqueeze(0) / t, dim=-1)
-        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean(1) * t.view(-1) ** 2
         w = self.distill.view(-1)
-        return (1 - w) * ce + w * kl
+        return (1 - w) * ce + w * distillation_loss(out, soft.unsqueeze(0), self.temp)
+
+
+class _LossScale:
+    """fp16's dynamic loss scale, as ``torch.amp.GradScaler`` keeps it (its defaults and its
+    kernels), on the device: an overflowing step is skipped without a host sync."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.scale = torch.full((), 2.0**16, device=device)
+        self.growth = torch.zeros((), dtype=torch.int32, device=device)
+        self.found_inf = torch.zeros((), device=device)
+
+    def unscale(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Divide ``grads`` by the scale in place; the step's skip flag (1.0: inf or NaN found), and the next scale."""
+        self.found_inf.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(list(grads), self.found_inf, self.scale.reciprocal())
+        torch._amp_update_scale_(self.scale, self.growth, self.found_inf, 2.0, 0.5, 2000)
+        return self.found_inf
 
 
 class _SGD:
-    """``torch.optim.SGD``'s update on stacked parameters, each model with its own lr, momentum,
-    Nesterov and weight decay: g += wd p; buf = m buf + g; d = g + m buf (Nesterov) or buf; p -= lr d.
+    """``torch.optim.SGD``'s update for one model or K stacked ones, each with its own lr,
+    momentum, Nesterov and weight decay: g += wd p; buf = m buf + g; d = g + m buf (Nesterov)
+    or buf; p -= lr d.
 
-    All parameters live in one flat buffer (each a contiguous (K, ...) block of it, handed to
-    the forward as a leaf that shares its memory), so the update is ~10 operations over that
-    buffer whatever the number of layers: on a GPU the step is bound by launches, and a loop
-    over 10 LeNet parameters cost ~120 of them (benchmarks/results/gpu-h200.md)."""
+    All parameters live in one flat buffer (each parameter's data a view of it), so the update
+    is ~10 operations over that buffer whatever the number of layers: on a GPU the step is
+    bound by launches, and a loop over 10 LeNet parameters cost ~120 of them
+    (benchmarks/results/gpu-h200.md)."""
 
-    def __init__(self, state: dict[str, torch.Tensor], template: nn.Module, cfgs: Sequence[TrainConfig],
-                 device: torch.device) -> None:  # fmt: skip
-        self.names = [n for n, _ in template.named_parameters()]
-        dtype = state[self.names[0]].dtype
+    def __init__(self, params: list[torch.Tensor], cfgs: Sequence[TrainConfig], device: torch.device) -> None:
+        dtype = params[0].dtype
 
         def col(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, device=device, dtype=dtype).view(-1, 1)
@@ -440,22 +514,25 @@ class _SGD:
         # per model, (K, 1); spread over the flat buffer's elements by _adopt
         self.momentum = col([c.momentum for c in cfgs])
         self.wd = col([c.weight_decay for c in cfgs])
-        self.nesterov = col([float(c.nesterov and c.momentum > 0) for c in cfgs])  # as fit: none without momentum
+        self.nesterov = col([float(c.nesterov and c.momentum > 0) for c in cfgs])  # torch: none without momentum
         self.decaying = any(c.weight_decay > 0 for c in cfgs)
-        self._adopt(state)
+        self._adopt(params)
         self.buf = torch.zeros_like(self.flat)
 
-    def _adopt(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy the parameters in ``state`` into one flat buffer and put leaf views of it in their place."""
-        blocks = [state[n].detach() for n in self.names]
-        self.flat = torch.cat([b.reshape(-1) for b in blocks])
-        self.params, at = [], 0
-        for name, b in zip(self.names, blocks, strict=True):
-            state[name] = self.flat[at : at + b.numel()].view(b.shape).detach().requires_grad_()
-            self.params.append(state[name])
-            at += b.numel()
+    def _adopt(self, params: list[torch.Tensor]) -> None:
+        """Copy ``params`` into one flat buffer and make each one's data a view of it (same tensors)."""
+        self.params = params
+        self.flat = torch.cat([p.detach().reshape(-1) for p in params])
+        at = 0
+        for p in params:
+            p.data = self.flat[at : at + p.numel()].view_as(p)
+            at += p.numel()
         k = len(self.momentum)
-        per_model = [b[0].numel() for b in blocks]  # elements of one model in each block
+        if k == 1:  # one model: per-model values broadcast as they are
+            self.model_of = None
+            self.mom, self.decay, self.nest = (t.view(1) for t in (self.momentum, self.wd, self.nesterov))
+            return
+        per_model = [p.numel() // k for p in params]  # elements of one model in each block
 
         def spread(t: torch.Tensor) -> torch.Tensor:  # (K, ...) -> one value per flat element
             return torch.cat([t.view(k, 1).expand(k, n).reshape(-1) for n in per_model])
@@ -463,48 +540,63 @@ class _SGD:
         self.model_of = spread(torch.arange(k, device=self.flat.device))  # row of each element, for the lr
         self.mom, self.decay, self.nest = spread(self.momentum), spread(self.wd), spread(self.nesterov)
 
-    def keep(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> None:
-        """Keep the models in ``rows``; ``state`` already holds their rows (parameters become views again)."""
+    def keep(self, params: list[torch.Tensor], rows: torch.Tensor) -> None:
+        """Keep the models in ``rows``; ``params`` already hold their rows."""
         blocks, at = [], 0
         for p in self.params:  # the momentum buffer, block by block: (K, n) -> kept rows
             blocks.append(self.buf[at : at + p.numel()].view(len(p), -1)[rows].reshape(-1))
             at += p.numel()
         self.momentum, self.wd, self.nesterov = (t[rows] for t in (self.momentum, self.wd, self.nesterov))
-        self._adopt(state)
+        self._adopt(params)
         self.buf = torch.cat(blocks)
 
     @torch.no_grad()
-    def step(self, grads: Sequence[torch.Tensor], lr: torch.Tensor) -> None:
+    def step(self, grads: Sequence[torch.Tensor], lr: torch.Tensor, skip: torch.Tensor | None = None) -> None:
+        """One update with each model's ``lr`` (K,); with ``skip`` (1.0: fp16 overflow) none at all."""
         g = torch.cat([g.reshape(-1) for g in grads])
         if self.decaying:
             g = torch.addcmul(g, self.decay, self.flat)
+        lr = lr if self.model_of is None else lr[self.model_of]
+        if skip is not None:  # an overflowed step leaves weights and momentum as they were
+            lr = lr * (1 - skip)
+            g = torch.where(skip.bool(), 0.0, g)
+            previous = self.buf.clone()
         self.buf.mul_(self.mom).add_(g)
         d = torch.lerp(self.buf, torch.addcmul(g, self.mom, self.buf), self.nest)  # nesterov is 0 or 1 per model
-        self.flat.addcmul_(lr[self.model_of], d, value=-1)
+        self.flat.addcmul_(lr, d, value=-1)
+        if skip is not None:
+            self.buf.copy_(torch.where(skip.bool(), previous, self.buf))
 
 
 @torch.inference_mode()
-def _evaluate(
+def log_probs(forward: Forward, state: dict[str, torch.Tensor], xb: torch.Tensor, tta: torch.Tensor) -> torch.Tensor:
+    """(K, B, classes) log-probabilities in fp32; models with ``tta`` average each image's and
+    its mirror's probabilities, in log space (logsumexp - log 2), so a confident wrong
+    prediction gives a large finite loss rather than log(0)."""
+    logp = F.log_softmax(widened(forward(state, xb, False)), dim=-1)
+    if bool(tta.any()):
+        mirrored = F.log_softmax(widened(forward(state, xb.flip(-1), False)), dim=-1)
+        averaged = torch.logaddexp(logp, mirrored) - math.log(2)
+        logp = torch.where(tta.view(-1, 1, 1), averaged, logp)
+    return logp
+
+
+@torch.inference_mode()
+def evaluate_all(
     forward: Forward,
     state: dict[str, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor],
     batch_size: int,
     tta: torch.Tensor,
 ) -> list[tuple[float, float]]:
-    """(accuracy, mean cross-entropy) per model, in fp32, one pass for the whole population;
-    models with ``tta_flip`` average each image's and its mirror's probabilities (as ``evaluate``)."""
+    """(accuracy, mean cross-entropy) per model, one pass for the whole population."""
     x, y = val
     k = len(tta)
     correct = torch.zeros(k, device=x.device, dtype=torch.long)
     loss_sum = torch.zeros(k, device=x.device)
-    flip = bool(tta.any())
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        logp = F.log_softmax(widened(forward(state, xb, False)), dim=-1)
-        if flip:
-            mirrored = F.log_softmax(widened(forward(state, xb.flip(-1), False)), dim=-1)
-            averaged = torch.logaddexp(logp, mirrored) - math.log(2)
-            logp = torch.where(tta.view(-1, 1, 1), averaged, logp)
+        logp = log_probs(forward, state, xb, tta)
         loss_sum += -logp.gather(-1, yb.view(1, -1, 1).expand(k, -1, 1)).squeeze(-1).sum(1)
         correct += (logp.argmax(-1) == yb).sum(1)
     acc, loss = torch.stack([correct.float(), loss_sum]).tolist()

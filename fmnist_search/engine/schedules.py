@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-SCHEDULES = ("constant", "cosine", "onecycle")
+from ..core.config import SCHEDULE_NAMES as SCHEDULES  # the names live with the settings that check them
+
 ONECYCLE_DEFAULT_WARMUP = 0.25  # fraction of steps rising to the peak when warmup_frac is 0
 
 

@@ -1,7 +1,9 @@
-"""The Optuna adapter: suggest -> fit -> report/prune -> user attrs.
+"""What a study's trials train with: the splits on the device, the teacher, each trial's recipe.
 
-The trainer knows nothing about Optuna; this module turns its per-epoch callback into
-``trial.report`` / ``should_prune`` and its results into trial user attrs.
+``Objective`` is built once per worker process (data moved to the device once, the teacher
+trained or loaded once); ``search.lifecycle`` runs every trial with it: ``config`` (the
+sampled recipe), ``describe`` (the record of how it runs), ``finish`` (test accuracy and
+weights). ``summarize`` turns what the engine measured into the trial's record.
 """
 
 from __future__ import annotations
@@ -14,29 +16,23 @@ from typing import Any
 import optuna
 import torch
 
-from ..core import interrupts
 from ..core.config import StudySpec
-from ..core.errors import StorageError
 from ..engine.data import Splits
 from ..engine.devices import device_name, tune_backend
 from ..engine.models import num_params
 from ..engine.teachers import teacher_for
 from ..engine.train import (
     Built,
-    Diverged,
     EpochMetrics,
     FitResult,
     Teacher,
     TrainConfig,
-    build_model,
     evaluate,
     to_device,
-    train_recipe,
 )
 from .artifacts import save_model
 from .record import FIELDS, TrialRecord
 from .space import suggest
-from .storage import write_trials
 
 EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
 
@@ -63,7 +59,7 @@ class Objective:
         self.compile = compile
         self.extra_attrs = extra_attrs or {}  # constant per process, e.g. worker label and GPU
         self.artifact_store = artifact_store  # completed trials save their weights here (None: off)
-        self._compiled: dict[str, Built] | None = {} if compile else None  # compiled once per process and model
+        self.compiled: dict[str, Built] | None = {} if compile else None  # compiled once per process and model
         self.train = to_device(*splits.train, device)
         self.val = to_device(*splits.val, device)
         self.test = to_device(*splits.test, device)
@@ -103,45 +99,6 @@ class Objective:
         if self.artifact_store is not None:
             record.weights_artifact = save_model(self.artifact_store, trial, module, self.spec.model)
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        interrupts.check()  # a signal deferred while Optuna created this trial
-        cfg = self.config(trial)
-        record = TrialRecord(**self.extra_attrs)
-        write_attrs(trial, record.attrs())  # at the start: who runs a RUNNING trial
-        built = build_model(self.spec.model, cfg.seed, self.device, self._compiled)
-        record = self.describe(record, cfg, built.module, population=1)
-        result = FitResult()
-
-        def on_epoch_end(m: EpochMetrics) -> None:
-            interrupts.check()  # a signal swallowed mid-epoch (a finalizer) stops the trial here
-            result.history.append(m)
-            if self.on_epoch is not None:
-                self.on_epoch(trial.number, m)
-            trial.report(m.val_accuracy, step=m.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {m.epoch}: val_accuracy {m.val_accuracy:.4f}")
-            interrupts.check()  # one deferred while the report was written
-
-        try:
-            train_recipe(self.spec.model, cfg, self.train, self.val, built=built, teacher=self.teacher,
-                         on_epoch_end=on_epoch_end)  # fmt: skip
-            self.finish(trial, record, built.runnable, built.module, cfg)
-            return result.history[-1].val_accuracy
-        except Diverged as e:
-            record.fail_reason = str(e)
-            raise
-        except (interrupts.Stop, StorageError) as e:
-            # Not the trial's doing: the worker re-queues it (SIGTERM, a lost store) or marks it FAIL (Ctrl-C).
-            record.fail_reason = f"{interrupts.INTERRUPTED}: {e}"
-            raise
-        finally:
-            # Runs for completed, pruned, diverged and interrupted trials alike, so every
-            # trial keeps what it measured.
-            summarize(result, record)
-            write_attrs(trial, record.attrs(*RUN_FIELDS))
-            del built
-            release_memory(self.device)
-
 
 def summarize(result: FitResult, record: TrialRecord) -> None:
     """Copy what ``fit`` measured into ``record``."""
@@ -159,11 +116,6 @@ def summarize(result: FitResult, record: TrialRecord) -> None:
 
 
 RUN_FIELDS = tuple(f for f in FIELDS if f not in ("worker", "gpu"))  # written at the end (the start wrote those)
-
-
-def write_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """A trial's user attrs in one transaction where the store allows (Optuna writes one per call)."""
-    write_trials(trial.storage, user_attrs={trial._trial_id: attrs})
 
 
 def release_memory(device: torch.device) -> None:

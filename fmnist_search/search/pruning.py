@@ -39,6 +39,9 @@ def population_prunes(study: optuna.Study, step: int, values: Values, write: Wri
     for kind, decide in _RULES:
         if isinstance(pruner, kind):
             return decide(pruner, study, step, values, write)
+    if len(values) == 1:  # one trial: any other pruner decides as Optuna asks it, on the stored trial
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        return {n for n in values if pruner.prune(study, trials[n])}
     raise ValueError(f"no population rule for {type(pruner).__name__}; use --population 1")
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import optuna
 
+from ..core.config import SCHEDULE_NAMES
+
 Suggest = Callable[[optuna.Trial, Any], Any]  # (trial, spec) -> value
 
 PARAMS: dict[str, Suggest] = {
@@ -22,7 +24,7 @@ PARAMS: dict[str, Suggest] = {
     "nesterov": lambda t, s: t.suggest_categorical("nesterov", [False, True]),
     "weight_decay": lambda t, s: t.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
     "label_smoothing": lambda t, s: t.suggest_float("label_smoothing", 0.0, 0.2),
-    "schedule": lambda t, s: t.suggest_categorical("schedule", ["constant", "cosine", "onecycle"]),
+    "schedule": lambda t, s: t.suggest_categorical("schedule", list(SCHEDULE_NAMES)),
     "warmup_frac": lambda t, s: t.suggest_float("warmup_frac", 0.0, 0.3),  # of all steps
     "batch_size": lambda t, s: t.suggest_categorical("batch_size", [64, 128, 256, 512]),
     # A third of the study's epochs up to all of them; pruners compare trials epoch by epoch.

@@ -115,6 +115,11 @@ class BudgetedStudy(optuna.Study):
         super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
         self._budget_lock = lock
         self.asked: list[int] = []  # numbers of the trials this process took, for ``release``
+        self.stopped = False  # a sampler asked the study to stop (GridSampler, once its grid is done)
+
+    def stop(self) -> None:
+        """What ``Study.stop`` does inside ``optimize``: the worker loop ends after these trials."""
+        self.stopped = True
 
     @property
     def target(self) -> int:
@@ -141,7 +146,7 @@ class BudgetedStudy(optuna.Study):
             out = []
             for _ in range(n):
                 interrupts.check()
-                with warnings.catch_warnings():  # heartbeats are ours to run here (search/population.py)
+                with warnings.catch_warnings():  # heartbeats are ours to run here (search/lifecycle.py)
                     warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
                     trial = super().ask()
                 self.asked.append(trial.number)
@@ -197,39 +202,35 @@ def set_target(study: optuna.Study, more: int) -> int:
 
 def work(
     study: BudgetedStudy,
-    objective: Callable[[optuna.Trial], float],
+    objective: Any,
     *,
     timeout: float | None = None,
-    catch: tuple[type[Exception], ...] = (),
     callbacks: list[Callable[[optuna.Study, Any], None]] | None = None,
     poll_s: float = 2.0,
     on_wait: Callable[[Census], None] | None = None,
     population: int = 1,
 ) -> None:
     """Run trials until the study reaches its target (or ``timeout`` seconds pass), one at a
-    time or ``population`` at a time (trained as one: search/population.py).
+    time or ``population`` at a time (trained as one), each through ``lifecycle.run_trials``.
 
     When the budget is spent but trials are still RUNNING, wait: they finish, or their
     worker died and they come back as WAITING retries, which this worker then runs.
     """
+    from .lifecycle import run_trials
+
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
         interrupts.check()  # a signal whose exception was swallowed (gc, finalizers) stops us here
+        _fail_stale(study)  # as Optuna's optimize() does before each trial: dead workers' trials come back
         try:
-            if population > 1:
-                from .population import run_population
-
-                asked = study.ask_many(population, objective.config)  # type: ignore[attr-defined]
-                run_population(study, objective, asked, callbacks)  # type: ignore[arg-type]
-                gc.collect()  # as optimize(gc_after_trial=True)
-            else:
-                study.optimize(objective, n_trials=1, catch=catch, callbacks=callbacks, gc_after_trial=True)
+            run_trials(study, objective, study.ask_many(population, objective.config), callbacks)
+            gc.collect()  # as optimize(gc_after_trial=True)
+            if getattr(study, "stopped", False):
+                return
             continue
         except BudgetExhausted:
             pass
-        with warnings.catch_warnings():  # experimental in name only: optimize() calls it per trial
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL + WAITING retry
+        _fail_stale(study)
         c = census(study)
         if c.waiting:
             continue
@@ -238,6 +239,13 @@ def work(
         if on_wait is not None:
             on_wait(c)
         time.sleep(poll_s)
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Trials whose heartbeat is stale -> FAIL, and a WAITING retry each (the study's callback)."""
+    with warnings.catch_warnings():  # experimental in name only: optimize() calls it per trial
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:

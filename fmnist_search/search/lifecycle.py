@@ -1,16 +1,22 @@
-"""Population trials: a worker asks K trials at once and trains them as one (engine/population.py).
+"""A trial's one lifecycle: asked, started, trained epoch by epoch, told, recorded.
 
-Each trial stays an ordinary Optuna trial: its own sampled params (K asks before any tell;
-TPE's ``constant_liar``, on by default in Optuna 5, spreads them out), intermediate values
-every epoch, attrs (``TrialRecord``, with ``population`` = K and the population's
-``population_throughput``), weights artifact, heartbeat and retry. What a population must
-share (batch size, augmentation) splits it: trials are grouped by ``shared_key`` and each
-group trains as one population. Trials share one batch order (``data_seed``: the study's
-seed plus the first trial's number, recorded in each trial's ``config``).
+Every trial takes this path, alone or as one of K trained as one model (engine/population.py):
+a single trial is a population of one. The worker asks K trials at once (K asks before any
+tell; TPE's ``constant_liar`` spreads them out) and hands them here:
 
-Store writes are batched (``ResilientStorage.write_trials``): one transaction for all
-trials' reports at an epoch, one for the start records, one per finished trial's record.
-A pruned or finished model leaves the population; the population shrinks (it is not
+    asked (params sampled) -> started: who runs it (worker, GPU) written at once
+      -> each epoch: train, report every trial's validation accuracy (one transaction),
+         the pruning decision (search/pruning.py, Optuna's pruner rules, order-independent)
+      -> told COMPLETE (test accuracy, weights artifact) / PRUNED / FAIL (diverged, a crash)
+      -> its record (TrialRecord) written, whatever the ending
+    stopped (Ctrl-C, SIGTERM, a lost store): left RUNNING with its reason; the worker's
+      release() marks it FAIL or re-queues it; a dead worker's trials go stale and are retried
+
+One heartbeat thread beats for all of a worker's RUNNING trials, in one transaction per beat.
+What a population must share (batch size, augmentation) splits it: trials are grouped by
+``shared_key`` and each group trains as one. Trials of a group share one batch order
+(``data_seed``: the study's seed plus the first trial's number, recorded in each trial's
+``config``). A pruned or finished model leaves the population; it shrinks (it is not
 refilled) and the worker asks the next K once all have left.
 """
 
@@ -39,21 +45,21 @@ Callback = Callable[[optuna.Study, Any], None]
 
 
 class _Slot:
-    """One trial of the population: the Optuna trial, its recipe, its record, whether it was told."""
+    """One trial of the lifecycle: the Optuna trial, its recipe, its record, whether it was told."""
 
     def __init__(self, trial: optuna.Trial, cfg: TrainConfig, record: TrialRecord) -> None:
         self.trial, self.cfg, self.record = trial, cfg, record
         self.told = False
 
 
-def run_population(
+def run_trials(
     study: Any,
     objective: Objective,
     asked: list[tuple[optuna.Trial, TrainConfig]],
     callbacks: list[Callback] | None = None,
 ) -> None:
-    """Train the ``asked`` trials (RUNNING, with their sampled recipes) as populations grouped
-    by what they must share."""
+    """Train the ``asked`` trials (RUNNING, with their sampled recipes; one, or a population)
+    as populations grouped by what they must share, and tell each how it ended."""
     store = study._storage  # each write_trials call below is one transaction
     trials = [trial for trial, _ in asked]
     data_seed = objective.spec.seed + trials[0].number  # one batch order for the population
@@ -77,13 +83,11 @@ def run_population(
             raise
         except torch.OutOfMemoryError:
             why = f"out of device memory with a population of {len(slots)}; use a smaller --population"
-            for s in slots:
-                if not s.told:
-                    s.record.fail_reason = why
-                    write_trials(store, user_attrs={s.trial._trial_id: s.record.attrs(*RUN_FIELDS)})
-                    study.tell(s.trial, state=TrialState.FAIL)
-                    s.told = True
+            _fail_untold(study, store, slots, why)
             raise FmnistSearchError(why) from None
+        except Exception as e:  # a crash: the trials it hit FAIL with its reason, and it goes on up
+            _fail_untold(study, store, slots, f"{type(e).__name__}: {e}")
+            raise
         finally:
             untold = {s.trial._trial_id: s.record.attrs(*RUN_FIELDS) for s in slots if not s.told}
             if untold:
@@ -91,11 +95,30 @@ def run_population(
             release_memory(objective.device)
 
 
+def optimize(study: Any, objective: Objective, n_trials: int, callbacks: list[Callback] | None = None) -> None:
+    """``n_trials`` trials of ``study``, one after another, through this lifecycle: for a plain
+    Optuna study (tests, benchmarks, notebooks); workers run theirs with ``workers.work``."""
+    for _ in range(n_trials):
+        trial = study.ask()
+        run_trials(study, objective, [(trial, objective.config(trial))], callbacks)
+
+
+def _fail_untold(study: Any, store: Any, slots: list[_Slot], why: str) -> None:
+    for s in slots:
+        if not s.told:
+            s.record.fail_reason = why
+            write_trials(store, user_attrs={s.trial._trial_id: s.record.attrs(*RUN_FIELDS)})
+            study.tell(s.trial, state=TrialState.FAIL)
+            s.told = True
+
+
 def _train_group(study: Any, objective: Objective, group: list[_Slot], store: Any, callbacks: list[Callback]) -> None:
     spec, device = objective.spec, objective.device
-    modules = [build_model(spec.model, s.cfg.seed, device).module for s in group]
-    for s, module in zip(group, modules, strict=True):
-        s.record = objective.describe(s.record, s.cfg, module, population=len(group))
+    # One model trains as itself, compiled when the worker compiles; K are stacked from fresh copies.
+    compiled = objective.compiled if len(group) == 1 else None
+    built = [build_model(spec.model, s.cfg.seed, device, compiled) for s in group]
+    for s, b in zip(group, built, strict=True):
+        s.record = objective.describe(s.record, s.cfg, b.module, population=len(group))
     members = [Member(s.cfg) for s in group]
     census = Census()  # filled epoch by epoch: pruned trials record it too
 
@@ -130,7 +153,8 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
         return stop
 
     try:
-        fit_population(modules, members, objective.train, objective.val, on_epoch_end, objective.teacher, census)
+        fit_population([b.runnable for b in built], members, objective.train, objective.val, on_epoch_end,
+                       objective.teacher, census)  # fmt: skip
     finally:  # an interrupt too: every trial keeps what it measured
         for s, m in zip(group, members, strict=True):
             if not s.told:
@@ -141,7 +165,8 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
             tell(i, TrialState.FAIL)
         elif m.status == "done":
             assert m.module is not None
-            objective.finish(group[i].trial, group[i].record, m.module, m.module, m.cfg)
+            weights = built[i].module if len(group) == 1 else m.module  # a compiled one's own module
+            objective.finish(group[i].trial, group[i].record, m.module, weights, m.cfg)
             tell(i, TrialState.COMPLETE, m.result.history[-1].val_accuracy)
             m.module = None  # its weights are stored; free them
 
@@ -153,7 +178,7 @@ def _history(member: Member) -> dict[int, float]:
 @contextmanager
 def _heartbeats(study: Any, trials: list[optuna.Trial]) -> Iterator[None]:
     """What Optuna's heartbeat thread does for one trial, for all of them in one transaction per beat:
-    a worker killed mid-population leaves trials whose heartbeat goes stale, and they are retried."""
+    a worker killed mid-trial leaves trials whose heartbeat goes stale, and they are retried."""
     store = backend(study._storage)
     interval = store.get_heartbeat_interval() if store is not None else None
     if store is None or interval is None:
