@@ -1,4 +1,11 @@
-"""Population training: K models with their own hyperparameters trained as one, on the same batches.
+"""The training loop: one model, or K models with their own hyperparameters trained as one on the same batches.
+
+Every training run goes through ``fit_population``: a single trial, a teacher and
+``fmnist-search train`` are a population of one (``train.fit``), which trains its own module
+in place ("plain"), with the same batches, loss, distillation term, SGD update, lr table and
+evaluation as K stacked models; only the forward differs.
+
+Why stack K:
 
 One LeNet step at batch 256 is ~90 small kernels; on a GPU it is bound by their launches,
 not by arithmetic. Stacking K models (HFTA, Wang et al., MLSys 2021) makes each launch do
@@ -520,12 +527,16 @@ class _SGD:
         self.buf = torch.zeros_like(self.flat)
 
     def _adopt(self, params: list[torch.Tensor]) -> None:
-        """Copy ``params`` into one flat buffer and make each one's data a view of it (same tensors)."""
+        """Copy ``params`` into one flat buffer and make each one's data a view of it (same
+        tensors, same strides: a channels_last weight stays channels_last for cuDNN/oneDNN)."""
         self.params = params
-        self.flat = torch.cat([p.detach().reshape(-1) for p in params])
+        # Each block of the buffer holds its parameter in memory order; a gradient is put in the
+        # same order by permuting its dims by decreasing stride (a view when it has those strides).
+        self.orders = [_memory_order(p) for p in params]
+        self.flat = torch.cat([self._in_memory_order(p.detach(), o) for p, o in zip(params, self.orders, strict=True)])
         at = 0
         for p in params:
-            p.data = self.flat[at : at + p.numel()].view_as(p)
+            p.data = self.flat.as_strided(p.shape, p.stride(), at)
             at += p.numel()
         k = len(self.momentum)
         if k == 1:  # one model: per-model values broadcast as they are
@@ -550,10 +561,14 @@ class _SGD:
         self._adopt(params)
         self.buf = torch.cat(blocks)
 
+    @staticmethod
+    def _in_memory_order(t: torch.Tensor, order: list[int]) -> torch.Tensor:
+        return t.permute(order).reshape(-1)
+
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor], lr: torch.Tensor, skip: torch.Tensor | None = None) -> None:
         """One update with each model's ``lr`` (K,); with ``skip`` (1.0: fp16 overflow) none at all."""
-        g = torch.cat([g.reshape(-1) for g in grads])
+        g = torch.cat([self._in_memory_order(g, o) for g, o in zip(grads, self.orders, strict=True)])
         if self.decaying:
             g = torch.addcmul(g, self.decay, self.flat)
         lr = lr if self.model_of is None else lr[self.model_of]
@@ -566,6 +581,12 @@ class _SGD:
         self.flat.addcmul_(lr, d, value=-1)
         if skip is not None:
             self.buf.copy_(torch.where(skip.bool(), previous, self.buf))
+
+
+def _memory_order(t: torch.Tensor) -> list[int]:
+    """``t``'s dims from the largest stride to the smallest: the order its elements lie in memory."""
+    strides = t.stride()
+    return sorted(range(t.dim()), key=lambda d: -strides[d])
 
 
 @torch.inference_mode()
