@@ -28,6 +28,7 @@ from pathlib import Path
 import optuna
 from results_io import write_json  # benchmarks/ is on sys.path when a script runs
 
+from fmnist_search.search.internals import backend, storage_of, trial_id
 from fmnist_search.search.record import TrialRecord
 from fmnist_search.search.storage import make_storage
 from fmnist_search.search.study import PRUNERS, SAMPLERS, open_study
@@ -69,30 +70,30 @@ def per_call(study: BudgetedStudy, trials: int, k: int) -> None:
 
 def single(study: BudgetedStudy, trials: int, k: int) -> None:
     rec = record()
-    store = study._storage._backend
+    store = backend(storage_of(study))
     for _ in range(trials):
         t = study.ask()
         t.suggest_float("lr", 1e-3, 0.5, log=True)
-        store.write_trials(user_attrs={t._trial_id: rec.attrs("worker", "gpu")})
+        store.write_trials(user_attrs={trial_id(t): rec.attrs("worker", "gpu")})
         for epoch in range(1, EPOCHS + 1):
             t.report(0.85, epoch)
-        store.write_trials(user_attrs={t._trial_id: rec.attrs()})
+        store.write_trials(user_attrs={trial_id(t): rec.attrs()})
         study.tell(t, 0.85)
 
 
 def population(study: BudgetedStudy, trials: int, k: int) -> None:
     rec = record()
-    store = study._storage._backend
+    store = backend(storage_of(study))
     done = 0
     while done < trials:
         asked = study.ask_many(k, lambda t: t.suggest_float("lr", 1e-3, 0.5, log=True))
-        ids = [t._trial_id for t, _ in asked]
+        ids = [trial_id(t) for t, _ in asked]
         store.write_trials(user_attrs={i: rec.attrs("worker", "gpu") for i in ids})
         store.record_heartbeats(ids)
         for epoch in range(1, EPOCHS + 1):
             store.write_trials(intermediate=[(i, epoch, 0.85) for i in ids])
         for t, _ in asked:
-            store.write_trials(user_attrs={t._trial_id: rec.attrs()})
+            store.write_trials(user_attrs={trial_id(t): rec.attrs()})
             study.tell(t, 0.85)
         done += len(asked)
 

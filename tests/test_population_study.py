@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from fmnist_search.cli import app
 from fmnist_search.search import lifecycle
+from fmnist_search.search.internals import trial_id
 from fmnist_search.search.record import FIELDS, TrialRecord
 from fmnist_search.search.workers import census
 
@@ -70,7 +71,7 @@ def test_population_trials_have_heartbeats(studies):
     with sqlite3.connect(path) as db:
         beating = {row[0] for row in db.execute("SELECT trial_id FROM trial_heartbeats")}
     # A killed population's trials go stale and are retried only if each has a heartbeat.
-    assert beating == {t._trial_id for t in _trials(studies[4])}
+    assert beating == {trial_id(t) for t in _trials(studies[4])}
 
 
 def test_population_weights_reproduce_the_stored_test_accuracy(studies, tmp_path):

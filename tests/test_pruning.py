@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from fmnist_search.search.internals import storage_of, study_id, trial_id
 from fmnist_search.search.pruning import population_prunes
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -21,8 +22,8 @@ def _study(pruner):
 
 def _write(study):
     def write(items):
-        for trial_id, key, value in items:
-            study._storage.set_trial_system_attr(trial_id, key, value)
+        for tid, key, value in items:
+            storage_of(study).set_trial_system_attr(tid, key, value)
 
     return write
 
@@ -47,7 +48,7 @@ def test_median_population_of_one_decides_as_optuna(pruner):
         own = [rng.random() for _ in range(rng.randint(1, 3))]
         for step, v in enumerate(own, 1):
             trial.report(v, step)
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = storage_of(study).get_trial(trial_id(trial))
         ours = population_prunes(study, len(own), {trial.number: dict(frozen.intermediate_values)}, _write(study))
         assert (trial.number in ours) == pruner.prune(study, frozen)
 
@@ -92,7 +93,7 @@ def test_successive_halving_in_lockstep_is_order_independent_unlike_optunas():
             return {
                 i
                 for i in sorted(alive, key=order.index)
-                if study.pruner.prune(study, study._storage.get_trial(trials[i]._trial_id))
+                if study.pruner.prune(study, storage_of(study).get_trial(trial_id(trials[i])))
             }
 
         return _sha_lockstep(study, trials, curves, decide)
@@ -126,7 +127,7 @@ def test_successive_halving_population_of_one_decides_as_optuna():
         for step, v in enumerate(curve, 1):
             ta.report(v, step)
             tb.report(v, step)
-            theirs = a.pruner.prune(a, a._storage.get_trial(ta._trial_id))
+            theirs = a.pruner.prune(a, storage_of(a).get_trial(trial_id(ta)))
             mine = tb.number in population_prunes(b, step, {tb.number: {step: v}}, _write(b))
             assert theirs == mine
             if theirs:
@@ -134,8 +135,8 @@ def test_successive_halving_population_of_one_decides_as_optuna():
         a.tell(ta, state=TrialState.PRUNED if theirs else TrialState.COMPLETE, values=None if theirs else curve[-1])
         b.tell(tb, state=TrialState.PRUNED if mine else TrialState.COMPLETE, values=None if mine else curve[-1])
     assert (
-        a._storage.get_all_trials(a._study_id)[-1].system_attrs
-        == b._storage.get_all_trials(b._study_id)[-1].system_attrs
+        storage_of(a).get_all_trials(study_id(a))[-1].system_attrs
+        == storage_of(b).get_all_trials(study_id(b))[-1].system_attrs
     )
 
 

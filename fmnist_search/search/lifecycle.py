@@ -36,6 +36,7 @@ from ..core import interrupts
 from ..core.errors import FmnistSearchError, StorageError
 from ..engine.population import Census, Member, fit_population, shared_key
 from ..engine.train import TrainConfig, build_model
+from .internals import storage_of, trial_id
 from .objective import RUN_FIELDS, Objective, release_memory, summarize
 from .pruning import population_prunes
 from .record import TrialRecord
@@ -60,7 +61,7 @@ def run_trials(
 ) -> None:
     """Train the ``asked`` trials (RUNNING, with their sampled recipes; one, or a population)
     as populations grouped by what they must share, and tell each how it ended."""
-    store = study._storage  # each write_trials call below is one transaction
+    store = storage_of(study)  # each write_trials call below is one transaction
     trials = [trial for trial, _ in asked]
     data_seed = objective.spec.seed + trials[0].number  # one batch order for the population
     slots = [
@@ -69,7 +70,7 @@ def run_trials(
     with _heartbeats(study, trials):
         try:
             write_trials(
-                store, user_attrs={s.trial._trial_id: s.record.attrs() for s in slots}
+                store, user_attrs={trial_id(s.trial): s.record.attrs() for s in slots}
             )  # who runs them, at the start
             groups: dict[tuple[Any, ...], list[_Slot]] = {}
             for s in slots:
@@ -89,7 +90,7 @@ def run_trials(
             _fail_untold(study, store, slots, f"{type(e).__name__}: {e}")
             raise
         finally:
-            untold = {s.trial._trial_id: s.record.attrs(*RUN_FIELDS) for s in slots if not s.told}
+            untold = {trial_id(s.trial): s.record.attrs(*RUN_FIELDS) for s in slots if not s.told}
             if untold:
                 write_trials(store, user_attrs=untold)
             release_memory(objective.device)
@@ -107,7 +108,7 @@ def _fail_untold(study: Any, store: Any, slots: list[_Slot], why: str) -> None:
     for s in slots:
         if not s.told:
             s.record.fail_reason = why
-            write_trials(store, user_attrs={s.trial._trial_id: s.record.attrs(*RUN_FIELDS)})
+            write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs(*RUN_FIELDS)})
             study.tell(s.trial, state=TrialState.FAIL)
             s.told = True
 
@@ -126,7 +127,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
         s = group[i]
         summarize(members[i].result, s.record)
         s.record.population_throughput = census.throughput
-        write_trials(store, user_attrs={s.trial._trial_id: s.record.attrs(*RUN_FIELDS)})
+        write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs(*RUN_FIELDS)})
         frozen = study.tell(s.trial, state=state, values=value)
         s.told = True
         for cb in callbacks:
@@ -139,7 +140,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
                 group[i].record.fail_reason = m.error
                 tell(i, TrialState.FAIL)
         write_trials(
-            store, intermediate=[(group[i].trial._trial_id, epoch, m.val_accuracy) for i, m in metrics.items()]
+            store, intermediate=[(trial_id(group[i].trial), epoch, m.val_accuracy) for i, m in metrics.items()]
         )
         if objective.on_epoch is not None:
             for i, m in metrics.items():
@@ -179,12 +180,12 @@ def _history(member: Member) -> dict[int, float]:
 def _heartbeats(study: Any, trials: list[optuna.Trial]) -> Iterator[None]:
     """What Optuna's heartbeat thread does for one trial, for all of them in one transaction per beat:
     a worker killed mid-trial leaves trials whose heartbeat goes stale, and they are retried."""
-    store = backend(study._storage)
+    store = backend(storage_of(study))
     interval = store.get_heartbeat_interval() if store is not None else None
     if store is None or interval is None:
         yield
         return
-    ids = [t._trial_id for t in trials]
+    ids = [trial_id(t) for t in trials]
     stop = threading.Event()
 
     def beat() -> None:

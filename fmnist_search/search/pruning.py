@@ -29,6 +29,8 @@ import optuna
 from optuna.pruners import HyperbandPruner, NopPruner, PercentilePruner, SuccessiveHalvingPruner
 from optuna.trial import TrialState
 
+from .internals import halving_settings, hyperband_bracket, percentile_settings, trial_id
+
 Values = dict[int, dict[int, float]]  # trial number -> {epoch: validation accuracy}
 Write = Callable[[list[tuple[int, str, Any]]], None]  # (trial_id, system attr key, value) in one transaction
 
@@ -50,7 +52,8 @@ def _none(pruner: Any, study: Any, step: int, values: Values, write: Write) -> s
 
 
 def _percentile(pruner: PercentilePruner, study: Any, step: int, values: Values, write: Write) -> set[int]:
-    warmup, interval = pruner._n_warmup_steps, pruner._interval_steps
+    p = percentile_settings(pruner)
+    warmup, interval = p["warmup"], p["interval"]
     if step < warmup or (step - warmup) % interval:
         return set()
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -59,18 +62,16 @@ def _percentile(pruner: PercentilePruner, study: Any, step: int, values: Values,
     pruned = set()
     for number, own in values.items():
         peers = [v[step] for other, v in values.items() if other != number and step in v]
-        if len(completed) + len(peers) < max(pruner._n_startup_trials, 1):
+        if len(completed) + len(peers) < max(p["startup"], 1):
             continue
         pool = finished + peers
-        if len(pool) < pruner._n_min_trials:
+        if len(pool) < p["min_trials"]:
             continue
         best = np.nanmax(list(own.values())) if maximize else np.nanmin(list(own.values()))
         if math.isnan(best):
             pruned.add(number)
             continue
-        q = float(
-            np.nanpercentile(np.array(pool, dtype=float), 100 - pruner._percentile if maximize else pruner._percentile)
-        )
+        q = float(np.nanpercentile(np.array(pool, dtype=float), 100 - p["percentile"] if maximize else p["percentile"]))
         if not math.isnan(q) and (best < q if maximize else best > q):
             pruned.add(number)
     return pruned
@@ -88,7 +89,8 @@ def _promotable(value: float, competing: list[float], eta: int, maximize: bool) 
 
 
 def _halving(pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Values, write: Write) -> set[int]:
-    if pruner._min_resource is None:  # "auto": Optuna estimates it from finished trials; ours set it
+    p = halving_settings(pruner)
+    if p["min_resource"] is None:  # "auto": Optuna estimates it from finished trials; ours set it
         raise ValueError("population pruning needs a SuccessiveHalvingPruner with a min_resource")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -96,34 +98,30 @@ def _halving(pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Val
     for number, own in values.items():
         t = trials[number]
         rung = next(r for r in range(len(t.system_attrs) + 1) if _rung_key(r) not in t.system_attrs)
-        if step < pruner._min_resource * pruner._reduction_factor ** (pruner._min_early_stopping_rate + rung):
+        if step < p["min_resource"] * p["reduction_factor"] ** (p["min_early_stopping_rate"] + rung):
             continue
         if math.isnan(own[step]):
             pruned.add(number)
         else:
             reached[number] = (_rung_key(rung), own[step])
-    write([(trials[n]._trial_id, key, value) for n, (key, value) in reached.items()])
+    write([(trial_id(trials[n]), key, value) for n, (key, value) in reached.items()])
     for number, (key, value) in reached.items():
         others = [t.system_attrs[key] for n, t in trials.items() if n not in reached and key in t.system_attrs]
         competing = others + [v for k, v in reached.values() if k == key]
-        if len(competing) <= pruner._bootstrap_count or not _promotable(
-            value, competing, pruner._reduction_factor, maximize
-        ):
+        if len(competing) <= p["bootstrap_count"] or not _promotable(value, competing, p["reduction_factor"], maximize):
             pruned.add(number)
     return pruned
 
 
 def _hyperband(pruner: HyperbandPruner, study: Any, step: int, values: Values, write: Write) -> set[int]:
-    if not pruner._pruners:
-        pruner._try_initialization(study)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    brackets: dict[int, Values] = {}
+    brackets: dict[int, tuple[Any, Any, Values]] = {}
     for number, own in values.items():
-        brackets.setdefault(pruner._get_bracket_id(study, trials[number]), {})[number] = own
+        bracket, sha, bracket_study = hyperband_bracket(pruner, study, trials[number])
+        brackets.setdefault(bracket, (sha, bracket_study, {}))[2][number] = own
     pruned = set()
-    for bracket, members in brackets.items():
-        bracket_study = pruner._create_bracket_study(study, bracket)
-        pruned |= _halving(pruner._pruners[bracket], bracket_study, step, members, write)
+    for sha, bracket_study, members in brackets.values():
+        pruned |= _halving(sha, bracket_study, step, members, write)
     return pruned
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 import sqlite3
 import threading
 import time
@@ -33,10 +32,13 @@ from typing import Any, TypeVar
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import make_url
 
 from ..core import interrupts
 from ..core.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
 from ..core.errors import StorageError
+from . import internals
+from .internals import PRIVATE_STORAGE_CALLS, rdb_models, rdb_session
 
 SQLITE_BUSY_TIMEOUT_S = 300  # how long a writer waits for SQLite's single write lock
 CONNECT_TIMEOUT_S = 10  # a TCP connect to the database that hangs longer counts as a failed attempt
@@ -47,20 +49,29 @@ Say = Callable[[str], None]
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for every message and table."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """The URL with its password replaced by ***, for every message and table (SQLAlchemy's own
+    rendering; a string that is no URL is shown as it is)."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        return url
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
 def dialect(url: str) -> str:
     """``postgresql+psycopg://...`` -> ``postgresql``."""
-    return url.split(":", 1)[0].split("+", 1)[0]
+    try:
+        return make_url(url).get_backend_name()
+    except sa_exc.ArgumentError:
+        return url.split(":", 1)[0]
 
 
 def sqlite_path(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL (None for other stores and in-memory SQLite)."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url.removeprefix("sqlite:///"))
-    return None
+    if dialect(url) != "sqlite":
+        return None
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
 
 
 def transient(e: BaseException) -> bool:
@@ -153,15 +164,15 @@ def fatal(e: BaseException, url: str) -> StorageError:
 
 
 # What Optuna's Study and _CachedStorage call on an RDBStorage (public API and the private
-# methods the cache uses). Helpers that take an open session run inside these.
+# methods the cache uses, internals.PRIVATE_STORAGE_CALLS). Helpers that take an open session run inside these.
 _CALLS = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
     "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
-    "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param", "get_trial_param",
-    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials", "get_best_trial",
-    "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
+    "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_state_values",
+    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat",
+    *PRIVATE_STORAGE_CALLS,
 )  # fmt: skip
 
 
@@ -191,8 +202,7 @@ class ResilientStorage(RDBStorage):
         calls run two ORM statements per value, ~0.7 ms each here)."""
         import json
 
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
+        models = rdb_models()
 
         user = [{"trial_id": i, "key": k, "value_json": json.dumps(v)} for i, a in (user_attrs or {}).items()
                 for k, v in a.items()]  # fmt: skip
@@ -208,7 +218,7 @@ class ResilientStorage(RDBStorage):
             return
 
         def write() -> None:
-            with _create_scoped_session(self.scoped_session, True) as session:
+            with rdb_session(self) as session:
                 states = session.query(models.TrialModel.trial_id, models.TrialModel.state)
                 for trial_id, state in states.filter(models.TrialModel.trial_id.in_(ids)):
                     self.check_trial_is_updatable(trial_id, state)  # as each of Optuna's writes does
@@ -225,11 +235,11 @@ class ResilientStorage(RDBStorage):
         grace period is 6 beats), a traceback from a dying thread is not: the main thread
         reports a lasting outage."""
         import sqlalchemy
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
+
+        models = rdb_models()
 
         def beat() -> None:
-            with _create_scoped_session(self.scoped_session, True) as session:
+            with rdb_session(self) as session:
                 now = session.execute(sqlalchemy.func.now()).scalar()
                 for trial_id in trial_ids:
                     heartbeat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
@@ -275,7 +285,7 @@ def _upsert(
 
 def backend(storage: Any) -> ResilientStorage | None:
     """The ResilientStorage under a study's storage (Optuna wraps it in a cache), or None."""
-    inner = getattr(storage, "_backend", storage)
+    inner = internals.backend(storage)
     return inner if isinstance(inner, ResilientStorage) else None
 
 

@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..core import interrupts
 from ..core.config import cache_root
 from ..core.errors import StorageError
+from .internals import storage_of, study_id, trial_id
 from .record import TrialRecord
 from .storage import Retrier, dialect
 
@@ -273,24 +274,22 @@ def release(study: BudgetedStudy, why: str, *, requeue_it: bool) -> list[str]:
     """
     if not study.asked:
         return []
-    storage = study._storage
+    storage = storage_of(study)
     # One query for the trials still RUNNING (a long-lived worker has taken many), plus the last one.
-    running = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    running = storage.get_all_trials(study_id(study), deepcopy=False, states=(TrialState.RUNNING,))
     mine = set(study.asked)
-    candidates = {t._trial_id: t for t in running if t.number in mine}
-    last_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, study.asked[-1])
+    candidates = {trial_id(t): t for t in running if t.number in mine}
+    last_id = storage.get_trial_id_from_study_id_trial_number(study_id(study), study.asked[-1])
     last = candidates.get(last_id) or storage.get_trial(last_id)
     if last.state == TrialState.FAIL and (TrialRecord.of(last).fail_reason or "").startswith(interrupts.INTERRUPTED):
         candidates[last_id] = last
     done = []
-    for trial_id, t in sorted(candidates.items(), key=lambda item: item[1].number):
+    for tid, t in sorted(candidates.items(), key=lambda item: item[1].number):
         if t.state == TrialState.RUNNING:
-            storage.set_trial_user_attr(
-                trial_id, "fail_reason", f"{interrupts.INTERRUPTED}: {why}"
-            )  # TrialRecord field
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            storage.set_trial_user_attr(tid, "fail_reason", f"{interrupts.INTERRUPTED}: {why}")  # TrialRecord field
+            storage.set_trial_state_values(tid, TrialState.FAIL)
         if requeue_it:
-            requeue(study, storage.get_trial(trial_id))
+            requeue(study, storage.get_trial(tid))
             done.append(f"trial {t.number} is re-queued")
         else:
             done.append(f"trial {t.number} is marked FAIL")

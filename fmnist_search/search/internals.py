@@ -1,0 +1,139 @@
+"""Optuna's private names that fmnist-search uses: here, and nowhere else.
+
+Each is used because no public API does the job (the reason is given with it). ``optuna`` is
+pinned to the minor version they are tested with (``OPTUNA_TESTED``, pyproject.toml), and
+``check()`` (run by tests/test_internals.py) looks every one of them up on real objects, so
+an upgrade that moves one fails there, in one place, with one message naming what moved.
+A test also refuses these names anywhere else in the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import optuna
+from optuna.pruners import HyperbandPruner, PercentilePruner, SuccessiveHalvingPruner
+
+OPTUNA_TESTED = "5.0"  # the minor version these names are tested with (pyproject.toml pins it)
+
+
+# --- studies and trials: their ids and storage (Optuna exposes no public accessor) ---
+
+
+def storage_of(study: optuna.Study) -> Any:
+    """The study's storage (Optuna's cache around ours): batched writes go to the same store."""
+    return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    return study._study_id
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """A trial's storage id: what storage calls take (a trial's number is per study)."""
+    return trial._trial_id
+
+
+def backend(storage: Any) -> Any:
+    """The storage under Optuna's ``_CachedStorage`` (``study._storage`` of an RDB study)."""
+    return getattr(storage, "_backend", storage)
+
+
+# --- RDBStorage: its ORM models and sessions, for batched upserts and heartbeats ---
+# (Optuna writes one commit per value; a population of K writes K values per epoch.)
+
+# What Optuna's Study and _CachedStorage call on an RDBStorage besides its public API: a
+# storage that wraps every call (ResilientStorage's retries) must wrap these too.
+PRIVATE_STORAGE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+                         "_get_stale_trial_ids")  # fmt: skip
+
+
+def rdb_models() -> Any:
+    """``optuna.storages._rdb.models``: the tables (TrialModel, TrialUserAttributeModel, ...)."""
+    from optuna.storages._rdb import models
+
+    return models
+
+
+@contextlib.contextmanager
+def rdb_session(storage: Any) -> Iterator[Any]:
+    """One transaction on an RDBStorage, as its own methods open one (commit, or roll back)."""
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        yield session
+
+
+# --- pruners: their settings, read to decide K trials at once (search/pruning.py) ---
+
+
+def percentile_settings(p: PercentilePruner) -> dict[str, Any]:
+    return {"warmup": p._n_warmup_steps, "interval": p._interval_steps, "startup": p._n_startup_trials,
+            "min_trials": p._n_min_trials, "percentile": p._percentile}  # fmt: skip
+
+
+def halving_settings(p: SuccessiveHalvingPruner) -> dict[str, Any]:
+    return {"min_resource": p._min_resource, "reduction_factor": p._reduction_factor,
+            "min_early_stopping_rate": p._min_early_stopping_rate, "bootstrap_count": p._bootstrap_count}  # fmt: skip
+
+
+def hyperband_bracket(
+    p: HyperbandPruner, study: optuna.Study, trial: optuna.trial.FrozenTrial
+) -> tuple[int, SuccessiveHalvingPruner, optuna.Study]:
+    """(bracket id, its SuccessiveHalvingPruner, the bracket's view of the study) for ``trial``,
+    as HyperbandPruner.prune finds them (initialising its brackets on first use)."""
+    if not p._pruners:
+        p._try_initialization(study)
+    bracket = p._get_bracket_id(study, trial)
+    return bracket, p._pruners[bracket], p._create_bracket_study(study, bracket)
+
+
+# --- the check an upgrade runs into ---
+
+_ATTRS: dict[str, tuple[str, ...]] = {  # object kind -> private attributes read above
+    "study": ("_storage", "_study_id"),
+    "trial": ("_trial_id",),
+    "frozen trial": ("_trial_id",),
+    "cached storage": ("_backend",),
+    "percentile pruner": ("_n_warmup_steps", "_interval_steps", "_n_startup_trials", "_n_min_trials", "_percentile"),
+    "halving pruner": ("_min_resource", "_reduction_factor", "_min_early_stopping_rate", "_bootstrap_count"),
+    "hyperband pruner": ("_pruners", "_try_initialization", "_get_bracket_id", "_create_bracket_study"),
+    "rdb storage": (*PRIVATE_STORAGE_CALLS, "scoped_session"),
+}
+
+
+def check(url: str = "sqlite:///:memory:") -> None:
+    """Look up every private name above on real Optuna objects; one error naming all that moved."""
+    import importlib
+
+    from optuna.storages import RDBStorage
+
+    missing = []
+    for module, name in (
+        ("optuna.storages._rdb.models", "TrialModel"),
+        ("optuna.storages._rdb.storage", "_create_scoped_session"),
+    ):
+        try:
+            getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            missing.append(f"{module}.{name}")
+    storage = RDBStorage(url)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    hyperband = HyperbandPruner(min_resource=1, max_resource=3)
+    objects = {
+        "study": study, "trial": trial, "frozen trial": study.trials[0], "cached storage": study._storage,
+        "percentile pruner": optuna.pruners.MedianPruner(), "halving pruner": SuccessiveHalvingPruner(),
+        "hyperband pruner": hyperband, "rdb storage": storage,
+    }  # fmt: skip
+    for kind, names in _ATTRS.items():
+        missing += [f"{kind}.{n}" for n in names if not hasattr(objects[kind], n)]
+    if not missing:
+        hyperband_bracket(hyperband, study, study.trials[0])  # the bracket calls, as pruning makes them
+    if missing:
+        raise RuntimeError(
+            f"optuna {optuna.__version__} lacks private names fmnist-search uses (tested with {OPTUNA_TESTED}.x): "
+            f"{', '.join(missing)}; see fmnist_search/search/internals.py"
+        )
