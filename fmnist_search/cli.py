@@ -109,6 +109,11 @@ def _storage(url: str, **kwargs: Any):
     return open_store(url, _say, **kwargs)
 
 
+def _reader(url: str):
+    """The store for a command that only reads: a SQLite file on a read-only mount opens read-only."""
+    return _storage(url, read_only=True)
+
+
 def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -467,7 +472,7 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
     from .search.export import best_trial, state_counts
     from .search.record import TrialRecord
 
-    store = _storage(storage)
+    store = _reader(storage)
     summaries = optuna.get_all_study_summaries(store, include_best_trial=False)
     if not summaries:
         out.print("no studies yet; start one with: fmnist-search run --model lenet")
@@ -495,7 +500,7 @@ def show(study: StudyOpt, storage: StorageOpt = DEFAULT_STORAGE) -> None:
     from .search.export import best_trial, state_counts
     from .search.study import load_study
 
-    s = load_study(_storage(storage), study)
+    s = load_study(_reader(storage), study)
     best = best_trial(s)
     settings = ", ".join(f"{k}={v}" for k, v in s.user_attrs.items())
     out.print(f"study {study}: {settings}", markup=False, highlight=False)
@@ -526,7 +531,7 @@ def export(
     from .search.export import trials_frame
     from .search.study import load_study
 
-    frame = trials_frame(load_study(_storage(storage), study), include_all=all_states, top=top)
+    frame = trials_frame(load_study(_reader(storage), study), include_all=all_states, top=top)
     if output is None:
         frame.to_csv(sys.stdout, index=False)
         return
@@ -558,7 +563,7 @@ def dashboard(
     from .search.artifacts import open_store
     from .search.study import mask_url
 
-    store = _storage(storage)
+    store = _reader(storage)
     art_dir = _artifact_dir(storage, artifacts)
     stop = threading.Event()
     failed: list[OSError] = []
@@ -620,7 +625,7 @@ def report(
     from .search.report import report_frame, to_markdown
     from .search.study import load_study
 
-    store = _storage(storage)
+    store = _reader(storage)
     frame = report_frame([load_study(store, name) for name in study])
     markdown = to_markdown(frame)
     _write(output, markdown, what=f"{len(frame)} rows")
@@ -656,14 +661,17 @@ def plot(
     from .search.study import load_study
     from .search.summary import summary_page
 
-    s = load_study(_storage(storage), study)
+    store = _reader(storage)
+    s = load_study(store, study)
     figures = study_figures(s)
     title = f"fmnist-search: {study}"
     try:
         paths = write_html(figures, output_dir, title, page=summary_page(s, figures, title))
     except OSError as e:
         raise FmnistSearchError(f"cannot write to {output_dir}: {e.strerror}") from None
-    if dashboard:  # optuna-dashboard draws Optuna's plots itself; this adds the learning curves
+    if dashboard and store.read_only:
+        _say("the store is read-only: the learning curves are not attached for optuna-dashboard")
+    elif dashboard:  # optuna-dashboard draws Optuna's plots itself; this adds the learning curves
         optuna_dashboard.save_plotly_graph_object(s, figures["learning_curves"], graph_object_id="learning-curves")
     _say(f"wrote {len(paths)} files to {output_dir}/: {', '.join(p.name for p in paths)}")
 
@@ -701,7 +709,7 @@ def evaluate(
     from .search.plots import confusion_figure
 
     label, _, model, recipe_tta = load_model(
-        study, trial, weights, lambda: _storage(storage), _artifact_dir(storage, artifacts)
+        study, trial, weights, lambda: _reader(storage), _artifact_dir(storage, artifacts)
     )
     tta_flip = recipe_tta if tta_flip is None else tta_flip
     dev, _ = resolve_runtime(device, "fp32")
@@ -748,7 +756,7 @@ def predict(
     from .engine.inference import load_image, predict_images
 
     loaded = [load_image(p) for p in images]  # every file is checked before the model is loaded
-    label, _, model, _ = load_model(study, trial, weights, lambda: _storage(storage), _artifact_dir(storage, artifacts))
+    label, _, model, _ = load_model(study, trial, weights, lambda: _reader(storage), _artifact_dir(storage, artifacts))
     probs = predict_images(model, torch.stack([img for img, _ in loaded]), torch.device("cpu"))
     for path, (_, inverted), p in zip(images, loaded, probs, strict=True):
         k = int(p.argmax())
@@ -790,7 +798,7 @@ def train(
     from .engine.models import create_model, list_models
     from .engine.train import TrainConfig, to_device
 
-    name, config, split = train_config(model, preset, params, from_study, trial, lambda: _storage(storage))
+    name, config, split = train_config(model, preset, params, from_study, trial, lambda: _reader(storage))
     if epochs is not None:
         config["epochs"] = epochs
     split.update(_given(val_size=val_size, train_size=train_size, seed=seed, full_train=full_train))

@@ -7,6 +7,7 @@ import glob
 import gzip
 import hashlib
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -14,6 +15,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +107,57 @@ def cli_process(*args: str, env: dict | None = None, merge_output: bool = True, 
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         **kw,
     )
+
+
+class Lines:
+    """What a process prints on one stream, read by a thread, so every wait has a real deadline:
+    a process that hangs without printing fails the wait at its deadline (a plain ``for line
+    in proc.stdout`` checks a deadline only when a line arrives)."""
+
+    def __init__(self, proc: subprocess.Popen, stream: str = "stdout") -> None:
+        self.proc, self.seen = proc, []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(getattr(proc, stream),), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe) -> None:
+        for line in pipe:
+            self._lines.put(line)
+        self._lines.put(None)  # end of the stream
+
+    def until(self, needle: str, timeout: float = 300) -> str:
+        """Wait for the first line holding ``needle``; return it. Fails at ``timeout`` or at the
+        stream's end, showing what was printed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                self.proc.kill()
+                pytest.fail(f"no {needle!r} line within {timeout:g} s:\n{''.join(self.seen)}")
+            if line is None:
+                self._lines.put(None)
+                pytest.fail(f"the process ended before printing {needle!r}:\n{''.join(self.seen)}")
+            self.seen.append(line)
+            if needle in line:
+                return line
+
+    def finish(self, timeout: float = 300) -> str:
+        """Wait for the process to end; everything it printed on this stream."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._thread.join(timeout=30)
+        while (line := self._lines.get_nowait() if not self._lines.empty() else None) is not None:
+            self.seen.append(line)
+        return "".join(self.seen)
+
+    def after(self, needle: str) -> str:
+        """What was printed after the first line holding ``needle``."""
+        text = "".join(self.seen)
+        return text[text.index(needle) + len(needle) :] if needle in text else ""
 
 
 # --- real database servers (Debian's binaries, installed by `make test`), on free loopback ports ---

@@ -7,8 +7,9 @@ so, and the database comes back only then.
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
-import time
 from pathlib import Path
 
 import optuna
@@ -16,25 +17,13 @@ import pytest
 from optuna.trial import TrialState
 
 from fmnist_search.search.workers import census
-from tests.conftest import cli_process
+from tests.conftest import Lines, cli_process
 
 TINY = ["--epochs", "2", "--train-size", "512", "--val-size", "500", "--batch-size", "128", "--pruner", "none"]
 BEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
 
 
 _cli = cli_process
-
-
-def _read_until(proc: subprocess.Popen, needle: str, limit_s: float = 300) -> list[str]:
-    """Lines up to and including the first that holds ``needle``."""
-    lines = []
-    deadline = time.time() + limit_s
-    for line in proc.stdout:
-        lines.append(line)
-        if needle in line:
-            return lines
-        assert time.time() < deadline, "".join(lines)
-    pytest.fail(f"ended before printing {needle!r}:\n{''.join(lines)}")
 
 
 def _states(url: str) -> list[TrialState]:
@@ -44,15 +33,17 @@ def _states(url: str) -> list[TrialState]:
 def test_a_database_outage_mid_study_is_survived(database_server, real_data):
     url = database_server.url
     proc = _cli("run", "--model", "lenet", "--trials", "5", "--storage", url, *TINY, *BEAT)
-    seen = _read_until(proc, "trial 1 ")  # two trials stored: mid-study
+    lines = Lines(proc)
+    lines.until("trial 1 ")  # two trials stored: mid-study
     database_server.stop()
-    seen += _read_until(proc, "unreachable")  # the worker noticed, and waits
+    lines.until("unreachable")  # the worker noticed while it trained a trial, and waits
     database_server.start()
-    rest, _ = proc.communicate(timeout=300)
-    out = "".join(seen) + rest
+    lines.until("reachable again")
+    out = lines.finish()
     assert proc.returncode == 0, out
     assert "Traceback" not in out and "s3cret-pw" not in out
-    assert "reachable again" in out
+    # Trials ran on both sides of the outage: the one it interrupted finished after it.
+    assert re.search(r"trial \d+ COMPLETE", lines.after("reachable again")), out
     study = optuna.load_study(study_name="lenet", storage=url)
     c = census(study)
     assert c.running == 0 and c.waiting == 0 and c.counted == 5, c
@@ -60,33 +51,45 @@ def test_a_database_outage_mid_study_is_survived(database_server, real_data):
 
 
 def test_a_database_restart_mid_study_is_survived(database_server, real_data):
-    """A fast restart (`pg_ctl restart -m fast`, a MariaDB restart) kills every connection, pooled ones too."""
+    """A fast restart (`pg_ctl restart -m fast`, a MariaDB restart) kills every connection, pooled ones too.
+
+    The worker is frozen (SIGSTOP) across the restart, so the restart lands mid-study by
+    construction, whatever the machine's speed: trials are left when it happens, and they
+    run afterwards on the connections it killed."""
     url = database_server.url
-    proc = _cli("run", "--model", "lenet", "--trials", "4", "--storage", url, *TINY, *BEAT)
-    seen = _read_until(proc, "trial 1 ")
-    database_server.restart()
-    rest, _ = proc.communicate(timeout=300)
-    out = "".join(seen) + rest
+    beat = ["--heartbeat-interval", "1", "--grace-period", "120"]  # frozen is not dead
+    proc = _cli("run", "--model", "lenet", "--trials", "4", "--storage", url, *TINY, *beat)
+    lines = Lines(proc)
+    lines.until("trial 1 ")
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        finished = census(optuna.load_study(study_name="lenet", storage=url)).complete
+        assert finished < 4  # trials remain for after the restart
+        database_server.restart()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out = lines.finish()
     assert proc.returncode == 0, out
     assert "Traceback" not in out
     c = census(optuna.load_study(study_name="lenet", storage=url))
     assert c.running == 0 and c.waiting == 0 and c.counted == 4, c
+    assert c.complete > finished  # trials completed after the restart
 
 
 def test_an_outage_longer_than_the_patience_ends_in_one_line(postgres_server, real_data):
     url = postgres_server.url
     proc = _cli("run", "--model", "lenet", "--trials", "20", "--storage", url, "--storage-patience", "3", *TINY, *BEAT)
-    seen = _read_until(proc, "trial 0 ")
+    lines = Lines(proc)
+    lines.until("trial 0 ")
     postgres_server.stop()
-    rest, _ = proc.communicate(timeout=300)
-    out = "".join(seen) + rest
+    out = lines.finish()
     assert proc.returncode == 1, out
     assert "Traceback" not in out and "s3cret-pw" not in out
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: ") and "unreachable for 3 s" in last and "fmnist:***@" in last, last
-    # The trial it could not finish is recovered by the next run once its heartbeat is stale.
+    # The trial it could not finish is recovered by the next run once its heartbeat is stale
+    # (the run waits for that itself: it polls until no trial is RUNNING).
     postgres_server.start()
-    time.sleep(3.5)  # the grace period: a stale heartbeat, not a timing the test depends on passing
     resume = _cli("run", "--study", "lenet", "--trials", "1", "--storage", url, *BEAT)
     out, _ = resume.communicate(timeout=300)
     assert resume.returncode == 0, out
@@ -100,13 +103,13 @@ def test_a_worker_waits_for_its_database_and_study(postgres_server, real_data):
     worker = _cli(
         "worker", "--study", "lenet", "--no-bars", "--storage-patience", "120", *BEAT, env={"FMNIST_STORAGE": url}
     )
-    seen = _read_until(worker, "unreachable")
+    lines = Lines(worker)
+    lines.until("unreachable")
     postgres_server.start()
-    seen += _read_until(worker, "waiting up to 120 s for study 'lenet'")
+    lines.until("waiting up to 120 s for study 'lenet'")
     create = _cli("create", "--model", "lenet", "--trials", "1", "--storage", url, *TINY)
     assert create.wait(timeout=120) == 0, create.stdout.read()
-    rest, _ = worker.communicate(timeout=300)
-    out = "".join(seen) + rest
+    out = lines.finish()
     assert worker.returncode == 0, out
     assert census(optuna.load_study(study_name="lenet", storage=url)).complete == 1
 

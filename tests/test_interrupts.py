@@ -13,9 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import subprocess
 import sys
-import time
 import weakref
 
 import optuna
@@ -29,7 +27,7 @@ from fmnist_search.core import interrupts
 from fmnist_search.engine import population
 from fmnist_search.search import artifacts, objective, workers
 from fmnist_search.search.workers import census
-from tests.conftest import cli_process
+from tests.conftest import Lines, cli_process
 
 runner = CliRunner()
 TINY = ["--epochs", "2", "--train-size", "384", "--val-size", "500", "--batch-size", "96", "--pruner", "none"]
@@ -213,23 +211,16 @@ def test_stop_is_found_behind_optunas_own_error():
 _cli = functools.partial(cli_process, merge_output=False)
 
 
-def _wait_for_line(proc: subprocess.Popen, needle: str, limit_s: float = 180) -> None:
-    deadline = time.time() + limit_s
-    for line in proc.stderr:
-        if needle in line:
-            return
-        assert time.time() < deadline, f"no {needle!r} line"
-    pytest.fail(f"the process ended before printing {needle!r}")
-
-
 @pytest.mark.parametrize(("jobs", "sig"), [("1", signal.SIGTERM), ("2", signal.SIGINT)], ids=["1-SIGTERM", "2-SIGINT"])
 def test_a_real_process_stops_on_a_signal(sig, jobs, tmp_path, real_data):
     """`run` after its first trial: one process, or a parent that relays the signal to 2 workers."""
     url = f"sqlite:///{tmp_path}/p.db"
     proc = _cli("run", "--model", "lenet", "--trials", "40", "--storage", url, "--jobs", jobs, *TINY)
-    _wait_for_line(proc, "trial 0 ")
+    lines = Lines(proc, "stderr")
+    lines.until("trial 0 ")
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
+    stderr = lines.finish(timeout=120)
+    proc.stdout.close()
     assert proc.returncode == interrupts.EXIT_CODES[sig], stderr
     assert f"interrupted by {signal.Signals(sig).name}" in stderr and "Traceback" not in stderr
     states, c = _counts(url)

@@ -91,13 +91,22 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path, real_data):
     assert result.exit_code == 0, result.output
     victim = _cli("worker", "--study", "lenet", "--storage", url, "--label", "victim", "--no-bars", *beat)
     study = optuna.load_study(study_name="lenet", storage=url)
-    deadline = time.time() + 120
+
+    def victims_running() -> list:
+        return [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("worker") == "victim"]
+
+    # Killed mid-trial by construction, however fast the machine: the victim is frozen (SIGSTOP)
+    # once it runs a trial, and killed only if that trial is still RUNNING while it is frozen.
+    deadline = time.monotonic() + 120
     running = []
-    while not running and time.time() < deadline:  # wait until the victim is mid-trial
-        running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("worker") == "victim"]
-        time.sleep(0.1)
-    assert running, "the victim never started a trial"
-    time.sleep(0.5)
+    while not running and time.monotonic() < deadline and victim.poll() is None:
+        if victims_running():
+            victim.send_signal(signal.SIGSTOP)
+            running = victims_running()  # frozen now: this trial cannot finish any more
+            if not running:
+                victim.send_signal(signal.SIGCONT)  # it finished in between: catch the next one
+        time.sleep(0.05)  # a poll interval under a deadline
+    assert running, "the victim was never caught mid-trial"
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     survivor = _cli("worker", "--study", "lenet", "--storage", url, "--label", "survivor", "--no-bars", *beat)

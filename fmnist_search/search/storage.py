@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -28,6 +29,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -180,6 +182,7 @@ class ResilientStorage(RDBStorage):
     """RDBStorage whose every call goes through a ``Retrier`` (see the module docstring)."""
 
     retrier: Retrier
+    read_only: bool = False  # a SQLite file opened read-only (make_storage's read_only)
 
     def record_heartbeat(self, trial_id: int) -> None:
         self.record_heartbeats([trial_id])
@@ -335,6 +338,7 @@ def make_storage(
     patience: float = PATIENCE_S,
     wait: bool = False,
     say: Say | None = None,
+    read_only: bool = False,
 ) -> ResilientStorage:
     """A storage on any SQLAlchemy URL; SQLite parent folders are created.
 
@@ -342,14 +346,21 @@ def make_storage(
     FAIL once it has been silent for ``grace_period`` seconds and is retried once.
     With ``wait`` (workers), an unreachable database is waited for up to ``patience``
     seconds; without it (interactive commands), it is a one-line error at once.
+    With ``read_only`` (commands that only read), a SQLite file that cannot be written (a
+    read-only mount, a colleague's share) is opened read-only, and nothing is written there.
     """
     path = sqlite_path(url)
-    if path is not None and not path.parent.exists():
+    engine_url = url
+    frozen = read_only and path is not None and path.is_file() and not _writable(path)
+    if frozen:
+        assert path is not None
+        engine_url = _read_only_url(path)
+    elif path is not None and not path.parent.exists():
         try:
             path.parent.mkdir(parents=True)
         except OSError as e:
             raise StorageError(f"cannot create the folder for {mask_url(url)}: {e.strerror}") from None
-    if path is not None:
+    if path is not None and not frozen:
         _wal(path, url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -372,7 +383,9 @@ def make_storage(
                 )
             storage = ResilientStorage.__new__(ResilientStorage)
             storage.retrier = retrier
-            RDBStorage.__init__(storage, url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+            storage.read_only = frozen
+            RDBStorage.__init__(storage, engine_url, engine_kwargs=engine_kwargs, skip_table_creation=frozen,
+                                **heartbeat_kwargs)  # fmt: skip
             return storage
 
     try:
@@ -389,6 +402,19 @@ def make_storage(
         raise StorageError(f"cannot open storage {mask_url(url)}: {why}") from None
     storage.retrier.patience = patience  # calls after a successful open wait for a lost database
     return storage
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite can write the file and create its journal beside it (EROFS counts for root too)."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _read_only_url(path: Path) -> str:
+    """A SQLite URI that opens ``path`` without writing: ``mode=ro``; and ``immutable`` (no locks,
+    no -shm file to create) unless a WAL file is there, whose content a plain ``mode=ro`` still reads."""
+    wal = path.with_name(path.name + "-wal")
+    immutable = "" if wal.exists() else "&immutable=1"
+    return f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro{immutable}&uri=true"
 
 
 def _wal(path: Path, url: str) -> None:

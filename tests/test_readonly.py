@@ -1,0 +1,82 @@
+"""Reading never needs write access: a study on a read-only mount is listed, shown, exported,
+reported, plotted, evaluated and served, and nothing is written there."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import Lines, cli_process, free_port
+
+TINY = ["--epochs", "1", "--train-size", "512", "--val-size", "500", "--batch-size", "128"]
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def read_only_store(tmp_path_factory, real_data):
+    """A real study written by `run` (a finished process: its WAL is checkpointed), then the
+    folder bind-mounted read-only (root: EROFS holds for root too, unlike file permissions)."""
+    src, mount = tmp_path_factory.mktemp("shared"), tmp_path_factory.mktemp("ro")
+    run = cli_process("run", "--model", "lenet", "--trials", "2", "--storage", f"sqlite:///{src}/s.db", *TINY)
+    out, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, out
+    if subprocess.run(["mount", "--bind", str(src), str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("a read-only bind mount needs root")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True, capture_output=True)
+        assert not os.access(mount, os.W_OK)  # really read-only, for root too
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize(
+    "command,expect",
+    [
+        (["studies"], "lenet"),
+        (["show", "--study", "lenet"], "COMPLETE"),
+        (["export", "--study", "lenet"], "test_accuracy"),
+        (["report", "--study", "lenet"], "lenet"),
+        (["plot", "--study", "lenet", "--output-dir", "{out}"], "the store is read-only"),
+        (["evaluate", "--study", "lenet", "--output-dir", "{out}"], "accuracy"),
+    ],
+)
+def test_reading_commands_work_on_a_read_only_mount(read_only_store, tmp_path, command, expect):
+    before = _snapshot(read_only_store)
+    args = [a.format(out=tmp_path / "out") for a in command]
+    proc = cli_process(*args, "--storage", f"sqlite:///{read_only_store}/s.db")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert expect in out and "Traceback" not in out
+    assert _snapshot(read_only_store) == before  # nothing written (no -wal, no -shm, no journal)
+
+
+def test_the_dashboard_serves_a_read_only_store(read_only_store):
+    port = free_port()
+    proc = cli_process("dashboard", "--storage", f"sqlite:///{read_only_store}/s.db", "--port", str(port))
+    try:
+        Lines(proc).until(f"http://127.0.0.1:{port}/", timeout=120)  # printed as the server starts
+        studies = None
+        deadline = time.monotonic() + 120
+        while studies is None and time.monotonic() < deadline and proc.poll() is None:
+            try:  # the server thread starts listening just after the line
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as r:
+                    studies = json.load(r)["study_summaries"]
+            except OSError:
+                time.sleep(0.25)  # a poll interval under a deadline
+        assert studies is not None and [s["study_name"] for s in studies] == ["lenet"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
