@@ -1,26 +1,46 @@
-"""The Typer CLI: the only place that reads argv/env, prints, and exits with codes.
+"""The Typer CLI: parses, calls the application layer (fmnist_search/app/), prints, exits.
 
-Every command turns library errors (``FmnistSearchError``) into one ``error:`` line on
-stderr and exit code 2; Ctrl-C exits 130 with the store intact.
+The only place that reads argv, prints and exits with codes; it imports nothing from the
+engine or the search layer (tests/test_layers.py). Every command turns library errors
+(``FmnistSearchError``) into one ``error:`` line on stderr and exit code 2; Ctrl-C exits
+130 with the store intact.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import inspect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar, get_type_hints
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
-from .core.config import DEFAULT_STORAGE, GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
+from .app.options import (
+    PANELS,
+    RECIPE,
+    ArtifactsOpt,
+    CompileOpt,
+    DataDirOpt,
+    DeviceOpt,
+    DownloadOpt,
+    ModelOpt,
+    PrecisionOpt,
+    PresetOpt,
+    StorageOpt,
+    StudyOpt,
+    StudyOptions,
+    TrainSizeOpt,
+    ValSizeOpt,
+    WorkOptions,
+    artifact_dir,
+    takes,
+)
+from .core.config import DEFAULT_STORAGE
 from .core.errors import FmnistSearchError
 
 app = typer.Typer(
@@ -28,7 +48,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain click errors: one line, no boxes
     pretty_exceptions_enable=False,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -50,6 +70,20 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+class _Panelled(TyperCommand):
+    """Plain click help (no boxes, like the errors), its options grouped under their help panels."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        panels: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
+        for name, records in sorted(panels.items(), key=lambda p: PANELS.index(p[0]) if p[0] in PANELS else 99):
+            with formatter.section(name):
+                formatter.write_dl(records)
+
+
 def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F], F]:
     """``app.command`` that reports ``FmnistSearchError`` as one line and a non-zero exit.
 
@@ -61,7 +95,7 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
-            from .app import EXIT_FAILED, signal_name
+            from .app.studies import EXIT_FAILED, signal_name
             from .core.interrupts import handled, stop_in
 
             with handled() if stoppable else contextlib.nullcontext():
@@ -80,31 +114,14 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
                         raise
                     raise _fail(str(cause), EXIT_FAILED) from None
 
-        app.command(*args, **kwargs)(wrapper)
+        app.command(*args, cls=_Panelled, **kwargs)(wrapper)
         return fn
 
     return decorate
 
 
-def _model_help() -> str:
-    from .core.config import MODEL_NAMES  # not models.list_models: --help must not import torch
-
-    return f"Network to train: {', '.join(MODEL_NAMES)}."
-
-
-StorageOpt = Annotated[
-    str,
-    typer.Option(
-        "--storage",
-        envvar="FMNIST_STORAGE",
-        help="Optuna storage, any SQLAlchemy URL (sqlite:///..., postgresql://...).",
-    ),
-]
-StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
-
-
 def _storage(url: str, **kwargs: Any):
-    from .app import open_store
+    from .app.studies import open_store
 
     return open_store(url, _say, **kwargs)
 
@@ -118,192 +135,31 @@ def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-# Options shared by `run` and `worker`: how a process trains, not what the study is.
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto: GPU when present).")]
-PrecisionOpt = Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: bf16 on GPU, fp32 on CPU).")]
-CompileOpt = Annotated[bool, typer.Option(help="torch.compile the model once per process (GPU).")]
-DataDirOpt = Annotated[Path | None, typer.Option(envvar="FMNIST_DATA_DIR", help="Folder with the data.")]
-DownloadOpt = Annotated[bool, typer.Option(help="Download the data when it is not found.")]
-TimeoutOpt = Annotated[float | None, typer.Option(help="Stop starting trials after SECONDS.")]
-HeartbeatOpt = Annotated[int, typer.Option(min=1, help="Seconds between a running trial's heartbeats.")]
-GraceOpt = Annotated[int, typer.Option(min=2, help="Seconds without heartbeat before a trial counts as dead.")]
-PatienceOpt = Annotated[
-    float,
-    typer.Option(
-        min=0,
-        envvar="FMNIST_STORAGE_PATIENCE",
-        help="Seconds to keep retrying a database that went away (restart, failover) before giving up.",
-    ),
-]
+def _say(message: str) -> None:
+    err.print(message, markup=False, highlight=False)
 
 
-ArtifactsOpt = Annotated[
-    Path | None,
-    typer.Option(envvar="FMNIST_ARTIFACTS", help="Artifact folder for weights [default: beside the SQLite file]."),
-]
-SaveWeightsOpt = Annotated[bool, typer.Option(help="Save each completed trial's weights as an Optuna artifact.")]
-PopulationOpt = Annotated[
-    int | None,
-    typer.Option(
-        min=1,
-        help="Trials trained together as one fused model, each with its own hyperparameters "
-        "[default: auto: 32 LeNets or airbenches on a GPU, 1 otherwise].",
-    ),
-]
+def _print(text: str, **kwargs: Any) -> None:
+    out.print(text, markup=False, highlight=False, **kwargs)
 
 
-def _artifact_dir(storage: str, artifacts: Path | None) -> Path:
-    from .search.artifacts import default_dir
-
-    return artifacts if artifacts is not None else default_dir(storage)
-
-
-# Options that define a study (stored with it; a resume that disagrees is refused).
-ModelOpt = Annotated[str | None, typer.Option(help=_model_help())]
-EpochsOpt = Annotated[int | None, typer.Option(help="Epochs per trial [default: 10].")]
-BatchOpt = Annotated[int | None, typer.Option(help="SGD batch size [default: 256].")]
-LrMinOpt = Annotated[float | None, typer.Option(help="Lower end of the log-uniform lr [default: 1e-3; LeNet: 0.01].")]
-LrMaxOpt = Annotated[float | None, typer.Option(help="Upper end of the lr range [default: 0.5; LeNet: 0.4].")]
-MomentumOpt = Annotated[float | None, typer.Option(help="Fixed SGD momentum [default: 0.9].")]
-SamplerOpt = Annotated[str | None, typer.Option(help="tpe, random, cmaes, gp, qmc or grid [default: tpe].")]
-PrunerOpt = Annotated[str | None, typer.Option(help="median, sha, hyperband or none [default: median].")]
-SeedOpt = Annotated[int | None, typer.Option(help="Sampler, split and training seed [default: 0].")]
-ValSizeOpt = Annotated[int | None, typer.Option(help="Stratified validation images [default: 10000].")]
-TrainSizeOpt = Annotated[int | None, typer.Option(help="Train on a stratified subset of this many images.")]
-NewStudyOpt = Annotated[str | None, typer.Option("--study", help="Study name [default: the model name].")]
-
-
-PresetOpt = Annotated[
-    str | None, typer.Option(help="A shipped preset (e.g. seed-report), your studies/NAME.toml, or a .toml path.")
-]
-ModelsOpt = Annotated[str | None, typer.Option(help="With --preset: only these of its models (comma-separated).")]
-SpaceOpt = Annotated[str | None, typer.Option(help="Search space: lr (lr only) or full [default: lr].")]
-FixOpt = Annotated[
-    list[str] | None, typer.Option(help="Hold a hyperparameter fixed, e.g. --fix schedule=cosine (repeatable).")
-]
-
-
-TrialsOpt = Annotated[
-    int | None, typer.Option(min=1, help="Trials to add to the study [default: 30, or the preset's].")
-]
-
-
-# --- option groups: each declared once, taken whole by the commands that share it ---
-
-
-@dataclass(frozen=True)
-class StudyOptions:
-    """Which study to create or resume, and the settings it is created with (create, run)."""
-
-    model: ModelOpt = None
-    trials: TrialsOpt = None
-    study: NewStudyOpt = None
-    storage: StorageOpt = DEFAULT_STORAGE
-    preset: PresetOpt = None
-    models: ModelsOpt = None
-    epochs: EpochsOpt = None
-    batch_size: BatchOpt = None
-    lr_min: LrMinOpt = None
-    lr_max: LrMaxOpt = None
-    momentum: MomentumOpt = None
-    sampler: SamplerOpt = None
-    pruner: PrunerOpt = None
-    seed: SeedOpt = None
-    val_size: ValSizeOpt = None
-    train_size: TrainSizeOpt = None
-    space: SpaceOpt = None
-    fix: FixOpt = None
-
-    # The options that are StudySpec fields of the same name (tests/test_cli.py checks them).
-    SETTINGS: ClassVar[tuple[str, ...]] = (
-        "epochs", "batch_size", "lr_min", "lr_max", "momentum", "sampler", "pruner", "seed", "val_size",
-        "train_size", "space",
-    )  # fmt: skip
-
-    def settings(self) -> dict[str, Any]:
-        """The study settings these options give (an option left out gives none)."""
-        given = {k: getattr(self, k) for k in self.SETTINGS if getattr(self, k) is not None}
-        from .core.config import parse_fixed
-
-        fixed = parse_fixed(self.fix)
-        if fixed:
-            given["fixed"] = fixed
-        return given
-
-
-@dataclass(frozen=True)
-class WorkOptions:
-    """How a worker process trains and holds on to its store (run, worker)."""
-
-    device: DeviceOpt = "auto"
-    precision: PrecisionOpt = "auto"
-    compile: CompileOpt = False
-    data_dir: DataDirOpt = None
-    download: DownloadOpt = True
-    timeout: TimeoutOpt = None
-    heartbeat_interval: HeartbeatOpt = HEARTBEAT_INTERVAL_S
-    grace_period: GraceOpt = GRACE_PERIOD_S
-    storage_patience: PatienceOpt = PATIENCE_S
-    artifacts: ArtifactsOpt = None
-    save_weights: SaveWeightsOpt = True
-    population: PopulationOpt = None
-
-    def __post_init__(self) -> None:
-        if self.timeout is not None and not self.timeout > 0:  # Typer's min is inclusive
-            raise FmnistSearchError(f"--timeout must be a number of seconds > 0, got {self.timeout:g}")
-
-    @property
-    def beat(self) -> dict[str, Any]:
-        return {"heartbeat_interval": self.heartbeat_interval, "grace_period": self.grace_period}
-
-    def artifact_dir(self, storage: str) -> Path | None:
-        return _artifact_dir(storage, self.artifacts) if self.save_weights else None
-
-
-def takes(**groups: type) -> Callable[[F], F]:
-    """Give a command whole option groups: ``@takes(study=StudyOptions)`` makes every field
-    of StudyOptions an option of the command, and calls it with ``study=StudyOptions(...)``."""
-
-    def decorate(fn: F) -> F:
-        signature = inspect.signature(fn)
-        hints = get_type_hints(fn, include_extras=True)
-        params = []
-        for p in signature.parameters.values():
-            if p.name in groups:
-                group_hints = get_type_hints(groups[p.name], include_extras=True)
-                params += [
-                    inspect.Parameter(
-                        f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=group_hints[f.name]
-                    )
-                    for f in dataclasses.fields(groups[p.name])
-                ]
-            else:
-                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name]))
-
-        @functools.wraps(fn)
-        def wrapper(**kwargs: Any) -> Any:
-            for name, group in groups.items():
-                kwargs[name] = group(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(group)})
-            return fn(**kwargs)
-
-        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]], **kwargs: Any) -> Table:
+    table = Table(**kwargs)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 @command(stoppable=True)
 @takes(options=StudyOptions)
 def create(options: StudyOptions) -> None:
     """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
-    from .app import open_with_target, plan_studies
+    from .app.studies import create as create_studies
 
-    o = options
-    beat = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
-    for name, requested, n, base in plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials):
-        _, _, spec, target = open_with_target(o.storage, name, requested, n, beat, _say, base)
-        _say(f"study {name!r} ({spec.model}) has a target of {target} trials; start workers with:")
+    for name, model, target in create_studies(options, _say):
+        _say(f"study {name!r} ({model}) has a target of {target} trials; start workers with:")
         _say(f"  fmnist-search worker --study {name} --storage URL")
 
 
@@ -312,42 +168,18 @@ def create(options: StudyOptions) -> None:
 def run(
     options: StudyOptions,
     work: WorkOptions,
-    jobs: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
-    gpus: Annotated[str | None, typer.Option(help="Comma-separated GPU ids: one worker per GPU.")] = None,
-    workers_per_gpu: Annotated[int, typer.Option(min=1, help="Workers packed on each GPU of --gpus.")] = 1,
+    jobs: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.", rich_help_panel="Work")] = 1,
+    gpus: Annotated[
+        str | None, typer.Option(help="Comma-separated GPU ids: one worker per GPU.", rich_help_panel="Work")
+    ] = None,
+    workers_per_gpu: Annotated[
+        int, typer.Option(min=1, help="Workers packed on each GPU of --gpus.", rich_help_panel="Work")
+    ] = 1,
 ) -> None:
     """Create or resume a study and run TRIALS more trials in it (in one or many processes)."""
-    import os
+    from .app.studies import run as run_studies
 
-    from .app import open_with_target, plan_studies, resolve_runtime, spawn_workers, work_here
-    from .search.workers import plan_workers
-
-    o = options
-    if gpus is None and workers_per_gpu != 1:
-        raise FmnistSearchError("--workers-per-gpu needs --gpus")
-    if gpus is not None and jobs != 1:
-        raise FmnistSearchError("use --jobs (CPU processes) or --gpus (one worker per GPU), not both")
-    gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
-    if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
-        raise FmnistSearchError(f"--gpus takes comma-separated GPU numbers like 0,1,2, got {gpus!r}")
-    plan = plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials)
-    workers = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
-    here = len(workers) == 1 and gpu_ids is None
-    if here:
-        resolve_runtime(work.device, work.precision)  # a bad --device fails before the store is touched
-    beat = {**work.beat, "patience": work.storage_patience}
-    for name, requested, n, base in plan:
-        store, opt_study, spec, target = open_with_target(o.storage, name, requested, n, beat, _say, base)
-        if here:
-            with _RunProgress(n, spec.epochs) as progress:
-                work_here(store, o.storage, name, spec, work, progress, _say)
-        else:
-            spawn_workers(workers, name, o.storage, work, target, _say)
-        _print_summary(opt_study)
-
-
-def _say(message: str) -> None:
-    err.print(message, markup=False, highlight=False)
+    run_studies(options, work, jobs, gpus, workers_per_gpu, _RunProgress, _print_summary, _say)
 
 
 @command(stoppable=True)
@@ -364,18 +196,10 @@ def worker(
     A worker started before its database or study is ready (containers, Kubernetes) waits
     for both, up to --storage-patience seconds, saying so.
     """
-    from .app import resolve_runtime, work_here
-    from .search.study import stored_spec
-    from .search.workers import wait_for_study
+    from .app.studies import join
 
-    if work.grace_period <= work.heartbeat_interval:
-        raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
-    resolve_runtime(work.device, work.precision)
-    store = _storage(storage, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
-    existing = wait_for_study(store, study, work.storage_patience, say=_say)
-    spec = stored_spec(existing)
-    with _RunProgress(None, spec.epochs, bars=bars, prefix=f"[{label}] " if label else "") as progress:
-        work_here(store, storage, study, spec, work, progress, _say, label=label)
+    prefix = f"[{label}] " if label else ""
+    join(study, storage, work, label, lambda trials, epochs: _RunProgress(trials, epochs, bars, prefix), _say)
 
 
 class _RunProgress:
@@ -417,16 +241,9 @@ class _RunProgress:
         )
 
     def on_trial(self, study: Any, trial: Any) -> None:
-        from .search.record import TrialRecord
+        from .app.results import trial_line
 
-        a = TrialRecord.of(trial)
-        line = f"{self.prefix}trial {trial.number} {trial.state.name}: lr={trial.params.get('lr', float('nan')):.4g}"
-        if a.val_accuracy is not None:
-            line += f" val={a.val_accuracy:.4f} after {a.epochs_completed} epochs, {a.throughput or 0:,.0f} samples/s"
-        if a.test_accuracy is not None:
-            line += f" test={a.test_accuracy:.4f}"
-        if a.fail_reason is not None:
-            line += f" ({a.fail_reason})"
+        line = trial_line(trial, self.prefix)
         if self.progress.disable:
             _say(line)
         else:
@@ -441,82 +258,37 @@ class _RunProgress:
 
 
 def _print_summary(study: Any) -> None:
-    from .search.export import best_trial, state_counts
-    from .search.record import TrialRecord
+    from .app.results import study_summary
 
-    counts = state_counts(study)
-    table = Table(title=f"study {study.study_name}")
-    for col in ("trials", *counts):
-        table.add_column(col, justify="right")
-    table.add_row(str(sum(counts.values())), *(str(v) for v in counts.values()))
-    out.print(table)
-    best = best_trial(study)
-    if best is None:
-        out.print("no completed trial yet")
-        return
-    a = TrialRecord.of(best)
-    test = a.test_accuracy if a.test_accuracy is not None else float("nan")
-    out.print(
-        f"best trial {best.number}: val_accuracy={best.value:.4f} test_accuracy={test:.4f} "
-        f"params={best.params} throughput={a.throughput or 0:,.0f} samples/s on {a.device}",
-        markup=False,
-        highlight=False,
-    )
+    counts, best = study_summary(study)
+    out.print(_table(("trials", *counts), [(str(sum(counts.values())), *map(str, counts.values()))],
+                     title=f"study {study.study_name}"))  # fmt: skip
+    _print(best or "no completed trial yet")
 
 
 @command()
 def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """List studies: name, model, trials by state, best validation and test accuracy."""
-    import optuna
+    from .app.results import list_studies
 
-    from .search.export import best_trial, state_counts
-    from .search.record import TrialRecord
-
-    store = _reader(storage)
-    summaries = optuna.get_all_study_summaries(store, include_best_trial=False)
-    if not summaries:
+    rows = list_studies(_reader(storage))
+    if not rows:
         out.print("no studies yet; start one with: fmnist-search run --model lenet")
         return
-    table = Table()
-    for col in ("study", "model", "complete", "pruned", "fail", "running", "best val", "its test"):
-        table.add_column(col)
-    for s in summaries:
-        study = optuna.load_study(study_name=s.study_name, storage=store)
-        counts = state_counts(study)
-        best = best_trial(study)
-        table.add_row(
-            s.study_name,
-            str(study.user_attrs.get("model", "?")),
-            *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
-            f"{best.value:.4f}" if best else "-",
-            f"{TrialRecord.of(best).test_accuracy or float('nan'):.4f}" if best else "-",
-        )
-    out.print(table)
+    out.print(_table(("study", "model", "complete", "pruned", "fail", "running", "best val", "its test"), rows))
 
 
 @command()
 def show(study: StudyOpt, storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """The best trial of a study: params, accuracies, throughput, device."""
-    from .search.export import best_trial, state_counts
-    from .search.study import load_study
+    from .app.results import best_of
 
-    s = load_study(_reader(storage), study)
-    best = best_trial(s)
-    settings = ", ".join(f"{k}={v}" for k, v in s.user_attrs.items())
-    out.print(f"study {study}: {settings}", markup=False, highlight=False)
-    out.print(f"trials: {state_counts(s)}", markup=False, highlight=False)
-    if best is None:
+    settings, counts, number, rows = best_of(_reader(storage), study)
+    _print(f"study {study}: {settings}")
+    _print(f"trials: {counts}")
+    if number is None:
         raise FmnistSearchError(f"study {study!r} has no completed trial yet")
-    table = Table(title=f"best trial {best.number}", show_header=False)
-    table.add_column("key")
-    table.add_column("value")
-    table.add_row("val_accuracy", f"{best.value:.4f}")
-    for k, v in best.params.items():
-        table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
-    for k, v in best.user_attrs.items():
-        if k != "history":
-            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    out.print(table)
+    out.print(_table(("key", "value"), rows, title=f"best trial {number}", show_header=False))
 
 
 @command()
@@ -528,10 +300,9 @@ def export(
     all_states: Annotated[bool, typer.Option("--all", help="Every trial, not just completed ones.")] = False,
 ) -> None:
     """Write the study's trials as CSV, best first."""
-    from .search.export import trials_frame
-    from .search.study import load_study
+    from .app.results import export_frame
 
-    frame = trials_frame(load_study(_reader(storage), study), include_all=all_states, top=top)
+    frame = export_frame(_reader(storage), study, all_states, top)
     if output is None:
         frame.to_csv(sys.stdout, index=False)
         return
@@ -539,7 +310,7 @@ def export(
         frame.to_csv(output, index=False)
     except OSError as e:
         raise FmnistSearchError(f"cannot write {output}: {e.strerror}") from None
-    err.print(f"wrote {len(frame)} trials to {output}", markup=False, highlight=False)
+    _say(f"wrote {len(frame)} trials to {output}")
 
 
 @command()
@@ -549,44 +320,10 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Serve optuna-dashboard on the same store (and its artifact folder: trial weights).
+    """Serve optuna-dashboard on the same store (and its artifact folder: trial weights); Ctrl-C or SIGTERM stops it."""
+    from .app.serve import serve_dashboard
 
-    Ctrl-C or SIGTERM stops it at once: the server runs in a thread, and the main thread
-    only waits for a signal or for the server to fail, so the signal never lands inside a
-    request (where one could be swallowed, as in the worker loop).
-    """
-    import signal
-    import threading
-
-    from optuna_dashboard import run_server
-
-    from .search.artifacts import open_store
-    from .search.study import mask_url
-
-    store = _reader(storage)
-    art_dir = _artifact_dir(storage, artifacts)
-    stop = threading.Event()
-    failed: list[OSError] = []
-
-    def serve() -> None:
-        try:
-            run_server(store, host=host, port=port, artifact_store=open_store(art_dir))
-        except OSError as e:
-            failed.append(e)
-        finally:
-            stop.set()
-
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        threading.Thread(target=serve, name="optuna-dashboard", daemon=True).start()
-        err.print(f"optuna-dashboard for {mask_url(storage)} on http://{host}:{port}/ (Ctrl-C to stop)", markup=False)
-        while not stop.wait(0.5):  # a timeout, so the signal handler gets to run
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if failed:
-        raise FmnistSearchError(f"cannot listen on {host}:{port}: {failed[0].strerror}; try --port")
+    serve_dashboard(_reader(storage), storage, host, port, artifact_dir(storage, artifacts), _say)
 
 
 @command("data")
@@ -595,23 +332,10 @@ def data_cmd(
     verify: Annotated[bool, typer.Option(help="Check the SHA-256 of the files found.")] = True,
 ) -> None:
     """Where the data was found, whether it verified, and how to get it."""
-    from .engine import data as data_mod
+    from .app.models import survey_data
 
-    for loc in data_mod.survey(data_dir):
-        found = sum(p is not None for p in loc.files.values())
-        out.print(f"{loc.directory}: {found}/4 files", markup=False, highlight=False)
-    location = data_mod.locate(data_dir)
-    if location is None:
-        raise FmnistSearchError(f"Fashion-MNIST not found; {data_mod.HOW_TO_GET}")
-    out.print(f"using {location.directory}", markup=False, highlight=False)
-    if verify:
-        ds = data_mod.load(data_dir, allow_download=False)
-        out.print(
-            f"verified: SHA-256 of all four files matches; "
-            f"{len(ds.train_labels)} train, {len(ds.test_labels)} test images",
-            markup=False,
-            highlight=False,
-        )
+    for line in survey_data(data_dir, verify):
+        _print(line)
 
 
 @command()
@@ -622,20 +346,17 @@ def report(
     csv: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None,
 ) -> None:
     """The report's Table 1 for these studies, with the report's figures alongside."""
-    from .search.report import report_frame, to_markdown
-    from .search.study import load_study
+    from .app.results import report_table
 
-    store = _reader(storage)
-    frame = report_frame([load_study(store, name) for name in study])
-    markdown = to_markdown(frame)
-    _write(output, markdown, what=f"{len(frame)} rows")
+    markdown, table_csv, rows = report_table(_reader(storage), study)
+    _write(output, markdown, what=f"{rows} rows")
     if csv is not None:
-        _write(csv, frame.to_csv(index=False), what=f"{len(frame)} rows")
+        _write(csv, table_csv, what=f"{rows} rows")
 
 
 def _write(path: Path | None, text: str, what: str) -> None:
     if path is None:
-        out.print(text, markup=False, highlight=False, end="")
+        _print(text, end="")
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -655,24 +376,11 @@ def plot(
     ] = True,
 ) -> None:
     """The study on one page (index.html: settings, counts, best trial, report table, figures), plus each figure."""
-    import optuna_dashboard
+    from .app.results import plot as plot_study
 
-    from .search.plots import study_figures, write_html
-    from .search.study import load_study
-    from .search.summary import summary_page
-
-    store = _reader(storage)
-    s = load_study(store, study)
-    figures = study_figures(s)
-    title = f"fmnist-search: {study}"
-    try:
-        paths = write_html(figures, output_dir, title, page=summary_page(s, figures, title))
-    except OSError as e:
-        raise FmnistSearchError(f"cannot write to {output_dir}: {e.strerror}") from None
-    if dashboard and store.read_only:
-        _say("the store is read-only: the learning curves are not attached for optuna-dashboard")
-    elif dashboard:  # optuna-dashboard draws Optuna's plots itself; this adds the learning curves
-        optuna_dashboard.save_plotly_graph_object(s, figures["learning_curves"], graph_object_id="learning-curves")
+    paths, note = plot_study(_reader(storage), study, output_dir, dashboard)
+    if note:
+        _say(note)
     _say(f"wrote {len(paths)} files to {output_dir}/: {', '.join(p.name for p in paths)}")
 
 
@@ -700,43 +408,21 @@ def evaluate(
     download: DownloadOpt = True,
 ) -> None:
     """Test accuracy, per-class accuracy and the confusion matrix of a trial's (or a file's) weights."""
-    import re
+    from .app.models import evaluate as evaluate_model
 
-    from .app import load_dataset, load_model, resolve_runtime
-    from .engine.data import CLASSES
-    from .engine.inference import confusion_matrix, per_class_accuracy
-    from .engine.train import to_device
-    from .search.plots import confusion_figure
-
-    label, _, model, recipe_tta = load_model(
-        study, trial, weights, lambda: _reader(storage), _artifact_dir(storage, artifacts)
-    )
-    tta_flip = recipe_tta if tta_flip is None else tta_flip
-    dev, _ = resolve_runtime(device, "fp32")
-    ds = load_dataset(data_dir, download)
-    x, y = to_device(ds.test_images, ds.test_labels, dev)
-    matrix = confusion_matrix(model.to(dev), x, y, tta_flip=tta_flip)
-    accuracy = matrix.diag().sum().item() / matrix.sum().item()
-    how = " with flip TTA" if tta_flip else ""
-    out.print(f"{label}: test accuracy {accuracy:.4f} on {len(y)} images{how}", markup=False, highlight=False)
-    per_class = Table(title="per class")
-    for col in ("class", "accuracy", "correct", "images"):
-        per_class.add_column(col, justify="left" if col == "class" else "right")
-    for i, (name, acc) in enumerate(zip(CLASSES, per_class_accuracy(matrix), strict=True)):
-        per_class.add_row(f"{i} {name}", f"{acc:.3f}", str(matrix[i, i].item()), str(matrix[i].sum().item()))
-    out.print(per_class)
-    confusion = Table(title="confusion matrix (rows: true class, columns: predicted)")
-    confusion.add_column("true")
-    for i in range(len(CLASSES)):
-        confusion.add_column(str(i), justify="right")
-    for i, name in enumerate(CLASSES):
-        confusion.add_row(f"{i} {name}", *(str(v) for v in matrix[i].tolist()))
-    out.print(confusion)
-    path = output_dir / f"confusion-{re.sub(r'[^A-Za-z0-9._-]+', '-', label)}.html"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    confusion_figure(matrix.tolist(), list(CLASSES), f"{label}: confusion matrix").write_html(path)
-    out.print(f"test_accuracy={accuracy:.4f}", markup=False, highlight=False)
-    _say(f"wrote {path}")
+    e = evaluate_model(study, trial, weights, lambda: _reader(storage), artifact_dir(storage, artifacts),
+                       tta_flip=tta_flip, device=device, data_dir=data_dir, download=download,
+                       output_dir=output_dir)  # fmt: skip
+    how = " with flip TTA" if e.tta_flip else ""
+    _print(f"{e.label}: test accuracy {e.accuracy:.4f} on {e.images} images{how}")
+    per_class = [(f"{i} {name}", f"{acc:.3f}", str(e.matrix[i][i]), str(sum(e.matrix[i])))
+                 for i, (name, acc) in enumerate(zip(e.classes, e.per_class, strict=True))]  # fmt: skip
+    out.print(_table(("class", "accuracy", "correct", "images"), per_class, title="per class"))
+    rows = [(f"{i} {name}", *map(str, e.matrix[i])) for i, name in enumerate(e.classes)]
+    columns = ("true", *map(str, range(len(e.classes))))
+    out.print(_table(columns, rows, title="confusion matrix (rows: true class, columns: predicted)"))
+    _print(f"test_accuracy={e.accuracy:.4f}")
+    _say(f"wrote {e.html}")
 
 
 @command()
@@ -749,19 +435,13 @@ def predict(
     artifacts: ArtifactsOpt = None,
 ) -> None:
     """Class and probability for each image (light garment on dark, like Fashion-MNIST; the inverse is flipped)."""
-    import torch
+    from .app.models import predict as predict_images
 
-    from .app import load_model
-    from .engine.data import CLASSES
-    from .engine.inference import load_image, predict_images
-
-    loaded = [load_image(p) for p in images]  # every file is checked before the model is loaded
-    label, _, model, _ = load_model(study, trial, weights, lambda: _reader(storage), _artifact_dir(storage, artifacts))
-    probs = predict_images(model, torch.stack([img for img, _ in loaded]), torch.device("cpu"))
-    for path, (_, inverted), p in zip(images, loaded, probs, strict=True):
-        k = int(p.argmax())
+    label, rows = predict_images(images, study, trial, weights, lambda: _reader(storage),
+                                 artifact_dir(storage, artifacts))  # fmt: skip
+    for path, name, prob, inverted in rows:
         note = " (inverted: dark garment on light background)" if inverted else ""
-        out.print(f"{path}: {CLASSES[k]} {p[k].item():.3f}{note}", markup=False, highlight=False)
+        _print(f"{path}: {name} {prob:.3f}{note}")
     _say(f"model: {label}")
 
 
@@ -769,11 +449,15 @@ def predict(
 def train(
     model: ModelOpt = None,
     preset: PresetOpt = None,
-    params: Annotated[str | None, typer.Option(help="Hyperparameters as JSON, e.g. '{\"lr\": 0.05}'.")] = None,
+    params: Annotated[
+        str | None, typer.Option(help="Hyperparameters as JSON, e.g. '{\"lr\": 0.05}'.", rich_help_panel=RECIPE)
+    ] = None,
     from_study: Annotated[str | None, typer.Option(help="Use this study's best (or --trial N) configuration.")] = None,
     trial: TrialOpt = None,
     storage: StorageOpt = DEFAULT_STORAGE,
-    epochs: Annotated[int | None, typer.Option(help="Override the configuration's epochs.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Override the configuration's epochs.", rich_help_panel=RECIPE)
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Weights, batch order and split seed [default: 0].")] = None,
     full_train: Annotated[
         bool | None,
@@ -789,68 +473,23 @@ def train(
     save: Annotated[Path | None, typer.Option(help="Save the final weights (for evaluate/predict --weights).")] = None,
 ) -> None:
     """Train one configuration without a study; the last line is `test_accuracy=...`."""
-    import torch
+    from .app.models import train as train_one
 
-    from .app import load_dataset, resolve_runtime, train_config
-    from .core.config import check_recipe
-    from .engine import data as data_mod
-    from .engine.devices import tune_backend
-    from .engine.models import create_model, list_models
-    from .engine.train import TrainConfig, to_device
+    def on_start(run: Any) -> None:
+        _print(f"train {run.name} on {run.images} images ({run.device}, {run.precision}): {run.config}")
 
-    name, config, split = train_config(model, preset, params, from_study, trial, lambda: _reader(storage))
-    if epochs is not None:
-        config["epochs"] = epochs
-    split.update(_given(val_size=val_size, train_size=train_size, seed=seed, full_train=full_train))
-    full_train = bool(split.get("full_train", False))
-    check_recipe(config)
-    if "lr" not in config:
-        raise FmnistSearchError("no learning rate: give --params '{\"lr\": 0.05}', a preset with one, or --from-study")
-    dev, prec = resolve_runtime(device, precision)
-    run_seed = split.get("seed", 0)
-    cfg = TrainConfig(**config, seed=run_seed, precision=prec)
-    if name not in list_models():
-        create_model(name)  # raises the "unknown model ...; choose one of" error before any data is loaded
-    ds = load_dataset(data_dir, download)
-    splits = data_mod.make_splits(ds, split.get("val_size", 10_000), split.get("train_size"), run_seed)
-    train_xy, val_xy = splits.train, splits.val
-    if full_train:
-        train_xy = (torch.cat([train_xy[0], val_xy[0]]), torch.cat([train_xy[1], val_xy[1]]))
-    tr, va, te = (to_device(*xy, dev) for xy in (train_xy, val_xy, splits.test))
-    tune_backend(dev)  # as every trial gets: `train` is how the best recipe is retrained
-    _train_one(name, cfg, config, dev, prec, compile, tr, va, te, full_train, run_seed, save)
-
-
-def _train_one(name, cfg, config, dev, prec, compile, tr, va, te, full_train, run_seed, save) -> None:
-    import torch
-
-    from .engine.teachers import teacher_for
-    from .engine.train import Diverged, evaluate, train_recipe
-    from .engine.weights import weights_payload
-
-    teacher = teacher_for(cfg.teacher, tr, run_seed, prec, say=_say) if cfg.teacher else None
-    out.print(f"train {name} on {len(tr[0])} images ({dev}, {prec}): {config}", markup=False, highlight=False)
-
-    def on_epoch(m: Any) -> None:
+    def on_epoch(m: Any, epochs: int, full_train: bool) -> None:
         val = "" if full_train else f" val_acc={m.val_accuracy:.4f}"
-        out.print(
-            f"epoch {m.epoch}/{cfg.epochs}: train_loss={m.train_loss:.4f} train_acc={m.train_accuracy:.4f}{val} "
-            f"({m.train_time_s:.1f} s, {m.samples / m.train_time_s:,.0f} samples/s)",
-            markup=False,
-            highlight=False,
-        )
+        _print(f"epoch {m.epoch}/{epochs}: train_loss={m.train_loss:.4f} train_acc={m.train_accuracy:.4f}{val} "
+               f"({m.train_time_s:.1f} s, {m.samples / m.train_time_s:,.0f} samples/s)")  # fmt: skip
 
-    try:
-        built, _ = train_recipe(name, cfg, tr, None if full_train else va, compiled={} if compile else None,
-                                teacher=teacher, on_epoch_end=on_epoch)  # fmt: skip
-    except Diverged as e:
-        raise FmnistSearchError(f"{e}; try a lower lr") from None
-    test_accuracy, _ = evaluate(built.runnable, *te, tta_flip=cfg.tta_flip)  # fp32, as `evaluate` reproduces it
-    if save is not None:
-        save.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(weights_payload(built.module, name), save)
-        _say(f"saved weights to {save}")
-    out.print(f"test_accuracy={test_accuracy:.4f}", markup=False, highlight=False)
+    flags = _given(val_size=val_size, train_size=train_size, seed=seed, full_train=full_train)
+    done = train_one(model, preset, params, from_study, trial, lambda: _reader(storage), epochs=epochs,
+                     split_flags=flags, device=device, precision=precision, compile=compile, data_dir=data_dir,
+                     download=download, save=save, on_start=on_start, on_epoch=on_epoch, say=_say)  # fmt: skip
+    if done.saved is not None:
+        _say(f"saved weights to {done.saved}")
+    _print(f"test_accuracy={done.test_accuracy:.4f}")
 
 
 def main() -> None:

@@ -268,7 +268,7 @@ def test_work_options_reach_worker_processes_unchanged(tmp_path):
     """`run --jobs` hands its options to `worker` processes as argv built from the same declaration."""
     import typer
 
-    from fmnist_search.app import as_argv
+    from fmnist_search.app.studies import as_argv
     from fmnist_search.cli import WorkOptions
 
     work = WorkOptions(device="cpu", precision="fp32", compile=True, download=False, timeout=12.5,
@@ -291,3 +291,30 @@ def test_a_study_without_a_completed_trial_is_one_line_for_train_and_evaluate(tm
             "error: study 'lenet' has no completed trial yet",
             "error: study 'lenet' has no trial 7",
         )
+
+
+def test_run_help_groups_its_options_and_states_per_model_defaults():
+    result = invoke("run", "--help")
+    assert result.exit_code == 0
+    headings = [line[:-1] for line in result.output.splitlines() if line.endswith(":") and line[:1].isupper()]
+    assert headings == ["Study", "Recipe", "Search", "Data", "Work", "Store", "Options"]
+    text = " ".join(result.output.split())
+    assert "SGD batch size [default: 256; lenet: 128]" in text  # LeNet's base recipe, as a new study gets it
+    assert "Fixed SGD momentum [default: 0.9; lenet: 0.955]" in text
+    section = result.output.split("\nRecipe:")[1].split("\nSearch:")[0]
+    assert "--epochs" in section and "--fix" in section and "--storage" not in section
+
+
+def test_shell_completion_is_offered():
+    result = invoke("--show-completion", "bash")
+    assert (
+        result.exit_code == 0 and "COMPLETE=complete_bash" in result.output and "complete -o default" in result.output
+    )
+
+
+def test_the_cli_stays_a_thin_layer():
+    from pathlib import Path
+
+    import fmnist_search.cli as cli
+
+    assert len(Path(cli.__file__).read_text().splitlines()) < 500  # parses, calls app/, prints

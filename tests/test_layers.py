@@ -1,6 +1,7 @@
 """Imports point one way: no cycles inside the package, and each layer imports only those below it.
 
-The layers are the folders: ``core/`` < ``engine/`` < ``search/`` < ``app.py`` < ``cli.py``.
+The layers are the folders: ``core/`` < ``engine/`` < ``search/`` < ``app/`` < ``cli.py``; the
+CLI reaches the engine and the search only through the application layer.
 Read from the source (every ``import``, at module level or inside a function), so a cycle
 held together by a function-level import fails here as surely as a module-level one.
 """
@@ -16,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fmnist_search"
 
 # Bottom to top; docs/architecture.md explains each layer.
 LAYERS = ["core", "engine", "search", "app", "cli"]
+SKIPS = {"cli": {"engine", "search"}}  # layers a layer must not import though they lie below it
 FORBIDDEN = {  # third-party packages a layer must not import
     "core": {"torch", "torchvision", "optuna", "sqlalchemy", "pandas", "plotly", "numpy"},
     "engine": {"optuna", "sqlalchemy", "pandas", "plotly"},
@@ -91,12 +93,16 @@ def test_imports_point_down(module):
     assert not upward, f"{module} ({layer(module)}) imports {upward} from a layer above"
     banned = FORBIDDEN.get(layer(module), set()) & outer
     assert not banned, f"{module} ({layer(module)}) imports {sorted(banned)}"
+    skipped = sorted(dep for dep in inner if layer(dep) in SKIPS.get(layer(module), set()))
+    assert not skipped, f"{module} imports {skipped}: go through the application layer (app/)"
 
 
 def test_the_checker_sees_function_level_imports_and_every_form():
     inner, _ = imports(PACKAGE / "cli.py")
-    assert "app" in inner  # cli imports it only inside its commands
-    assert "engine.data" in inner  # `from .engine import data as data_mod`, inside a command
+    assert "app.options" in inner  # `from .app.options import (...)`, at the top
+    assert "app.results" in inner  # `from .app.results import list_studies`, inside a command
+    inner, _ = imports(PACKAGE / "app" / "models.py")
+    assert "engine.data" in inner  # `from ..engine import data as data_mod`, inside a function
     inner, _ = imports(PACKAGE / "search" / "lifecycle.py")
     assert {"core.interrupts", "engine.train", "search.objective"} <= inner  # .., ..x.y and .y forms
 
@@ -107,3 +113,11 @@ def test_the_cycle_check_can_fail(monkeypatch):
     monkeypatch.setitem(globals(), "GRAPH", graph)
     with pytest.raises(pytest.fail.Exception, match="import cycle"):
         test_no_import_cycles()
+
+
+def test_the_cli_check_can_fail(monkeypatch):
+    graph = dict(GRAPH)
+    graph["cli"] = ({*GRAPH["cli"][0], "engine.train"}, GRAPH["cli"][1])  # a made-up reach past app/
+    monkeypatch.setitem(globals(), "GRAPH", graph)
+    with pytest.raises(AssertionError, match="go through the application layer"):
+        test_imports_point_down("cli")

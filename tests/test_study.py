@@ -98,7 +98,7 @@ def test_old_studies_presets_and_wider_spaces_get_no_base_recipe(storage):
     assert full.fixed == {}  # the full space samples these itself
     _, other = open_study(storage, "r18", {"model": "resnet18"}, base=True)
     assert other.fixed == {}  # only LeNet has one
-    from fmnist_search.app import plan_studies
+    from fmnist_search.app.studies import plan_studies
 
     (_, _, _, base), *_ = plan_studies("seed-report", None, "lenet", None, {}, None)
     assert base is False  # a preset is a complete recipe (seed-report: the report's protocol)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .core.errors import FmnistSearchError, Stopped, StorageError
+from ..core.errors import FmnistSearchError, Stopped, StorageError
 
 EXIT_FAILED = 1  # the work could not go on (a lost store, a failed worker)
 Say = Callable[[str], None]
@@ -33,7 +33,7 @@ def open_store(url: str, say: Say, **kwargs: Any) -> Any:
     """The study store (storage.make_storage), with Optuna's own log lines silenced."""
     import optuna
 
-    from .search.storage import make_storage
+    from ..search.storage import make_storage
 
     # Our own lines say what happens; Optuna's INFO/WARNING logs would repeat it (with tracebacks).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -56,7 +56,7 @@ def plan_studies(
     Settings flow one way: base recipe (new studies without a preset) < preset < flags; a
     resumed study's stored settings must agree.
     """
-    from .core.config import check_settings, load_preset, with_fixed_settings
+    from ..core.config import check_settings, load_preset, with_fixed_settings
 
     plan = _plan(preset, model, models, study, flags, trials, load_preset)
     planned = [(name, with_fixed_settings(requested), n, base) for name, requested, n, base in plan]
@@ -103,9 +103,9 @@ def open_with_target(
 ) -> tuple[Any, Any, Any, int]:  # fmt: skip
     """Create (with its model's base recipe if ``base``) or resume the study, check its
     settings, raise its target by ``trials``: (store, study, spec, target)."""
-    from .core.interrupts import check, shielded
-    from .search.study import open_study
-    from .search.workers import set_target
+    from ..core.interrupts import check, shielded
+    from ..search.study import open_study
+    from ..search.workers import set_target
 
     if beat["grace_period"] <= beat["heartbeat_interval"]:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
@@ -131,7 +131,7 @@ def as_argv(options: Any) -> list[str]:
 
 
 def resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
-    from .engine.devices import resolve_device, resolve_precision
+    from ..engine.devices import resolve_device, resolve_precision
 
     dev = resolve_device(device)
     return dev, resolve_precision(precision, dev)
@@ -148,10 +148,10 @@ def work_here(
     """
     import os
 
-    from .core.interrupts import causes, cleaning, stop_in
-    from .search.storage import mask_url
-    from .search.study import PRUNERS, SAMPLERS
-    from .search.workers import BudgetedStudy, study_lock, worker_seed
+    from ..core.interrupts import causes, cleaning, stop_in
+    from ..search.storage import mask_url
+    from ..search.study import PRUNERS, SAMPLERS
+    from ..search.workers import BudgetedStudy, study_lock, worker_seed
 
     prefix = f"[{label}] " if label else ""
     extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
@@ -187,8 +187,8 @@ def work_here(
 
 def _release(budgeted: Any, why: str, requeue: bool) -> str:
     """Best effort: FAIL (or re-queue) this process's interrupted trial; say what happened."""
-    from .core.errors import StorageError
-    from .search.workers import release
+    from ..core.errors import StorageError
+    from ..search.workers import release
 
     try:
         done = release(budgeted, why, requeue_it=requeue)
@@ -205,11 +205,11 @@ def _release(budgeted: Any, why: str, requeue: bool) -> str:
 def _run_trials(
     budgeted: Any, url: str, spec: Any, work: Any, extra: dict[str, Any], prefix: str, progress: Progress, say: Say
 ) -> None:
-    from .engine import data as data_mod
-    from .search.artifacts import open_store as open_artifacts
-    from .search.objective import Objective
-    from .search.storage import mask_url
-    from .search.workers import work as work_loop
+    from ..engine import data as data_mod
+    from ..search.artifacts import open_store as open_artifacts
+    from ..search.objective import Objective
+    from ..search.storage import mask_url
+    from ..search.workers import work as work_loop
 
     dev, prec = resolve_runtime(work.device, work.precision)
     population = check_population(work.population, spec.model, dev, prec, work.compile)
@@ -240,7 +240,7 @@ def _run_trials(
 
 def check_population(requested: int | None, model: str, device: Any, precision: str, compile: bool) -> int:
     """Trials per population: the requested number, else the measured default for this model and device."""
-    from .engine.population import default_population
+    from ..engine.population import default_population
 
     population = default_population(model, device) if requested is None else requested
     if population > 1 and precision == "fp16":
@@ -255,7 +255,7 @@ def check_population(requested: int | None, model: str, device: Any, precision: 
 @functools.cache
 def load_dataset(data_dir: Path | None, download: bool):
     """Fashion-MNIST, loaded once per process however many studies it works on."""
-    from .engine import data as data_mod
+    from ..engine import data as data_mod
 
     return data_mod.load(data_dir, allow_download=download)
 
@@ -275,8 +275,8 @@ def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int,
     import subprocess
     import time
 
-    from .core.interrupts import Stop, check, cleaning
-    from .search.storage import mask_url
+    from ..core.interrupts import Stop, check, cleaning
+    from ..search.storage import mask_url
 
     say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
     # The storage URL and data folder travel in the environment (the password stays out of `ps`).
@@ -323,71 +323,67 @@ def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int,
         raise Stopped(f"worker(s) failed: {', '.join(failed)}; see their errors above", EXIT_FAILED)
 
 
-def load_model(
-    study: str | None, trial: int | None, weights: Path | None, store: Callable[[], Any], artifact_dir: Path
-) -> tuple[str, str, Any, bool]:
-    """(label, model name, model, whether its recipe evaluates with flip TTA) from a study's
-    trial (its best, or number ``trial``) or a weights file (no recipe: False)."""
-    from .engine.weights import load_weights_file
-    from .search.artifacts import trial_model
-    from .search.record import TrialRecord
-    from .search.study import load_study
-
-    if (study is None) == (weights is None):
-        raise FmnistSearchError("give --study NAME (its best or --trial N weights) or --weights FILE")
-    if weights is not None:
-        name, model = load_weights_file(weights)
-        return weights.stem, name, model, False
-    t, name, model = trial_model(load_study(store(), study), artifact_dir, trial)
-    return f"{study} trial {t.number}", name, model, bool((TrialRecord.of(t).config or {}).get("tta_flip"))
+ProgressFactory = Callable[[int | None, int], Any]  # (trials or None, epochs) -> a context manager giving a Progress
 
 
-def train_config(
-    model: str | None,
-    preset: str | None,
-    params: str | None,
-    from_study: str | None,
-    trial: int | None,
-    store: Callable[[], Any],
-) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """What `fmnist-search train` trains: (model, hyperparameters, split settings), from a
-    preset or a study's trial < --params (< flags, applied by the caller). ``store`` opens
-    the study store, only when a study is named."""
-    import json
+def create(options: Any, say: Say) -> list[tuple[str, str, int]]:
+    """Create the studies ``options`` name (or raise their targets) without running trials:
+    (study, model, target) each."""
+    from ..core.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
 
-    from .core.config import TRAIN_RUN_KEYS, load_preset
-    from .search.record import TrialRecord
-    from .search.study import find_trial, load_study, stored_spec
+    o = options
+    beat = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
+    made = []
+    for name, requested, n, base in plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials):
+        _, _, spec, target = open_with_target(o.storage, name, requested, n, beat, say, base)
+        made.append((name, spec.model, target))
+    return made
 
-    config: dict[str, Any] = {}
-    split: dict[str, Any] = {}
-    if preset is not None and from_study is not None:
-        raise FmnistSearchError("give --preset or --from-study, not both")
-    if preset is not None:
-        p = load_preset(preset)
-        model = model or p.train.get("model") or (p.models[0] if p.models else None)
-        config.update({k: v for k, v in p.settings.items() if k in ("epochs", "batch_size", "momentum")})
-        config.update({k: v for k, v in p.train.items() if k not in TRAIN_RUN_KEYS})
-        split = {k: v for k, v in p.settings.items() if k in ("val_size", "train_size", "seed")}
-        split.update({k: v for k, v in p.train.items() if k == "full_train"})
-    if from_study is not None:
-        study = load_study(store(), from_study)
-        spec = stored_spec(study)
-        model = model or spec.model
-        t = find_trial(study, trial)
-        config.update(TrialRecord.of(t).config or {"epochs": spec.epochs, "batch_size": spec.batch_size,
-                                                      "momentum": spec.momentum, **spec.fixed, **t.params})  # fmt: skip
-        config.pop("seed", None)
-        config.pop("data_seed", None)  # `train` seeds its own run
-        split = {"val_size": spec.val_size, "train_size": spec.train_size, "seed": spec.seed}
-    if params is not None:
-        try:
-            extra = json.loads(params)
-        except json.JSONDecodeError as e:
-            raise FmnistSearchError(f"--params is not valid JSON: {e.msg} at column {e.colno}") from None
-        if not isinstance(extra, dict):
-            raise FmnistSearchError("--params takes a JSON object, e.g. '{\"lr\": 0.05}'")
-        config.update(extra)
-    if model is None:
-        raise FmnistSearchError("give --model (or a --preset / --from-study that names one)")
-    return model, config, split
+
+def run(
+    options: Any, work: Any, jobs: int, gpus: str | None, workers_per_gpu: int, progress: ProgressFactory,
+    on_done: Callable[[Any], None], say: Say,
+) -> None:  # fmt: skip
+    """Create or resume each study ``options`` name and run its trials: in this process, or in
+    ``jobs`` worker processes (one per GPU of ``gpus``, ``workers_per_gpu`` each). ``on_done``
+    gets each study when its trials are done."""
+    import os
+
+    from ..search.workers import plan_workers
+
+    o = options
+    if gpus is None and workers_per_gpu != 1:
+        raise FmnistSearchError("--workers-per-gpu needs --gpus")
+    if gpus is not None and jobs != 1:
+        raise FmnistSearchError("use --jobs (CPU processes) or --gpus (one worker per GPU), not both")
+    gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
+    if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
+        raise FmnistSearchError(f"--gpus takes comma-separated GPU numbers like 0,1,2, got {gpus!r}")
+    plan = plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials)
+    workers = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
+    here = len(workers) == 1 and gpu_ids is None
+    if here:
+        resolve_runtime(work.device, work.precision)  # a bad --device fails before the store is touched
+    beat = {**work.beat, "patience": work.storage_patience}
+    for name, requested, n, base in plan:
+        store, opt_study, spec, target = open_with_target(o.storage, name, requested, n, beat, say, base)
+        if here:
+            with progress(n, spec.epochs) as bars:
+                work_here(store, o.storage, name, spec, work, bars, say)
+        else:
+            spawn_workers(workers, name, o.storage, work, target, say)
+        on_done(opt_study)
+
+
+def join(study: str, storage: str, work: Any, label: str | None, progress: ProgressFactory, say: Say) -> None:
+    """Work on ``study`` (waiting for its store and for it to exist) until it has its trials."""
+    from ..search.study import stored_spec
+    from ..search.workers import wait_for_study
+
+    if work.grace_period <= work.heartbeat_interval:
+        raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
+    resolve_runtime(work.device, work.precision)
+    store = open_store(storage, say, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
+    spec = stored_spec(wait_for_study(store, study, work.storage_patience, say=say))
+    with progress(None, spec.epochs) as bars:
+        work_here(store, storage, study, spec, work, bars, say, label=label)

@@ -1,0 +1,232 @@
+"""One configuration without a study: train it, evaluate a model, predict images, survey the data.
+
+Each function returns data; the CLI prints it. Progress goes to callables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import FmnistSearchError
+from .studies import load_dataset, resolve_runtime
+
+Say = Callable[[str], None]
+
+
+def load_model(
+    study: str | None, trial: int | None, weights: Path | None, store: Callable[[], Any], artifact_dir: Path
+) -> tuple[str, str, Any, bool]:
+    """(label, model name, model, whether its recipe evaluates with flip TTA) from a study's
+    trial (its best, or number ``trial``) or a weights file (no recipe: False)."""
+    from ..engine.weights import load_weights_file
+    from ..search.artifacts import trial_model
+    from ..search.record import TrialRecord
+    from ..search.study import load_study
+
+    if (study is None) == (weights is None):
+        raise FmnistSearchError("give --study NAME (its best or --trial N weights) or --weights FILE")
+    if weights is not None:
+        name, model = load_weights_file(weights)
+        return weights.stem, name, model, False
+    t, name, model = trial_model(load_study(store(), study), artifact_dir, trial)
+    return f"{study} trial {t.number}", name, model, bool((TrialRecord.of(t).config or {}).get("tta_flip"))
+
+
+def train_config(
+    model: str | None,
+    preset: str | None,
+    params: str | None,
+    from_study: str | None,
+    trial: int | None,
+    store: Callable[[], Any],
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """What `fmnist-search train` trains: (model, hyperparameters, split settings), from a
+    preset or a study's trial < --params (< flags, applied by the caller). ``store`` opens
+    the study store, only when a study is named."""
+    import json
+
+    from ..core.config import TRAIN_RUN_KEYS, load_preset
+    from ..search.record import TrialRecord
+    from ..search.study import find_trial, load_study, stored_spec
+
+    config: dict[str, Any] = {}
+    split: dict[str, Any] = {}
+    if preset is not None and from_study is not None:
+        raise FmnistSearchError("give --preset or --from-study, not both")
+    if preset is not None:
+        p = load_preset(preset)
+        model = model or p.train.get("model") or (p.models[0] if p.models else None)
+        config.update({k: v for k, v in p.settings.items() if k in ("epochs", "batch_size", "momentum")})
+        config.update({k: v for k, v in p.train.items() if k not in TRAIN_RUN_KEYS})
+        split = {k: v for k, v in p.settings.items() if k in ("val_size", "train_size", "seed")}
+        split.update({k: v for k, v in p.train.items() if k == "full_train"})
+    if from_study is not None:
+        study = load_study(store(), from_study)
+        spec = stored_spec(study)
+        model = model or spec.model
+        t = find_trial(study, trial)
+        config.update(TrialRecord.of(t).config or {"epochs": spec.epochs, "batch_size": spec.batch_size,
+                                                      "momentum": spec.momentum, **spec.fixed, **t.params})  # fmt: skip
+        config.pop("seed", None)
+        config.pop("data_seed", None)  # `train` seeds its own run
+        split = {"val_size": spec.val_size, "train_size": spec.train_size, "seed": spec.seed}
+    if params is not None:
+        try:
+            extra = json.loads(params)
+        except json.JSONDecodeError as e:
+            raise FmnistSearchError(f"--params is not valid JSON: {e.msg} at column {e.colno}") from None
+        if not isinstance(extra, dict):
+            raise FmnistSearchError("--params takes a JSON object, e.g. '{\"lr\": 0.05}'")
+        config.update(extra)
+    if model is None:
+        raise FmnistSearchError("give --model (or a --preset / --from-study that names one)")
+    return model, config, split
+
+
+@dataclass
+class Training:
+    """What `train` runs: the network, its recipe (as given) and how the data is split."""
+
+    name: str
+    config: dict[str, Any]
+    images: int = 0
+    device: str = ""
+    precision: str = ""
+    test_accuracy: float = float("nan")
+    saved: Path | None = None
+
+
+def train(
+    model: str | None, preset: str | None, params: str | None, from_study: str | None, trial: int | None,
+    store: Callable[[], Any], *, epochs: int | None, split_flags: dict[str, Any], device: str, precision: str,
+    compile: bool, data_dir: Path | None, download: bool, save: Path | None,
+    on_start: Callable[[Training], None], on_epoch: Callable[[Any, int, bool], None], say: Say,
+) -> Training:  # fmt: skip
+    """Train one configuration (preset or a study's trial < --params < flags) and test it."""
+    import torch
+
+    from ..core.config import TrainConfig, check_recipe
+    from ..engine import data as data_mod
+    from ..engine.devices import tune_backend
+    from ..engine.models import create_model, list_models
+    from ..engine.teachers import teacher_for
+    from ..engine.train import Diverged, evaluate, to_device, train_recipe
+    from ..engine.weights import weights_payload
+
+    name, config, split = train_config(model, preset, params, from_study, trial, store)
+    if epochs is not None:
+        config["epochs"] = epochs
+    split.update(split_flags)
+    full_train = bool(split.get("full_train", False))
+    check_recipe(config)
+    if "lr" not in config:
+        raise FmnistSearchError("no learning rate: give --params '{\"lr\": 0.05}', a preset with one, or --from-study")
+    dev, prec = resolve_runtime(device, precision)
+    run_seed = split.get("seed", 0)
+    cfg = TrainConfig(**config, seed=run_seed, precision=prec)
+    if name not in list_models():
+        create_model(name)  # raises the "unknown model ...; choose one of" error before any data is loaded
+    ds = load_dataset(data_dir, download)
+    splits = data_mod.make_splits(ds, split.get("val_size", 10_000), split.get("train_size"), run_seed)
+    train_xy, val_xy = splits.train, splits.val
+    if full_train:
+        train_xy = (torch.cat([train_xy[0], val_xy[0]]), torch.cat([train_xy[1], val_xy[1]]))
+    tr, va, te = (to_device(*xy, dev) for xy in (train_xy, val_xy, splits.test))
+    tune_backend(dev)  # as every trial gets: `train` is how the best recipe is retrained
+    teacher = teacher_for(cfg.teacher, tr, run_seed, prec, say=say) if cfg.teacher else None
+    run = Training(name, config, images=len(tr[0]), device=str(dev), precision=prec)
+    on_start(run)
+    try:
+        built, _ = train_recipe(
+            name, cfg, tr, None if full_train else va, compiled={} if compile else None, teacher=teacher,
+            on_epoch_end=lambda m: on_epoch(m, cfg.epochs, full_train),
+        )  # fmt: skip
+    except Diverged as e:
+        raise FmnistSearchError(f"{e}; try a lower lr") from None
+    run.test_accuracy, _ = evaluate(built.runnable, *te, tta_flip=cfg.tta_flip)  # fp32, as `evaluate` reproduces it
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(weights_payload(built.module, name), save)
+        run.saved = save
+    return run
+
+
+@dataclass
+class Evaluation:
+    label: str
+    accuracy: float
+    images: int
+    tta_flip: bool
+    classes: list[str]
+    matrix: list[list[int]]  # (true, predicted) counts
+    per_class: list[float] = field(default_factory=list)
+    html: Path | None = None
+
+
+def evaluate(
+    study: str | None, trial: int | None, weights: Path | None, store: Callable[[], Any], artifacts: Path,
+    *, tta_flip: bool | None, device: str, data_dir: Path | None, download: bool, output_dir: Path,
+) -> Evaluation:  # fmt: skip
+    """A trial's (or a file's) weights on the test set: accuracy, per class, the confusion matrix (and its HTML)."""
+    from ..engine.data import CLASSES
+    from ..engine.inference import confusion_matrix, per_class_accuracy
+    from ..engine.train import to_device
+    from ..search.plots import confusion_figure
+
+    label, _, model, recipe_tta = load_model(study, trial, weights, store, artifacts)
+    tta = recipe_tta if tta_flip is None else tta_flip
+    dev, _ = resolve_runtime(device, "fp32")
+    ds = load_dataset(data_dir, download)
+    x, y = to_device(ds.test_images, ds.test_labels, dev)
+    matrix = confusion_matrix(model.to(dev), x, y, tta_flip=tta)
+    result = Evaluation(label, matrix.diag().sum().item() / matrix.sum().item(), len(y), tta, list(CLASSES),
+                        matrix.tolist(), per_class_accuracy(matrix))  # fmt: skip
+    result.html = output_dir / f"confusion-{re.sub(r'[^A-Za-z0-9._-]+', '-', label)}.html"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    confusion_figure(result.matrix, result.classes, f"{label}: confusion matrix").write_html(result.html)
+    return result
+
+
+def predict(
+    images: list[Path], study: str | None, trial: int | None, weights: Path | None, store: Callable[[], Any],
+    artifacts: Path,
+) -> tuple[str, list[tuple[Path, str, float, bool]]]:  # fmt: skip
+    """(model label, (file, class, probability, whether it was inverted) per image)."""
+    import torch
+
+    from ..engine.data import CLASSES
+    from ..engine.inference import load_image, predict_images
+
+    loaded = [load_image(p) for p in images]  # every file is checked before the model is loaded
+    label, _, model, _ = load_model(study, trial, weights, store, artifacts)
+    probs = predict_images(model, torch.stack([img for img, _ in loaded]), torch.device("cpu"))
+    rows = []
+    for path, (_, inverted), p in zip(images, loaded, probs, strict=True):
+        k = int(p.argmax())
+        rows.append((path, CLASSES[k], p[k].item(), inverted))
+    return label, rows
+
+
+def survey_data(data_dir: Path | None, verify: bool) -> list[str]:
+    """Where Fashion-MNIST was looked for and found, and (``verify``) whether its files check out."""
+    from ..engine import data as data_mod
+
+    lines = []
+    for loc in data_mod.survey(data_dir):
+        found = sum(p is not None for p in loc.files.values())
+        lines.append(f"{loc.directory}: {found}/4 files")
+    location = data_mod.locate(data_dir)
+    if location is None:
+        raise FmnistSearchError(f"Fashion-MNIST not found; {data_mod.HOW_TO_GET}")
+    lines.append(f"using {location.directory}")
+    if verify:
+        ds = data_mod.load(data_dir, allow_download=False)
+        lines.append(
+            f"verified: SHA-256 of all four files matches; "
+            f"{len(ds.train_labels)} train, {len(ds.test_labels)} test images"
+        )
+    return lines

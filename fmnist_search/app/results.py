@@ -1,0 +1,120 @@
+"""Reading studies back: the lines, rows and files the result commands show (studies, show,
+export, report, plot) and the per-trial line a run prints. Data only; the CLI prints it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import FmnistSearchError
+
+
+def trial_line(trial: Any, prefix: str = "") -> str:
+    """``trial 3 COMPLETE: lr=0.05 val=0.9012 after 10 epochs, 21,000 samples/s test=0.8990``."""
+    from ..search.record import TrialRecord
+
+    a = TrialRecord.of(trial)
+    line = f"{prefix}trial {trial.number} {trial.state.name}: lr={trial.params.get('lr', float('nan')):.4g}"
+    if a.val_accuracy is not None:
+        line += f" val={a.val_accuracy:.4f} after {a.epochs_completed} epochs, {a.throughput or 0:,.0f} samples/s"
+    if a.test_accuracy is not None:
+        line += f" test={a.test_accuracy:.4f}"
+    if a.fail_reason is not None:
+        line += f" ({a.fail_reason})"
+    return line
+
+
+def study_summary(study: Any) -> tuple[dict[str, int], str | None]:
+    """(trials by state, the best trial's line, or None before a trial completes)."""
+    from ..search.export import best_trial, state_counts
+    from ..search.record import TrialRecord
+
+    counts = state_counts(study)
+    best = best_trial(study)
+    if best is None:
+        return counts, None
+    a = TrialRecord.of(best)
+    test = a.test_accuracy if a.test_accuracy is not None else float("nan")
+    return counts, (
+        f"best trial {best.number}: val_accuracy={best.value:.4f} test_accuracy={test:.4f} "
+        f"params={best.params} throughput={a.throughput or 0:,.0f} samples/s on {a.device}"
+    )
+
+
+def list_studies(store: Any) -> list[tuple[str, ...]]:
+    """(study, model, complete, pruned, fail, running, best val, its test) per study in the store."""
+    import optuna
+
+    from ..search.export import best_trial, state_counts
+    from ..search.record import TrialRecord
+
+    rows = []
+    for s in optuna.get_all_study_summaries(store, include_best_trial=False):
+        study = optuna.load_study(study_name=s.study_name, storage=store)
+        counts = state_counts(study)
+        best = best_trial(study)
+        rows.append((
+            s.study_name,
+            str(study.user_attrs.get("model", "?")),
+            *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
+            f"{best.value:.4f}" if best else "-",
+            f"{TrialRecord.of(best).test_accuracy or float('nan'):.4f}" if best else "-",
+        ))  # fmt: skip
+    return rows
+
+
+def best_of(store: Any, name: str) -> tuple[str, dict[str, int], int | None, list[tuple[str, str]]]:
+    """(settings line, trials by state, the best trial's number and its (key, value) rows; None
+    and no rows before a trial completes)."""
+    from ..search.export import best_trial, state_counts
+    from ..search.study import load_study
+
+    s = load_study(store, name)
+    settings = ", ".join(f"{k}={v}" for k, v in s.user_attrs.items())
+    best = best_trial(s)
+    if best is None:
+        return settings, state_counts(s), None, []
+    rows = [("val_accuracy", f"{best.value:.4f}")]
+    rows += [(k, f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in best.params.items()]
+    rows += [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in best.user_attrs.items() if k != "history"]
+    return settings, state_counts(s), best.number, rows
+
+
+def export_frame(store: Any, name: str, include_all: bool, top: int | None) -> Any:
+    """The study's trials as a DataFrame, best first (``search.export``)."""
+    from ..search.export import trials_frame
+    from ..search.study import load_study
+
+    return trials_frame(load_study(store, name), include_all=include_all, top=top)
+
+
+def report_table(store: Any, names: list[str]) -> tuple[str, str, int]:
+    """The report's Table 1 for these studies: (markdown, CSV, rows)."""
+    from ..search.report import report_frame, to_markdown
+    from ..search.study import load_study
+
+    frame = report_frame([load_study(store, name) for name in names])
+    return to_markdown(frame), frame.to_csv(index=False), len(frame)
+
+
+def plot(store: Any, name: str, output_dir: Path, dashboard: bool) -> tuple[list[Path], str | None]:
+    """The study on one page plus each figure, written to ``output_dir``; with ``dashboard`` its
+    learning curves attached to the study for optuna-dashboard (not on a read-only store: a note says so)."""
+    import optuna_dashboard
+
+    from ..search.plots import study_figures, write_html
+    from ..search.study import load_study
+    from ..search.summary import summary_page
+
+    s = load_study(store, name)
+    figures = study_figures(s)
+    title = f"fmnist-search: {name}"
+    try:
+        paths = write_html(figures, output_dir, title, page=summary_page(s, figures, title))
+    except OSError as e:
+        raise FmnistSearchError(f"cannot write to {output_dir}: {e.strerror}") from None
+    if dashboard and getattr(store, "read_only", False):
+        return paths, "the store is read-only: the learning curves are not attached for optuna-dashboard"
+    if dashboard:  # optuna-dashboard draws Optuna's plots itself; this adds the learning curves
+        optuna_dashboard.save_plotly_graph_object(s, figures["learning_curves"], graph_object_id="learning-curves")
+    return paths, None

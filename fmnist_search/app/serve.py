@@ -1,0 +1,48 @@
+"""optuna-dashboard on a study store, stopped cleanly by Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import FmnistSearchError
+
+
+def serve_dashboard(store: Any, url: str, host: str, port: int, artifacts: Path, say: Callable[[str], None]) -> None:
+    """Serve until Ctrl-C or SIGTERM (then return) or until the server fails (one-line error).
+
+    The server runs in a thread, and the main thread only waits for a signal or for the
+    server to fail, so the signal never lands inside a request (where one could be
+    swallowed, as in the worker loop).
+    """
+    import signal
+    import threading
+
+    from optuna_dashboard import run_server
+
+    from ..search.artifacts import open_store
+    from ..search.storage import mask_url
+
+    stop = threading.Event()
+    failed: list[OSError] = []
+
+    def serve() -> None:
+        try:
+            run_server(store, host=host, port=port, artifact_store=open_store(artifacts))
+        except OSError as e:
+            failed.append(e)
+        finally:
+            stop.set()
+
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        threading.Thread(target=serve, name="optuna-dashboard", daemon=True).start()
+        say(f"optuna-dashboard for {mask_url(url)} on http://{host}:{port}/ (Ctrl-C to stop)")
+        while not stop.wait(0.5):  # a timeout, so the signal handler gets to run
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failed:
+        raise FmnistSearchError(f"cannot listen on {host}:{port}: {failed[0].strerror}; try --port")
