@@ -22,7 +22,7 @@ import torch
 from results_io import hardware, write_json  # benchmarks/ is on sys.path when a script runs
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fmnist_search.core.config import BASE_RECIPES
+from fmnist_search.core.presets import base_recipe
 from fmnist_search.engine.population import Member, fit_population
 from fmnist_search.engine.train import TrainConfig, build_model, fit
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     x = torch.randn(2 * args.images, 1, 28, 28)  # what the images are does not change the operations
     y = torch.randint(0, 10, (2 * args.images,))
-    base = BASE_RECIPES["lenet"]
+    base = base_recipe("lenet")
     cfg = TrainConfig(lr=0.05, epochs=1, batch_size=BATCH, momentum=base["momentum"], **base["fixed"])
 
     def single(n: int) -> None:

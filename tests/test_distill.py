@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.core.config import StudySpec, check_recipe, load_preset
+from fmnist_search.core.config import StudySpec
 from fmnist_search.core.errors import ConfigError
+from fmnist_search.core.presets import check_recipe, load_preset
 from fmnist_search.engine.teachers import teacher_for
 from fmnist_search.engine.train import TrainConfig, distillation_loss, fit, to_device
 from fmnist_search.search.lifecycle import optimize

@@ -11,8 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.core.config import StudySpec, load_preset, preset_names
+from fmnist_search.core.config import StudySpec
 from fmnist_search.core.errors import ConfigError
+from fmnist_search.core.presets import load_preset, preset_names
 from fmnist_search.engine import augment
 from fmnist_search.engine.schedules import make_scheduler
 from fmnist_search.engine.train import BACKGROUND, TrainConfig, augment_batch
@@ -136,7 +137,7 @@ def test_unknown_fixed_parameters_and_spaces_are_refused():
 def test_every_shipped_preset_loads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no studies/ here: the presets come from the package
     names = preset_names()
-    assert names == ["airbench-tuned", "lenet-tuned", "resnet18-tuned", "resnet34-tuned", "seed-report"]
+    assert names == ["airbench-tuned", "lenet-base", "lenet-tuned", "resnet18-tuned", "resnet34-tuned", "seed-report"]
     for name in names:
         preset = load_preset(name)
         assert preset.description

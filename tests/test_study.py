@@ -77,10 +77,10 @@ def test_only_our_sqlite_stores_are_switched_to_wal(tmp_path):
 
 
 def test_a_new_lenet_study_gets_its_base_recipe_and_keeps_it(storage):
-    from fmnist_search.core.config import BASE_RECIPES
+    from fmnist_search.core.presets import base_recipe
 
     _, spec = open_study(storage, "new", {"model": "lenet", "fixed": {"flip": False}, "momentum": 0.5}, base=True)
-    recipe = BASE_RECIPES["lenet"]
+    recipe = base_recipe("lenet")
     assert spec.batch_size == recipe["batch_size"] and spec.momentum == 0.5  # a flag wins, key by key
     assert spec.fixed == {**recipe["fixed"], "flip": False}
     _, again = open_study(storage, "new", {"model": "lenet"}, base=True)  # resumed: the stored recipe, unchanged
@@ -114,3 +114,13 @@ def test_resuming_with_part_of_the_fixed_values_is_fine_and_a_different_one_refu
         open_study(storage, "kd", {"fixed": {"distill": 0.7}})
     with pytest.raises(ConfigError, match="created with fixed="):
         open_study(storage, "kd", {"fixed": {"crop": 2}})  # a value the study never had
+
+
+def test_the_base_recipe_is_a_preset_of_its_own(storage):
+    """`run --preset lenet-base` makes the study `run --model lenet` makes: one recipe, one file."""
+    from fmnist_search.app.studies import plan_studies
+
+    _, by_model = open_study(storage, "by-model", {"model": "lenet"}, base=True)
+    [(_, requested, _, base)] = plan_studies("lenet-base", None, None, "by-preset", {}, None)
+    _, by_preset = open_study(storage, "by-preset", requested, base=base)
+    assert not base and by_preset == by_model and by_model.fixed["schedule"] == "cosine"

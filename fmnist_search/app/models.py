@@ -49,7 +49,7 @@ def train_config(
     the study store, only when a study is named."""
     import json
 
-    from ..core.config import TRAIN_RUN_KEYS, load_preset
+    from ..core.presets import TRAIN_RUN_KEYS, load_preset
     from ..search.record import TrialRecord
     from ..search.study import find_trial, load_study, stored_spec
 
@@ -109,7 +109,8 @@ def train(
     """Train one configuration (preset or a study's trial < --params < flags) and test it."""
     import torch
 
-    from ..core.config import TrainConfig, check_recipe
+    from ..core.config import TrainConfig
+    from ..core.presets import check_recipe
     from ..engine import data as data_mod
     from ..engine.devices import tune_backend
     from ..engine.models import create_model, list_models

@@ -4,7 +4,7 @@
 ``WorkOptions`` (run, worker) how a process trains and holds on to its store. The CLI turns
 their fields into options (``cli.takes``); ``run`` hands ``WorkOptions`` to the worker
 processes it starts (``studies.as_argv``), from the same declaration. Help texts state
-per-model defaults where a model's base recipe differs (``core.config.BASE_RECIPES``).
+per-model defaults where a model's base recipe differs (``core.presets.base_recipe``).
 Nothing heavy is imported here: ``--help`` stays fast.
 """
 
@@ -21,7 +21,6 @@ from typing import Annotated, Any, ClassVar, TypeVar, get_type_hints
 import typer
 
 from ..core.config import (
-    BASE_RECIPES,
     DEFAULT_STORAGE,
     GRACE_PERIOD_S,
     HEARTBEAT_INTERVAL_S,
@@ -33,6 +32,7 @@ from ..core.config import (
     StudySpec,
 )
 from ..core.errors import FmnistSearchError
+from ..core.presets import BASE_PRESETS, base_recipe
 
 # Help panels: the groups `--help` shows options in.
 STUDY, RECIPE, SEARCH, WORK, STORE, DATA = "Study", "Recipe", "Search", "Work", "Store", "Data"
@@ -42,7 +42,8 @@ _SPEC = StudySpec()
 
 def _default(field: str, shown: Any = None) -> str:
     """``[default: 256; lenet: 128]``: the study default, and each base recipe's own value."""
-    own = "; ".join(f"{model}: {recipe[field]:g}" for model, recipe in BASE_RECIPES.items() if field in recipe)
+    recipes = {model: base_recipe(model) for model in BASE_PRESETS}
+    own = "; ".join(f"{model}: {recipe[field]:g}" for model, recipe in recipes.items() if field in recipe)
     value = getattr(_SPEC, field) if shown is None else shown
     return f"[default: {value:g}" + (f"; {own}" if own else "") + "]"
 

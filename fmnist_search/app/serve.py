@@ -22,7 +22,7 @@ def serve_dashboard(store: Any, url: str, host: str, port: int, artifacts: Path,
     from optuna_dashboard import run_server
 
     from ..search.artifacts import open_store
-    from ..search.storage import mask_url
+    from ..search.urls import mask_url
 
     stop = threading.Event()
     failed: list[OSError] = []

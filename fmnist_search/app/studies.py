@@ -56,7 +56,8 @@ def plan_studies(
     Settings flow one way: base recipe (new studies without a preset) < preset < flags; a
     resumed study's stored settings must agree.
     """
-    from ..core.config import check_settings, load_preset, with_fixed_settings
+    from ..core.config import check_settings, with_fixed_settings
+    from ..core.presets import load_preset
 
     plan = _plan(preset, model, models, study, flags, trials, load_preset)
     planned = [(name, with_fixed_settings(requested), n, base) for name, requested, n, base in plan]
@@ -149,8 +150,8 @@ def work_here(
     import os
 
     from ..core.interrupts import causes, cleaning, stop_in
-    from ..search.storage import mask_url
     from ..search.study import PRUNERS, SAMPLERS
+    from ..search.urls import mask_url
     from ..search.workers import BudgetedStudy, study_lock, worker_seed
 
     prefix = f"[{label}] " if label else ""
@@ -208,7 +209,7 @@ def _run_trials(
     from ..engine import data as data_mod
     from ..search.artifacts import open_store as open_artifacts
     from ..search.objective import Objective
-    from ..search.storage import mask_url
+    from ..search.urls import mask_url
     from ..search.workers import work as work_loop
 
     dev, prec = resolve_runtime(work.device, work.precision)
@@ -276,7 +277,7 @@ def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int,
     import time
 
     from ..core.interrupts import Stop, check, cleaning
-    from ..search.storage import mask_url
+    from ..search.urls import mask_url
 
     say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
     # The storage URL and data folder travel in the environment (the password stays out of `ps`).

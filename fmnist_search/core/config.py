@@ -12,11 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -232,46 +229,6 @@ def _lr_grid(grid: Any) -> None:
         check_value("lr_grid", lr, RECIPE_RULES["lr"])
 
 
-# A model's base recipe: what a new study without a preset trains with while it searches the lr
-# (the `lr` space). Stored with the study (spec fields and `fixed`), so resumed and older
-# studies keep their own; presets (seed-report: the report's protocol) are complete recipes
-# and get none. User flags and --fix override it key by key.
-# LeNet: the undistilled recipe the `lenet-tuned` search chose on validation (2026-11-28,
-# 60 trials, selection on the 10,000 validation images only; its lr searched here instead).
-BASE_RECIPES: dict[str, dict[str, Any]] = {
-    "lenet": {
-        # the range that search sampled: below 0.01 this recipe trains too slowly in 10 epochs
-        # (validation 64-84% after 2 epochs, every such trial pruned: gpu-h200.md's studies)
-        "lr_min": 0.01,
-        "lr_max": 0.4,
-        "momentum": 0.955,
-        "batch_size": 128,
-        "fixed": {
-            "nesterov": True,
-            "weight_decay": 1.8e-4,
-            "schedule": "cosine",
-            "warmup_frac": 0.3,
-            "flip": True,
-            "tta_flip": True,
-            "label_smoothing": 0.055,
-            "erasing": 0.064,
-        },
-    },
-}
-
-
-def with_base_recipe(requested: dict[str, Any]) -> dict[str, Any]:
-    """A new study's settings: the model's base recipe under what was requested (lr space only:
-    a wider space samples those values itself)."""
-    base = BASE_RECIPES.get(requested.get("model", ""), {})
-    if not base or requested.get("space", "lr") != "lr" or requested.get("sampler") == "grid":
-        return requested
-    fixed = {**base.get("fixed", {}), **requested.get("fixed", {})}
-    lr_given = "lr_min" in requested or "lr_max" in requested  # a range is the user's whole, or the base's
-    settings = {k: v for k, v in base.items() if k != "fixed" and not (lr_given and k in ("lr_min", "lr_max"))}
-    return {**settings, **requested, "fixed": fixed}
-
-
 def cache_root() -> Path:
     """This tool's cache: downloads, decompressed files, worker locks, distillation teachers."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fmnist-search"
@@ -356,100 +313,6 @@ class StudySpec:
 
 
 SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(StudySpec))
-PRESET_KEYS = frozenset({"description", "models", "study", "trials", "train"})
-USER_PRESETS = Path("studies")  # the user's own presets, relative to the working directory
-
-
-def shipped_presets() -> Traversable:
-    """The presets installed with the package (package data, wheels included)."""
-    return resources.files("fmnist_search") / "presets"
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A TOML file (shipped in fmnist_search/presets/, or the user's own in studies/): study
-    settings, which models, how many trials.
-
-    Keys: ``description``; ``models`` (list; one study per model); ``study`` (name, may use
-    ``{model}``); ``trials``; any StudySpec field (``epochs``, ``space``, ``[fixed]``, ...);
-    and ``[train]``, the configuration ``fmnist-search train --preset`` trains. Unknown keys
-    are errors.
-    """
-
-    name: str
-    description: str = ""
-    models: tuple[str, ...] = ()
-    study: str = "{model}"
-    trials: int | None = None
-    settings: dict[str, Any] = field(default_factory=dict)  # StudySpec fields
-    train: dict[str, Any] = field(default_factory=dict)  # fixed hyperparameters for `train`
-
-
-def preset_path(name: str) -> Path | Traversable:
-    """A .toml path as given, else studies/NAME.toml (the user's), else the shipped preset NAME."""
-    candidate = Path(name)
-    if candidate.suffix == ".toml":
-        if not candidate.is_file():
-            raise ConfigError(f"preset file {name} not found")
-        return candidate
-    for found in (USER_PRESETS / f"{name}.toml", shipped_presets() / f"{name}.toml"):
-        if found.is_file():
-            return found
-    raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())} or give a .toml path")
-
-
-def preset_names() -> list[str]:
-    shipped = {Path(p.name).stem for p in shipped_presets().iterdir() if p.name.endswith(".toml")}
-    own = {p.stem for p in USER_PRESETS.glob("*.toml")} if USER_PRESETS.is_dir() else set()
-    return sorted(shipped | own)
-
-
-# A preset's [train] keys that say how `train` runs rather than the recipe: the network, and
-# whether the final fit uses the validation images too (after the recipe was chosen on them).
-TRAIN_RUN_KEYS = ("model", "full_train")
-
-
-def load_preset(name: str) -> Preset:
-    path = preset_path(name)
-    raw = _read_preset(path)
-    unknown = set(raw) - PRESET_KEYS - SPEC_FIELDS
-    if unknown:
-        raise ConfigError(f"preset {path}: unknown key(s) {', '.join(sorted(unknown))}")
-    if "model" in raw and "models" in raw:
-        raise ConfigError(f"preset {path}: give model or models, not both")
-    models = tuple(raw.get("models") or ([raw["model"]] if "model" in raw else ()))
-    settings = {k: v for k, v in raw.items() if k in SPEC_FIELDS and k != "model"}
-    preset = Preset(
-        name=Path(path.name).stem,
-        description=raw.get("description", ""),
-        models=models,
-        study=raw.get("study", "{model}"),
-        trials=raw.get("trials"),
-        settings=settings,
-        train=raw.get("train", {}),
-    )
-    for model in models or ("lenet",):  # every study it makes must be valid
-        try:
-            StudySpec(**{**settings, "model": model})
-            check_recipe(settings.get("fixed", {}))
-        except (TypeError, ConfigError) as e:
-            raise ConfigError(f"preset {path}: {e}") from None
-    try:
-        check_recipe({k: v for k, v in preset.train.items() if k not in TRAIN_RUN_KEYS})
-        if not isinstance(preset.train.get("full_train", False), bool):
-            raise ConfigError("full_train must be true or false")
-    except ConfigError as e:
-        raise ConfigError(f"preset {path} [train]: {e}") from None
-    return preset
-
-
-def _read_preset(path: Path | Traversable) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"preset {path} is not valid TOML: {e}") from None
-
-
 # --- recipes: the hyperparameters of one training run (TrainConfig fields) ---
 
 _RUN_KEYS = {"seed", "data_seed", "precision", "eval_batch_size"}  # how a recipe is run, not the recipe
@@ -475,39 +338,6 @@ def check_distill(values: dict[str, Any]) -> None:
         raise ConfigError(f"distill={distill} needs a teacher: add teacher=PRESET, e.g. teacher=airbench-tuned")
     if teacher and distill == 0:
         raise ConfigError(f"teacher {teacher!r} is unused with distill=0; set distill, e.g. distill=0.9")
-
-
-def check_recipe(values: dict[str, Any]) -> None:
-    """``check_fixed``, and a teacher that can teach (reads the teacher preset's TOML)."""
-    check_fixed(values)
-    if values.get("teacher"):
-        check_teacher(values["teacher"])
-
-
-def check_teacher(name: str) -> Preset:
-    """Preset ``name``, if it can teach: one model, a [train] recipe with an lr, no teacher of its own.
-
-    The teacher's preset is read, not loaded (its own teacher is not followed), so a preset
-    that names itself, or a cycle of presets, is an error here rather than a recursion.
-    """
-    try:
-        path = preset_path(name)
-    except ConfigError as e:
-        raise ConfigError(f"teacher: {e}") from None
-    raw = _read_preset(path)
-    models = raw.get("models") or ([raw["model"]] if "model" in raw else [])
-    train = dict(raw.get("train", {}))
-    if len(models) != 1:
-        raise ConfigError(f"teacher preset {name!r} must name one model, it names {len(models)}")
-    if "lr" not in train:
-        raise ConfigError(f"teacher preset {name!r} has no [train] table with an lr")
-    if train.get("teacher") or raw.get("fixed", {}).get("teacher"):
-        raise ConfigError(f"teacher preset {name!r} has a teacher of its own; chains are not supported")
-    try:
-        check_fixed({k: v for k, v in train.items() if k != "model"})
-    except ConfigError as e:
-        raise ConfigError(f"teacher preset {name!r} [train]: {e}") from None
-    return Preset(name=Path(path.name).stem, models=(models[0],), settings={}, train=train)
 
 
 def resolve(requested: dict[str, Any], stored: dict[str, Any] | None, study_name: str) -> StudySpec:

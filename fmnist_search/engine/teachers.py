@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 from filelock import FileLock
 
-from ..core.config import TrainConfig, cache_root, check_teacher
+from ..core.config import TrainConfig, cache_root
+from ..core.presets import check_teacher
 from .train import MEAN, STD, EpochMetrics, train_recipe
 from .weights import load_weights_file, weights_payload
 

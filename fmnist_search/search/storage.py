@@ -1,16 +1,10 @@
 """The study store: Optuna's RDBStorage, made to survive a database that goes away for a moment.
 
 A study runs for hours on many machines; a database restart, a failover or a network blip
-is routine. Every storage call here:
-
-- runs ``interrupts.shielded()``, so Ctrl-C/SIGTERM never cut a transaction in half;
-- checks its pooled connection before use (``pool_pre_ping``), so a connection killed by
-  a restart is replaced instead of failing the call;
-- on a lost or refused connection, retries with a logged, bounded back-off (``patience``
-  seconds, 300 by default), then raises ``StorageError``: one line, never a traceback.
-
-Errors that waiting cannot fix (SQLite's "database or disk is full", a read-only file)
-raise ``StorageError`` at once, naming the store and the cause.
+is routine. ``ResilientStorage`` runs every call through a ``retry.Retrier`` (shielded from
+Ctrl-C, retried with a bounded back-off, one line when it gives up) on connections that are
+checked before use (``pool_pre_ping``), so one killed by a restart is replaced. It also
+writes many trials' attrs, reports and heartbeats in one transaction (multi-row upserts).
 
 A call whose connection drops after the server committed it is retried too; for the one
 non-idempotent call (creating a trial) that could, in that narrow window, create one
@@ -21,148 +15,27 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sqlite3
-import threading
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy import exc as sa_exc
-from sqlalchemy import make_url
 
-from ..core import interrupts
 from ..core.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
 from ..core.errors import StorageError
 from . import internals
 from .internals import PRIVATE_STORAGE_CALLS, rdb_models, rdb_session
+from .retry import Retrier, Unreachable, reason
+from .urls import dialect, mask_url, missing_driver, read_only_url, sqlite_path, writable
 
 SQLITE_BUSY_TIMEOUT_S = 300  # how long a writer waits for SQLite's single write lock
 CONNECT_TIMEOUT_S = 10  # a TCP connect to the database that hangs longer counts as a failed attempt
-BACKOFF_S = (0.5, 1, 2, 4, 8, 15)  # waits between attempts; the last one repeats
 
 T = TypeVar("T")
 Say = Callable[[str], None]
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for every message and table (SQLAlchemy's own
-    rendering; a string that is no URL is shown as it is)."""
-    try:
-        parsed = make_url(url)
-    except sa_exc.ArgumentError:
-        return url
-    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
-
-
-def dialect(url: str) -> str:
-    """``postgresql+psycopg://...`` -> ``postgresql``."""
-    try:
-        return make_url(url).get_backend_name()
-    except sa_exc.ArgumentError:
-        return url.split(":", 1)[0]
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL (None for other stores and in-memory SQLite)."""
-    if dialect(url) != "sqlite":
-        return None
-    database = make_url(url).database
-    return Path(database) if database and database != ":memory:" else None
-
-
-def transient(e: BaseException) -> bool:
-    """A lost, refused or timed-out database connection: worth waiting for."""
-    for x in interrupts.causes(e):
-        if isinstance(x, sa_exc.DBAPIError) and x.connection_invalidated:
-            return True
-        if isinstance(x, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError):
-            return not isinstance(x.orig, sqlite3.Error)  # SQLite is a local file: no connection to lose
-    return False
-
-
-def reason(e: BaseException) -> str:
-    """The database's own words for ``e``, on one line."""
-    for x in interrupts.causes(e):
-        orig = getattr(x, "orig", None)
-        if orig is not None:
-            e = orig
-            break
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
-
-
-class Unreachable(StorageError):
-    """The database stayed unreachable for the whole patience."""
-
-    def __init__(self, url: str, why: str, waited: float) -> None:
-        super().__init__(f"storage {mask_url(url)} unreachable for {waited:.0f} s ({why})")
-        self.why = why
-
-
-class Retrier:
-    """Runs storage calls with a bounded, logged back-off on transient errors."""
-
-    def __init__(self, url: str, patience: float = PATIENCE_S, say: Say | None = None) -> None:
-        self.url = url
-        self.patience = patience
-        self.say = say or (lambda _: None)
-        self._local = threading.local()  # per-thread nesting depth: only the outermost call retries
-
-    def __call__(self, fn: Callable[[], T], what: str = "storage call") -> T:
-        depth = getattr(self._local, "depth", 0)
-        if depth:
-            return fn()
-        self._local.depth = 1
-        try:
-            return self._retry(fn, what)
-        finally:
-            self._local.depth = 0
-
-    def _retry(self, fn: Callable[[], T], what: str) -> T:
-        start = time.monotonic()
-        attempt = 0
-        while True:
-            try:
-                with interrupts.shielded():
-                    result = fn()
-                if attempt:
-                    self.say(f"storage {mask_url(self.url)} reachable again after {time.monotonic() - start:.0f} s")
-                return result
-            except Exception as e:
-                if _is_fatal_sqlite(e):
-                    raise fatal(e, self.url) from None
-                if not transient(e):
-                    raise
-                waited = time.monotonic() - start
-                # While cleaning up after Ctrl-C, do not wait: the heartbeat recovers what we cannot write.
-                if waited >= self.patience or interrupts.cleaning_up():
-                    raise Unreachable(self.url, reason(e), waited) from None
-                delay = min(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)], self.patience - waited)
-                if attempt == 0:
-                    self.say(
-                        f"storage {mask_url(self.url)} unreachable during {what} ({reason(e)}); "
-                        f"retrying for up to {self.patience:g} s"
-                    )
-                attempt += 1
-                interrupts.check()  # a Ctrl-C during the failed attempt: stop rather than wait
-                time.sleep(max(delay, 0.05))  # a Ctrl-C here raises Stop: no transaction is open
-
-
-def _is_fatal_sqlite(e: BaseException) -> bool:
-    return any(isinstance(getattr(x, "orig", None), sqlite3.Error) for x in interrupts.causes(e)) and any(
-        s in reason(e).lower() for s in ("disk is full", "disk i/o error", "readonly database", "unable to open")
-    )
-
-
-def fatal(e: BaseException, url: str) -> StorageError:
-    """A write that waiting cannot fix, as one line naming the store."""
-    return StorageError(f"cannot write to the store {mask_url(url)}: {reason(e)}")
 
 
 # What Optuna's Study and _CachedStorage call on an RDBStorage (public API and the private
@@ -351,10 +224,10 @@ def make_storage(
     """
     path = sqlite_path(url)
     engine_url = url
-    frozen = read_only and path is not None and path.is_file() and not _writable(path)
+    frozen = read_only and path is not None and path.is_file() and not writable(path)
     if frozen:
         assert path is not None
-        engine_url = _read_only_url(path)
+        engine_url = read_only_url(path)
     elif path is not None and not path.parent.exists():
         try:
             path.parent.mkdir(parents=True)
@@ -396,25 +269,12 @@ def make_storage(
     except StorageError:
         raise
     except ImportError:
-        raise StorageError(f"cannot open storage {mask_url(url)}: {_missing_driver(url)}") from None
+        raise StorageError(f"cannot open storage {mask_url(url)}: {missing_driver(url)}") from None
     except Exception as e:  # SQLAlchemy raises many types: bad URL, bad database, missing driver
-        why = _missing_driver(url) if "DB access module" in str(e) else reason(e)
+        why = missing_driver(url) if "DB access module" in str(e) else reason(e)
         raise StorageError(f"cannot open storage {mask_url(url)}: {why}") from None
     storage.retrier.patience = patience  # calls after a successful open wait for a lost database
     return storage
-
-
-def _writable(path: Path) -> bool:
-    """Whether SQLite can write the file and create its journal beside it (EROFS counts for root too)."""
-    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
-
-
-def _read_only_url(path: Path) -> str:
-    """A SQLite URI that opens ``path`` without writing: ``mode=ro``; and ``immutable`` (no locks,
-    no -shm file to create) unless a WAL file is there, whose content a plain ``mode=ro`` still reads."""
-    wal = path.with_name(path.name + "-wal")
-    immutable = "" if wal.exists() else "&immutable=1"
-    return f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro{immutable}&uri=true"
 
 
 def _wal(path: Path, url: str) -> None:
@@ -431,14 +291,3 @@ def _wal(path: Path, url: str) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
     except sqlite3.Error as e:
         raise StorageError(f"cannot open storage {mask_url(url)}: {e}") from None
-
-
-# URL scheme -> the optional dependency that brings its driver
-_DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
-
-
-def _missing_driver(url: str) -> str:
-    extra = _DRIVER_EXTRAS.get(dialect(url))
-    if extra is None:
-        return f"no database driver for {dialect(url)!r}"
-    return f"its database driver is not installed; pip install 'fmnist-search[{extra}]'"

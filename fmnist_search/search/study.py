@@ -13,9 +13,11 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
-from ..core.config import DEFAULT_STORAGE, StudySpec, check_recipe, resolve, with_base_recipe  # noqa: F401
+from ..core.config import DEFAULT_STORAGE, StudySpec, resolve  # noqa: F401
 from ..core.errors import StorageError
-from .storage import make_storage, mask_url  # noqa: F401 - re-exported
+from ..core.presets import check_recipe, with_base_recipe
+from .storage import make_storage  # noqa: F401 - re-exported
+from .urls import mask_url  # noqa: F401 - re-exported
 
 SAMPLERS: dict[str, Callable[[StudySpec, int], optuna.samplers.BaseSampler]] = {
     # constant_liar (Optuna 5's default, set for clarity): RUNNING trials count as poor ones, so trials

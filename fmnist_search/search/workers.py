@@ -35,7 +35,8 @@ from ..core.config import cache_root
 from ..core.errors import StorageError
 from .internals import storage_of, study_id, trial_id
 from .record import TrialRecord
-from .storage import Retrier, dialect
+from .retry import Retrier
+from .urls import dialect
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
 T = TypeVar("T")
