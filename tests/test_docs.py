@@ -70,3 +70,97 @@ def test_every_relative_link_resolves(page):
         if "://" in target:
             continue
         assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+# --- values the docs state, where the code can answer ---
+
+ROW = re.compile(r"^\| (`--[^|]+) \| ([^|]+) \|", re.M)
+
+
+def _run_defaults() -> dict[str, object]:
+    """Each `run` option's effective default: the CLI's, else the study setting's it stands for."""
+    import dataclasses
+
+    import typer.main
+
+    from fmnist_search.cli import app
+    from fmnist_search.core.config import StudySpec
+
+    spec = {f.name: f.default for f in dataclasses.fields(StudySpec)}
+    run = typer.main.get_command(app).commands["run"]
+    found = {}
+    for param in run.params:
+        name = param.name or ""
+        default = param.default if param.default is not None else spec.get(name)
+        found["--" + name.replace("_", "-")] = default
+    return found
+
+
+def _same(stated: str, default: object) -> bool:
+    stated = stated.strip().strip("`").removesuffix(" s")
+    try:
+        return float(stated) == float(default)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return stated == str(default)
+
+
+def test_the_option_tables_defaults_are_the_clis():
+    """docs/commands.md's `run` table: each stated default (and LeNet's, in parentheses) is the code's."""
+    from fmnist_search.core.presets import base_recipe
+
+    defaults, lenet = _run_defaults(), base_recipe("lenet")
+    checked = 0
+    for options, cell in ROW.findall((ROOT / "docs" / "commands.md").read_text()):
+        names = re.findall(r"`(--[a-z-]+)", options)
+        main, _, per_model = cell.partition("(")
+        values = [v for v in main.split(",") if v.strip()]
+        for name, value in zip(names, values, strict=False):
+            default = defaults.get(name)
+            if default is None or isinstance(default, bool) or not re.match(r"\s*`?[\w.:/-]+`?\s*$", value):
+                continue  # no default to compare ("—", "model name", "all") or a flag
+            if value.strip() in ("1 process", "auto") and default in (1, "auto"):
+                checked += 1
+                continue
+            assert _same(value, default), f"docs/commands.md says {name} defaults to {value.strip()}, the CLI {default}"
+            checked += 1
+        if per_model.startswith("LeNet"):
+            stated = [v.strip(" )") for v in per_model.split(":", 1)[1].split(",")]
+            for name, value in zip(names, stated, strict=True):
+                key = name.removeprefix("--").replace("-", "_")
+                assert _same(value, lenet[key]), (
+                    f"docs/commands.md says LeNet's {name} is {value}, its recipe {lenet[key]}"
+                )
+                checked += 1
+    assert checked >= 15  # the table was read
+
+
+def test_the_export_columns_are_the_codes():
+    from fmnist_search.search.export import ATTR_COLUMNS
+
+    text = " ".join((ROOT / "docs" / "commands.md").read_text().split("## `export`")[1].split())
+    stated = re.search(r"Columns: `([^`]+)`", text).group(1)
+    assert [c.strip() for c in stated.split(",")] == ["trial", "state", "val_accuracy", *ATTR_COLUMNS, "duration_s"]
+
+
+PATH = re.compile(r"`((?:[\w.-]+/)+[\w.-]+\.(?:py|md|json|csv|toml|sh|txt|log|png|yaml|yml))`")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_file_a_page_names_exists(page):
+    for path in PATH.findall(page.read_text()):
+        if re.search(r"\b[A-Z]{2,}\b", path):
+            continue  # a placeholder: studies/NAME.toml
+        places = (ROOT / path, ROOT / "fmnist_search" / path, page.parent / path)
+        assert any(p.exists() for p in places), f"{page.name} names {path}, which does not exist"
+
+
+def test_the_worker_options_listed_are_the_workers():
+    import typer.main
+
+    from fmnist_search.cli import app
+
+    text = " ".join((ROOT / "docs" / "scale-out.md").read_text().split())
+    listed = set(re.findall(r"`(--[a-z-]+)`", text.split("`worker` options:")[1].split(". A worker")[0]))
+    worker = typer.main.get_command(app).commands["worker"]
+    real = {opt for p in worker.params for opt in p.opts if opt != "--help"}
+    assert listed - {"--no-bars"} == real
