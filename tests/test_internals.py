@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRIVATE = re.compile(
     r"\._storage\b|\._study_id\b|\._trial_id\b|\._backend\b|optuna\.storages\._|\._pruners\b|_try_initialization"
     r"|_get_bracket_id|_create_bracket_study|_create_scoped_session|pruner\._|\._n_\w+|\._min_\w+|\._bootstrap_count"
-    r"|\._reduction_factor|\._percentile\b|\._interval_steps"
+    r"|\._reduction_factor|\._percentile\b|\._interval_steps|\._base_path"
 )
 
 

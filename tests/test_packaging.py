@@ -63,4 +63,6 @@ def test_the_wheel_runs_shipped_presets_outside_the_repository(installed_wheel, 
 def test_unknown_preset_lists_the_shipped_ones(installed_wheel, tmp_path):
     done = _run(installed_wheel, tmp_path, "run", "--preset", "nope")
     assert done.returncode == 2
-    assert "unknown preset 'nope'; choose one of: airbench-tuned, lenet-tuned, resnet18-tuned" in done.stderr
+    assert (
+        "unknown preset 'nope'; choose one of: airbench-tuned, lenet-base, lenet-tuned, resnet18-tuned" in done.stderr
+    )

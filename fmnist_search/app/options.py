@@ -98,6 +98,15 @@ ArtifactsOpt = Annotated[
 SaveWeightsOpt = Annotated[
     bool, typer.Option(help="Save each completed trial's weights as an Optuna artifact.", rich_help_panel=STORE)
 ]
+CheckpointOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Save a running trial's training state every N epochs in the artifact store, so a stopped "
+        "trial's retry continues from it (0: never; needs weights saving).",
+        rich_help_panel=STORE,
+    ),
+]
 PopulationOpt = Annotated[
     int | None,
     typer.Option(
@@ -231,6 +240,7 @@ class WorkOptions:
     storage_patience: PatienceOpt = PATIENCE_S
     artifacts: ArtifactsOpt = None
     save_weights: SaveWeightsOpt = True
+    checkpoint_every: CheckpointOpt = 1
     population: PopulationOpt = None
 
     def __post_init__(self) -> None:

@@ -234,6 +234,7 @@ def _run_trials(
         extra_attrs=extra,
         artifact_store=open_artifacts(art_dir) if (art_dir := work.artifact_dir(url)) is not None else None,
         say=lambda message: say(prefix + message),
+        checkpoint_every=work.checkpoint_every,
     )
     work_loop(budgeted, objective, timeout=work.timeout, callbacks=[progress.on_trial], on_wait=progress.on_wait,
               population=population)  # fmt: skip

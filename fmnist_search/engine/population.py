@@ -36,6 +36,7 @@ weight and temperature, and the weights' seed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -234,6 +235,40 @@ class Census:
 EpochHook = Callable[[int, dict[int, EpochMetrics]], Iterable[int]]  # (epoch, metrics by member) -> members to stop
 
 
+@dataclass
+class Snapshot:
+    """One member's training state at the end of an epoch: what it needs to continue exactly.
+
+    Weights and BatchNorm statistics, SGD momentum (per parameter, so a member of a stacked
+    population can continue alone and back), the lr table's position, the data-order and
+    augmentation generator, the history so far, fp16's loss scale. Tensors are on the CPU;
+    ``payload`` is plain tensors and values (``torch.load(weights_only=True)`` reads it).
+    """
+
+    epoch: int
+    steps: int  # SGD steps taken: the lr table's position
+    state_dict: dict[str, torch.Tensor]
+    momentum: dict[str, torch.Tensor]
+    order: torch.Tensor  # torch.Generator state
+    device_type: str  # where that generator ran (a CPU state cannot drive a CUDA generator)
+    history: list[EpochMetrics]
+    loss_scale: list[float] | None = None  # fp16: [scale, growth tracker]
+
+    def payload(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                "history": [dataclasses.asdict(m) for m in self.history]}  # fmt: skip
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Snapshot:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in payload.items() if k in names}
+        values["history"] = [EpochMetrics(**m) for m in payload["history"]]
+        return cls(**values)
+
+
+SnapshotHook = Callable[[int, dict[int, Snapshot]], None]  # (epoch, snapshots by member)
+
+
 def lr_table(
     cfgs: Sequence[TrainConfig], steps_per_epoch: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -286,6 +321,9 @@ def fit_population(
     teacher: nn.Module | Teacher | None = None,
     census: Census | None = None,
     lookup: bool = True,
+    resume: Sequence[Snapshot] | None = None,
+    on_snapshot: SnapshotHook | None = None,
+    snapshot_every: int = 0,
 ) -> Census:
     """Train ``modules[k]`` with ``members[k].cfg`` for every k at once; each leaves when its
     epochs are done, when it diverges, or when ``on_epoch_end`` names it. ``members`` carry
@@ -296,6 +334,11 @@ def fit_population(
     seeded by its caller); the configs must share ``shared_key``. One module trains as itself
     (in place; it may be a ``torch.compile`` wrapper): that is ``train.fit``. fp16 (a shared
     loss scale) only for one. ``lookup=False`` runs the teacher on every batch (benchmarks).
+
+    Every ``snapshot_every`` epochs (0: never) ``on_snapshot`` gets each member still training
+    as a ``Snapshot``; ``resume`` (one per member, all taken at the same point of one run)
+    continues from there: the same weights, momentum, lr position, data order and history,
+    so a resumed run ends as the uninterrupted one would (tested bit for bit in float64).
     """
     cfgs = [mb.cfg for mb in members]
     if len({shared_key(c) for c in cfgs}) != 1:
@@ -306,11 +349,22 @@ def fit_population(
     if any(c.distill > 0 for c in cfgs) and teacher is None:
         raise ValueError(f"distill={max(c.distill for c in cfgs)} needs a teacher network")
     device = train[0].device
+    if resume is not None:
+        _check_resume(resume, len(members))
+        for module, snap in zip(modules, resume, strict=True):
+            own(module).load_state_dict(snap.state_dict)
     stack_ = _Stack(modules, cfgs, len(train[0]), device)
     batches = _Batches(train, base, teacher if any(c.distill > 0 for c in cfgs) else None, lookup)
     census = census if census is not None else Census()
     census.kind = stack_.kind
-    for epoch in range(1, max(c.epochs for c in cfgs) + 1):
+    first = 1
+    if resume is not None:
+        stack_.restore(resume)
+        batches.restore(resume[0], _order_seed(base))
+        for member, snap in zip(members, resume, strict=True):
+            member.result.history = list(snap.history)
+        first = resume[0].epoch + 1
+    for epoch in range(first, max(c.epochs for c in cfgs) + 1):
         k = len(stack_.alive)
         loss_sum = torch.zeros(k, device=device)
         correct = torch.zeros(k, device=device, dtype=torch.long)
@@ -337,7 +391,23 @@ def fit_population(
         stop = set(on_epoch_end(epoch, metrics)) if on_epoch_end is not None else set()
         if not stack_.settle(members, stop, epoch):
             break
+        if on_snapshot is not None and snapshot_every > 0 and epoch % snapshot_every == 0:
+            on_snapshot(
+                epoch, {m: stack_.snapshot(row, members[m], epoch, batches) for row, m in enumerate(stack_.alive)}
+            )
     return census
+
+
+def own(module: nn.Module) -> nn.Module:
+    """The module itself, under a ``torch.compile`` wrapper (which holds it as ``_orig_mod``)."""
+    inner = getattr(module, "_orig_mod", module)
+    return inner if isinstance(inner, nn.Module) else module
+
+
+def _check_resume(resume: Sequence[Snapshot], k: int) -> None:
+    points = {(s.epoch, s.steps, s.device_type, bytes(s.order.numpy())) for s in resume}
+    if len(resume) != k or len(points) != 1:
+        raise ValueError("members resumed together must have stopped at the same point of one run")
 
 
 def _epoch_metrics(
@@ -375,6 +445,15 @@ class _Batches:
         lookup = lookup and self.teacher is not None and looks_up(cfg)
         self.tables = self.teacher.tables(self.x, cfg.precision, cfg.batch_size) if self.teacher and lookup else None
 
+    def restore(self, snap: Snapshot, seed: int) -> None:
+        """Continue the data order where ``snap`` left it; on another kind of device (whose
+        generator cannot take that state) a new order seeded by the seed and the epoch."""
+        if snap.device_type == self.x.device.type:
+            self.order.set_state(snap.order)
+        else:
+            self.order.manual_seed(seed * 1_000_003 + snap.epoch)
+        self.reseeded = snap.device_type != self.x.device.type
+
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor | None]]]:
         """(images, labels, soft targets of the images) per batch; the teacher runs inside autocast."""
         perm = torch.randperm(len(self.x), device=self.x.device, generator=self.order)
@@ -408,7 +487,7 @@ class _Stack:
             self.state = stack(modules)
             self.names = [n for n, _ in self.template.named_parameters()]
             params = [self.state[n] for n in self.names]
-        self.opt = _SGD(params, cfgs, device)
+        self.opt = _SGD(params, cfgs, device, stacked=not self.plain)
         self.lrs = lr_table(cfgs, steps_per_epoch(n, cfgs[0].batch_size), device, params[0].dtype)
         self.per_model = _PerModel(cfgs, device, params[0].dtype)
         self.scale = _LossScale(device) if cfgs[0].precision == "fp16" else None
@@ -417,6 +496,34 @@ class _Stack:
 
     def losses(self, out: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
         return self.per_model.loss(out, y, soft)
+
+    def _param_names(self) -> list[str]:
+        return [n for n, _ in own(self.template).named_parameters()] if self.plain else self.names
+
+    def snapshot(self, row: int, member: Member, epoch: int, batches: _Batches) -> Snapshot:
+        """Member ``row``'s training state now (copied to the CPU)."""
+
+        def cpu(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", copy=True)
+
+        if self.plain:
+            state = {k: cpu(v) for k, v in own(self.template).state_dict().items()}
+        else:
+            state = {k: cpu(v[row]) for k, v in self.state.items()}
+        momentum = {n: cpu(self.opt.momentum_of(i, row)) for i, n in enumerate(self._param_names())}
+        scale = None if self.scale is None else [self.scale.scale.item(), float(self.scale.growth.item())]
+        return Snapshot(epoch, self.steps, state, momentum, batches.order.get_state(), batches.x.device.type,
+                        list(member.result.history), scale)  # fmt: skip
+
+    def restore(self, snaps: Sequence[Snapshot]) -> None:
+        """Momentum, the lr position and the loss scale of ``snaps`` (the weights were loaded into the modules)."""
+        for row, snap in enumerate(snaps):
+            for i, n in enumerate(self._param_names()):
+                self.opt.momentum_of(i, row).copy_(snap.momentum[n])
+        self.steps = snaps[0].steps
+        if self.scale is not None and snaps[0].loss_scale is not None:
+            self.scale.scale.fill_(snaps[0].loss_scale[0])
+            self.scale.growth.fill_(int(snaps[0].loss_scale[1]))
 
     def step(self, losses: torch.Tensor) -> None:
         total = losses.sum()  # model k's gradients: its own loss's
@@ -514,8 +621,10 @@ class _SGD:
     bound by launches, and a loop over 10 LeNet parameters cost ~120 of them
     (benchmarks/results/gpu-h200.md)."""
 
-    def __init__(self, params: list[torch.Tensor], cfgs: Sequence[TrainConfig], device: torch.device) -> None:
+    def __init__(self, params: list[torch.Tensor], cfgs: Sequence[TrainConfig], device: torch.device,
+                 stacked: bool) -> None:  # fmt: skip
         dtype = params[0].dtype
+        self.stacked = stacked  # params have a leading model dimension
 
         def col(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, device=device, dtype=dtype).view(-1, 1)
@@ -562,6 +671,14 @@ class _SGD:
         self.momentum, self.wd, self.nesterov = (t[rows] for t in (self.momentum, self.wd, self.nesterov))
         self._adopt(params)
         self.buf = torch.cat(blocks)
+
+    def momentum_of(self, i: int, row: int) -> torch.Tensor:
+        """Parameter ``i``'s momentum for model ``row``: a view of the flat buffer, in the parameter's shape."""
+        p = self.params[i]
+        at = sum(q.numel() for q in self.params[:i])
+        if self.stacked:
+            return self.buf[at : at + p.numel()].view(len(p), -1)[row].view(p.shape[1:])
+        return self.buf.as_strided(p.shape, p.stride(), at)
 
     @staticmethod
     def _in_memory_order(t: torch.Tensor, order: list[int]) -> torch.Tensor:

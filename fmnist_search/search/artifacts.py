@@ -15,6 +15,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 
 from ..core.errors import FmnistSearchError, StorageError
 from ..engine.weights import load_weights_file, weights_payload
+from .internals import artifact_dir
 from .record import TrialRecord
 
 
@@ -40,7 +41,9 @@ def save_model(store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.M
             torch.save(payload, path)
             return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     except OSError as e:  # a full disk or a lost mount: the trial cannot keep its weights
-        raise StorageError(f"cannot save trial {trial.number}'s weights in {store._base_path}: {e.strerror}") from None
+        raise StorageError(
+            f"cannot save trial {trial.number}'s weights in {artifact_dir(store)}: {e.strerror}"
+        ) from None
 
 
 def load_model(store: FileSystemArtifactStore, artifact_id: str) -> tuple[str, nn.Module]:

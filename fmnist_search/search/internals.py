@@ -41,6 +41,11 @@ def backend(storage: Any) -> Any:
     return getattr(storage, "_backend", storage)
 
 
+def artifact_dir(store: Any) -> str:
+    """The folder of a FileSystemArtifactStore (for messages naming where a write failed)."""
+    return str(getattr(store, "_base_path", "the artifact store"))
+
+
 # --- RDBStorage: its ORM models and sessions, for batched upserts and heartbeats ---
 # (Optuna writes one commit per value; a population of K writes K values per epoch.)
 
@@ -101,6 +106,7 @@ _ATTRS: dict[str, tuple[str, ...]] = {  # object kind -> private attributes read
     "halving pruner": ("_min_resource", "_reduction_factor", "_min_early_stopping_rate", "_bootstrap_count"),
     "hyperband pruner": ("_pruners", "_try_initialization", "_get_bracket_id", "_create_bracket_study"),
     "rdb storage": (*PRIVATE_STORAGE_CALLS, "scoped_session"),
+    "artifact store": ("_base_path",),
 }
 
 
@@ -127,6 +133,7 @@ def check(url: str = "sqlite:///:memory:") -> None:
         "study": study, "trial": trial, "frozen trial": study.trials[0], "cached storage": study._storage,
         "percentile pruner": optuna.pruners.MedianPruner(), "halving pruner": SuccessiveHalvingPruner(),
         "hyperband pruner": hyperband, "rdb storage": storage,
+        "artifact store": optuna.artifacts.FileSystemArtifactStore("."),
     }  # fmt: skip
     for kind, names in _ATTRS.items():
         missing += [f"{kind}.{n}" for n in names if not hasattr(objects[kind], n)]

@@ -34,8 +34,9 @@ from optuna.trial import TrialState
 
 from ..core import interrupts
 from ..core.errors import FmnistSearchError, StorageError
-from ..engine.population import Census, Member, fit_population, shared_key
+from ..engine.population import Census, Member, Snapshot, fit_population, shared_key
 from ..engine.train import TrainConfig, build_model
+from . import checkpoints
 from .internals import storage_of, trial_id
 from .objective import RUN_FIELDS, Objective, release_memory, summarize
 from .pruning import population_prunes
@@ -46,11 +47,19 @@ Callback = Callable[[optuna.Study, Any], None]
 
 
 class _Slot:
-    """One trial of the lifecycle: the Optuna trial, its recipe, its record, whether it was told."""
+    """One trial of the lifecycle: the Optuna trial, its recipe, its record, whether it was told,
+    and the snapshot it resumes from (the stopped trial's checkpoint it consumes)."""
 
     def __init__(self, trial: optuna.Trial, cfg: TrainConfig, record: TrialRecord) -> None:
         self.trial, self.cfg, self.record = trial, cfg, record
         self.told = False
+        self.resume: Snapshot | None = None
+        self.consumed: dict[str, Any] | None = None
+
+    def resume_point(self) -> tuple[Any, ...] | None:
+        """Trials resume together only from the same point of one run (the same batches from there)."""
+        r = self.resume
+        return None if r is None else (r.epoch, r.steps, r.device_type, bytes(r.order.numpy()))
 
 
 def run_trials(
@@ -67,6 +76,13 @@ def run_trials(
     slots = [
         _Slot(t, dataclasses.replace(c, data_seed=data_seed), TrialRecord(**objective.extra_attrs)) for t, c in asked
     ]
+    for s in slots:  # a retry of a stopped trial continues from its checkpoint
+        found = checkpoints.resumable(study, objective.checkpoint_store, s.trial, objective.spec.model, s.cfg,
+                                      objective.say)  # fmt: skip
+        if found is not None:
+            s.resume, s.cfg, stopped = found
+            s.consumed = checkpoints.find(study, s.trial)[1]  # type: ignore[index]
+            s.record.resumed_from = {"trial": stopped, "epoch": s.resume.epoch}
     with _heartbeats(study, trials):
         try:
             write_trials(
@@ -74,7 +90,7 @@ def run_trials(
             )  # who runs them, at the start
             groups: dict[tuple[Any, ...], list[_Slot]] = {}
             for s in slots:
-                groups.setdefault(shared_key(s.cfg), []).append(s)
+                groups.setdefault((shared_key(s.cfg), s.resume_point()), []).append(s)
             for group in groups.values():
                 _train_group(study, objective, group, store, callbacks or [])
         except (interrupts.Stop, StorageError) as e:
@@ -84,10 +100,10 @@ def run_trials(
             raise
         except torch.OutOfMemoryError:
             why = f"out of device memory with a population of {len(slots)}; use a smaller --population"
-            _fail_untold(study, store, slots, why)
+            _fail_untold(study, store, slots, why, objective)
             raise FmnistSearchError(why) from None
         except Exception as e:  # a crash: the trials it hit FAIL with its reason, and it goes on up
-            _fail_untold(study, store, slots, f"{type(e).__name__}: {e}")
+            _fail_untold(study, store, slots, f"{type(e).__name__}: {e}", objective)
             raise
         finally:
             untold = {trial_id(s.trial): s.record.attrs(*RUN_FIELDS) for s in slots if not s.told}
@@ -104,13 +120,29 @@ def optimize(study: Any, objective: Objective, n_trials: int, callbacks: list[Ca
         run_trials(study, objective, [(trial, objective.config(trial))], callbacks)
 
 
-def _fail_untold(study: Any, store: Any, slots: list[_Slot], why: str) -> None:
+def _fail_untold(study: Any, store: Any, slots: list[_Slot], why: str, objective: Objective) -> None:
     for s in slots:
         if not s.told:
             s.record.fail_reason = why
+            old = _drop_checkpoint(s)
             write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs(*RUN_FIELDS)})
             study.tell(s.trial, state=TrialState.FAIL)
             s.told = True
+            _remove(objective, old)
+
+
+def _drop_checkpoint(s: _Slot) -> list[dict[str, Any] | None]:
+    """A trial that ends (told) will not resume: its checkpoint attr is cleared (written with its
+    record), and its own and the consumed checkpoints are removed after that."""
+    old = [s.record.checkpoint, s.consumed]
+    if s.record.checkpoint:
+        s.record.checkpoint = {}
+    return old
+
+
+def _remove(objective: Objective, attrs: list[dict[str, Any] | None]) -> None:
+    for attr in attrs:
+        checkpoints.remove(objective.checkpoint_store, attr)
 
 
 def _train_group(study: Any, objective: Objective, group: list[_Slot], store: Any, callbacks: list[Callback]) -> None:
@@ -122,16 +154,35 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
         s.record = objective.describe(s.record, s.cfg, b.module, population=len(group))
     members = [Member(s.cfg) for s in group]
     census = Census()  # filled epoch by epoch: pruned trials record it too
+    resume = [s.resume for s in group] if group[0].resume is not None else None
+    if resume is not None:  # the epochs before: reported again, so the trial shows one unbroken curve
+        before = [(trial_id(s.trial), m.epoch, m.val_accuracy) for s, r in zip(group, resume, strict=True)
+                  for m in r.history]  # fmt: skip
+        write_trials(store, intermediate=before)
 
     def tell(i: int, state: TrialState, value: float | None = None) -> None:
         s = group[i]
         summarize(members[i].result, s.record)
         s.record.population_throughput = census.throughput
+        old = _drop_checkpoint(s)
         write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs(*RUN_FIELDS)})
         frozen = study.tell(s.trial, state=state, values=value)
         s.told = True
+        _remove(objective, old)
         for cb in callbacks:
             cb(study, frozen)
+
+    def on_snapshot(epoch: int, snaps: dict[int, Snapshot]) -> None:
+        """Each training trial's new checkpoint, then the attrs that name them (one transaction),
+        then the ones they replace: a stopped write never leaves an attr naming half a file."""
+        old, attrs = [], {}
+        for i, snap in snaps.items():
+            s = group[i]
+            old.append(s.record.checkpoint)
+            s.record.checkpoint = objective.save_checkpoint(s.trial, s.cfg, snap)
+            attrs[trial_id(s.trial)] = {"checkpoint": s.record.checkpoint}
+        write_trials(store, user_attrs=attrs)
+        _remove(objective, old)
 
     def on_epoch_end(epoch: int, metrics: dict[int, Any]) -> set[int]:
         interrupts.check()  # a signal swallowed mid-epoch stops the population here
@@ -154,8 +205,10 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
         return stop
 
     try:
+        every = objective.checkpoint_every if objective.checkpoint_store is not None else 0
         fit_population([b.runnable for b in built], members, objective.train, objective.val, on_epoch_end,
-                       objective.teacher, census)  # fmt: skip
+                       objective.teacher, census, resume=resume, on_snapshot=on_snapshot,
+                       snapshot_every=every)  # type: ignore[arg-type]  # fmt: skip
     finally:  # an interrupt too: every trial keeps what it measured
         for s, m in zip(group, members, strict=True):
             if not s.told:

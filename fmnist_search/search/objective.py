@@ -17,6 +17,7 @@ import optuna
 import torch
 
 from ..core.config import StudySpec
+from ..core.errors import StorageError
 from ..engine.data import Splits
 from ..engine.devices import device_name, tune_backend
 from ..engine.models import num_params
@@ -30,7 +31,9 @@ from ..engine.train import (
     evaluate,
     to_device,
 )
+from . import checkpoints
 from .artifacts import save_model
+from .internals import artifact_dir
 from .record import FIELDS, TrialRecord
 from .space import suggest
 
@@ -51,6 +54,7 @@ class Objective:
         extra_attrs: dict[str, Any] | None = None,
         artifact_store: Any = None,
         say: Callable[[str], None] = lambda _: None,
+        checkpoint_every: int = 1,
     ) -> None:
         self.spec = spec
         self.device = device
@@ -59,6 +63,8 @@ class Objective:
         self.compile = compile
         self.extra_attrs = extra_attrs or {}  # constant per process, e.g. worker label and GPU
         self.artifact_store = artifact_store  # completed trials save their weights here (None: off)
+        self.checkpoint_every = checkpoint_every  # epochs between a running trial's checkpoints (0: none)
+        self.say = say
         self.compiled: dict[str, Built] | None = {} if compile else None  # compiled once per process and model
         self.train = to_device(*splits.train, device)
         self.val = to_device(*splits.val, device)
@@ -91,6 +97,18 @@ class Objective:
             population=population,
             config={k: v for k, v in asdict(cfg).items() if k not in ("precision", "eval_batch_size")},
         )
+
+    @property
+    def checkpoint_store(self) -> Any:
+        """Where checkpoints go and are found: the artifact store, when there is one and they are on."""
+        return self.artifact_store if self.checkpoint_every > 0 else None
+
+    def save_checkpoint(self, trial: optuna.Trial, cfg: TrainConfig, snap: Any) -> dict[str, Any]:
+        try:
+            return checkpoints.save(self.artifact_store, self.spec.model, cfg, snap)
+        except OSError as e:  # a full disk or a lost mount: as for the weights, the trial is re-queued
+            where = artifact_dir(self.artifact_store)
+            raise StorageError(f"cannot save trial {trial.number}'s checkpoint in {where}: {e.strerror}") from None
 
     def finish(self, trial: optuna.Trial, record: TrialRecord, runnable: torch.nn.Module, module: torch.nn.Module,
                cfg: TrainConfig) -> None:  # fmt: skip

@@ -40,6 +40,10 @@ class TrialRecord:
     history: list[dict[str, Any]] = field(default_factory=list)  # one EpochMetrics dict per epoch
     test_accuracy: float | None = None
     weights_artifact: str | None = None  # the artifact id of its weights (Optuna's artifact store)
+    # Its last checkpoint while it may still resume ({artifact, epoch, bytes}; {} once removed),
+    # and the stopped trial whose checkpoint it continued ({trial, epoch}): search/checkpoints.py.
+    checkpoint: dict[str, Any] | None = None
+    resumed_from: dict[str, Any] | None = None
     fail_reason: str | None = None
 
     def attrs(self, *names: str) -> dict[str, Any]:

@@ -1,0 +1,188 @@
+"""Checkpoints: a run resumed from any epoch's snapshot ends as the uninterrupted run does."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import pytest
+import torch
+
+from fmnist_search.engine.population import Member, Snapshot, fit_population
+from tests.test_population import BASE, RECIPES, _data, _model
+
+RESUMABLE = [dataclasses.replace(c, epochs=3) for c in RECIPES[:3]]  # momentum, Nesterov+wd+cosine, smoothing+onecycle
+
+
+def _run(name, seeds, cfgs, train, val, resume=None, every=1):
+    members = [Member(c) for c in cfgs]
+    modules = [_model(name, s) for s in seeds]
+    taken: dict[int, dict[int, Snapshot]] = {}
+    fit_population(modules, members, train, val, resume=resume, snapshot_every=every,
+                   on_snapshot=lambda epoch, snaps: taken.setdefault(epoch, snaps))  # fmt: skip
+    return members, modules, taken
+
+
+def _through_a_file(snap: Snapshot) -> Snapshot:
+    """As a checkpoint travels: torch.save, then a weights_only load (plain tensors and values)."""
+    buffer = io.BytesIO()
+    torch.save(snap.payload(), buffer)
+    buffer.seek(0)
+    return Snapshot.from_payload(torch.load(buffer, weights_only=True))
+
+
+def _identical(a: Member, b: Member, module_a=None, module_b=None):
+    weights_a = (a.module or module_a).state_dict()
+    weights_b = (b.module or module_b).state_dict()
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), f"{key} differs"
+
+    def values(m):  # every reported value, bit for bit (not the epoch's duration)
+        return [dataclasses.replace(e, train_time_s=0.0) for e in m.result.history]
+
+    assert values(a) == values(b)
+
+
+@pytest.mark.parametrize("name", ["lenet", "airbench"])  # airbench: BatchNorm statistics too
+@pytest.mark.parametrize("stop", [1, 2])
+def test_one_model_resumed_from_a_snapshot_ends_as_if_never_stopped(tiny_splits, name, stop):
+    train, val = _data(tiny_splits)
+    cfg = RESUMABLE[1]
+    (whole,), _, taken = _run(name, [3], [cfg], train, val)
+    assert sorted(taken) == [1, 2]  # after each epoch but the last (a finished member needs none)
+    snap = _through_a_file(taken[stop][0])
+    assert snap.epoch == stop and len(snap.history) == stop
+    (resumed,), _, _ = _run(name, [99], [cfg], train, val, resume=[snap])  # other initial weights: all overwritten
+    _identical(resumed, whole)
+
+
+def test_a_population_resumed_together_ends_as_if_never_stopped(tiny_splits):
+    train, val = _data(tiny_splits)
+    seeds = [0, 1, 2]
+    whole, _, taken = _run("airbench", seeds, RESUMABLE, train, val)
+    snaps = [_through_a_file(taken[1][k]) for k in range(3)]
+    resumed, _, _ = _run("airbench", [7, 8, 9], RESUMABLE, train, val, resume=snaps)
+    for a, b in zip(resumed, whole, strict=True):
+        _identical(a, b)
+
+
+def test_a_population_member_resumes_alone(tiny_splits):
+    """A member of a stacked population continues as a single model (its momentum travels per
+    parameter): the same up to summation order (grouped vs single convolutions)."""
+    train, val = _data(tiny_splits)
+    whole, _, taken = _run("lenet", [0, 1], RESUMABLE[:2], train, val)
+    (alone,), (module,), _ = _run("lenet", [5], RESUMABLE[1:2], train, val, resume=[_through_a_file(taken[1][1])])
+    expected = whole[1].module.state_dict()
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-10, atol=1e-12)
+    assert [m.epoch for m in alone.result.history] == [1, 2, 3]
+
+
+def test_snapshots_taken_at_other_points_cannot_resume_together(tiny_splits):
+    train, val = _data(tiny_splits)
+    _, _, taken = _run("lenet", [0], [RESUMABLE[0]], train, val)
+    with pytest.raises(ValueError, match="same point"):
+        _run("lenet", [0, 1], [RESUMABLE[0]] * 2, train, val, resume=[taken[1][0], taken[2][0]])
+
+
+def test_snapshots_every_n_epochs_and_never(tiny_splits):
+    train, val = _data(tiny_splits)
+    cfg = dataclasses.replace(BASE, epochs=5)
+    assert sorted(_run("lenet", [0], [cfg], train, val, every=2)[2]) == [2, 4]
+    assert _run("lenet", [0], [cfg], train, val, every=0)[2] == {}
+
+
+# --- through the tool: a trial stopped mid-epoch continues from its checkpoint on a retry ---
+
+import os  # noqa: E402
+import signal  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import optuna  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from fmnist_search.cli import app  # noqa: E402
+from fmnist_search.engine import population  # noqa: E402
+from fmnist_search.search.artifacts import open_store  # noqa: E402
+
+STUDY = ["--model", "lenet", "--epochs", "3", "--train-size", "384", "--val-size", "300", "--batch-size", "96",
+         "--pruner", "none", "--seed", "4"]  # fmt: skip
+
+
+def _sigterm_in_epoch(monkeypatch, epoch: int) -> None:
+    """SIGTERM this process at the second batch of ``epoch`` (its first batch already stepped)."""
+    original, calls = population.epoch_batches, {"n": 0}
+
+    def batches(perm, batch_size):
+        calls["n"] += 1
+        for i, idx in enumerate(original(perm, batch_size)):
+            if calls["n"] == epoch and i == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield idx
+
+    monkeypatch.setattr(population, "epoch_batches", batches)
+
+
+def _weights(url: str, trial) -> dict:
+    from fmnist_search.search.artifacts import default_dir, load_model
+
+    _, model = load_model(open_store(default_dir(url)), trial.user_attrs["weights_artifact"])
+    return model.state_dict()
+
+
+def _complete(url: str) -> list:
+    study = optuna.load_study(study_name="lenet", storage=url)
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+
+
+@pytest.mark.parametrize("population_size", [1, 2])
+def test_a_trial_stopped_mid_epoch_continues_from_its_checkpoint(tmp_path, real_data, monkeypatch, population_size):
+    runner = CliRunner()
+    k = str(population_size)
+    whole = f"sqlite:///{tmp_path}/whole.db"
+    result = runner.invoke(app, ["run", *STUDY, "--trials", k, "--population", k, "--storage", whole])
+    assert result.exit_code == 0, result.output
+
+    stopped = f"sqlite:///{tmp_path}/stopped.db"
+    with monkeypatch.context() as mp:
+        _sigterm_in_epoch(mp, 3)  # after epoch 2's checkpoint
+        result = runner.invoke(app, ["run", *STUDY, "--trials", k, "--population", k, "--storage", stopped])
+    assert result.exit_code == 143, result.output
+    study = optuna.load_study(study_name="lenet", storage=stopped)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * population_size + ["WAITING"] * population_size
+    assert all(t.user_attrs["checkpoint"]["epoch"] == 2 for t in study.trials[:population_size])
+
+    result = runner.invoke(app, ["worker", "--study", "lenet", "--storage", stopped, "--population", k, "--no-bars"])
+    assert result.exit_code == 0, result.output
+    for before, after in zip(_complete(whole), _complete(stopped), strict=True):
+        assert after.user_attrs["resumed_from"] == {"trial": before.number, "epoch": 2}
+        assert after.params == before.params and after.user_attrs["config"] == before.user_attrs["config"]
+        # One unbroken curve, the same values to the last bit, and the same weights.
+        assert after.intermediate_values == before.intermediate_values and sorted(after.intermediate_values) == [
+            1,
+            2,
+            3,
+        ]
+        assert (after.value, after.user_attrs["test_accuracy"]) == (before.value, before.user_attrs["test_accuracy"])
+        mine, theirs = _weights(stopped, after), _weights(whole, before)
+        assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
+        assert after.user_attrs.get("checkpoint") in (None, {})  # ended: no checkpoint left
+    store_dir = Path(tmp_path / "stopped-artifacts")
+    assert not [p for p in store_dir.iterdir() if p.name.startswith("checkpoint-")]  # consumed and removed
+
+
+def test_a_checkpoint_that_does_not_fit_is_ignored_in_one_line(tmp_path, real_data, monkeypatch):
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path}/s.db"
+    with monkeypatch.context() as mp:
+        _sigterm_in_epoch(mp, 2)
+        assert runner.invoke(app, ["run", *STUDY, "--trials", "1", "--storage", url]).exit_code == 143
+    study = optuna.load_study(study_name="lenet", storage=url)
+    attr = study.trials[0].user_attrs["checkpoint"]
+    (tmp_path / "s-artifacts" / attr["artifact"]).write_bytes(b"not a checkpoint")  # a corrupt file
+    result = runner.invoke(app, ["worker", "--study", "lenet", "--storage", url, "--no-bars"])
+    assert result.exit_code == 0, result.output
+    assert "the checkpoint of trial 0 is ignored (unreadable" in result.output and "it starts over" in result.output
+    retry = _complete(url)[0]
+    assert "resumed_from" not in retry.user_attrs and sorted(retry.intermediate_values) == [1, 2, 3]
