@@ -267,23 +267,23 @@ def _print_summary(study: Any) -> None:
 
 
 @command()
-def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
-    """List studies: name, model, trials by state, best validation and test accuracy."""
-    from .app.results import list_studies
+def studies(storage: StorageOpt = DEFAULT_STORAGE, artifacts: ArtifactsOpt = None) -> None:
+    """List studies: name, model, trials by state, best validation and test accuracy, artifacts' space."""
+    from .app.results import STUDY_COLUMNS, list_studies
 
-    rows = list_studies(_reader(storage))
+    rows = list_studies(_reader(storage), artifact_dir(storage, artifacts))
     if not rows:
         out.print("no studies yet; start one with: fmnist-search run --model lenet")
         return
-    out.print(_table(("study", "model", "complete", "pruned", "fail", "running", "best val", "its test"), rows))
+    out.print(_table(STUDY_COLUMNS, rows))
 
 
 @command()
-def show(study: StudyOpt, storage: StorageOpt = DEFAULT_STORAGE) -> None:
-    """The best trial of a study: params, accuracies, throughput, device."""
+def show(study: StudyOpt, storage: StorageOpt = DEFAULT_STORAGE, artifacts: ArtifactsOpt = None) -> None:
+    """The best trial of a study: params, accuracies, throughput, device; its artifacts' space."""
     from .app.results import best_of
 
-    settings, counts, number, rows = best_of(_reader(storage), study)
+    settings, counts, number, rows = best_of(_reader(storage), study, artifact_dir(storage, artifacts))
     _print(f"study {study}: {settings}")
     _print(f"trials: {counts}")
     if number is None:
@@ -324,6 +324,21 @@ def dashboard(
     from .app.serve import serve_dashboard
 
     serve_dashboard(_reader(storage), storage, host, port, artifact_dir(storage, artifacts), _say)
+
+
+@command("prune-artifacts")
+def prune_artifacts(
+    storage: StorageOpt = DEFAULT_STORAGE,
+    artifacts: ArtifactsOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be removed.")] = False,
+) -> None:
+    """Remove artifact files no study uses: checkpoints of trials that will not resume, interrupted writes."""
+    from .app.results import prune_artifacts as prune
+
+    names, size = prune(_storage(storage), artifact_dir(storage, artifacts), dry_run)
+    for name in names:
+        _print(name)
+    _say(f"{'would remove' if dry_run else 'removed'} {len(names)} files, {size / 1e6:.1f} MB")
 
 
 @command("data")
@@ -415,12 +430,8 @@ def evaluate(
                        output_dir=output_dir)  # fmt: skip
     how = " with flip TTA" if e.tta_flip else ""
     _print(f"{e.label}: test accuracy {e.accuracy:.4f} on {e.images} images{how}")
-    per_class = [(f"{i} {name}", f"{acc:.3f}", str(e.matrix[i][i]), str(sum(e.matrix[i])))
-                 for i, (name, acc) in enumerate(zip(e.classes, e.per_class, strict=True))]  # fmt: skip
-    out.print(_table(("class", "accuracy", "correct", "images"), per_class, title="per class"))
-    rows = [(f"{i} {name}", *map(str, e.matrix[i])) for i, name in enumerate(e.classes)]
-    columns = ("true", *map(str, range(len(e.classes))))
-    out.print(_table(columns, rows, title="confusion matrix (rows: true class, columns: predicted)"))
+    for title, columns, rows in e.tables():
+        out.print(_table(columns, rows, title=title))
     _print(f"test_accuracy={e.accuracy:.4f}")
     _say(f"wrote {e.html}")
 
@@ -475,18 +486,10 @@ def train(
     """Train one configuration without a study; the last line is `test_accuracy=...`."""
     from .app.models import train as train_one
 
-    def on_start(run: Any) -> None:
-        _print(f"train {run.name} on {run.images} images ({run.device}, {run.precision}): {run.config}")
-
-    def on_epoch(m: Any, epochs: int, full_train: bool) -> None:
-        val = "" if full_train else f" val_acc={m.val_accuracy:.4f}"
-        _print(f"epoch {m.epoch}/{epochs}: train_loss={m.train_loss:.4f} train_acc={m.train_accuracy:.4f}{val} "
-               f"({m.train_time_s:.1f} s, {m.samples / m.train_time_s:,.0f} samples/s)")  # fmt: skip
-
     flags = _given(val_size=val_size, train_size=train_size, seed=seed, full_train=full_train)
     done = train_one(model, preset, params, from_study, trial, lambda: _reader(storage), epochs=epochs,
                      split_flags=flags, device=device, precision=precision, compile=compile, data_dir=data_dir,
-                     download=download, save=save, on_start=on_start, on_epoch=on_epoch, say=_say)  # fmt: skip
+                     download=download, save=save, show=_print, say=_say)  # fmt: skip
     if done.saved is not None:
         _say(f"saved weights to {done.saved}")
     _print(f"test_accuracy={done.test_accuracy:.4f}")

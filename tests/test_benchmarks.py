@@ -107,3 +107,14 @@ def test_a_population_step_makes_as_many_operations_whatever_its_size():
     assert counts["population 8"] == counts["population 2"]
     assert 0 < counts["single"]["kernel_ops"] <= counts["population 8"]["kernel_ops"]
     assert counts["population 8"]["kernel_ops"] < 1.2 * counts["single"]["kernel_ops"]
+
+
+def test_checkpoints_script_measures_the_cost_of_one(tmp_path, real_data):
+    import checkpoints
+
+    out = tmp_path / "c.json"
+    results = checkpoints.main(["--models", "lenet:1024", "--epochs", "2", "--device", "cpu", "--json", str(out)])
+    lenet = results["lenet"]
+    assert lenet["checkpoint_bytes"] > 2 * 44_426 * 4  # weights and momentum, float32
+    assert lenet["checkpoint_ms"] > 0 and 0 < lenet["share_of_epoch"] < 1
+    assert json.loads(out.read_text()) == results

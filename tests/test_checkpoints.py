@@ -186,3 +186,33 @@ def test_a_checkpoint_that_does_not_fit_is_ignored_in_one_line(tmp_path, real_da
     assert "the checkpoint of trial 0 is ignored (unreadable" in result.output and "it starts over" in result.output
     retry = _complete(url)[0]
     assert "resumed_from" not in retry.user_attrs and sorted(retry.intermediate_values) == [1, 2, 3]
+
+
+def test_a_studys_space_is_shown_and_only_leftovers_are_pruned(tmp_path, real_data, monkeypatch):
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path}/s.db"
+    folder = tmp_path / "s-artifacts"
+    assert runner.invoke(app, ["run", *STUDY, "--trials", "1", "--storage", url]).exit_code == 0  # weights
+    with monkeypatch.context() as mp:
+        _sigterm_in_epoch(mp, 2)  # a stopped trial: its checkpoint waits for the retry
+        assert runner.invoke(app, ["run", *STUDY, "--trials", "1", "--storage", url]).exit_code == 143
+    (folder / "checkpoint-orphan").write_bytes(b"x" * 1000)  # an interrupted write: no trial names it
+    kept = {p.name for p in folder.iterdir()} - {"checkpoint-orphan"}
+    assert len(kept) == 2
+
+    listed = runner.invoke(app, ["studies", "--storage", url])
+    assert listed.exit_code == 0 and "MB" in listed.output and "ckpt" in listed.output  # (a narrow table)
+    shown = runner.invoke(app, ["show", "--study", "lenet", "--storage", url])
+    space = sum(p.stat().st_size for p in folder.iterdir() if p.name in kept)
+    assert shown.exit_code == 0 and f"'artifacts': '{space / 1e6:.1f} MB, " in shown.output and " ckpt'" in shown.output
+
+    dry = runner.invoke(app, ["prune-artifacts", "--storage", url, "--dry-run"])
+    assert dry.exit_code == 0 and "checkpoint-orphan" in dry.output and "would remove 1 files" in dry.output
+    assert (folder / "checkpoint-orphan").exists()
+    done = runner.invoke(app, ["prune-artifacts", "--storage", url])
+    assert done.exit_code == 0 and "removed 1 files" in done.output
+    assert {p.name for p in folder.iterdir()} == kept  # the weights and the checkpoint a retry will resume
+
+    assert runner.invoke(app, ["worker", "--study", "lenet", "--storage", url, "--no-bars"]).exit_code == 0
+    assert len(list(folder.iterdir())) == 2  # the retry consumed and removed the checkpoint, kept its weights
+    assert "removed 0 files" in runner.invoke(app, ["prune-artifacts", "--storage", url]).output

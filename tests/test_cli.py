@@ -234,7 +234,7 @@ def test_module_entry_point_help():
     listed = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ") and line.split()}
     registered = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert registered == {"create", "run", "worker", "data", "dashboard", "studies", "show", "export", "report",
-                          "plot", "evaluate", "predict", "train"}  # fmt: skip
+                          "plot", "evaluate", "predict", "train", "prune-artifacts"}  # fmt: skip
     assert registered <= listed, out.stdout
 
 

@@ -92,11 +92,13 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path, real_data):
     victim = _cli("worker", "--study", "lenet", "--storage", url, "--label", "victim", "--no-bars", *beat)
     study = optuna.load_study(study_name="lenet", storage=url)
 
-    def victims_running() -> list:
-        return [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("worker") == "victim"]
+    def victims_running() -> list:  # with a checkpoint: the retry must continue from it
+        return [t for t in study.get_trials(states=(TrialState.RUNNING,))
+                if t.user_attrs.get("worker") == "victim" and t.user_attrs.get("checkpoint")]  # fmt: skip
 
     # Killed mid-trial by construction, however fast the machine: the victim is frozen (SIGSTOP)
-    # once it runs a trial, and killed only if that trial is still RUNNING while it is frozen.
+    # once it runs a trial past its first epoch, and killed only if that trial is still RUNNING
+    # while it is frozen.
     deadline = time.monotonic() + 120
     running = []
     while not running and time.monotonic() < deadline and victim.poll() is None:
@@ -118,6 +120,10 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path, real_data):
     retry = next(t for t in trials if killed.number in t.system_attrs.get("retry_history", ()))
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
     assert retry.user_attrs["worker"] == "survivor"
+    # It continued from the killed trial's last checkpoint, found through the heartbeat retry.
+    epoch = killed.user_attrs["checkpoint"]["epoch"]
+    assert retry.user_attrs["resumed_from"] == {"trial": killed.number, "epoch": epoch}
+    assert sorted(retry.intermediate_values) == [1, 2, 3]
 
 
 # --- a real PostgreSQL server (conftest.postgres_url) ---

@@ -104,9 +104,10 @@ def train(
     model: str | None, preset: str | None, params: str | None, from_study: str | None, trial: int | None,
     store: Callable[[], Any], *, epochs: int | None, split_flags: dict[str, Any], device: str, precision: str,
     compile: bool, data_dir: Path | None, download: bool, save: Path | None,
-    on_start: Callable[[Training], None], on_epoch: Callable[[Any, int, bool], None], say: Say,
+    show: Say, say: Say,
 ) -> Training:  # fmt: skip
-    """Train one configuration (preset or a study's trial < --params < flags) and test it."""
+    """Train one configuration (preset or a study's trial < --params < flags) and test it; ``show``
+    gets what it trains and a line per epoch, ``say`` the rest (the teacher's training)."""
     import torch
 
     from ..core.config import TrainConfig
@@ -140,11 +141,17 @@ def train(
     tune_backend(dev)  # as every trial gets: `train` is how the best recipe is retrained
     teacher = teacher_for(cfg.teacher, tr, run_seed, prec, say=say) if cfg.teacher else None
     run = Training(name, config, images=len(tr[0]), device=str(dev), precision=prec)
-    on_start(run)
+    show(f"train {name} on {run.images} images ({dev}, {prec}): {config}")
+
+    def on_epoch(m: Any) -> None:
+        val = "" if full_train else f" val_acc={m.val_accuracy:.4f}"
+        show(f"epoch {m.epoch}/{cfg.epochs}: train_loss={m.train_loss:.4f} train_acc={m.train_accuracy:.4f}{val} "
+             f"({m.train_time_s:.1f} s, {m.samples / m.train_time_s:,.0f} samples/s)")  # fmt: skip
+
     try:
         built, _ = train_recipe(
             name, cfg, tr, None if full_train else va, compiled={} if compile else None, teacher=teacher,
-            on_epoch_end=lambda m: on_epoch(m, cfg.epochs, full_train),
+            on_epoch_end=on_epoch,
         )  # fmt: skip
     except Diverged as e:
         raise FmnistSearchError(f"{e}; try a lower lr") from None
@@ -166,6 +173,16 @@ class Evaluation:
     matrix: list[list[int]]  # (true, predicted) counts
     per_class: list[float] = field(default_factory=list)
     html: Path | None = None
+
+    def tables(self) -> list[tuple[str, tuple[str, ...], list[tuple[str, ...]]]]:
+        """(title, columns, rows) of the per-class table and the confusion matrix."""
+        m, names = self.matrix, self.classes
+        per_class = [(f"{i} {n}", f"{a:.3f}", str(m[i][i]), str(sum(m[i]))) for i, (n, a) in
+                     enumerate(zip(names, self.per_class, strict=True))]  # fmt: skip
+        confusion = [(f"{i} {n}", *map(str, m[i])) for i, n in enumerate(names)]
+        return [("per class", ("class", "accuracy", "correct", "images"), per_class),
+                ("confusion matrix (rows: true class, columns: predicted)",
+                 ("true", *map(str, range(len(names)))), confusion)]  # fmt: skip
 
 
 def evaluate(

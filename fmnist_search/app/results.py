@@ -41,8 +41,11 @@ def study_summary(study: Any) -> tuple[dict[str, int], str | None]:
     )
 
 
-def list_studies(store: Any) -> list[tuple[str, ...]]:
-    """(study, model, complete, pruned, fail, running, best val, its test) per study in the store."""
+STUDY_COLUMNS = ("study", "model", "complete", "pruned", "fail", "running", "best val", "its test", "artifacts")
+
+
+def list_studies(store: Any, folder: Path) -> list[tuple[str, ...]]:
+    """``STUDY_COLUMNS`` per study in the store (artifacts: its weights and live checkpoints in ``folder``)."""
     import optuna
 
     from ..search.export import best_trial, state_counts
@@ -59,25 +62,33 @@ def list_studies(store: Any) -> list[tuple[str, ...]]:
             *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
             f"{best.value:.4f}" if best else "-",
             f"{TrialRecord.of(best).test_accuracy or float('nan'):.4f}" if best else "-",
+            _megabytes(artifact_space(study, folder)),
         ))  # fmt: skip
     return rows
 
 
-def best_of(store: Any, name: str) -> tuple[str, dict[str, int], int | None, list[tuple[str, str]]]:
-    """(settings line, trials by state, the best trial's number and its (key, value) rows; None
-    and no rows before a trial completes)."""
+def _megabytes(space: tuple[int, int, int]) -> str:
+    """``1.3 MB`` (weights and checkpoints), ``+ 0.4 MB ckpt`` when checkpoints may still resume."""
+    _, weights, live = space
+    return f"{(weights + live) / 1e6:.1f} MB" + (f", {live / 1e6:.1f} ckpt" if live else "")
+
+
+def best_of(store: Any, name: str, folder: Path) -> tuple[str, dict[str, Any], int | None, list[tuple[str, str]]]:
+    """(settings line, trials by state and its artifacts' space, the best trial's number and its
+    (key, value) rows; None and no rows before a trial completes)."""
     from ..search.export import best_trial, state_counts
     from ..search.study import load_study
 
     s = load_study(store, name)
     settings = ", ".join(f"{k}={v}" for k, v in s.user_attrs.items())
     best = best_trial(s)
+    counts: dict[str, Any] = {**state_counts(s), "artifacts": _megabytes(artifact_space(s, folder))}
     if best is None:
-        return settings, state_counts(s), None, []
+        return settings, counts, None, []
     rows = [("val_accuracy", f"{best.value:.4f}")]
     rows += [(k, f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in best.params.items()]
     rows += [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in best.user_attrs.items() if k != "history"]
-    return settings, state_counts(s), best.number, rows
+    return settings, counts, best.number, rows
 
 
 def export_frame(store: Any, name: str, include_all: bool, top: int | None) -> Any:
@@ -118,3 +129,35 @@ def plot(store: Any, name: str, output_dir: Path, dashboard: bool) -> tuple[list
     if dashboard:  # optuna-dashboard draws Optuna's plots itself; this adds the learning curves
         optuna_dashboard.save_plotly_graph_object(s, figures["learning_curves"], graph_object_id="learning-curves")
     return paths, None
+
+
+def artifact_space(study: Any, folder: Path) -> tuple[int, int, int]:
+    """(files, bytes of weights, bytes of checkpoints that may resume) a study keeps in ``folder``."""
+    from ..search.checkpoints import in_use
+
+    weights, live = in_use(study)
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir()} if folder.is_dir() else {}
+    kept = [a for a in weights | live if a in sizes]
+    return len(kept), sum(sizes[a] for a in weights if a in sizes), sum(sizes[a] for a in live if a in sizes)
+
+
+def prune_artifacts(store: Any, folder: Path, dry_run: bool) -> tuple[list[str], int]:
+    """Remove the files in ``folder`` no study of ``store`` uses (the weights of any trial, the
+    checkpoints that may still resume): leftovers of trials that will not resume, interrupted
+    writes. Returns (the files, their bytes); with ``dry_run`` nothing is removed."""
+    import optuna
+
+    from ..search.checkpoints import in_use
+
+    used: set[str] = set()
+    for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
+        weights, live = in_use(optuna.load_study(study_name=summary.study_name, storage=store))
+        used |= weights | live
+    if not folder.is_dir():
+        raise FmnistSearchError(f"artifact folder {folder} not found; pass --artifacts DIR")
+    leftovers = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in used)
+    size = sum(p.stat().st_size for p in leftovers)
+    if not dry_run:
+        for p in leftovers:
+            p.unlink(missing_ok=True)
+    return [p.name for p in leftovers], size

@@ -110,3 +110,24 @@ def resumable(study: optuna.Study, store: Any, trial: optuna.Trial, model: str, 
         say(f"trial {trial.number}: the checkpoint of trial {number} is ignored ({e}); it starts over")
         return None
     return snap, TrainConfig(**{**asdict(cfg), "seed": seed, "data_seed": data_seed}), number
+
+
+def in_use(study: optuna.Study) -> tuple[set[str], set[str]]:
+    """(weights artifacts, checkpoints that may still be resumed) of ``study``: a RUNNING trial's,
+    and a stopped trial's while a WAITING or RUNNING retry names it in its ``retry_history``."""
+    trials = study.get_trials(deepcopy=False)
+    waiting = {n for t in trials if t.state.name in ("WAITING", "RUNNING")
+               for n in t.system_attrs.get("retry_history", ())}  # fmt: skip
+    weights, live = set(), set()
+    for t in trials:
+        record = TrialRecord.of(t)
+        if record.weights_artifact:
+            weights.add(record.weights_artifact)
+        weights.update(k.removeprefix("artifacts:") for k in t.system_attrs if k.startswith("artifacts:"))
+        if (
+            record.checkpoint
+            and record.checkpoint.get("artifact")
+            and (t.state.name == "RUNNING" or t.number in waiting)
+        ):
+            live.add(record.checkpoint["artifact"])
+    return weights, live
