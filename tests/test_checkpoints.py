@@ -216,3 +216,24 @@ def test_a_studys_space_is_shown_and_only_leftovers_are_pruned(tmp_path, real_da
     assert runner.invoke(app, ["worker", "--study", "lenet", "--storage", url, "--no-bars"]).exit_code == 0
     assert len(list(folder.iterdir())) == 2  # the retry consumed and removed the checkpoint, kept its weights
     assert "removed 0 files" in runner.invoke(app, ["prune-artifacts", "--storage", url]).output
+
+
+def test_a_checkpoint_of_another_model_or_recipe_is_refused(tmp_path, tiny_splits):
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from fmnist_search.search import checkpoints
+
+    store = FileSystemArtifactStore(str(tmp_path))
+    train, val = _data(tiny_splits)
+    cfg = RESUMABLE[0]
+    _, _, taken = _run("lenet", [0], [cfg], train, val)
+    attr = checkpoints.save(store, "lenet", cfg, taken[1][0])
+    snap, seed, data_seed = checkpoints.load(store, attr, "lenet", dataclasses.replace(cfg, seed=9, data_seed=3))
+    assert snap.epoch == 1 and (seed, data_seed) == (cfg.seed, cfg.data_seed)  # it trained with those: kept
+    with pytest.raises(checkpoints.Refused, match="it is a lenet, this trial trains a airbench"):
+        checkpoints.load(store, attr, "airbench", cfg)
+    with pytest.raises(checkpoints.Refused, match=r"another recipe \(lr, momentum\)"):
+        checkpoints.load(store, attr, "lenet", dataclasses.replace(cfg, lr=0.5, momentum=0.1))
+    checkpoints.remove(store, attr)
+    with pytest.raises(checkpoints.Refused, match="unreadable"):
+        checkpoints.load(store, attr, "lenet", cfg)
