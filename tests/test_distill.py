@@ -206,3 +206,25 @@ def test_looked_up_soft_targets_are_the_teachers_and_train_the_same(tiny_splits)
     for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11)
     assert [m.train_loss for m in runs[0][1].history] == pytest.approx([m.train_loss for m in runs[1][1].history])
+
+
+def test_the_teachers_logit_tables_are_computed_once_per_teacher_and_data(tiny_splits):
+    """A second process (a new Teacher) loads the tables from beside the cached teacher instead of running it."""
+    from fmnist_search.engine.teachers import cached_teacher
+
+    train = to_device(*tiny_splits.train, torch.device("cpu"))
+    first = cached_teacher("airbench-tuned", train, seed=0)
+    plain, mirror = first.tables(train[0], "fp32", 64)
+    files = sorted(first.cache.parent.glob(f"{first.cache.name}-logits-*.pt"))
+    assert len(files) == 1
+    second = cached_teacher("airbench-tuned", train, seed=0)
+
+    class Refuses(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("the teacher ran: its tables were not loaded")
+
+    second.net = Refuses()
+    loaded = second.tables(train[0], "fp32", 64)
+    assert torch.equal(loaded[0], plain) and torch.equal(loaded[1], mirror)
+    assert first._file(train[0][:100], "fp32", 64) != files[0]  # other images, another file
+    assert first._file(train[0], "fp32", 128) != files[0]  # another batch size (other kernels), another file

@@ -115,7 +115,7 @@ def train(
     from ..engine import data as data_mod
     from ..engine.devices import tune_backend
     from ..engine.models import create_model, list_models
-    from ..engine.teachers import teacher_for
+    from ..engine.teachers import cached_teacher
     from ..engine.train import Diverged, evaluate, to_device, train_recipe
     from ..engine.weights import weights_payload
 
@@ -139,7 +139,7 @@ def train(
         train_xy = (torch.cat([train_xy[0], val_xy[0]]), torch.cat([train_xy[1], val_xy[1]]))
     tr, va, te = (to_device(*xy, dev) for xy in (train_xy, val_xy, splits.test))
     tune_backend(dev)  # as every trial gets: `train` is how the best recipe is retrained
-    teacher = teacher_for(cfg.teacher, tr, run_seed, prec, say=say) if cfg.teacher else None
+    teacher = cached_teacher(cfg.teacher, tr, run_seed, prec, say=say) if cfg.teacher else None
     run = Training(name, config, images=len(tr[0]), device=str(dev), precision=prec)
     show(f"train {name} on {run.images} images ({dev}, {prec}): {config}")
 

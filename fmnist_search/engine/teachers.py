@@ -24,6 +24,7 @@ from filelock import FileLock
 
 from ..core.config import TrainConfig, cache_root
 from ..core.presets import check_teacher
+from .distill import Teacher
 from .train import MEAN, STD, EpochMetrics, train_recipe
 from .weights import load_weights_file, weights_payload
 
@@ -42,6 +43,26 @@ def _fingerprint(
     return h.hexdigest()[:16]
 
 
+def cached_teacher(
+    name: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    seed: int = 0,
+    precision: str = "fp32",
+    say: Callable[[str], None] = lambda _: None,
+) -> Teacher:
+    """``teacher_for``'s network as a distillation ``Teacher`` whose logit tables of the training
+    images are kept beside its cached weights: computed once per teacher and data, not once per process."""
+    return Teacher(teacher_for(name, train, seed, precision, say), cache=_path(name, train, seed, precision)[1])
+
+
+def _path(name: str, train: tuple[torch.Tensor, torch.Tensor], seed: int, precision: str) -> tuple[Any, Path]:
+    """(preset, the cache file of this teacher, trained on these images)."""
+    preset = check_teacher(name)
+    model_name, recipe = preset.models[0], dict(preset.train)
+    path = cache_root() / "teachers" / f"{preset.name}-{_fingerprint(model_name, recipe, seed, precision, train)}.pt"
+    return preset, path
+
+
 def teacher_for(
     name: str,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -56,9 +77,8 @@ def teacher_for(
     file is written whole, then renamed into place, so an interrupted run leaves none; a
     file lock makes concurrent workers train it once.
     """
-    preset = check_teacher(name)
+    preset, path = _path(name, train, seed, precision)
     model_name, recipe = preset.models[0], dict(preset.train)
-    path = cache_root() / "teachers" / f"{preset.name}-{_fingerprint(model_name, recipe, seed, precision, train)}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):  # the workers of one study wait for the first to train it
         if path.is_file():

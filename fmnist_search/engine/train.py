@@ -106,7 +106,7 @@ def train_recipe(
     *,
     built: Built | None = None,
     compiled: dict[str, Built] | None = None,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | Teacher | None = None,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
 ) -> tuple[Built, FitResult]:
     """Train one recipe outside a study: build model ``name`` (seeded by ``cfg.seed``, on the

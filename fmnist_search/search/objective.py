@@ -21,12 +21,11 @@ from ..core.errors import StorageError
 from ..engine.data import Splits
 from ..engine.devices import device_name, tune_backend
 from ..engine.models import num_params
-from ..engine.teachers import teacher_for
+from ..engine.teachers import cached_teacher
 from ..engine.train import (
     Built,
     EpochMetrics,
     FitResult,
-    Teacher,
     TrainConfig,
     evaluate,
     to_device,
@@ -72,8 +71,8 @@ class Objective:
         tune_backend(device)
         # Not sampled, so one teacher serves the whole study; trained (or loaded) once per process.
         name = spec.fixed.get("teacher")
-        # Its logits of the training images are looked up once computed (train.Teacher).
-        self.teacher = Teacher(teacher_for(name, self.train, spec.seed, precision, say)) if name else None
+        # Its logits of the training images: computed once per teacher and data, kept on disk (distill.Teacher).
+        self.teacher = cached_teacher(name, self.train, spec.seed, precision, say) if name else None
 
     def config(self, trial: optuna.Trial, data_seed: int | None = None) -> TrainConfig:
         """This trial's recipe: its sampled hyperparameters (``suggest`` asks the sampler)."""
