@@ -118,3 +118,12 @@ def test_checkpoints_script_measures_the_cost_of_one(tmp_path, real_data):
     assert lenet["checkpoint_bytes"] > 2 * 44_426 * 4  # weights and momentum, float32
     assert lenet["checkpoint_ms"] > 0 and 0 < lenet["share_of_epoch"] < 1
     assert json.loads(out.read_text()) == results
+
+
+def test_startup_script_times_every_stage(tmp_path, real_data):
+    import startup
+
+    results = startup.main(["--reps", "1", "--json", str(tmp_path / "s.json")])
+    stages = results["stages_s"]
+    assert list(stages)[:2] == ["import torch", "import torchvision"] and "first training step" in stages
+    assert all(v >= 0 for v in stages.values()) and results["total_s"] == pytest.approx(sum(stages.values()), abs=0.01)
