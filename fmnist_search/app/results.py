@@ -51,7 +51,7 @@ def list_studies(store: Any, folder: Path) -> list[tuple[str, ...]]:
     from ..search.export import best_trial, state_counts
     from ..search.record import TrialRecord
 
-    rows = []
+    rows, sizes = [], file_sizes(folder)
     for s in optuna.get_all_study_summaries(store, include_best_trial=False):
         study = optuna.load_study(study_name=s.study_name, storage=store)
         counts = state_counts(study)
@@ -62,15 +62,9 @@ def list_studies(store: Any, folder: Path) -> list[tuple[str, ...]]:
             *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
             f"{best.value:.4f}" if best else "-",
             f"{TrialRecord.of(best).test_accuracy or float('nan'):.4f}" if best else "-",
-            _megabytes(artifact_space(study, folder)),
+            artifact_space(study, sizes),
         ))  # fmt: skip
     return rows
-
-
-def _megabytes(space: tuple[int, int, int]) -> str:
-    """``1.3 MB`` (weights and checkpoints), ``+ 0.4 MB ckpt`` when checkpoints may still resume."""
-    _, weights, live = space
-    return f"{(weights + live) / 1e6:.1f} MB" + (f", {live / 1e6:.1f} ckpt" if live else "")
 
 
 def best_of(store: Any, name: str, folder: Path) -> tuple[str, dict[str, Any], int | None, list[tuple[str, str]]]:
@@ -82,7 +76,7 @@ def best_of(store: Any, name: str, folder: Path) -> tuple[str, dict[str, Any], i
     s = load_study(store, name)
     settings = ", ".join(f"{k}={v}" for k, v in s.user_attrs.items())
     best = best_trial(s)
-    counts: dict[str, Any] = {**state_counts(s), "artifacts": _megabytes(artifact_space(s, folder))}
+    counts: dict[str, Any] = {**state_counts(s), "artifacts": artifact_space(s, file_sizes(folder))}
     if best is None:
         return settings, counts, None, []
     rows = [("val_accuracy", f"{best.value:.4f}")]
@@ -131,14 +125,18 @@ def plot(store: Any, name: str, output_dir: Path, dashboard: bool) -> tuple[list
     return paths, None
 
 
-def artifact_space(study: Any, folder: Path) -> tuple[int, int, int]:
-    """(files, bytes of weights, bytes of checkpoints that may resume) a study keeps in ``folder``."""
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Each artifact file's bytes, by its id (its name), read once per command."""
+    return {p.name: p.stat().st_size for p in folder.iterdir()} if folder.is_dir() else {}
+
+
+def artifact_space(study: Any, sizes: dict[str, int]) -> str:
+    """``1.3 MB`` (its weights and checkpoints), ``, 0.4 ckpt`` when checkpoints may still resume."""
     from ..search.checkpoints import in_use
 
     weights, live = in_use(study)
-    sizes = {p.name: p.stat().st_size for p in folder.iterdir()} if folder.is_dir() else {}
-    kept = [a for a in weights | live if a in sizes]
-    return len(kept), sum(sizes[a] for a in weights if a in sizes), sum(sizes[a] for a in live if a in sizes)
+    weights_b, live_b = (sum(sizes.get(a, 0) for a in ids) for ids in (weights, live))
+    return f"{(weights_b + live_b) / 1e6:.1f} MB" + (f", {live_b / 1e6:.1f} ckpt" if live_b else "")
 
 
 def prune_artifacts(store: Any, folder: Path, dry_run: bool) -> tuple[list[str], int]:

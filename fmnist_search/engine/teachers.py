@@ -52,15 +52,8 @@ def cached_teacher(
 ) -> Teacher:
     """``teacher_for``'s network as a distillation ``Teacher`` whose logit tables of the training
     images are kept beside its cached weights: computed once per teacher and data, not once per process."""
-    return Teacher(teacher_for(name, train, seed, precision, say), cache=_path(name, train, seed, precision)[1])
-
-
-def _path(name: str, train: tuple[torch.Tensor, torch.Tensor], seed: int, precision: str) -> tuple[Any, Path]:
-    """(preset, the cache file of this teacher, trained on these images)."""
-    preset = check_teacher(name)
-    model_name, recipe = preset.models[0], dict(preset.train)
-    path = cache_root() / "teachers" / f"{preset.name}-{_fingerprint(model_name, recipe, seed, precision, train)}.pt"
-    return preset, path
+    preset, path = _path(name, train, seed, precision)
+    return Teacher(_load_or_train(name, preset, path, seed, precision, train, say), cache=path.with_suffix(""))
 
 
 def teacher_for(
@@ -78,6 +71,19 @@ def teacher_for(
     file lock makes concurrent workers train it once.
     """
     preset, path = _path(name, train, seed, precision)
+    return _load_or_train(name, preset, path, seed, precision, train, say)
+
+
+def _path(name: str, train: tuple[torch.Tensor, torch.Tensor], seed: int, precision: str) -> tuple[Any, Path]:
+    """(preset, the cache file of this teacher, trained on these images)."""
+    preset = check_teacher(name)
+    model_name, recipe = preset.models[0], dict(preset.train)
+    path = cache_root() / "teachers" / f"{preset.name}-{_fingerprint(model_name, recipe, seed, precision, train)}.pt"
+    return preset, path
+
+
+def _load_or_train(name: str, preset: Any, path: Path, seed: int, precision: str,
+                   train: tuple[torch.Tensor, torch.Tensor], say: Callable[[str], None]) -> nn.Module:  # fmt: skip
     model_name, recipe = preset.models[0], dict(preset.train)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):  # the workers of one study wait for the first to train it

@@ -134,5 +134,5 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, tta
     """Class probabilities (N, 10) for normalized inputs; with ``tta_flip``, averaged with the mirror images'."""
     forward, tta = plain_forward(model), torch.tensor([tta_flip], device=x.device)
     return torch.cat(
-        [log_probs(forward, {}, x[i : i + batch_size], tta)[0].exp() for i in range(0, len(x), batch_size)]
+        [log_probs(forward, {}, x[i : i + batch_size], tta, tta_flip)[0].exp() for i in range(0, len(x), batch_size)]
     )

@@ -97,9 +97,10 @@ def load(store: Any, attr: dict[str, Any], model: str, cfg: TrainConfig) -> tupl
 
 
 def resumable(study: optuna.Study, store: Any, trial: optuna.Trial, model: str, cfg: TrainConfig,
-              say: Callable[[str], None]) -> tuple[Snapshot, TrainConfig, int] | None:  # fmt: skip
+              say: Callable[[str], None]) -> tuple[Snapshot, TrainConfig, int, dict[str, Any]] | None:  # fmt: skip
     """The snapshot ``trial`` continues from, its recipe as it trained, the stopped trial's
-    number; None (with one line when a checkpoint was there but refused) to start over."""
+    number and checkpoint attr; None (with one line when a checkpoint was there but refused)
+    to start over."""
     found = find(study, trial) if store is not None else None
     if found is None:
         return None
@@ -109,7 +110,7 @@ def resumable(study: optuna.Study, store: Any, trial: optuna.Trial, model: str, 
     except Refused as e:
         say(f"trial {trial.number}: the checkpoint of trial {number} is ignored ({e}); it starts over")
         return None
-    return snap, TrainConfig(**{**asdict(cfg), "seed": seed, "data_seed": data_seed}), number
+    return snap, TrainConfig(**{**asdict(cfg), "seed": seed, "data_seed": data_seed}), number, attr
 
 
 def in_use(study: optuna.Study) -> tuple[set[str], set[str]]:

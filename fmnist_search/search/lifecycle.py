@@ -80,8 +80,7 @@ def run_trials(
         found = checkpoints.resumable(study, objective.checkpoint_store, s.trial, objective.spec.model, s.cfg,
                                       objective.say)  # fmt: skip
         if found is not None:
-            s.resume, s.cfg, stopped = found
-            s.consumed = checkpoints.find(study, s.trial)[1]  # type: ignore[index]
+            s.resume, s.cfg, stopped, s.consumed = found
             s.record.resumed_from = {"trial": stopped, "epoch": s.resume.epoch}
     with _heartbeats(study, trials):
         try:
@@ -154,7 +153,8 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
         s.record = objective.describe(s.record, s.cfg, b.module, population=len(group))
     members = [Member(s.cfg) for s in group]
     census = Census()  # filled epoch by epoch: pruned trials record it too
-    resume = [s.resume for s in group] if group[0].resume is not None else None
+    # a group shares one resume point (run_trials groups by it): all resume, or none
+    resume = [s.resume for s in group if s.resume is not None] or None
     if resume is not None:  # the epochs before: reported again, so the trial shows one unbroken curve
         before = [(trial_id(s.trial), m.epoch, m.val_accuracy) for s, r in zip(group, resume, strict=True)
                   for m in r.history]  # fmt: skip
@@ -208,7 +208,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
         every = objective.checkpoint_every if objective.checkpoint_store is not None else 0
         fit_population([b.runnable for b in built], members, objective.train, objective.val, on_epoch_end,
                        objective.teacher, census, resume=resume, on_snapshot=on_snapshot,
-                       snapshot_every=every)  # type: ignore[arg-type]  # fmt: skip
+                       snapshot_every=every)  # fmt: skip
     finally:  # an interrupt too: every trial keeps what it measured
         for s, m in zip(group, members, strict=True):
             if not s.told:
