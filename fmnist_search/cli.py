@@ -36,6 +36,7 @@ from .app.options import (
     StudyOptions,
     TrainSizeOpt,
     ValSizeOpt,
+    WhereOpt,
     WorkOptions,
     artifact_dir,
     takes,
@@ -144,9 +145,7 @@ def _print(text: str, **kwargs: Any) -> None:
 
 
 def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]], **kwargs: Any) -> Table:
-    table = Table(**kwargs)
-    for col in columns:
-        table.add_column(col)
+    table = Table(*columns, **kwargs)
     for row in rows:
         table.add_row(*row)
     return table
@@ -191,11 +190,8 @@ def worker(
     label: Annotated[str | None, typer.Option(help="Name shown on this worker's lines and trials.")] = None,
     bars: Annotated[bool, typer.Option(help="Progress bars (off: one line per trial).")] = True,
 ) -> None:
-    """Join a study (on any machine that reaches its storage) and work until it has its trials.
-
-    A worker started before its database or study is ready (containers, Kubernetes) waits
-    for both, up to --storage-patience seconds, saying so.
-    """
+    """Join a study (on any machine that reaches its storage) and work until it has its trials; one started
+    before its database or study (containers, Kubernetes) waits for both, up to --storage-patience seconds."""
     from .app.studies import join
 
     prefix = f"[{label}] " if label else ""
@@ -279,11 +275,13 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE, artifacts: ArtifactsOpt = Non
 
 
 @command()
-def show(study: StudyOpt, storage: StorageOpt = DEFAULT_STORAGE, artifacts: ArtifactsOpt = None) -> None:
-    """The best trial of a study: params, accuracies, throughput, device; its artifacts' space."""
+def show(
+    study: StudyOpt, storage: StorageOpt = DEFAULT_STORAGE, artifacts: ArtifactsOpt = None, where: WhereOpt = None
+) -> None:
+    """The best trial of a study (or its pick --where): params, accuracies, throughput, device; artifacts' space."""
     from .app.results import best_of
 
-    settings, counts, number, rows = best_of(_reader(storage), study, artifact_dir(storage, artifacts))
+    settings, counts, number, rows = best_of(_reader(storage), study, artifact_dir(storage, artifacts), where or ())
     _print(f"study {study}: {settings}")
     _print(f"trials: {counts}")
     if number is None:
@@ -298,11 +296,12 @@ def export(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="CSV file [default: stdout].")] = None,
     top: Annotated[int | None, typer.Option(min=1, help="Only the best N trials.")] = None,
     all_states: Annotated[bool, typer.Option("--all", help="Every trial, not just completed ones.")] = False,
+    front: Annotated[bool, typer.Option("--front", help="Only the Pareto front (several objectives).")] = False,
 ) -> None:
     """Write the study's trials as CSV, best first."""
     from .app.results import export_frame
 
-    frame = export_frame(_reader(storage), study, all_states, top)
+    frame = export_frame(_reader(storage), study, all_states, top, front)
     if output is None:
         frame.to_csv(sys.stdout, index=False)
         return
@@ -465,6 +464,7 @@ def train(
     ] = None,
     from_study: Annotated[str | None, typer.Option(help="Use this study's best (or --trial N) configuration.")] = None,
     trial: TrialOpt = None,
+    where: WhereOpt = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     epochs: Annotated[
         int | None, typer.Option(help="Override the configuration's epochs.", rich_help_panel=RECIPE)
@@ -487,9 +487,9 @@ def train(
     from .app.models import train as train_one
 
     flags = _given(val_size=val_size, train_size=train_size, seed=seed, full_train=full_train)
-    done = train_one(model, preset, params, from_study, trial, lambda: _reader(storage), epochs=epochs,
-                     split_flags=flags, device=device, precision=precision, compile=compile, data_dir=data_dir,
-                     download=download, save=save, show=_print, say=_say)  # fmt: skip
+    done = train_one(model, preset, params, from_study, trial, lambda: _reader(storage), where=where or (),
+                     epochs=epochs, split_flags=flags, device=device, precision=precision, compile=compile,
+                     data_dir=data_dir, download=download, save=save, show=_print, say=_say)  # fmt: skip
     if done.saved is not None:
         _say(f"saved weights to {done.saved}")
     _print(f"test_accuracy={done.test_accuracy:.4f}")

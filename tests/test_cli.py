@@ -122,7 +122,11 @@ def _error_line(result) -> str:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["run", "--model", "vgg"], "unknown model 'vgg'; choose one of: airbench, lenet, resnet18, resnet34"),
+        (
+            ["run", "--model", "vgg"],
+            "unknown model 'vgg'; choose one or more (comma-separated, distinct) of: "
+            "airbench, lenet, resnet18, resnet34",
+        ),
         (["run", "--model", "lenet", "--trials", "0"], "'--trials': Input should be greater than or equal to 1"),
         (["run", "--model", "lenet", "--trials", "many"], "'--trials': Input should be a valid integer"),
         (["run", "--model", "lenet", "--lr-min", "0.5", "--lr-max", "0.1"], "lr_min (0.5) must be below lr_max"),
@@ -259,9 +263,11 @@ def test_study_options_are_study_settings_or_say_which_study():
 
     assert set(StudyOptions.SETTINGS) <= SPEC_FIELDS
     others = {f.name for f in dataclasses.fields(StudyOptions)} - set(StudyOptions.SETTINGS)
-    assert others == {"model", "trials", "study", "storage", "preset", "models", "fix"}
-    given = StudyOptions(epochs=3, sampler="random", fix=["schedule=cosine", "crop=2"]).settings()
-    assert given == {"epochs": 3, "sampler": "random", "fixed": {"schedule": "cosine", "crop": 2}}
+    assert others == {"model", "trials", "study", "storage", "preset", "models", "fix", "objectives"}
+    given = StudyOptions(epochs=3, sampler="random", fix=["schedule=cosine", "crop=2"],
+                         objectives="accuracy, params").settings()  # fmt: skip
+    assert given == {"epochs": 3, "sampler": "random", "fixed": {"schedule": "cosine", "crop": 2},
+                     "objectives": ("accuracy", "params")}  # fmt: skip
 
 
 def test_work_options_reach_worker_processes_unchanged(tmp_path):

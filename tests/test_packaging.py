@@ -64,5 +64,6 @@ def test_unknown_preset_lists_the_shipped_ones(installed_wheel, tmp_path):
     done = _run(installed_wheel, tmp_path, "run", "--preset", "nope")
     assert done.returncode == 2
     assert (
-        "unknown preset 'nope'; choose one of: airbench-tuned, lenet-base, lenet-tuned, resnet18-tuned" in done.stderr
+        "unknown preset 'nope'; choose one of: airbench-tuned, compare, lenet-base, lenet-tuned, resnet18-tuned"
+        in done.stderr
     )

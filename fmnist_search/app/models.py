@@ -43,6 +43,7 @@ def train_config(
     from_study: str | None,
     trial: int | None,
     store: Callable[[], Any],
+    where: tuple[str, ...] | list[str] = (),
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """What `fmnist-search train` trains: (model, hyperparameters, split settings), from a
     preset or a study's trial < --params (< flags, applied by the caller). ``store`` opens
@@ -51,6 +52,7 @@ def train_config(
 
     from ..core.presets import TRAIN_RUN_KEYS, load_preset
     from ..search.record import TrialRecord
+    from ..search.space import model_of
     from ..search.study import find_trial, load_study, stored_spec
 
     config: dict[str, Any] = {}
@@ -67,8 +69,8 @@ def train_config(
     if from_study is not None:
         study = load_study(store(), from_study)
         spec = stored_spec(study)
-        model = model or spec.model
-        t = find_trial(study, trial)
+        t = find_trial(study, trial, tuple(where))
+        model = model or model_of(t.params, spec)
         config.update(TrialRecord.of(t).config or {"epochs": spec.epochs, "batch_size": spec.batch_size,
                                                       "momentum": spec.momentum, **spec.fixed, **t.params})  # fmt: skip
         config.pop("seed", None)
@@ -102,7 +104,8 @@ class Training:
 
 def train(
     model: str | None, preset: str | None, params: str | None, from_study: str | None, trial: int | None,
-    store: Callable[[], Any], *, epochs: int | None, split_flags: dict[str, Any], device: str, precision: str,
+    store: Callable[[], Any], *, where: tuple[str, ...] | list[str] = (), epochs: int | None,
+    split_flags: dict[str, Any], device: str, precision: str,
     compile: bool, data_dir: Path | None, download: bool, save: Path | None,
     show: Say, say: Say,
 ) -> Training:  # fmt: skip
@@ -119,7 +122,9 @@ def train(
     from ..engine.train import Diverged, evaluate, to_device, train_recipe
     from ..engine.weights import weights_payload
 
-    name, config, split = train_config(model, preset, params, from_study, trial, store)
+    if where and from_study is None:
+        raise FmnistSearchError("--where picks a trial of --from-study; give the study")
+    name, config, split = train_config(model, preset, params, from_study, trial, store, where)
     if epochs is not None:
         config["epochs"] = epochs
     split.update(split_flags)

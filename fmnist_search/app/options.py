@@ -25,6 +25,7 @@ from ..core.config import (
     GRACE_PERIOD_S,
     HEARTBEAT_INTERVAL_S,
     MODEL_NAMES,
+    OBJECTIVE_NAMES,
     PATIENCE_S,
     PRUNER_NAMES,
     SAMPLER_NAMES,
@@ -119,7 +120,19 @@ PopulationOpt = Annotated[
 
 # What a study is (stored with it; a resume that disagrees is refused).
 ModelOpt = Annotated[
-    str | None, typer.Option(help=f"Network to train: {', '.join(MODEL_NAMES)}.", rich_help_panel=STUDY)
+    str | None,
+    typer.Option(
+        help=f"Network to train: {', '.join(MODEL_NAMES)}; several, comma-separated, are compared in one study.",
+        rich_help_panel=STUDY,
+    ),
+]
+ObjectivesOpt = Annotated[
+    str | None,
+    typer.Option(
+        help=f"What trials are scored on, comma-separated: {', '.join(OBJECTIVE_NAMES)}; more than one keeps a "
+        "Pareto front [default: accuracy].",
+        rich_help_panel=SEARCH,
+    ),
 ]
 TrialsOpt = Annotated[
     int | None,
@@ -179,6 +192,15 @@ TrainSizeOpt = Annotated[
 ]
 
 
+WhereOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Pick the most accurate trial (validation) with a floor or ceiling on an objective, e.g. "
+        "--where throughput>=50000 or --where params<=100000 (repeatable).",
+    ),
+]
+
+
 def artifact_dir(storage: str, artifacts: Path | None) -> Path:
     from ..search.artifacts import default_dir
 
@@ -207,6 +229,7 @@ class StudyOptions:
     train_size: TrainSizeOpt = None
     space: SpaceOpt = None
     fix: FixOpt = None
+    objectives: ObjectivesOpt = None
 
     # The options that are StudySpec fields of the same name (tests/test_cli.py checks them).
     SETTINGS: ClassVar[tuple[str, ...]] = (
@@ -222,6 +245,8 @@ class StudyOptions:
         fixed = parse_fixed(self.fix)
         if fixed:
             given["fixed"] = fixed
+        if self.objectives is not None:
+            given["objectives"] = tuple(n.strip() for n in self.objectives.split(","))
         return given
 
 

@@ -14,7 +14,9 @@ def trial_line(trial: Any, prefix: str = "") -> str:
     from ..search.record import TrialRecord
 
     a = TrialRecord.of(trial)
-    line = f"{prefix}trial {trial.number} {trial.state.name}: lr={trial.params.get('lr', float('nan')):.4g}"
+    lr = trial.params.get("lr", (a.config or {}).get("lr", float("nan")))
+    model = f" {trial.params['model']}" if "model" in trial.params else ""  # a study that compares models
+    line = f"{prefix}trial {trial.number} {trial.state.name}:{model} lr={lr:.4g}"
     if a.val_accuracy is not None:
         line += f" val={a.val_accuracy:.4f} after {a.epochs_completed} epochs, {a.throughput or 0:,.0f} samples/s"
     if a.test_accuracy is not None:
@@ -22,6 +24,15 @@ def trial_line(trial: Any, prefix: str = "") -> str:
     if a.fail_reason is not None:
         line += f" ({a.fail_reason})"
     return line
+
+
+def _accuracy(study: Any, trial: Any) -> float:
+    """A trial's validation accuracy (its objective value, whatever else the study optimises)."""
+    from ..search.criteria import objectives_of
+    from ..search.front import accuracy
+
+    value = accuracy(trial, objectives_of(study))
+    return float("nan") if value is None else value
 
 
 def study_summary(study: Any) -> tuple[dict[str, int], str | None]:
@@ -36,7 +47,7 @@ def study_summary(study: Any) -> tuple[dict[str, int], str | None]:
     a = TrialRecord.of(best)
     test = a.test_accuracy if a.test_accuracy is not None else float("nan")
     return counts, (
-        f"best trial {best.number}: val_accuracy={best.value:.4f} test_accuracy={test:.4f} "
+        f"best trial {best.number}: val_accuracy={_accuracy(study, best):.4f} test_accuracy={test:.4f} "
         f"params={best.params} throughput={a.throughput or 0:,.0f} samples/s on {a.device}"
     )
 
@@ -60,46 +71,66 @@ def list_studies(store: Any, folder: Path) -> list[tuple[str, ...]]:
             s.study_name,
             str(study.user_attrs.get("model", "?")),
             *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
-            f"{best.value:.4f}" if best else "-",
+            f"{_accuracy(study, best):.4f}" if best else "-",
             f"{TrialRecord.of(best).test_accuracy or float('nan'):.4f}" if best else "-",
             artifact_space(study, sizes),
         ))  # fmt: skip
     return rows
 
 
-def best_of(store: Any, name: str, folder: Path) -> tuple[str, dict[str, Any], int | None, list[tuple[str, str]]]:
-    """(settings line, trials by state and its artifacts' space, the best trial's number and its
-    (key, value) rows; None and no rows before a trial completes)."""
+def best_of(
+    store: Any, name: str, folder: Path, where: tuple[str, ...] | list[str] = ()
+) -> tuple[str, dict[str, Any], int | None, list[tuple[str, str]]]:
+    """(settings line, trials by state and its artifacts' space, the best trial's number (or the
+    pick ``where`` says: search/front.py) and its (key, value) rows; None and no rows before a
+    trial completes)."""
     from ..search.export import best_trial, state_counts
+    from ..search.front import pick
     from ..search.study import load_study
 
     s = load_study(store, name)
     settings = ", ".join(f"{k}={v}" for k, v in s.user_attrs.items())
-    best = best_trial(s)
+    best = pick(s, where) if where else best_trial(s)
     counts: dict[str, Any] = {**state_counts(s), "artifacts": artifact_space(s, file_sizes(folder))}
     if best is None:
         return settings, counts, None, []
-    rows = [("val_accuracy", f"{best.value:.4f}")]
+    rows = [("val_accuracy", f"{_accuracy(s, best):.4f}")]
     rows += [(k, f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in best.params.items()]
     rows += [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in best.user_attrs.items() if k != "history"]
     return settings, counts, best.number, rows
 
 
-def export_frame(store: Any, name: str, include_all: bool, top: int | None) -> Any:
-    """The study's trials as a DataFrame, best first (``search.export``)."""
+def export_frame(store: Any, name: str, include_all: bool, top: int | None, front: bool = False) -> Any:
+    """The study's trials (or its Pareto front) as a DataFrame, best first (``search.export``)."""
     from ..search.export import trials_frame
     from ..search.study import load_study
 
-    return trials_frame(load_study(store, name), include_all=include_all, top=top)
+    return trials_frame(load_study(store, name), include_all=include_all, top=top, front_only=front)
 
 
 def report_table(store: Any, names: list[str]) -> tuple[str, str, int]:
-    """The report's Table 1 for these studies: (markdown, CSV, rows)."""
-    from ..search.report import report_frame, to_markdown
+    """The report's Table 1 for these studies, and the Pareto front of each study with several
+    objectives, the report's rows of its models beside it: (markdown, CSV, rows)."""
+    import pandas as pd
+
+    from ..search.criteria import objectives_of
+    from ..search.front import describe_objectives
+    from ..search.report import front_frame, front_markdown, report_frame, to_markdown
     from ..search.study import load_study
 
-    frame = report_frame([load_study(store, name) for name in names])
-    return to_markdown(frame), frame.to_csv(index=False), len(frame)
+    studies = [load_study(store, name) for name in names]
+    single = [s for s in studies if len(objectives_of(s)) == 1]
+    parts, frames = [], []
+    if single:
+        frames.append(report_frame(single))
+        parts.append(to_markdown(frames[-1]))
+    for s in studies:
+        if len(objectives_of(s)) > 1:
+            frames.append(front_frame(s))
+            title = f"Pareto front of {s.study_name}: {describe_objectives(objectives_of(s))}; chosen on validation"
+            parts.append(f"{title}\n\n{front_markdown(frames[-1], objectives_of(s))}")
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return "\n".join(parts), frame.to_csv(index=False), len(frame)
 
 
 def plot(store: Any, name: str, output_dir: Path, dashboard: bool) -> tuple[list[Path], str | None]:

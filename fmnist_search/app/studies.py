@@ -76,7 +76,8 @@ def _plan(
         if model is None and study is None:
             raise FmnistSearchError("give --model (a new study), --study NAME (resume one) or --preset NAME")
         requested = {"model": model, **flags} if model else flags
-        return [(study or model, requested, trials or 30, True)]  # type: ignore[list-item]
+        default_name = "+".join(m.strip() for m in model.split(",")) if model else None  # lenet+airbench
+        return [(study or default_name, requested, trials or 30, True)]  # type: ignore[list-item]
     p = load_preset(preset)
     chosen = [model] if model else list(p.models)
     if models is not None:
@@ -241,10 +242,12 @@ def _run_trials(
 
 
 def check_population(requested: int | None, model: str, device: Any, precision: str, compile: bool) -> int:
-    """Trials per population: the requested number, else the measured default for this model and device."""
+    """Trials per population: the requested number, else the measured default for this model (the
+    smallest of the models a study compares) and device."""
     from ..engine.population import default_population
 
-    population = default_population(model, device) if requested is None else requested
+    default = min(default_population(m.strip(), device) for m in model.split(","))
+    population = default if requested is None else requested
     if population > 1 and precision == "fp16":
         raise FmnistSearchError("--population trains in fp32 or bf16; use --precision bf16 (or --population 1)")
     if population > 1 and compile:
@@ -265,7 +268,9 @@ def load_dataset(data_dir: Path | None, download: bool):
 def space_text(spec: Any) -> str:
     lr = f"lr grid {list(spec.lr_grid)}" if spec.sampler == "grid" else f"lr {spec.lr_min:g}..{spec.lr_max:g}"
     fixed = f", fixed {spec.fixed}" if spec.fixed else ""
-    return f"space {spec.space} ({lr}{fixed})"
+    own = "".join(f"; {m}: {r}" for m, r in spec.recipes.items())  # a comparison's per-model recipes
+    scored = f"; objectives {','.join(spec.objectives)}" if len(spec.objectives) > 1 else ""
+    return f"space {spec.space} ({lr}{fixed}{own}){scored}"
 
 
 def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int, say: Say) -> None:

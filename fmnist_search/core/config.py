@@ -32,6 +32,7 @@ PRUNER_NAMES = ("hyperband", "median", "none", "sha")  # fmnist_search.study.PRU
 SPACE_NAMES = ("full", "lr")  # fmnist_search.space.SPACES
 SCHEDULE_NAMES = ("constant", "cosine", "onecycle")  # fmnist_search.engine.schedules.SCHEDULES
 PRECISION_NAMES = ("bf16", "fp16", "fp32")  # fmnist_search.engine.devices.PRECISIONS (resolved, never "auto")
+OBJECTIVE_NAMES = ("accuracy", "latency", "params", "throughput")  # fmnist_search.search.criteria.CRITERIA
 
 
 # --- what each setting may hold: one rule per field, checked wherever a value enters ---
@@ -76,6 +77,20 @@ def _one_of(names: tuple[str, ...]) -> Rule:
     return Rule(str, f"one of: {', '.join(names)}", lambda v: v in names, choices=names)
 
 
+def _names(value: str | tuple[str, ...]) -> list[str]:
+    return [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
+
+
+def _some_of(names: tuple[str, ...], what: str) -> Rule:
+    """One name of ``names``, or several distinct ones (comma-separated, or a tuple)."""
+
+    def ok(value: str | tuple[str, ...]) -> bool:
+        chosen = _names(value)
+        return bool(chosen) and len(set(chosen)) == len(chosen) and all(n in names for n in chosen)
+
+    return Rule(object, f"{what} of: {', '.join(names)}", ok, choices=names)
+
+
 _BOOL = Rule(bool, "true or false")
 _PROBABILITY = _num(0, 1)
 _POSITIVE_INT = _num(1, kind=int)
@@ -106,7 +121,8 @@ RECIPE_RULES: dict[str, Rule] = {
 
 # StudySpec's own fields (``fixed`` holds RECIPE_RULES values).
 SPEC_RULES: dict[str, Rule] = {
-    "model": _one_of(MODEL_NAMES),
+    # several models (comma-separated) are compared in one study: the model is then a parameter
+    "model": dataclasses.replace(_some_of(MODEL_NAMES, "one or more (comma-separated, distinct)"), kind=str),
     "epochs": _POSITIVE_INT,
     "batch_size": _POSITIVE_INT,
     "lr_min": _num(0, low_open=True),
@@ -118,6 +134,7 @@ SPEC_RULES: dict[str, Rule] = {
     "val_size": _num(1, FULL_TRAIN_SIZE - 1, kind=int),
     "train_size": dataclasses.replace(_POSITIVE_INT, optional=True),
     "space": _one_of(SPACE_NAMES),
+    "objectives": dataclasses.replace(_some_of(OBJECTIVE_NAMES, "distinct names"), kind=tuple),
 }
 
 # Study settings a recipe also has. A fixed value of one of these is the study's value: `--fix
@@ -134,6 +151,8 @@ def _has_kind(value: Any, kind: type) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if kind is tuple:  # a list of names (a list from TOML or JSON)
+        return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
     return isinstance(value, kind)
 
 
@@ -143,7 +162,8 @@ def check_value(name: str, value: Any, rule: Rule) -> None:
         return
     if not _has_kind(value, rule.kind) or not rule.ok(value):
         if rule.choices:
-            raise ConfigError(f"unknown {name} {value!r}; choose {rule.allowed}")
+            shown = ",".join(value) if isinstance(value, tuple) and all(isinstance(v, str) for v in value) else value
+            raise ConfigError(f"unknown {name} {shown!r}; choose {rule.allowed}")
         raise ConfigError(f"{name} must be {rule.allowed}, got {value!r}")
 
 
@@ -206,6 +226,54 @@ def check_settings(requested: dict[str, Any]) -> None:
         _lr_grid(requested["lr_grid"])
     if "fixed" in requested:
         check_fixed(requested["fixed"])
+    if "objectives" in requested:
+        _objectives(tuple(requested["objectives"]))
+    if "recipes" in requested:
+        _recipes(requested["recipes"], _names(requested.get("model", ",".join(requested["recipes"]))))
+
+
+def _objectives(objectives: tuple[str, ...]) -> None:
+    if "accuracy" not in objectives:
+        raise ConfigError(
+            "objectives must include accuracy (the validation accuracy every trial reports and is pruned on), "
+            "e.g. accuracy,throughput"
+        )
+
+
+# What one model's recipe in a comparison study may set (the study's own values otherwise).
+RECIPE_SETTINGS = ("lr_min", "lr_max", "momentum", "fixed")
+
+
+def _recipes(recipes: Any, models: list[str]) -> None:
+    """Per-model recipes of a comparison study: {model: {lr_min, lr_max, momentum, fixed}}."""
+    if not isinstance(recipes, dict):
+        raise ConfigError(f"recipes must be a table of models, got {recipes!r}")
+    if recipes and len(models) < 2:
+        raise ConfigError("recipes are per model of a study that compares models; give several models")
+    for model, recipe in recipes.items():
+        if model not in models:
+            raise ConfigError(f"recipes names {model!r}, which the study does not compare ({', '.join(models)})")
+        if isinstance(recipe, str):  # a preset's recipe, read where the study is opened (presets.expand_recipes)
+            continue
+        if not isinstance(recipe, dict):
+            raise ConfigError(f"recipes.{model} must be a table or a preset name, got {recipe!r}")
+        unknown = set(recipe) - set(RECIPE_SETTINGS)
+        if unknown:
+            raise ConfigError(
+                f"recipes.{model}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(RECIPE_SETTINGS)}"
+            )
+        try:
+            for key, value in recipe.items():
+                if key == "fixed":
+                    check_fixed(value)
+                else:
+                    check_value(key, value, SPEC_RULES[key])
+            if "lr_min" in recipe or "lr_max" in recipe:
+                if "lr_min" not in recipe or "lr_max" not in recipe:
+                    raise ConfigError("give lr_min and lr_max together")
+                _lr_range(recipe["lr_min"], recipe["lr_max"])
+        except ConfigError as e:
+            raise ConfigError(f"recipes.{model}: {e}") from None
 
 
 def _disagree(key: str, fixed: Any, study: Any) -> str:
@@ -268,7 +336,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StudySpec:
-    model: str = "lenet"  # registry name (fmnist_search.models)
+    model: str = "lenet"  # registry name (fmnist_search.models); several, comma-separated, are compared
     epochs: int = 10  # training epochs per trial
     batch_size: int = 256  # samples per SGD step
     lr_min: float = 1e-3  # learning-rate search range, sampled log-uniformly
@@ -282,10 +350,18 @@ class StudySpec:
     space: str = "lr"  # fmnist_search.space.SPACES: which hyperparameters trials sample
     fixed: dict[str, Any] = field(default_factory=dict)  # hyperparameters held fixed (not sampled)
     lr_grid: tuple[float, ...] | None = None  # learning rates for the grid sampler
+    # What a trial is scored on (search/criteria.py); more than one makes a multi-objective study.
+    objectives: tuple[str, ...] = ("accuracy",)
+    # Per model of a comparison study (model = "lenet,airbench"): what its recipe sets over the
+    # study's own values (RECIPE_SETTINGS); study-level fixed values override these.
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.lr_grid, list):  # from JSON (study attrs) or TOML
-            object.__setattr__(self, "lr_grid", tuple(self.lr_grid))
+        for name in ("lr_grid", "objectives"):  # from JSON (study attrs) or TOML
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.model, str):  # "lenet, airbench" is stored as "lenet,airbench"
+            object.__setattr__(self, "model", ",".join(_names(self.model)))
         for name, rule in SPEC_RULES.items():
             check_value(name, getattr(self, name), rule)
         _lr_range(self.lr_min, self.lr_max)
@@ -300,10 +376,22 @@ class StudySpec:
             raise ConfigError("the grid sampler needs lr_grid (a list of learning rates)")
         if self.sampler == "grid" and self.space != "lr":
             raise ConfigError("the grid sampler searches lr_grid only; use space = 'lr'")
+        _objectives(self.objectives)
+        _recipes(self.recipes, list(self.models))
+        if self.sampler == "grid" and len(self.models) > 1:
+            raise ConfigError("the grid sampler searches one model's lr_grid; give one model, or another sampler")
+        if self.sampler == "cmaes" and len(self.objectives) > 1:
+            raise ConfigError("the cmaes sampler optimises one objective; use tpe, gp, random or qmc")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models a trial may train: one, or several compared in this study."""
+        return tuple(_names(self.model))
 
     def to_attrs(self) -> dict[str, Any]:
         attrs = dataclasses.asdict(self)
         attrs["lr_grid"] = list(self.lr_grid) if self.lr_grid else None
+        attrs["objectives"] = list(self.objectives)
         return attrs
 
     @classmethod
@@ -353,10 +441,12 @@ def resolve(requested: dict[str, Any], stored: dict[str, Any] | None, study_name
         return StudySpec(**requested)
     spec = StudySpec.from_attrs(stored)
     for key, value in requested.items():
-        if key == "lr_grid" and value is not None:
+        if key in ("lr_grid", "objectives") and value is not None:
             value = tuple(value)
         if key == "fixed":  # the values asked for must be the stored ones; others stay as stored
             value = {**spec.fixed, **value}  # (a base recipe under --fix values, a preset's [fixed])
+        if key == "recipes":  # likewise per model (a model's base recipe was added to the stored ones)
+            value = {**spec.recipes, **value}
         if getattr(spec, key) != value:
             raise ConfigError(
                 f"study {study_name!r} was created with {key}={getattr(spec, key)!r}, "

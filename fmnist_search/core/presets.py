@@ -17,7 +17,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from .config import SPEC_FIELDS, StudySpec, check_fixed
+from .config import RECIPE_SETTINGS, SPEC_FIELDS, StudySpec, check_fixed
 from .errors import ConfigError
 
 BASE_PRESETS = {"lenet": "lenet-base"}  # model -> the preset a new study of it starts from (lr space)
@@ -137,6 +137,56 @@ def with_base_recipe(requested: dict[str, Any]) -> dict[str, Any]:
     lr_given = "lr_min" in requested or "lr_max" in requested  # a range is the user's whole, or the base's
     settings = {k: v for k, v in base.items() if k != "fixed" and not (lr_given and k in ("lr_min", "lr_max"))}
     return {**settings, **requested, "fixed": fixed}
+
+
+def model_recipe(name: str) -> dict[str, Any]:
+    """Preset ``name`` as one model's recipe in a comparison study (``RECIPE_SETTINGS``): its lr
+    range, its momentum, and as fixed values its [fixed] table and [train] recipe but for what the
+    comparison sets itself (lr searched; epochs and batch size the study's)."""
+    p = load_preset(name)
+    recipe: dict[str, Any] = {k: p.settings[k] for k in ("lr_min", "lr_max", "momentum") if k in p.settings}
+    if "momentum" in p.train:
+        recipe["momentum"] = p.train["momentum"]
+    study_level = {"lr", "epochs", "batch_size", "momentum", *TRAIN_RUN_KEYS}
+    fixed = {k: v for k, v in {**p.settings.get("fixed", {}), **p.train}.items() if k not in study_level}
+    return {**recipe, "fixed": fixed} if fixed else recipe
+
+
+def expand_recipes(requested: dict[str, Any]) -> dict[str, Any]:
+    """``recipes`` entries that name a preset (``airbench = "airbench-tuned"``) as that preset's
+    recipe (``model_recipe``): what is stored, and what a resume is compared with."""
+    given = requested.get("recipes") or {}
+    if not any(isinstance(r, str) for r in given.values()):
+        return requested
+    try:
+        recipes = {m: model_recipe(r) if isinstance(r, str) else r for m, r in given.items()}
+    except ConfigError as e:
+        raise ConfigError(f"recipes: {e}") from None
+    return {**requested, "recipes": recipes}
+
+
+def with_model_recipes(requested: dict[str, Any]) -> dict[str, Any]:
+    """A new comparison study's settings (several models): each model's recipe is its base
+    recipe (``BASE_PRESETS``, lr space only) under the one requested for it (``recipes``);
+    an lr range or momentum requested for the study applies to every model instead."""
+    requested = expand_recipes(requested)
+    models = [m.strip() for m in str(requested.get("model", "")).split(",")]
+    if len(models) < 2:
+        return requested
+    given = requested.get("recipes") or {}
+    lr_space = requested.get("space", "lr") == "lr"
+    study_level = {"lr_min", "lr_max"} if {"lr_min", "lr_max"} & set(requested) else set()
+    study_level |= {"momentum"} & set(requested)
+    recipes = {}
+    for model in models:
+        base = {k: v for k, v in base_recipe(model).items() if k in RECIPE_SETTINGS} if lr_space else {}
+        recipe = {**base, **given.get(model, {})}
+        if "fixed" in base and "fixed" in given.get(model, {}):
+            recipe["fixed"] = {**base["fixed"], **given[model]["fixed"]}
+        recipe = {k: v for k, v in recipe.items() if k not in study_level}
+        if recipe:
+            recipes[model] = recipe
+    return {**requested, "recipes": recipes}
 
 
 def check_recipe(values: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from .criteria import ACCURACY, objectives_of, values_of
 from .record import TrialRecord
 
 ATTR_COLUMNS = (
@@ -24,24 +25,37 @@ ATTR_COLUMNS = (
 )  # fmt: skip (TrialRecord fields)
 
 
-def trials_frame(study: optuna.Study, *, include_all: bool = False, top: int | None = None) -> pd.DataFrame:
-    """Completed trials (or every trial with ``include_all``), best validation accuracy first."""
+def trials_frame(
+    study: optuna.Study, *, include_all: bool = False, top: int | None = None, front_only: bool = False
+) -> pd.DataFrame:
+    """Completed trials (or every trial with ``include_all``, or the Pareto front with
+    ``front_only``), best validation accuracy first. A study with several objectives adds a
+    column per other objective (``objective_NAME``) and ``on_front``."""
+    from .front import front
+
+    objectives = objectives_of(study)
+    others = [n for n in objectives if n != ACCURACY]
     states = None if include_all else (TrialState.COMPLETE,)
+    on_front = {t.number for t in front(study)} if others or front_only else set()
     rows = []
     for t in study.get_trials(deepcopy=False, states=states):
+        if front_only and t.number not in on_front:
+            continue
         duration = t.duration.total_seconds() if t.duration is not None else None
         record = TrialRecord.of(t)
-        row = {
-            "trial": t.number,
-            "state": t.state.name,
-            # The objective value of a completed trial; the last measured one otherwise.
-            "val_accuracy": t.value if t.value is not None else record.val_accuracy,
-        }
+        values = values_of(t, objectives)
+        # The objective value of a completed trial; the last measured one otherwise.
+        row = {"trial": t.number, "state": t.state.name, "val_accuracy": values.get(ACCURACY, record.val_accuracy)}
+        if others:
+            row["model"] = record.model
+            row.update({f"objective_{n}": values.get(n) for n in others})
+            row["on_front"] = t.number in on_front
         row.update({k: getattr(record, k) for k in ATTR_COLUMNS})
         row["duration_s"] = duration
         row.update(t.params)
         rows.append(row)
-    columns = ["trial", "state", "val_accuracy", *ATTR_COLUMNS, "duration_s"]
+    extra = ["model", *(f"objective_{n}" for n in others), "on_front"] if others else []
+    columns = ["trial", "state", "val_accuracy", *extra, *ATTR_COLUMNS, "duration_s"]
     frame = pd.DataFrame(rows, columns=columns + sorted({p for r in rows for p in r} - set(columns)))
     complete_first = frame["state"].ne("COMPLETE")
     frame = (
@@ -61,8 +75,7 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The completed trial with the best validation accuracy, or None."""
-    try:
-        return study.best_trial
-    except ValueError:  # no completed trial yet
-        return None
+    """The completed trial with the best validation accuracy (on the front), or None."""
+    from .front import best_or_none
+
+    return best_or_none(study)

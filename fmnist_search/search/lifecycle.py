@@ -50,8 +50,8 @@ class _Slot:
     """One trial of the lifecycle: the Optuna trial, its recipe, its record, whether it was told,
     and the snapshot it resumes from (the stopped trial's checkpoint it consumes)."""
 
-    def __init__(self, trial: optuna.Trial, cfg: TrainConfig, record: TrialRecord) -> None:
-        self.trial, self.cfg, self.record = trial, cfg, record
+    def __init__(self, trial: optuna.Trial, model: str, cfg: TrainConfig, record: TrialRecord) -> None:
+        self.trial, self.model, self.cfg, self.record = trial, model, cfg, record
         self.told = False
         self.resume: Snapshot | None = None
         self.consumed: dict[str, Any] | None = None
@@ -74,11 +74,11 @@ def run_trials(
     trials = [trial for trial, _ in asked]
     data_seed = objective.spec.seed + trials[0].number  # one batch order for the population
     slots = [
-        _Slot(t, dataclasses.replace(c, data_seed=data_seed), TrialRecord(**objective.extra_attrs)) for t, c in asked
-    ]
+        _Slot(t, objective.model_of(t), dataclasses.replace(c, data_seed=data_seed),
+              TrialRecord(**objective.extra_attrs)) for t, c in asked
+    ]  # fmt: skip
     for s in slots:  # a retry of a stopped trial continues from its checkpoint
-        found = checkpoints.resumable(study, objective.checkpoint_store, s.trial, objective.spec.model, s.cfg,
-                                      objective.say)  # fmt: skip
+        found = checkpoints.resumable(study, objective.checkpoint_store, s.trial, s.model, s.cfg, objective.say)
         if found is not None:
             s.resume, s.cfg, stopped, s.consumed = found
             s.record.resumed_from = {"trial": stopped, "epoch": s.resume.epoch}
@@ -89,7 +89,7 @@ def run_trials(
             )  # who runs them, at the start
             groups: dict[tuple[Any, ...], list[_Slot]] = {}
             for s in slots:
-                groups.setdefault((shared_key(s.cfg), s.resume_point()), []).append(s)
+                groups.setdefault((s.model, shared_key(s.cfg), s.resume_point()), []).append(s)
             for group in groups.values():
                 _train_group(study, objective, group, store, callbacks or [])
         except (interrupts.Stop, StorageError) as e:
@@ -145,12 +145,16 @@ def _remove(objective: Objective, attrs: list[dict[str, Any] | None]) -> None:
 
 
 def _train_group(study: Any, objective: Objective, group: list[_Slot], store: Any, callbacks: list[Callback]) -> None:
-    spec, device = objective.spec, objective.device
+    device = objective.device
     # One model trains as itself, compiled when the worker compiles; K are stacked from fresh copies.
     compiled = objective.compiled if len(group) == 1 else None
-    built = [build_model(spec.model, s.cfg.seed, device, compiled) for s in group]
+    for s in group:  # its other objectives, before it trains (and before its weights are seeded)
+        s.record.measured = objective.measure(s.model, s.cfg) or None
+    built = [build_model(s.model, s.cfg.seed, device, compiled) for s in group]
     for s, b in zip(group, built, strict=True):
-        s.record = objective.describe(s.record, s.cfg, b.module, population=len(group))
+        s.record = objective.describe(s.record, s.model, s.cfg, b.module, population=len(group))
+    # what pruning compares trials by (their other objectives) is stored before the first report
+    write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs("model", "measured") for s in group})
     members = [Member(s.cfg) for s in group]
     census = Census()  # filled epoch by epoch: pruned trials record it too
     # a group shares one resume point (run_trials groups by it): all resume, or none
@@ -160,7 +164,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
                   for m in r.history]  # fmt: skip
         write_trials(store, intermediate=before)
 
-    def tell(i: int, state: TrialState, value: float | None = None) -> None:
+    def tell(i: int, state: TrialState, value: float | list[float] | None = None) -> None:
         s = group[i]
         summarize(members[i].result, s.record)
         s.record.population_throughput = census.throughput
@@ -207,7 +211,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
     try:
         every = objective.checkpoint_every if objective.checkpoint_store is not None else 0
         fit_population([b.runnable for b in built], members, objective.train, objective.val, on_epoch_end,
-                       objective.teacher, census, resume=resume, on_snapshot=on_snapshot,
+                       objective.teacher(group[0].cfg), census, resume=resume, on_snapshot=on_snapshot,
                        snapshot_every=every)  # fmt: skip
     finally:  # an interrupt too: every trial keeps what it measured
         for s, m in zip(group, members, strict=True):
@@ -221,7 +225,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
             assert m.module is not None
             weights = built[i].module if len(group) == 1 else m.module  # a compiled one's own module
             objective.finish(group[i].trial, group[i].record, m.module, weights, m.cfg)
-            tell(i, TrialState.COMPLETE, m.result.history[-1].val_accuracy)
+            tell(i, TrialState.COMPLETE, objective.values(group[i].record, m.result.history[-1].val_accuracy))
             m.module = None  # its weights are stored; free them
 
 

@@ -32,9 +32,10 @@ from ..engine.train import (
 )
 from . import checkpoints
 from .artifacts import save_model
+from .criteria import ACCURACY, CRITERIA, Probe
 from .internals import artifact_dir
 from .record import FIELDS, TrialRecord
-from .space import suggest
+from .space import model_of, suggest
 
 EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
 
@@ -65,14 +66,22 @@ class Objective:
         self.checkpoint_every = checkpoint_every  # epochs between a running trial's checkpoints (0: none)
         self.say = say
         self.compiled: dict[str, Built] | None = {} if compile else None  # compiled once per process and model
+        self._measured: dict[tuple[str, Any], float] = {}  # (objective, what it depends on) -> figure
         self.train = to_device(*splits.train, device)
         self.val = to_device(*splits.val, device)
         self.test = to_device(*splits.test, device)
         tune_backend(device)
-        # Not sampled, so one teacher serves the whole study; trained (or loaded) once per process.
-        name = spec.fixed.get("teacher")
-        # Its logits of the training images: computed once per teacher and data, kept on disk (distill.Teacher).
-        self.teacher = cached_teacher(name, self.train, spec.seed, precision, say) if name else None
+        # Not sampled, so one teacher serves the whole study (or each compared model its own, from
+        # its recipe); trained (or loaded) once per process. Its logits of the training images:
+        # computed once per teacher and data, kept on disk (distill.Teacher).
+        names = {f.get("teacher") for f in [spec.fixed, *(r.get("fixed", {}) for r in spec.recipes.values())]}
+        self.teachers = {
+            n: cached_teacher(n, self.train, spec.seed, precision, say) for n in sorted(names - {None, ""})
+        }
+
+    def teacher(self, cfg: TrainConfig) -> Any:
+        """The distillation teacher of ``cfg`` (None without one)."""
+        return self.teachers.get(cfg.teacher)
 
     def config(self, trial: optuna.Trial, data_seed: int | None = None) -> TrainConfig:
         """This trial's recipe: its sampled hyperparameters (``suggest`` asks the sampler)."""
@@ -83,10 +92,37 @@ class Objective:
             precision=self.precision,
         )
 
-    def describe(self, record: TrialRecord, cfg: TrainConfig, module: torch.nn.Module, population: int) -> TrialRecord:
-        """``record`` with how the trial runs: device, versions, model size, its full recipe."""
+    def model_of(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
+        """The network ``trial`` trains (sampled in a study that compares models)."""
+        return model_of(trial.params, self.spec)
+
+    def measure(self, model: str, cfg: TrainConfig) -> dict[str, float]:
+        """The study's objectives other than accuracy for this network and recipe, measured once per
+        process and what each depends on (search/criteria.py); {} in a single-objective study."""
+        out = {}
+        for name in self.spec.objectives:
+            criterion = CRITERIA[name]
+            if criterion.measure is None:
+                continue
+            key = (name, criterion.key(model, cfg))
+            if key not in self._measured:
+                self._measured[key] = criterion.measure(Probe(model, cfg, self))
+            out[name] = self._measured[key]
+        return out
+
+    def values(self, record: TrialRecord, val_accuracy: float) -> float | list[float]:
+        """What the study is told for a completed trial: its validation accuracy, or one value per objective."""
+        if len(self.spec.objectives) == 1:
+            return val_accuracy
+        measured = record.measured or {}
+        return [val_accuracy if name == ACCURACY else measured[name] for name in self.spec.objectives]
+
+    def describe(self, record: TrialRecord, model: str, cfg: TrainConfig, module: torch.nn.Module,
+                 population: int) -> TrialRecord:  # fmt: skip
+        """``record`` with how the trial runs: device, versions, the network and its size, its full recipe."""
         return dataclasses.replace(
             record,
+            model=model,
             device=str(self.device),
             device_name=device_name(self.device),
             torch_version=torch.__version__,
@@ -104,7 +140,7 @@ class Objective:
 
     def save_checkpoint(self, trial: optuna.Trial, cfg: TrainConfig, snap: Any) -> dict[str, Any]:
         try:
-            return checkpoints.save(self.artifact_store, self.spec.model, cfg, snap)
+            return checkpoints.save(self.artifact_store, self.model_of(trial), cfg, snap)
         except OSError as e:  # a full disk or a lost mount: as for the weights, the trial is re-queued
             where = artifact_dir(self.artifact_store)
             raise StorageError(f"cannot save trial {trial.number}'s checkpoint in {where}: {e.strerror}") from None
@@ -114,7 +150,7 @@ class Objective:
         """Test accuracy (fp32, as ``fmnist-search evaluate`` computes it) and the weights artifact."""
         record.test_accuracy, _ = evaluate(runnable, *self.test, tta_flip=cfg.tta_flip)
         if self.artifact_store is not None:
-            record.weights_artifact = save_model(self.artifact_store, trial, module, self.spec.model)
+            record.weights_artifact = save_model(self.artifact_store, trial, module, self.model_of(trial))
 
 
 def summarize(result: FitResult, record: TrialRecord) -> None:

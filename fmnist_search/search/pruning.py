@@ -16,6 +16,17 @@ Optuna's pruners decide one trial at a time, which goes wrong for K trials at th
 - ``HyperbandPruner``: the same, per bracket (Optuna's bracket of each trial).
 
 A population of one decides exactly as Optuna does (tested).
+
+**Several objectives** (a Pareto front; Optuna's pruners and ``Trial.report`` refuse them): a
+trial competes only with the trials that are at least as good as it on every objective but
+accuracy (throughput, parameters, latency: measured before training, search/criteria.py).
+The same rule, median or halving, then decides on validation accuracy within that set. A
+trial that ends below them on accuracy is dominated by one of them, so it is not on the front;
+a trial no other one matches on those objectives (the fastest model, the smallest) competes
+with none and is never stopped. When the other objectives depend on the model alone, this is
+the pruner run per model (plus faster and smaller models); when they vary within a model (a
+searched batch size) it still compares only trials that could dominate. With one objective
+every trial competes with every other: exactly the rules above.
 """
 
 from __future__ import annotations
@@ -27,42 +38,70 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.pruners import HyperbandPruner, NopPruner, PercentilePruner, SuccessiveHalvingPruner
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from .criteria import ACCURACY, MEASURED_ATTR, at_least_as_good, objectives_of
 from .internals import halving_settings, hyperband_bracket, percentile_settings, trial_id
 
 Values = dict[int, dict[int, float]]  # trial number -> {epoch: validation accuracy}
 Write = Callable[[list[tuple[int, str, Any]]], None]  # (trial_id, system attr key, value) in one transaction
+Competes = Callable[[FrozenTrial, FrozenTrial], bool]  # (other, trial): whether other counts against trial
 
 
 def population_prunes(study: optuna.Study, step: int, values: Values, write: Write) -> set[int]:
     """The trial numbers of ``values`` (all reported at ``step``) that the study's pruner stops."""
     pruner = study.pruner
+    competes = competitors(study)
     for kind, decide in _RULES:
         if isinstance(pruner, kind):
-            return decide(pruner, study, step, values, write)
-    if len(values) == 1:  # one trial: any other pruner decides as Optuna asks it, on the stored trial
+            return decide(pruner, study, step, values, write, competes)
+    # one trial of a single-objective study: any other pruner decides as Optuna asks it, on the stored trial
+    if len(values) == 1 and len(study.directions) == 1:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         return {n for n in values if pruner.prune(study, trials[n])}
     raise ValueError(f"no population rule for {type(pruner).__name__}; use --population 1")
 
 
-def _none(pruner: Any, study: Any, step: int, values: Values, write: Write) -> set[int]:
+def competitors(study: optuna.Study) -> Competes:
+    """Whether a trial counts against another: always with one objective; with several, when it
+    is at least as good on every objective but accuracy (module docstring)."""
+    others = tuple(n for n in objectives_of(study) if n != ACCURACY)
+    if not others:
+        return lambda other, trial: True
+
+    def competes(other: FrozenTrial, trial: FrozenTrial) -> bool:
+        mine, theirs = trial.user_attrs.get(MEASURED_ATTR) or {}, other.user_attrs.get(MEASURED_ATTR) or {}
+        return at_least_as_good(theirs, mine, others)
+
+    return competes
+
+
+def _maximize(study: optuna.Study) -> bool:
+    """Whether higher reported values are better: validation accuracy is, in a study of several objectives."""
+    return len(study.directions) > 1 or study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def _none(pruner: Any, study: Any, step: int, values: Values, write: Write, competes: Competes) -> set[int]:
     return set()
 
 
-def _percentile(pruner: PercentilePruner, study: Any, step: int, values: Values, write: Write) -> set[int]:
+def _percentile(pruner: PercentilePruner, study: Any, step: int, values: Values, write: Write,
+                competes: Competes) -> set[int]:  # fmt: skip
     p = percentile_settings(pruner)
     warmup, interval = p["warmup"], p["interval"]
     if step < warmup or (step - warmup) % interval:
         return set()
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    finished = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    completed = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    maximize = _maximize(study)
     pruned = set()
     for number, own in values.items():
-        peers = [v[step] for other, v in values.items() if other != number and step in v]
-        if len(completed) + len(peers) < max(p["startup"], 1):
+        me = trials[number]
+        rivals = [t for t in completed if competes(t, me)]
+        finished = [t.intermediate_values[step] for t in rivals if step in t.intermediate_values]
+        peers = [v[step] for other, v in values.items()
+                 if other != number and step in v and competes(trials[other], me)]  # fmt: skip
+        if len(rivals) + len(peers) < max(p["startup"], 1):
             continue
         pool = finished + peers
         if len(pool) < p["min_trials"]:
@@ -88,12 +127,13 @@ def _promotable(value: float, competing: list[float], eta: int, maximize: bool) 
     return value >= ranked[-(index + 1)] if maximize else value <= ranked[index]
 
 
-def _halving(pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Values, write: Write) -> set[int]:
+def _halving(pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Values, write: Write,
+             competes: Competes) -> set[int]:  # fmt: skip
     p = halving_settings(pruner)
     if p["min_resource"] is None:  # "auto": Optuna estimates it from finished trials; ours set it
         raise ValueError("population pruning needs a SuccessiveHalvingPruner with a min_resource")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    maximize = _maximize(study)
     pruned, reached = set(), {}
     for number, own in values.items():
         t = trials[number]
@@ -106,14 +146,18 @@ def _halving(pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Val
             reached[number] = (_rung_key(rung), own[step])
     write([(trial_id(trials[n]), key, value) for n, (key, value) in reached.items()])
     for number, (key, value) in reached.items():
-        others = [t.system_attrs[key] for n, t in trials.items() if n not in reached and key in t.system_attrs]
-        competing = others + [v for k, v in reached.values() if k == key]
+        me = trials[number]
+        others = [t.system_attrs[key] for n, t in trials.items()
+                  if n not in reached and key in t.system_attrs and competes(t, me)]  # fmt: skip
+        competing = others + [v for n, (k, v) in reached.items()
+                              if k == key and (n == number or competes(trials[n], me))]  # fmt: skip
         if len(competing) <= p["bootstrap_count"] or not _promotable(value, competing, p["reduction_factor"], maximize):
             pruned.add(number)
     return pruned
 
 
-def _hyperband(pruner: HyperbandPruner, study: Any, step: int, values: Values, write: Write) -> set[int]:
+def _hyperband(pruner: HyperbandPruner, study: Any, step: int, values: Values, write: Write,
+               competes: Competes) -> set[int]:  # fmt: skip
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     brackets: dict[int, tuple[Any, Any, Values]] = {}
     for number, own in values.items():
@@ -121,7 +165,7 @@ def _hyperband(pruner: HyperbandPruner, study: Any, step: int, values: Values, w
         brackets.setdefault(bracket, (sha, bracket_study, {}))[2][number] = own
     pruned = set()
     for sha, bracket_study, members in brackets.values():
-        pruned |= _halving(sha, bracket_study, step, members, write)
+        pruned |= _halving(sha, bracket_study, step, members, write, competes)
     return pruned
 
 

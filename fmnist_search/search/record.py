@@ -30,6 +30,9 @@ class TrialRecord:
     population: int | None = None  # models trained together with this one (1: alone)
     population_throughput: float | None = None  # all those models' training samples/s together
     config: dict[str, Any] | None = None  # the full TrainConfig: what `train --from-study` replays
+    model: str | None = None  # the network it trains (a comparison study samples it)
+    # Its objectives other than accuracy, measured before it trains ({name: value}; search/criteria.py).
+    measured: dict[str, float] | None = None
     # What it measured: written when it ends, however it ends.
     val_accuracy: float | None = None
     train_accuracy: float | None = None

@@ -10,7 +10,9 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from .criteria import ACCURACY, CRITERIA, objectives_of, values_of
 from .record import TrialRecord
+from .space import model_of
 from .study import stored_spec
 
 
@@ -48,15 +50,66 @@ def report_frame(studies: list[optuna.Study]) -> pd.DataFrame:
     for study in studies:
         spec = stored_spec(study)
         recipe = all(getattr(spec, k) == v for k, v in REPORT_RECIPE.items()) and spec.space == "lr"
+        objectives = objectives_of(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             a = TrialRecord.of(t)
-            lr = t.params.get("lr", (a.config or {}).get("lr", math.nan))
+            lr = _lr(t, a)
+            model = model_of(t.params, spec)
             rows.append(
-                [study.study_name, spec.model, t.number, lr, a.train_accuracy, t.value, a.test_accuracy,
-                 a.throughput, a.device_name or a.device, *_report_row(spec.model, lr, recipe)]
+                [study.study_name, model, t.number, lr, a.train_accuracy, values_of(t, objectives)[ACCURACY],
+                 a.test_accuracy, a.throughput, a.device_name or a.device, *_report_row(model, lr, recipe)]
             )  # fmt: skip
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.sort_values(["model", "lr", "trial"], ascending=[True, False, True]).reset_index(drop=True)
+
+
+def _lr(t: optuna.trial.FrozenTrial, a: TrialRecord) -> float:
+    return float(t.params.get("lr", (a.config or {}).get("lr", math.nan)))
+
+
+def front_frame(study: optuna.Study) -> pd.DataFrame:
+    """The study's Pareto front, most accurate first: the trial, its model and size, lr,
+    validation and test accuracy, each other objective, its own measured training samples/s."""
+    from .front import front
+
+    spec, objectives = stored_spec(study), objectives_of(study)
+    others = [n for n in objectives if n != ACCURACY]
+    rows = []
+    for t in front(study):
+        a, values = TrialRecord.of(t), values_of(t, objectives)
+        rows.append({
+            "study": study.study_name, "trial": t.number, "model": model_of(t.params, spec),
+            "num_params": a.num_params, "lr": _lr(t, a), "val_accuracy": values[ACCURACY],
+            "test_accuracy": a.test_accuracy, **{n: values.get(n) for n in others},
+            "samples_per_s": a.throughput, "device": a.device_name or a.device,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def front_markdown(frame: pd.DataFrame, objectives: tuple[str, ...]) -> str:
+    """The front as Markdown, then the report's Table 1 rows of the same models beside it."""
+    others = [n for n in objectives if n not in (ACCURACY, "params")]  # parameters have their own column
+
+    def fig(name: str, v: float) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "—"
+        return f"{100 * v:.1f}%" if name == ACCURACY else f"{v:,.4g}" if name == "latency" else f"{v:,.0f}"
+
+    head = ["trial", "model", "parameters", "lr", "val acc", "test acc",
+            *(f"{n} ({CRITERIA[n].unit})" for n in others), "trained at (samples/s)", "device"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in frame.to_dict("records"):
+        cells = [str(r["trial"]), r["model"], fig("params", r["num_params"]), f"{r['lr']:.3g}",
+                 fig(ACCURACY, r["val_accuracy"]), fig(ACCURACY, r["test_accuracy"]),
+                 *(fig(n, r[n]) for n in others), fig("throughput", r["samples_per_s"]), str(r["device"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    models = list(dict.fromkeys(frame["model"])) if not frame.empty else []
+    published = [(m, lr, f) for (m, lr), f in sorted(REPORT_TABLE.items()) if m in models]
+    if published:
+        lines += ["", "The report's Table 1 for these models (plain SGD, batch 256, 10 epochs; RTX 4060 Laptop):", "",
+                  "| model | lr | train acc | test acc | samples/s |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {m} | {lr:g} | {100 * f[0]:.1f}% | {100 * f[1]:.1f}% | {f[2]:,.0f} |" for m, lr, f in published]
+    return "\n".join(lines) + "\n"
 
 
 def to_markdown(frame: pd.DataFrame) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -40,11 +41,56 @@ SPACES: dict[str, tuple[str, ...]] = {  # keys: config.SPACE_NAMES
 }
 
 
+MODEL_PARAM = "model"  # a comparison study's categorical parameter: which network the trial trains
+
+
 def suggest(trial: optuna.Trial, spec: Any) -> dict[str, Any]:
-    """This trial's training hyperparameters: sampled from the space, else fixed, else the study's."""
-    values: dict[str, Any] = {"momentum": spec.momentum, "epochs": spec.epochs, "batch_size": spec.batch_size}
-    values.update(spec.fixed)
+    """This trial's training hyperparameters: sampled from the space, else fixed, else the study's.
+
+    In a study that compares models, the model is sampled first; then that model's recipe
+    (``spec.recipes``: its lr range, momentum, fixed values) sits between the study's values
+    and the study's own fixed ones, and each sampled parameter is the model's own
+    (``lr_lenet``, ``lr_airbench``: conditional parameters, so the sampler models each
+    network's lr apart).
+    """
+    if len(spec.models) == 1:
+        values: dict[str, Any] = {"momentum": spec.momentum, "epochs": spec.epochs, "batch_size": spec.batch_size}
+        values.update(spec.fixed)
+        for name in SPACES[spec.space]:
+            if name not in spec.fixed:
+                values[name] = PARAMS[name](trial, spec)
+        return values
+    model = trial.suggest_categorical(MODEL_PARAM, list(spec.models))
+    recipe = spec.recipes.get(model, {})
+    fixed = {**recipe.get("fixed", {}), **spec.fixed}
+    values = {"momentum": recipe.get("momentum", spec.momentum), "epochs": spec.epochs, "batch_size": spec.batch_size}
+    values.update(fixed)
+    ranges = SimpleNamespace(
+        lr_min=recipe.get("lr_min", spec.lr_min), lr_max=recipe.get("lr_max", spec.lr_max), epochs=spec.epochs
+    )
+    own = _OwnParams(trial, model)
     for name in SPACES[spec.space]:
-        if name not in spec.fixed:
-            values[name] = PARAMS[name](trial, spec)
+        if name not in fixed:
+            values[name] = PARAMS[name](own, ranges)
     return values
+
+
+def model_of(params: dict[str, Any], spec: Any) -> str:
+    """The network a trial trains: its sampled ``model`` in a comparison study, else the study's."""
+    return str(params.get(MODEL_PARAM, spec.model)) if len(spec.models) > 1 else spec.model
+
+
+class _OwnParams:
+    """A trial whose parameters are one model's own: ``suggest_float("lr", ...)`` asks for ``lr_MODEL``."""
+
+    def __init__(self, trial: optuna.Trial, model: str) -> None:
+        self._trial, self._suffix = trial, f"_{model}"
+
+    def suggest_float(self, name: str, *args: Any, **kwargs: Any) -> float:
+        return self._trial.suggest_float(name + self._suffix, *args, **kwargs)
+
+    def suggest_int(self, name: str, *args: Any, **kwargs: Any) -> int:
+        return self._trial.suggest_int(name + self._suffix, *args, **kwargs)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._trial.suggest_categorical(name + self._suffix, choices)

@@ -15,7 +15,8 @@ from optuna.storages import RDBStorage
 
 from ..core.config import DEFAULT_STORAGE, StudySpec, resolve  # noqa: F401
 from ..core.errors import StorageError
-from ..core.presets import check_recipe, with_base_recipe
+from ..core.presets import check_recipe, expand_recipes, with_base_recipe, with_model_recipes
+from .criteria import directions, metric_names
 from .storage import make_storage  # noqa: F401 - re-exported
 from .urls import mask_url  # noqa: F401 - re-exported
 
@@ -54,13 +55,15 @@ def load_study(storage: RDBStorage, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def find_trial(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
-    """Trial ``number`` of ``study``, or its best (completed, highest validation accuracy) trial."""
+def find_trial(study: optuna.Study, number: int | None = None, where: tuple[str, ...] = ()) -> optuna.trial.FrozenTrial:
+    """Trial ``number`` of ``study``, or its best: the most accurate completed trial on validation
+    (on the Pareto front, within the ``where`` floors and ceilings: search/front.py)."""
+    from .front import pick
+
     if number is None:
-        try:
-            return study.best_trial
-        except ValueError:  # no completed trial yet
-            raise StorageError(f"study {study.study_name!r} has no completed trial yet") from None
+        return pick(study, where)
+    if where:
+        raise StorageError("give a trial number or --where conditions, not both")
     for t in study.get_trials(deepcopy=False):
         if t.number == number:
             return t
@@ -82,13 +85,15 @@ def open_study(
         raise StorageError(f"study {name!r} exists but was not created by fmnist-search; use another --study name")
     if stored is None and base:
         requested = with_base_recipe(requested)
+    requested = with_model_recipes(requested) if stored is None else expand_recipes(requested)
     spec = resolve(requested, stored, name)
     if stored is None:
-        check_recipe(spec.fixed)  # a new study's teacher must be able to teach
+        for fixed in [spec.fixed, *(r.get("fixed", {}) for r in spec.recipes.values())]:
+            check_recipe(fixed)  # a new study's teacher must be able to teach
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        direction="maximize",
+        directions=directions(spec.objectives),
         sampler=SAMPLERS[spec.sampler](spec, spec.seed),
         pruner=PRUNERS[spec.pruner](spec),
         load_if_exists=True,
@@ -96,7 +101,7 @@ def open_study(
     if not exists:
         with warnings.catch_warnings():  # experimental in name only since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["val_accuracy"])  # the dashboard's label, not "Objective 0"
+            study.set_metric_names(metric_names(spec.objectives))  # the dashboard's labels, not "Objective 0"
         for key, value in spec.to_attrs().items():
             study.set_user_attr(key, value)
         study.set_user_attr("created_by", f"fmnist-search {_version()}")

@@ -14,9 +14,11 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 
+from .criteria import objectives_of
 from .export import best_trial, state_counts
+from .front import accuracy, describe_objectives
 from .record import TrialRecord
-from .report import report_frame, to_markdown
+from .report import front_frame, front_markdown, report_frame, to_markdown
 from .study import stored_spec
 
 PLOTLY_JS = "plotly.min.js"  # what fig.write_html(include_plotlyjs="directory") writes beside the files
@@ -49,7 +51,8 @@ def _best(study: optuna.Study) -> str:
     if best is None:
         return '<p id="best">No completed trial yet.</p>'
     r = TrialRecord.of(best)
-    rows: list[tuple[str, Any]] = [("trial", best.number), ("validation accuracy", best.value)]
+    val = accuracy(best, objectives_of(study))
+    rows: list[tuple[str, Any]] = [("trial", best.number), ("validation accuracy", val)]
     rows += [("test accuracy", r.test_accuracy if r.test_accuracy is not None else math.nan)]
     rows += [(f"param {k}", v) for k, v in best.params.items()]
     rows += [
@@ -64,16 +67,36 @@ def _best(study: optuna.Study) -> str:
     return _table(rows, "best")
 
 
+def _html_tables(markdown: str, table_id: str) -> str:
+    """The Markdown tables ``report`` prints, as HTML (rows split into cells); lines between them as text."""
+    out, rows = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if rows:
+            head, body = rows[0], rows[2:]
+            thead = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+            tbody = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+            out.append(f'<table id="{table_id}{len(out) or ""}"><tr>{thead}</tr>{tbody}</table>')
+            rows = []
+        if line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    return "".join(out)
+
+
 def _report(study: optuna.Study) -> str:
+    objectives = objectives_of(study)
+    if len(objectives) > 1:
+        frame = front_frame(study)
+        if frame.empty:
+            return "<p>No completed trial yet.</p>"
+        intro = f"<p>Objectives: {html.escape(describe_objectives(objectives))}; chosen on validation.</p>"
+        return intro + _html_tables(front_markdown(frame, objectives), "front")
     frame = report_frame([study])
     if frame.empty:
         return "<p>No completed trial yet.</p>"
-    # The same table `fmnist-search report` prints, as HTML: the Markdown rows split into cells.
-    lines = [line.strip("|").split("|") for line in to_markdown(frame).splitlines() if line.startswith("|")]
-    head, rows = lines[0], [r for r in lines[2:]]
-    thead = "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
-    tbody = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table id="report"><tr>{thead}</tr>{tbody}</table>'
+    return _html_tables(to_markdown(frame), "report")
 
 
 def summary_page(study: optuna.Study, figures: dict[str, go.Figure], title: str) -> str:
@@ -93,7 +116,8 @@ def summary_page(study: optuna.Study, figures: dict[str, go.Figure], title: str)
         f"<h2>Settings</h2>{_table(settings, 'settings')}"
         f"<h2>Trials</h2>{_table(counts, 'counts')}"
         f"<h2>Best trial (chosen on validation)</h2>{_best(study)}"
-        f"<h2>The report's table</h2>{_report(study)}"
+        + ("<h2>The Pareto front</h2>" if len(objectives_of(study)) > 1 else "<h2>The report's table</h2>")
+        + f"{_report(study)}"
         f"<h2>Figures</h2>{figures_html}"
         "</body></html>\n"
     )

@@ -1,0 +1,55 @@
+"""What a network costs, measured apart from any trial: its training throughput alone and its
+inference latency on this device. The objectives of a comparison study (search/criteria.py)
+read them before a trial trains, so they are known from its first epoch on, whatever the
+trial shares a population with (a member's own share of a fused step says nothing about the
+network).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from .devices import synchronize
+from .train import Teacher, TrainConfig, build_model, fit
+
+PROBE_STEPS = 8  # training steps timed (after as many untimed ones): ~0.1 s for LeNet on 2 CPU cores
+LATENCY_REPEATS = 30  # forward passes timed (after 5 untimed ones), median taken
+
+
+def training_throughput(
+    name: str,
+    cfg: TrainConfig,
+    train: tuple[torch.Tensor, torch.Tensor],
+    teacher: nn.Module | Teacher | None = None,
+    steps: int = PROBE_STEPS,
+) -> float:
+    """Training samples/s of one ``name`` network alone with ``cfg``'s step (its batch size,
+    augmentation, distillation term, precision) on the data's device: ``fit`` for two epochs of
+    ``steps`` batches of the first training images, the second timed (``FitResult.throughput``).
+    A constant lr: the schedule changes the numbers, not the work."""
+    n = min(len(train[0]), cfg.batch_size * steps)
+    probe = dataclasses.replace(cfg, epochs=2, schedule="constant", warmup_frac=0.0, seed=0, data_seed=None)
+    built = build_model(name, 0, train[0].device)
+    return fit(built.runnable, (train[0][:n], train[1][:n]), None, probe, teacher=teacher).throughput
+
+
+@torch.inference_mode()
+def latency_ms(name: str, device: torch.device, repeats: int = LATENCY_REPEATS) -> float:
+    """Milliseconds to classify one image (batch 1, fp32, eval mode) on ``device``: the median of
+    ``repeats`` forward passes after 5 untimed ones."""
+    model = build_model(name, 0, device).runnable.eval()
+    x = torch.zeros(1, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+    times = []
+    for i in range(5 + repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        model(x)
+        synchronize(device)
+        if i >= 5:
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)

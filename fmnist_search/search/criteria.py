@@ -1,0 +1,115 @@
+"""The objectives a study can optimise: each with its direction and unit, and how it is measured.
+
+``accuracy`` (validation accuracy) is what every trial trains toward, reports each epoch and
+is pruned on; every study has it. The others describe the network at the trial's recipe and
+are measured before it trains (``measure``): once per worker process and what they depend on
+(``key``), so all trials of one model in a process share one figure. More than one objective
+makes the study multi-objective: Optuna keeps its Pareto front (``study.best_trials``), and
+pruning compares a trial only with trials at least as good on every other objective
+(search/pruning.py). ``core.config.OBJECTIVE_NAMES`` lists these names (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from ..core.config import TrainConfig
+from ..engine.models import create_model, num_params
+from ..engine.probes import latency_ms, training_throughput
+
+ACCURACY = "accuracy"
+MEASURED_ATTR = "measured"  # trial user attr: {objective: value} measured before training (TrialRecord.measured)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a measurement may look at: the network's name, the trial's recipe, and the worker
+    (its device, training images, teacher)."""
+
+    model: str
+    cfg: TrainConfig
+    worker: Any  # search.objective.Objective
+
+
+@dataclass(frozen=True)
+class Criterion:
+    direction: str  # "maximize" | "minimize"
+    unit: str
+    metric: str  # the name Optuna and the dashboard show for it
+    help: str
+    key: Callable[[str, TrainConfig], Hashable] = lambda model, cfg: model  # what the figure depends on
+    measure: Callable[[Probe], float] | None = None  # None: accuracy, measured by training
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+
+def _throughput(p: Probe) -> float:
+    return training_throughput(p.model, p.cfg, p.worker.train, p.worker.teacher(p.cfg))
+
+
+CRITERIA: dict[str, Criterion] = {
+    ACCURACY: Criterion("maximize", "fraction", "val_accuracy", "validation accuracy after the trial's last epoch"),
+    "throughput": Criterion(
+        "maximize",
+        "samples/s",
+        "train_samples_per_s",
+        "training samples/s of the network alone at the trial's batch size, augmentation and precision, on the "
+        "worker's device (engine/probes.py)",
+        key=lambda model, cfg: (model, cfg.batch_size, cfg.crop, cfg.flip, cfg.erasing, cfg.distill > 0, cfg.precision),
+        measure=_throughput,
+    ),
+    "params": Criterion(
+        "minimize",
+        "parameters",
+        "parameters",
+        "trainable parameters of the network",
+        measure=lambda p: float(num_params(create_model(p.model))),
+    ),
+    "latency": Criterion(
+        "minimize",
+        "ms",
+        "latency_ms",
+        "milliseconds to classify one image (batch 1, fp32) on the worker's device",
+        measure=lambda p: latency_ms(p.model, p.worker.device),
+    ),
+}
+
+
+def objectives_of(study: optuna.Study) -> tuple[str, ...]:
+    """The study's objectives, in Optuna's order of its values (older studies: accuracy alone)."""
+    return tuple(study.user_attrs.get("objectives") or (ACCURACY,))
+
+
+def directions(objectives: tuple[str, ...]) -> list[str]:
+    return [CRITERIA[name].direction for name in objectives]
+
+
+def metric_names(objectives: tuple[str, ...]) -> list[str]:
+    return [CRITERIA[name].metric for name in objectives]
+
+
+def values_of(trial: optuna.trial.FrozenTrial, objectives: tuple[str, ...]) -> dict[str, float]:
+    """A trial's objective values by name: a completed trial's own, else what it measured (its
+    last validation accuracy, the figures measured before training); missing ones left out."""
+    if trial.values is not None and len(trial.values) == len(objectives):
+        return dict(zip(objectives, trial.values, strict=True))
+    out = dict(trial.user_attrs.get(MEASURED_ATTR) or {})
+    if trial.user_attrs.get("val_accuracy") is not None:
+        out[ACCURACY] = trial.user_attrs["val_accuracy"]
+    return {k: v for k, v in out.items() if k in objectives}
+
+
+def at_least_as_good(b: dict[str, float], a: dict[str, float], names: tuple[str, ...]) -> bool:
+    """Whether figures ``b`` are as good as ``a``'s or better on each of ``names`` (both measured)."""
+    for name in names:
+        if name not in a or name not in b:
+            return False
+        if (b[name] < a[name]) if CRITERIA[name].maximize else (b[name] > a[name]):
+            return False
+    return True

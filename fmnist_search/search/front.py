@@ -1,0 +1,110 @@
+"""A study's answer: its Pareto front, and the trial a user picks from it.
+
+A single-objective study's front is its best trial. In a multi-objective study the front is
+every completed trial no other one beats on all objectives at once (Optuna's
+``study.best_trials``); ``pick`` takes the most accurate (on validation) completed trial
+within a user's floors and ceilings (``--where throughput>=50000``, ``--where params<=100000``),
+which is on the front. Test accuracy is only reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..core.errors import FmnistSearchError, StorageError
+from .criteria import ACCURACY, CRITERIA, objectives_of, values_of
+
+_OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt,
+                                                   "<": operator.lt}  # fmt: skip
+_CONDITION = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|>|<)\s*([^\s]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A floor (``throughput>=50000``) or a ceiling (``params<=100000``) on one objective."""
+
+    name: str
+    op: str
+    value: float
+
+    def holds(self, values: dict[str, float]) -> bool:
+        return self.name in values and _OPS[self.op](values[self.name], self.value)
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.op}{self.value:g}"
+
+
+def parse_where(items: tuple[str, ...] | list[str], objectives: tuple[str, ...]) -> list[Condition]:
+    """``["throughput>=5e4"]`` -> conditions on the study's objectives, or a one-line error."""
+    out = []
+    for item in items:
+        m = _CONDITION.match(item)
+        value = _number(m.group(3)) if m else None
+        if m is None or value is None:
+            raise FmnistSearchError(
+                f"--where takes NAME>=VALUE or NAME<=VALUE (NAME one of {', '.join(objectives)}), got {item!r}"
+            )
+        if m.group(1) not in objectives:
+            raise FmnistSearchError(
+                f"--where {item}: {m.group(1)!r} is not an objective of this study ({', '.join(objectives)})"
+            )
+        out.append(Condition(m.group(1), m.group(2), value))
+    return out
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def front(study: optuna.Study) -> list[FrozenTrial]:
+    """The completed trials on the study's Pareto front, most accurate first."""
+    objectives = objectives_of(study)
+    return sorted(study.best_trials, key=lambda t: (-values_of(t, objectives)[ACCURACY], t.number))
+
+
+def accuracy(trial: FrozenTrial, objectives: tuple[str, ...]) -> float | None:
+    """A trial's validation accuracy: its objective value when completed, else its last measured."""
+    return values_of(trial, objectives).get(ACCURACY)
+
+
+def pick(study: optuna.Study, where: tuple[str, ...] | list[str] = ()) -> FrozenTrial:
+    """The most accurate completed trial (validation; ties: the earlier) within ``where``."""
+    objectives = objectives_of(study)
+    conditions = parse_where(where, objectives)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        raise StorageError(f"study {study.study_name!r} has no completed trial yet")
+    if len(objectives) == 1 and not conditions:
+        return study.best_trial  # Optuna's own choice, as before there were several objectives
+    fits = [t for t in done if all(c.holds(values_of(t, objectives)) for c in conditions)]
+    if not fits:
+        limits = " and ".join(str(c) for c in conditions)
+        raise StorageError(f"no completed trial of study {study.study_name!r} has {limits}; loosen --where")
+    return min(fits, key=lambda t: (-values_of(t, objectives)[ACCURACY], t.number))
+
+
+def best_or_none(study: optuna.Study) -> FrozenTrial | None:
+    """``pick(study)``, or None before a trial completes."""
+    try:
+        return pick(study)
+    except StorageError:
+        return None
+
+
+def describe_objectives(objectives: tuple[str, ...]) -> str:
+    """``accuracy (max), throughput (max, samples/s)``."""
+    return ", ".join(
+        f"{n} ({CRITERIA[n].direction[:3]}" + ("" if n == ACCURACY else f", {CRITERIA[n].unit}") + ")"
+        for n in objectives
+    )

@@ -1,0 +1,336 @@
+"""Models compared in one study on several objectives: the Pareto front, kept by pruning.
+
+The end-to-end study below is two models (lenet, airbench) on a small subset of the real data,
+scored on validation accuracy and parameters (exact, so which trial competes with which does
+not depend on the machine); its trials are enqueued so the pruning decisions it asserts are
+robust: LeNet's base recipe at lr 0.4 (the top of its range) is at chance after one epoch on
+these 4,096 images, at lr 0.0101 it is some 20 points above.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import time
+import urllib.request
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from fmnist_search.cli import app
+from fmnist_search.core.config import OBJECTIVE_NAMES, StudySpec
+from fmnist_search.core.errors import ConfigError
+from fmnist_search.core.presets import base_recipe, load_preset, with_model_recipes
+from fmnist_search.search.criteria import CRITERIA, MEASURED_ATTR
+from fmnist_search.search.internals import storage_of
+from fmnist_search.search.pruning import population_prunes
+from fmnist_search.search.space import suggest
+from fmnist_search.search.study import PRUNERS
+from tests.conftest import Lines, cli_process
+
+runner = CliRunner()
+NAME = "lenet+airbench"
+TINY = ["--epochs", "3", "--batch-size", "64", "--train-size", "4096", "--val-size", "1000"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_the_registry_is_the_configs_names():
+    assert tuple(sorted(CRITERIA)) == OBJECTIVE_NAMES
+    assert CRITERIA["accuracy"].measure is None and all(CRITERIA[n].measure for n in OBJECTIVE_NAMES if n != "accuracy")
+    assert {c.direction for c in CRITERIA.values()} == {"maximize", "minimize"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"objectives": ("throughput",)}, "objectives must include accuracy"),
+        ({"objectives": ("accuracy", "speed")}, "unknown objectives 'accuracy,speed'"),
+        ({"objectives": ("accuracy", "accuracy")}, "unknown objectives"),
+        ({"model": "lenet,lenet"}, "unknown model 'lenet,lenet'"),
+        ({"model": "lenet,vgg"}, "unknown model 'lenet,vgg'"),
+        ({"objectives": ("accuracy", "params"), "sampler": "cmaes"}, "the cmaes sampler optimises one objective"),
+        ({"model": "lenet,airbench", "sampler": "grid", "lr_grid": [0.1]}, "the grid sampler searches one model"),
+        ({"recipes": {"lenet": {}}}, "recipes are per model of a study that compares models"),
+        ({"model": "lenet,airbench", "recipes": {"resnet18": {}}}, "recipes names 'resnet18'"),
+        ({"model": "lenet,airbench", "recipes": {"lenet": {"lr_min": 0.1}}}, "recipes.lenet: give lr_min and lr_max"),
+        ({"model": "lenet,airbench", "recipes": {"lenet": {"epochs": 3}}}, "recipes.lenet: unknown key(s) epochs"),
+        ({"model": "lenet,airbench", "recipes": {"lenet": {"fixed": {"crop": -1}}}}, "recipes.lenet: crop must be"),
+    ],
+)
+def test_bad_comparisons_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        StudySpec(**settings)
+
+
+def test_a_comparison_stores_its_objectives_and_normalises_its_models():
+    spec = StudySpec(model="lenet, airbench", objectives=["accuracy", "throughput"])
+    assert spec.model == "lenet,airbench" and spec.models == ("lenet", "airbench")
+    assert StudySpec.from_attrs(spec.to_attrs()) == spec
+    assert StudySpec.from_attrs({"model": "lenet"}).objectives == ("accuracy",)  # a study from before
+
+
+def test_each_model_gets_its_base_recipe_unless_the_study_sets_it():
+    lenet = base_recipe("lenet")
+    got = with_model_recipes({"model": "lenet,airbench"})["recipes"]
+    assert got == {"lenet": {k: v for k, v in lenet.items() if k != "batch_size"}}  # airbench has no base
+    mine = with_model_recipes({"model": "lenet,airbench", "lr_min": 0.05, "lr_max": 0.1, "momentum": 0.8,
+                               "recipes": {"airbench": {"fixed": {"flip": True}}}})["recipes"]  # fmt: skip
+    assert "lr_min" not in mine["lenet"] and "momentum" not in mine["lenet"]  # the study's apply to all
+    assert mine["lenet"]["fixed"] == lenet["fixed"] and mine["airbench"] == {"fixed": {"flip": True}}
+    assert with_model_recipes({"model": "lenet"}) == {"model": "lenet"}  # one model: unchanged
+
+
+def test_a_trial_samples_its_model_then_that_models_own_parameters():
+    spec = StudySpec(**with_model_recipes({"model": "lenet,airbench", "lr_min": 0.002, "lr_max": 0.003}))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        values = suggest(trial, spec)
+        model = trial.params["model"]
+        seen.add(model)
+        assert set(trial.params) == {"model", f"lr_{model}"} and 0.002 <= values["lr"] <= 0.003
+        if model == "lenet":  # its base recipe's fixed values and momentum
+            assert values["schedule"] == "cosine" and values["momentum"] == base_recipe("lenet")["momentum"]
+        else:
+            assert "schedule" not in values and values["momentum"] == spec.momentum
+        study.tell(trial, 0.5)
+    assert seen == {"lenet", "airbench"}
+
+
+# --- the pruning rule: a trial competes only with trials at least as good on every other objective ---
+
+
+def _study(pruner: str, objectives=("accuracy", "params")):
+    spec = StudySpec(epochs=4, pruner=pruner)
+    return optuna.create_study(directions=[CRITERIA[n].direction for n in objectives], pruner=PRUNERS[pruner](spec))
+
+
+def _add(study, params: float, curve: list[float], done: bool = True) -> int:
+    """A finished trial with this many parameters and this validation curve."""
+    values = [curve[-1], params] if done else None
+    study.add_trial(optuna.create_trial(
+        state=TrialState.COMPLETE if done else TrialState.PRUNED, values=values,
+        intermediate_values=dict(enumerate(curve, start=1)), user_attrs={MEASURED_ATTR: {"params": params}},
+    ))  # fmt: skip
+    return len(study.trials) - 1
+
+
+def _running(study, params: float) -> int:
+    trial = study.ask()
+    trial.set_user_attr(MEASURED_ATTR, {"params": params})
+    return trial.number
+
+
+def _write(study):
+    def write(items):  # what the lifecycle's write does: the rung values, in the store
+        for tid, key, value in items:
+            storage_of(study).set_trial_system_attr(tid, key, value)
+
+    return write
+
+
+def test_median_compares_only_with_trials_that_are_as_small():
+    study = _study("median")
+    study.set_user_attr("objectives", ["accuracy", "params"])
+    for _ in range(5):  # big, accurate networks
+        _add(study, 1e6, [0.8, 0.85, 0.88, 0.9])
+    small = _running(study, 5e4)
+    big = _running(study, 1e6)
+    values = {small: {1: 0.5, 2: 0.6, 3: 0.65}, big: {1: 0.5, 2: 0.6, 3: 0.65}}
+    # the small one beats every finished trial (and its peer) on parameters: no competitor, it goes on;
+    # the big one is below the median of the five as big (and its smaller peer)
+    assert population_prunes(study, 3, values, _write(study)) == {big}
+    for _ in range(4):  # small ones, as accurate as the big ones were: four competitors, below MedianPruner's 5
+        _add(study, 5e4, [0.6, 0.7, 0.75, 0.8])
+    assert population_prunes(study, 3, values, _write(study)) == {big}
+    _add(study, 5e4, [0.6, 0.7, 0.75, 0.8])
+    assert population_prunes(study, 3, values, _write(study)) == {small, big}
+
+
+def test_one_objective_is_the_plain_rule():
+    study = _study("median", objectives=("accuracy",))
+    for _ in range(5):
+        study.add_trial(optuna.create_trial(state=TrialState.COMPLETE, value=0.9,
+                                            intermediate_values={1: 0.8, 2: 0.85, 3: 0.88}))  # fmt: skip
+    low = study.ask()
+    low.report(0.5, 3)
+    assert population_prunes(study, 3, {low.number: {3: 0.5}}, _write(study)) == {low.number}
+    assert low.should_prune()  # Optuna's own MedianPruner agrees
+
+
+def test_halving_promotes_within_the_trials_as_small():
+    study = _study("sha")
+    study.set_user_attr("objectives", ["accuracy", "params"])
+    written = []
+
+    def write(items):
+        written.extend(items)
+        _write(study)(items)
+
+    big = _running(study, 1e6)
+    assert population_prunes(study, 1, {big: {1: 0.9}}, write) == set()  # first at its rung
+    small = _running(study, 5e4)
+    # far below the big one, which has more parameters: not its competitor
+    assert population_prunes(study, 1, {small: {1: 0.2}}, write) == set()
+    small2 = _running(study, 5e4)
+    assert population_prunes(study, 1, {small2: {1: 0.1}}, write) == {small2}  # below its peer
+    big2 = _running(study, 1e6)
+    assert population_prunes(study, 1, {big2: {1: 0.5}}, write) == {big2}  # below `big`
+    assert len(written) == 4 and all(key == "completed_rung_0" for _, key, _ in written)
+
+
+# --- end to end, through the CLI ---
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, real_data):
+    """A two-model study on 4,096 real images: enqueued trials, pruned by successive halving."""
+    root = tmp_path_factory.mktemp("pareto")
+    url = f"sqlite:///{root}/p.db"
+    made = invoke("create", "--model", "lenet,airbench", "--objectives", "accuracy,params", "--pruner", "sha",
+                  "--trials", "4", "--storage", url, *TINY)  # fmt: skip
+    assert made.exit_code == 0, made.output
+    study = optuna.load_study(study_name=NAME, storage=url)
+    for params in ({"model": "airbench", "lr_airbench": 0.05}, {"model": "lenet", "lr_lenet": 0.0101},
+                   {"model": "lenet", "lr_lenet": 0.05}, {"model": "lenet", "lr_lenet": 0.4}):  # fmt: skip
+        study.enqueue_trial(params)
+    ran = invoke("worker", "--study", NAME, "--storage", url, "--device", "cpu", "--no-bars")  # the 4 enqueued
+    return url, ran
+
+
+def test_a_comparison_study_runs_prunes_and_keeps_its_front(compared):
+    url, ran = compared
+    assert ran.exit_code == 0, ran.output
+    study = optuna.load_study(study_name=NAME, storage=url)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_accuracy", "parameters"]
+    t = study.trials
+    # the first lenet trial has no competitor (airbench is bigger, and ahead): it completes, however slow its lr
+    assert t[1].state == TrialState.COMPLETE and t[1].intermediate_values[1] < t[0].intermediate_values[1]
+    # the last is behind the first lenet after one epoch, and as small: stopped there, its curve kept
+    assert t[3].state == TrialState.PRUNED and sorted(t[3].intermediate_values) == [1] and t[3].values is None
+    for trial in t:
+        assert trial.user_attrs["model"] == trial.params["model"]
+        assert trial.user_attrs[MEASURED_ATTR] == {
+            "params": {"lenet": 44426, "airbench": 144304}[trial.params["model"]]
+        }
+    for trial in (x for x in t if x.state == TrialState.COMPLETE):
+        assert trial.values == [trial.user_attrs["val_accuracy"], trial.user_attrs["num_params"]]
+        assert sorted(trial.intermediate_values) == [1, 2, 3]
+    assert "trial 3 PRUNED: lenet lr=0.4" in ran.output
+
+
+def test_report_export_and_plot_show_the_front(compared, tmp_path):
+    url, _ = compared
+    study = optuna.load_study(study_name=NAME, storage=url)
+    front = sorted(t.number for t in study.best_trials)
+    assert front
+    report = invoke("report", "--study", NAME, "--storage", url)
+    assert report.exit_code == 0, report.output
+    assert "Pareto front of lenet+airbench: accuracy (max), params (min, parameters)" in report.output
+    rows = [line for line in report.output.splitlines() if line.startswith("| ") and "|---" not in line]
+    assert sorted(int(r.split("|")[1]) for r in rows if r.split("|")[1].strip().isdigit()) == front
+    assert "| lenet | 0.05 | 88.2% | 86.6% | 48,436 |" in report.output  # the report's own rows beside it
+    exported = invoke("export", "--study", NAME, "--storage", url, "--front")
+    lines = exported.output.strip().splitlines()
+    assert lines[0].startswith("trial,state,val_accuracy,model,objective_params,on_front,")
+    assert sorted(int(line.split(",")[0]) for line in lines[1:]) == front
+    everything = invoke("export", "--study", NAME, "--storage", url).output.strip().splitlines()[1:]
+    assert sum(line.split(",")[5] == "True" for line in everything) == len(front)
+    plotted = invoke("plot", "--study", NAME, "--storage", url, "--output-dir", str(tmp_path), "--no-dashboard")
+    assert plotted.exit_code == 0, plotted.output
+    page = (tmp_path / "index.html").read_text()
+    assert 'id="front"' in page and "figure-pareto_front" in page and "figure-hypervolume" in page
+    figure = (tmp_path / "pareto_front.html").read_text()
+    assert "lenet (complete)" in figure and "lenet (pruned)" in figure and "airbench (complete)" in figure
+
+
+def test_a_pick_with_a_ceiling_is_retrained(compared):
+    url, _ = compared
+    study = optuna.load_study(study_name=NAME, storage=url)
+    lenets = [t for t in study.trials if t.state == TrialState.COMPLETE and t.params["model"] == "lenet"]
+    best_lenet = max(lenets, key=lambda t: (t.values[0], -t.number))
+    shown = invoke("show", "--study", NAME, "--storage", url, "--where", "params<=50000")
+    assert shown.exit_code == 0 and f"best trial {best_lenet.number}" in shown.output
+    trained = invoke("train", "--from-study", NAME, "--where", "params <= 50_000", "--storage", url,
+                     "--epochs", "1", "--train-size", "2048", "--device", "cpu")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert trained.output.startswith("train lenet on 2048 images")
+    assert f"'lr': {best_lenet.params['lr_lenet']}" in trained.output
+    for where, message in (("params<=10", "no completed trial of study 'lenet+airbench' has params<=10"),
+                           ("speed>=1", "'speed' is not an objective of this study (accuracy, params)"),
+                           ("params=1", "--where takes NAME>=VALUE or NAME<=VALUE")):  # fmt: skip
+        refused = invoke("show", "--study", NAME, "--storage", url, "--where", where)
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+
+
+def test_a_comparison_resumes_and_refuses_other_objectives(compared):
+    url, _ = compared
+    other = invoke("run", "--study", NAME, "--objectives", "accuracy,throughput", "--trials", "1", "--storage", url)
+    assert other.exit_code == 2
+    assert "was created with objectives=('accuracy', 'params'), this run asks for objectives=('accuracy', " \
+           "'throughput')" in other.output  # fmt: skip
+    # the same study, more trials, three at a time: populations are split by model
+    study = optuna.load_study(study_name=NAME, storage=url)
+    for params in ({"model": "lenet", "lr_lenet": 0.2}, {"model": "airbench", "lr_airbench": 0.1},
+                   {"model": "lenet", "lr_lenet": 0.1}):  # fmt: skip
+        study.enqueue_trial(params)
+    more = invoke("worker", "--study", NAME, "--population", "3", "--storage", url, "--device", "cpu", "--no-bars")
+    assert more.exit_code == 0, more.output
+    new = optuna.load_study(study_name=NAME, storage=url).trials[4:]
+    assert [t.user_attrs["population"] for t in new] == [2, 1, 2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_dashboard_serves_the_front_and_the_curves(compared):
+    url, _ = compared
+    study = optuna.load_study(study_name=NAME, storage=url)
+    port = _free_port()
+    proc = cli_process("dashboard", "--storage", url, "--port", str(port), merge_output=False)
+    lines = Lines(proc, "stderr")
+    try:
+        base, summaries = f"http://127.0.0.1:{port}", None
+        deadline = time.monotonic() + 120  # start-up imports torch; CI machines are busy
+        while summaries is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as r:
+                    summaries = json.load(r)["study_summaries"]
+            except OSError:
+                time.sleep(0.25)
+        assert summaries is not None, lines.finish(5)
+        summary = next(s for s in summaries if s["study_name"] == NAME)
+        with urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=60) as r:
+            detail = json.load(r)
+        assert detail["directions"] == ["maximize", "minimize"]
+        assert detail["objective_names"] == ["val_accuracy", "parameters"]  # its axes, from Optuna's metric names
+        assert sorted(t["number"] for t in detail["best_trials"]) == sorted(t.number for t in study.best_trials)
+        pruned = next(t for t in detail["trials"] if t["state"] == "Pruned")
+        assert [v["step"] for v in pruned["intermediate_values"]] == [1]  # its learning curve, though pruned
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_compare_preset_asks_the_reports_question():
+    preset = load_preset("compare")
+    spec = StudySpec(**with_model_recipes({**preset.settings, "model": preset.models[0]}))
+    assert spec.models == ("lenet", "airbench", "resnet18", "resnet34")
+    assert spec.objectives == ("accuracy", "throughput") and spec.epochs == 10 and spec.batch_size == 256
+    assert spec.space == "lr" and set(spec.recipes) == set(spec.models)  # each its own lr range and recipe
+    assert all("lr_min" in r and "lr_max" in r for r in spec.recipes.values())
