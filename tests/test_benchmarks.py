@@ -68,12 +68,16 @@ def test_gpu_check_flow_on_cpu(tmp_path, real_data):
     assert "== done" in log
     steps = (tmp_path / "steps.txt").read_text().splitlines()
     assert len(steps) == 8 and all(line.split()[-2] == "ok" for line in steps), steps  # every step ran and passed
+    assert steps[0].startswith("1 the report's table") and steps[1].startswith("2 the main job")  # first things first
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("| model | lr |") and report.count("| lenet |") == 3  # the seed-report grid's rows
+    assert len((tmp_path / "main-job.csv").read_text().splitlines()) == 4  # header + 3 trials
+    assert "test_accuracy=" in log.split("3 accuracy: train --preset airbench-tuned")[1]
     throughput = json.loads((tmp_path / "throughput.json").read_text())
     assert throughput["lenet"]["ratio"] > 0 and throughput["airbench"]["ratio"] > 0  # both steps in one file
-    assert {"lenet", "airbench", "hardware"} <= set(json.loads((tmp_path / "population.json").read_text()))
-    for how in ("sequential", "population"):
-        assert len((tmp_path / f"study-{how}.csv").read_text().splitlines()) == 5  # header + 4 trials
-    assert set(json.loads((tmp_path / "scale.json").read_text())) == {"1", "2", "protocol"}
+    assert {"lenet", "hardware"} <= set(json.loads((tmp_path / "population.json").read_text()))
+    assert "first training step" in json.loads((tmp_path / "startup.json").read_text())["stages_s"]
+    assert (tmp_path / "compare.md").read_text().startswith("Pareto front of compare: accuracy (max), throughput")
     # A device run returns at most 8 plain files from its output folder: no databases, no weights.
     assert all(p.is_file() for p in tmp_path.iterdir()) and len(list(tmp_path.iterdir())) <= 8
 
@@ -125,5 +129,21 @@ def test_startup_script_times_every_stage(tmp_path, real_data):
 
     results = startup.main(["--reps", "1", "--json", str(tmp_path / "s.json")])
     stages = results["stages_s"]
-    assert list(stages)[:2] == ["import torch", "import torchvision"] and "first training step" in stages
+    assert list(stages)[:2] == ["import torch", "import optuna + sqlalchemy"] and "first training step" in stages
+    assert results["torchvision_imported"] == [False]  # LeNet's worker path: the data's parse is cached (real_data)
     assert all(v >= 0 for v in stages.values()) and results["total_s"] == pytest.approx(sum(stages.values()), abs=0.01)
+
+
+def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_data):
+    import pareto
+
+    out = tmp_path / "p.json"
+    results = pareto.main(["--trials", "3", "--epochs", "2", "--train-size", "512", "--val-size", "256",
+                           "--json", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == results
+    assert results["unpruned"]["epochs_trained"] == 6 and results["unpruned"]["pruned"] == 0  # 3 trials x 2
+    assert results["pruned"]["epochs_trained"] <= 6 and results["pruned"]["pruner"] == "sha"
+    assert set(results["replayed"]) == {"median", "sha", "hyperband"}
+    # a replay is the real run's decisions when training is deterministic, as it is on one CPU
+    assert results["replayed"]["sha"]["epochs_trained"] == results["pruned"]["epochs_trained"]
+    assert results["replayed"]["sha"]["lost"] == results["pruned"]["lost"]

@@ -89,3 +89,29 @@ def test_search_dirs_take_fmnist_data_dir_when_no_folder_is_given(monkeypatch, t
     monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path))
     assert data.search_dirs()[0] == tmp_path
     assert data.search_dirs(tmp_path / "given")[0] == tmp_path / "given"
+
+
+def test_a_later_process_loads_the_parsed_tensors_without_torchvision(tiny_idx):
+    """torchvision parses the files once; the next process loads its tensors and never imports it."""
+    import json
+    import subprocess
+    import sys
+
+    folder, sums = tiny_idx(compress=True)
+    first = data.load(folder, allow_download=False, checksums=sums)
+    parsed = data.cache_dir().parent.parent / "parsed"
+    assert {p.name for p in parsed.iterdir()} >= {f"{sha}.pt" for sha, _ in sums.values()}
+    code = (
+        "import json, sys; from pathlib import Path; from fmnist_search.engine import data\n"
+        f"ds = data.load(Path({str(folder)!r}), allow_download=False, checksums=json.loads({json.dumps(sums)!r}))\n"
+        "print(json.dumps(['torchvision' in sys.modules, ds.train_images.sum().item(), ds.test_labels.tolist()]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    imported, pixels, labels = json.loads(out.stdout)
+    assert not imported
+    assert pixels == first.train_images.sum().item() and labels == first.test_labels.tolist()
+    # an unreadable cached tensor is parsed again (and replaced), never trusted
+    (parsed / f"{sums['train-images-idx3-ubyte'][0]}.pt").write_bytes(b"not a tensor")
+    again = data.load(folder, allow_download=False, checksums=sums)
+    assert torch.equal(again.train_images, first.train_images)
+    assert torch.equal(torch.load(parsed / f"{sums['train-images-idx3-ubyte'][0]}.pt"), first.train_images)

@@ -98,6 +98,8 @@ def _run_defaults() -> dict[str, object]:
 
 def _same(stated: str, default: object) -> bool:
     stated = stated.strip().strip("`").removesuffix(" s")
+    if isinstance(default, tuple):  # a list option, written as its command-line value
+        return stated == ",".join(default)
     try:
         return float(stated) == float(default)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -95,8 +95,17 @@ def _plan(
     settings = {**p.settings, **flags}
     if "fixed" in p.settings and "fixed" in flags:  # --fix adds to (or overrides keys of) the preset's [fixed]
         settings["fixed"] = {**p.settings["fixed"], **flags["fixed"]}
-    return [(study or p.study.format(model=m), {**settings, "model": m}, trials or p.trials or 30, False)
+    return [(study or p.study.format(model=m), _narrowed({**settings, "model": m}), trials or p.trials or 30, False)
             for m in chosen]  # fmt: skip
+
+
+def _narrowed(requested: dict[str, Any]) -> dict[str, Any]:
+    """A comparison preset's settings for the models asked for (``--model lenet,airbench``
+    over ``compare``): the other models' recipes dropped."""
+    if "recipes" not in requested:
+        return requested
+    models = {m.strip() for m in str(requested["model"]).split(",")}
+    return {**requested, "recipes": {m: r for m, r in requested["recipes"].items() if m in models}}
 
 
 def open_with_target(

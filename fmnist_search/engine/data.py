@@ -4,7 +4,8 @@ Files are looked up (``.gz`` or uncompressed) in: ``--data-dir``/``FMNIST_DATA_D
 the user cache, and Debian's ``dataset-fashion-mnist`` directory. The decompressed
 contents are checked against the official SHA-256 so a corrupt or truncated file is
 an error naming that file, never a silently wrong dataset. Parsing uses
-torchvision's IDX readers.
+torchvision's IDX readers, once: the parsed tensors are kept beside the verified file, so a
+later process neither parses nor imports torchvision (~0.9 s of a worker's start-up).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from ..core.config import cache_root
 from ..core.errors import DataError
@@ -173,12 +174,35 @@ def load(
     """
     location, raw = verified_files(data_dir, allow_download=allow_download, checksums=checksums)
     return FashionMNIST(
-        train_images=read_image_file(str(raw["train-images-idx3-ubyte"])),
-        train_labels=read_label_file(str(raw["train-labels-idx1-ubyte"])),
-        test_images=read_image_file(str(raw["t10k-images-idx3-ubyte"])),
-        test_labels=read_label_file(str(raw["t10k-labels-idx1-ubyte"])),
+        train_images=_parsed(raw["train-images-idx3-ubyte"], checksums["train-images-idx3-ubyte"][0]),
+        train_labels=_parsed(raw["train-labels-idx1-ubyte"], checksums["train-labels-idx1-ubyte"][0]),
+        test_images=_parsed(raw["t10k-images-idx3-ubyte"], checksums["t10k-images-idx3-ubyte"][0]),
+        test_labels=_parsed(raw["t10k-labels-idx1-ubyte"], checksums["t10k-labels-idx1-ubyte"][0]),
         source=location.directory,
     )
+
+
+def _parsed(raw: Path, sha256: str) -> torch.Tensor:
+    """The tensor in verified IDX file ``raw`` (of content ``sha256``): parsed by torchvision's
+    reader the first time, then loaded from ``<cache>/parsed/<sha256>.pt`` (written whole, then
+    renamed; named by the content it was parsed from, so it cannot belong to another file)."""
+    cached = cache_dir().parent.parent / "parsed" / f"{sha256}.pt"
+    if cached.is_file():
+        try:
+            return cast(torch.Tensor, torch.load(cached, weights_only=True))
+        except Exception:  # unreadable (a disk error): parse again, and replace it
+            pass
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    tensor = cast(torch.Tensor, (read_label_file if "labels" in raw.name else read_image_file)(str(raw)))
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        torch.save(tensor, tmp)
+        tmp.replace(cached)
+    except OSError:  # a read-only cache: parse every time
+        pass
+    return tensor
 
 
 def stratified_split(labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import cast
 
 import torch.nn as nn
-from torchvision.models import resnet18 as _tv_resnet18
-from torchvision.models import resnet34 as _tv_resnet34
 
 from ..core.errors import ConfigError
 
@@ -83,10 +82,14 @@ def airbench() -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], NUM_CLASSES, bias=False))
 
 
-def _small_input_resnet(builder: Callable[..., nn.Module]) -> nn.Module:
+def _small_input_resnet(name: str) -> nn.Module:
     # The usual adaptation to 28x28 inputs: a 1-channel 3x3 stride-1 stem and no
     # max-pool, so the first stage sees 28x28 instead of 7x7 feature maps.
-    model = builder(num_classes=NUM_CLASSES)
+    # torchvision is imported here, not at start-up: it costs ~0.9 s (it pulls in torch._dynamo
+    # through torchvision.ops) that a LeNet or airbench worker never needs (benchmarks/startup.py).
+    import torchvision.models
+
+    model = cast(nn.Module, getattr(torchvision.models, name)(num_classes=NUM_CLASSES))
     model.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
@@ -94,9 +97,9 @@ def _small_input_resnet(builder: Callable[..., nn.Module]) -> nn.Module:
 
 @register_model
 def resnet18() -> nn.Module:
-    return _small_input_resnet(_tv_resnet18)
+    return _small_input_resnet("resnet18")
 
 
 @register_model
 def resnet34() -> nn.Module:
-    return _small_input_resnet(_tv_resnet34)
+    return _small_input_resnet("resnet34")
