@@ -183,6 +183,23 @@ def test_per_model_schedules_are_the_schedulers_values(schedule, warmup):
         assert row[len(expected) :].eq(0).all()
 
 
+def test_a_lambda_schedule_table_builds_no_optimizer():
+    """torch.optim imports torch._dynamo (~0.9 s of a worker's start-up): constant and cosine
+    tables are LambdaLR's factors computed directly, so a LeNet worker's first step skips it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from fmnist_search.engine.population import lr_table\n"
+        "from fmnist_search.core.config import TrainConfig\n"
+        "lr_table([TrainConfig(lr=0.1, schedule='cosine', warmup_frac=0.3)], 10, torch.device('cpu'), torch.float32)\n"
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_a_population_must_share_its_batches(tiny_splits):
     train, val = _data(tiny_splits)
     with pytest.raises(ValueError, match="shares batch size"):

@@ -51,7 +51,7 @@ from ..core.config import TrainConfig
 from .batches import augmented, autocast, epoch_batches, looks_up, steps_per_epoch
 from .devices import synchronize
 from .distill import Teacher, as_teacher, distillation_loss, soft_targets, widened
-from .schedules import make_scheduler
+from .schedules import lr_factors, make_scheduler
 
 # Trials per population when the user gives none (--population): where it pays, measured.
 # CPU: 1 (benchmarks/results/population-cpu-*.json). H200 (benchmarks/results/gpu-h200.md):
@@ -282,6 +282,8 @@ def lr_table(
         # OneCycleLR's is not a product: one table per lr.
         scaled = cfg.schedule != "onecycle"
         key = (cfg.schedule, total, cfg.warmup_frac, 1.0 if scaled else cfg.lr)
+        if key not in cache and scaled:  # LambdaLR's factors, computed as it does
+            cache[key] = lr_factors(cfg.schedule, total, cfg.warmup_frac) or []
         if key not in cache:
             opt = torch.optim.SGD([torch.zeros(1)], lr=key[-1])
             sched = make_scheduler(opt, cfg.schedule, total, cfg.warmup_frac, key[-1])
