@@ -9,7 +9,8 @@
 #
 # The order is the order of what is missing: (1) the report's whole table (`run --preset
 # seed-report`, all three models, then `report`): its ResNet rows have never been measured;
-# (2) the main job end to end; (3) the ResNet presets' accuracy; (4) the speed table;
+# (2) the main job end to end; (3) the ResNet presets' accuracy; (4) the speed table, with
+# the training step as a CUDA graph (`--cuda-graphs`: its replay-equals-eager tests first);
 # (5) where start-up goes; (6) the `compare` preset's front, if time is left.
 # Each step runs under its own `timeout`, capped by what is left of the whole budget
 # (BUDGET_S, 450 s); a failed or timed-out step does not stop the rest. Each figure lands in
@@ -60,15 +61,16 @@ step() {
   echo "$name $status ${ms}ms" | tee -a "$OUT/steps.txt"
 }
 
-# merge NAME: fold OUT/NAME-more.json into OUT/NAME.json (a device run returns at most 8 files)
+# merge NAME [PREFIX]: fold OUT/NAME-more.json into OUT/NAME.json, its keys prefixed (a device
+# run returns at most 8 files)
 merge() {
-  "$PY" - "$OUT/$1.json" "$OUT/$1-more.json" <<'PY'
+  "$PY" - "$OUT/$1.json" "$OUT/$1-more.json" "${2:-}" <<'PY'
 import json, sys
 from pathlib import Path
-into, more = Path(sys.argv[1]), Path(sys.argv[2])
+into, more, prefix = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 if more.exists():
     merged = json.loads(into.read_text()) if into.exists() else {}
-    extra = json.loads(more.read_text())
+    extra = {(k if k == "hardware" else prefix + k): v for k, v in json.loads(more.read_text()).items()}
     names = [k for k in extra if k != "hardware"]
     merged.update({k: extra[k] for k in names})
     if merged.setdefault("hardware", extra["hardware"]) != extra["hardware"]:  # e.g. another train size
@@ -100,6 +102,16 @@ step "4 single-trial throughput, $RESNETS" 90 "$PY" benchmarks/throughput.py --d
 merge throughput
 step "4 population throughput, lenet" 90 "$PY" benchmarks/population.py --device "$DEVICE" \
   --models lenet --sizes "$SIZES" --train-size "$POP_TRAIN" --reps "$REPS" --json "$OUT/population.json"
+# the step as a CUDA graph (--cuda-graphs): first that replay equals the eager step, then its speed
+step "4 CUDA graphs: replay equals eager (tests/test_graphs.py)" 120 "$PY" -m pytest -q -p no:cacheprovider \
+  tests/test_graphs.py
+step "4 single-trial throughput, lenet, CUDA graphs" 60 "$PY" benchmarks/throughput.py --device "$DEVICE" \
+  --models lenet --batches "$LENET_BATCHES" --reps "$REPS" --workers "$WORKERS" --cuda-graphs \
+  --json "$OUT/throughput-more.json"
+merge throughput "graphs "
+step "4 population throughput, lenet, CUDA graphs" 90 "$PY" benchmarks/population.py --device "$DEVICE" \
+  --models lenet --sizes "$SIZES" --train-size "$POP_TRAIN" --reps "$REPS" --cuda-graphs --json "$OUT/population-more.json"
+merge population "graphs "
 step "5 start-up breakdown" 60 "$PY" benchmarks/startup.py --device "$DEVICE" --reps 2 --json "$OUT/startup.json"
 COMPARE="sqlite:///$STORE/compare.db"
 step "6 the compare preset's front" 300 "${CLI[@]}" run --preset compare --device "$DEVICE" --storage "$COMPARE" \

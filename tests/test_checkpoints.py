@@ -112,16 +112,21 @@ STUDY = ["--model", "lenet", "--epochs", "3", "--train-size", "384", "--val-size
 
 def _sigterm_in_epoch(monkeypatch, epoch: int) -> None:
     """SIGTERM this process at the second batch of ``epoch`` (its first batch already stepped)."""
-    original, calls = population.epoch_batches, {"n": 0}
+    shuffle, next_full = population._Batches.shuffle, population._Batches.next_full
+    seen = {"epoch": 0, "batch": 0}
 
-    def batches(perm, batch_size):
-        calls["n"] += 1
-        for i, idx in enumerate(original(perm, batch_size)):
-            if calls["n"] == epoch and i == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield idx
+    def counted_shuffle(self):  # once per epoch
+        seen["epoch"], seen["batch"] = seen["epoch"] + 1, 0
+        shuffle(self)
 
-    monkeypatch.setattr(population, "epoch_batches", batches)
+    def counted_next(self):
+        seen["batch"] += 1
+        if seen["epoch"] == epoch and seen["batch"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return next_full(self)
+
+    monkeypatch.setattr(population._Batches, "shuffle", counted_shuffle)
+    monkeypatch.setattr(population._Batches, "next_full", counted_next)
 
 
 def _weights(url: str, trial) -> dict:

@@ -48,15 +48,16 @@ def _kill_on_call(monkeypatch, module, name: str, nth: int = 1, sig: int = signa
 
 
 def _kill_in_batches(monkeypatch, sig: int) -> None:
-    original = population.epoch_batches
+    """At the third batch of the first epoch (two steps taken)."""
+    original, calls = population._Batches.next_full, {"n": 0}
 
-    def batches(perm, batch_size):
-        for i, idx in enumerate(original(perm, batch_size)):
-            if i == 2:
-                os.kill(os.getpid(), sig)
-            yield idx
+    def next_full(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), sig)
+        return original(self)
 
-    monkeypatch.setattr(population, "epoch_batches", batches)
+    monkeypatch.setattr(population._Batches, "next_full", next_full)
 
 
 def _kill_in_commit(method: str, nth: int = 1):

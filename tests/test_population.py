@@ -9,6 +9,7 @@ import torch
 
 from fmnist_search.core.config import TrainConfig
 from fmnist_search.engine import population as pop
+from fmnist_search.engine.batches import epoch_batches
 from fmnist_search.engine.population import Member, fit_population, lr_table
 from fmnist_search.engine.schedules import make_scheduler
 from fmnist_search.engine.train import build_model, fit, to_device
@@ -74,7 +75,7 @@ def _reference(name, seed, cfg, train):
     sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps, cfg.warmup_frac, cfg.lr)
     order = torch.Generator().manual_seed(cfg.data_seed)
     for _ in range(cfg.epochs):
-        for idx in pop.epoch_batches(torch.randperm(len(x), generator=order), cfg.batch_size):
+        for idx in epoch_batches(torch.randperm(len(x), generator=order), cfg.batch_size):
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx], label_smoothing=cfg.label_smoothing)
             opt.zero_grad()
             loss.backward()

@@ -68,6 +68,13 @@ PrecisionOpt = Annotated[
     str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: bf16 on GPU, fp32 on CPU).", rich_help_panel=WORK)
 ]
 CompileOpt = Annotated[bool, typer.Option(help="torch.compile the model once per process (GPU).", rich_help_panel=WORK)]
+CudaGraphsOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Capture each training step as a CUDA graph and replay it (CUDA, fp32/bf16; speed not yet measured).",
+        rich_help_panel=WORK,
+    ),
+]
 DataDirOpt = Annotated[
     Path | None, typer.Option(envvar="FMNIST_DATA_DIR", help="Folder with the data.", rich_help_panel=DATA)
 ]
@@ -257,6 +264,7 @@ class WorkOptions:
     device: DeviceOpt = "auto"
     precision: PrecisionOpt = "auto"
     compile: CompileOpt = False
+    cuda_graphs: CudaGraphsOpt = False
     data_dir: DataDirOpt = None
     download: DownloadOpt = True
     timeout: TimeoutOpt = None

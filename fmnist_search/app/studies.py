@@ -241,6 +241,7 @@ def _run_trials(
         prec,
         on_epoch=progress.on_epoch,
         compile=work.compile,
+        graphs=work.cuda_graphs,
         extra_attrs=extra,
         artifact_store=open_artifacts(art_dir) if (art_dir := work.artifact_dir(url)) is not None else None,
         say=lambda message: say(prefix + message),

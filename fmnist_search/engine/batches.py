@@ -28,11 +28,13 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device) 
     return x, labels.to(device, non_blocking=True)
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """``precision``'s autocast (none for fp32); ``cache=False`` inside a CUDA graph capture,
+    whose replays must cast the weights each time (they change in place)."""
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 def epoch_stop(n: int, batch_size: int) -> int:

@@ -39,7 +39,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.config import TrainConfig
-from .batches import augmented, autocast, epoch_batches, looks_up, steps_per_epoch
+from .batches import augmented, autocast, epoch_stop, looks_up, steps_per_epoch
 from .devices import synchronize
 from .distill import Teacher, as_teacher, distillation_loss, soft_targets, widened
 from .schedules import lr_factors, make_scheduler
@@ -326,6 +326,7 @@ def fit_population(
     resume: Sequence[Snapshot] | None = None,
     on_snapshot: SnapshotHook | None = None,
     snapshot_every: int = 0,
+    graphs: bool = False,
 ) -> Census:
     """Train ``modules[k]`` with ``members[k].cfg`` for every k at once; each leaves when its
     epochs are done, when it diverges, or when ``on_epoch_end`` names it. ``members`` carry
@@ -341,6 +342,9 @@ def fit_population(
     as a ``Snapshot``; ``resume`` (one per member, all taken at the same point of one run)
     continues from there: the same weights, momentum, lr position, data order and history,
     so a resumed run ends as the uninterrupted one would (tested bit for bit in float64).
+
+    ``graphs`` (CUDA, fp32 or bf16): each full-batch step is captured once per population size
+    as a CUDA graph and replayed (``_Graphed``); the eager step is the reference and the CPU's.
     """
     cfgs = [mb.cfg for mb in members]
     if len({shared_key(c) for c in cfgs}) != 1:
@@ -366,26 +370,39 @@ def fit_population(
         for member, snap in zip(members, resume, strict=True):
             member.result.history = list(snap.history)
         first = resume[0].epoch + 1
+    graphed = _Graphed(batches) if graphs and device.type == "cuda" and base.precision != "fp16" else None
     for epoch in range(first, max(c.epochs for c in cfgs) + 1):
         k = len(stack_.alive)
-        loss_sum = torch.zeros(k, device=device)
-        correct = torch.zeros(k, device=device, dtype=torch.long)
-        seen = 0
+        sums_t = torch.zeros(2, k, device=device)  # each model's loss and correct predictions, summed
+        batches.shuffle()
         synchronize(device)
         t0 = time.perf_counter()
-        for xb, yb, soft in batches.epoch():
-            with autocast(device, base.precision):
+
+        def step(batch: Callable[[], Batch], sums_t: torch.Tensor = sums_t) -> None:
+            """One training step: batch, forward, loss, backward, update; device work only (capturable)."""
+            xb, yb, soft = batch()
+            with autocast(device, base.precision, cache=graphed is None):
                 out = stack_.forward(stack_.state, xb, True)  # (K, B, classes)
                 losses = stack_.losses(out, yb, soft(xb))  # (K,)
             stack_.step(losses)
-            loss_sum += losses.detach().float() * len(yb)
-            correct += (out.argmax(-1) == yb).sum(1)
-            seen += len(yb)
+            sums_t[0].add_(losses.detach().float() * len(yb))
+            sums_t[1].add_((out.argmax(-1) == yb).sum(1))
+
+        for _ in range(batches.full):
+            if graphed is None:
+                step(batches.next_full)
+            else:
+                graphed.run(k, lambda: step(batches.next_full))
+            stack_.steps += 1
+        if batches.rest:  # the shorter last batch: eager, as its shape differs
+            step(batches.last)
+            stack_.steps += 1
+        seen = batches.full * base.batch_size + batches.rest
         synchronize(device)
         elapsed = time.perf_counter() - t0
         census.samples += seen * k
         census.train_time_s += elapsed
-        sums = torch.stack([loss_sum, correct.float()]).tolist()  # the epoch's one sync
+        sums = sums_t.tolist()  # the epoch's one sync
         # Evaluation runs in fp32 whatever the training precision: it costs little, and the
         # stored accuracies are then exactly what `fmnist-search evaluate` (fp32) reproduces.
         accs = stack_.evaluate(val, base.eval_batch_size) if val is not None else None
@@ -437,15 +454,26 @@ def _epoch_metrics(
 
 
 class _Batches:
-    """The population's shared batches: one seeded order, augmentation, and the teacher's soft targets."""
+    """The population's shared batches: one seeded order, augmentation, and the teacher's soft targets.
+
+    Graph-ready: an epoch's order is written into a static index table on the device (row s:
+    step s's images) and each full batch is gathered from the row at a device position that
+    the step itself advances, so a captured step (``_Graphed``) reads the next batch on every
+    replay. The last, shorter batch of an epoch (if any) is gathered from its own static slice."""
 
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, teacher: Any, lookup: bool) -> None:
         self.x, self.y, self.cfg = train[0], train[1], cfg
-        self.order = torch.Generator(device=self.x.device).manual_seed(_order_seed(cfg))
+        device = self.x.device
+        self.order = torch.Generator(device=device).manual_seed(_order_seed(cfg))
         self.teacher = as_teacher(teacher)
         # soft targets looked up by index where a batch is its images, some mirrored (distill.Teacher)
         lookup = lookup and self.teacher is not None and looks_up(cfg)
         self.tables = self.teacher.tables(self.x, cfg.precision, cfg.batch_size) if self.teacher and lookup else None
+        # epoch_batches' batches: full ones, then the rest (never a single image: BatchNorm)
+        self.full, self.rest = divmod(epoch_stop(len(self.x), cfg.batch_size), cfg.batch_size)
+        self.table = torch.empty((self.full, cfg.batch_size), dtype=torch.long, device=device)
+        self.tail = torch.empty(self.rest, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # the table's next row
 
     def restore(self, snap: Snapshot, seed: int) -> None:
         """Continue the data order where ``snap`` left it; on another kind of device (whose
@@ -456,12 +484,27 @@ class _Batches:
             self.order.manual_seed(seed * 1_000_003 + snap.epoch)
         self.reseeded = snap.device_type != self.x.device.type
 
-    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor | None]]]:
-        """(images, labels, soft targets of the images) per batch; the teacher runs inside autocast."""
+    def shuffle(self) -> None:
+        """This epoch's order (``epoch_batches``' batches of one permutation), into the static table."""
         perm = torch.randperm(len(self.x), device=self.x.device, generator=self.order)
-        for idx in epoch_batches(perm, self.cfg.batch_size):
-            xb, mirrored = augmented(self.x[idx], self.cfg, self.order, self.tables is not None)
-            yield xb, self.y[idx], self._soft(idx, mirrored)
+        cut = self.full * self.cfg.batch_size
+        self.table.copy_(perm[:cut].view(self.full, self.cfg.batch_size))
+        self.tail.copy_(perm[cut : cut + self.rest])
+        self.pos.zero_()
+
+    def next_full(self) -> Batch:
+        """The next full batch (the table's row at the device position, which moves on)."""
+        idx = self.table.index_select(0, self.pos).view(-1)
+        self.pos.add_(1)
+        return self._batch(idx)
+
+    def last(self) -> Batch:
+        return self._batch(self.tail)
+
+    def _batch(self, idx: torch.Tensor) -> Batch:
+        """(images, labels, soft targets of the images); the teacher runs inside autocast."""
+        xb, mirrored = augmented(self.x.index_select(0, idx), self.cfg, self.order, self.tables is not None)
+        return xb, self.y.index_select(0, idx), self._soft(idx, mirrored)
 
     def _soft(self, idx: torch.Tensor, mirrored: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor | None]:
         teacher, tables = self.teacher, self.tables
@@ -470,6 +513,45 @@ class _Batches:
         if tables is None:
             return teacher
         return lambda xb: soft_targets(tables, idx, mirrored)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor | None]]
+
+
+class _Graphed:
+    """The training step as a CUDA graph: the first ``WARMUP`` steps of a population size run
+    eagerly on a side stream (real steps, as capture asks), the next is captured and from then
+    on each step is one replay: forward, loss, backward, the SGD update, the lr read at the
+    device step counter, the batch gathered from the device index table and augmented with the
+    population's generator (registered with the graph, so each replay draws anew). A member
+    leaving changes the shapes: the next size is captured anew."""
+
+    WARMUP = 3
+
+    def __init__(self, batches: _Batches) -> None:
+        self.batches = batches
+        self.graphs: dict[int, Any] = {}
+        self.seen: dict[int, int] = {}
+        self.side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+
+    def run(self, k: int, step: Callable[[], None]) -> None:
+        graph = self.graphs.get(k)
+        if graph is not None:
+            graph.replay()
+            return
+        self.seen[k] = self.seen.get(k, 0) + 1
+        if self.seen[k] <= self.WARMUP:
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                step()
+            torch.cuda.current_stream().wait_stream(self.side)
+            return
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.batches.order)
+        with torch.cuda.graph(graph):  # records the step, runs nothing
+            step()
+        self.graphs[k] = graph
+        graph.replay()  # this step, for real
 
 
 class _Stack:
@@ -494,7 +576,8 @@ class _Stack:
         self.per_model = _PerModel(cfgs, device, params[0].dtype)
         self.scale = _LossScale(device) if cfgs[0].precision == "fp16" else None
         self.alive = list(range(len(cfgs)))
-        self.steps = 0
+        self.steps = 0  # SGD steps taken (the host's count, for snapshots)
+        self.step_t = torch.zeros(1, dtype=torch.long, device=device)  # the same on the device: the lr's column
 
     def losses(self, out: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
         return self.per_model.loss(out, y, soft)
@@ -523,18 +606,21 @@ class _Stack:
             for i, n in enumerate(self._param_names()):
                 self.opt.momentum_of(i, row).copy_(snap.momentum[n])
         self.steps = snaps[0].steps
+        self.step_t.fill_(self.steps)
         if self.scale is not None and snaps[0].loss_scale is not None:
             self.scale.scale.fill_(snaps[0].loss_scale[0])
             self.scale.growth.fill_(int(snaps[0].loss_scale[1]))
 
     def step(self, losses: torch.Tensor) -> None:
+        """One SGD step of every model, each at its lr of this step (read on the device: graph-ready)."""
         total = losses.sum()  # model k's gradients: its own loss's
+        lr = self.lrs.index_select(1, self.step_t).view(-1)
         if self.scale is None:
-            self.opt.step(torch.autograd.grad(total, self.opt.params), self.lrs[:, self.steps])
+            self.opt.step(torch.autograd.grad(total, self.opt.params), lr)
         else:
             grads = torch.autograd.grad(total * self.scale.scale, self.opt.params)
-            self.opt.step(grads, self.lrs[:, self.steps], self.scale.unscale(grads))
-        self.steps += 1
+            self.opt.step(grads, lr, self.scale.unscale(grads))
+        self.step_t.add_(1)
 
     def evaluate(self, val: tuple[torch.Tensor, torch.Tensor], batch_size: int) -> list[tuple[float, float]]:
         return evaluate_all(self.forward, self.state, val, batch_size, self.per_model.tta)

@@ -45,6 +45,7 @@ def fit(
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
     teacher: nn.Module | Teacher | None = None,
     lookup: bool = True,
+    graphs: bool = False,
 ) -> FitResult:
     """Train ``model`` (already on the data's device) with SGD; evaluate on ``val`` each epoch.
 
@@ -62,7 +63,7 @@ def fit(
             on_epoch_end(metrics[0])
         return ()
 
-    fit_population([model], [member], train, val, hook, teacher, lookup=lookup)
+    fit_population([model], [member], train, val, hook, teacher, lookup=lookup, graphs=graphs)
     if member.status == "diverged":
         raise Diverged(member.error)
     return member.result

@@ -212,7 +212,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
         every = objective.checkpoint_every if objective.checkpoint_store is not None else 0
         fit_population([b.runnable for b in built], members, objective.train, objective.val, on_epoch_end,
                        objective.teacher(group[0].cfg), census, resume=resume, on_snapshot=on_snapshot,
-                       snapshot_every=every)  # fmt: skip
+                       snapshot_every=every, graphs=objective.graphs and compiled is None)  # fmt: skip
     finally:  # an interrupt too: every trial keeps what it measured
         for s, m in zip(group, members, strict=True):
             if not s.told:

@@ -51,6 +51,7 @@ class Objective:
         precision: str = "fp32",
         on_epoch: EpochHook | None = None,
         compile: bool = False,
+        graphs: bool = False,
         extra_attrs: dict[str, Any] | None = None,
         artifact_store: Any = None,
         say: Callable[[str], None] = lambda _: None,
@@ -61,6 +62,7 @@ class Objective:
         self.precision = precision
         self.on_epoch = on_epoch
         self.compile = compile
+        self.graphs = graphs  # the training step as a CUDA graph (engine.population._Graphed)
         self.extra_attrs = extra_attrs or {}  # constant per process, e.g. worker label and GPU
         self.artifact_store = artifact_store  # completed trials save their weights here (None: off)
         self.checkpoint_every = checkpoint_every  # epochs between a running trial's checkpoints (0: none)
