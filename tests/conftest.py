@@ -6,6 +6,7 @@ import contextlib
 import glob
 import gzip
 import hashlib
+import json
 import os
 import queue
 import shutil
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -158,6 +160,36 @@ class Lines:
         """What was printed after the first line holding ``needle``."""
         text = "".join(self.seen)
         return text[text.index(needle) + len(needle) :] if needle in text else ""
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return json.load(r)
+
+
+@contextlib.contextmanager
+def serving_dashboard(storage: str):
+    """`fmnist-search dashboard` on a free port, once its API answers: yields (base URL, the
+    study summaries it lists). Then Ctrl-C stops it, which must end it with exit code 0."""
+    port = free_port()
+    proc = cli_process("dashboard", "--storage", storage, "--port", str(port), merge_output=False)
+    lines = Lines(proc, "stderr")
+    try:
+        base, summaries = f"http://127.0.0.1:{port}", None
+        deadline = time.monotonic() + 120  # start-up imports torch; CI machines are busy
+        while summaries is None and time.monotonic() < deadline and proc.poll() is None:
+            try:  # the server starts listening a moment after it starts: a poll under a deadline
+                summaries = get_json(f"{base}/api/studies")["study_summaries"]
+            except OSError:
+                time.sleep(0.25)
+        assert summaries is not None, f"the dashboard did not come up:\n{lines.finish(5)}"
+        yield base, summaries
+        proc.send_signal(signal.SIGINT)  # Ctrl-C stops it, whatever request it is serving
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # --- real database servers (Debian's binaries, installed by `make test`), on free loopback ports ---

@@ -6,13 +6,9 @@ import csv
 import dataclasses
 import functools
 import io
-import json
-import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import optuna
 import pytest
@@ -21,7 +17,7 @@ from typer.testing import CliRunner
 
 from fmnist_search.cli import app
 from fmnist_search.engine import data
-from tests.conftest import cli_process
+from tests.conftest import cli_process, get_json, serving_dashboard
 
 runner = CliRunner()
 TINY = ["--epochs", "2", "--train-size", "4096", "--val-size", "2000", "--batch-size", "64"]
@@ -184,38 +180,13 @@ def test_diverging_trials_fail_with_reason(tmp_path, real_data):
 _cli = functools.partial(cli_process, merge_output=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_dashboard_serves_trials_with_attrs(smoke_db):
-    port = _free_port()
-    proc = _cli("dashboard", "--storage", smoke_db, "--port", str(port))
-    try:
-        base = f"http://127.0.0.1:{port}"
-        studies = None
-        deadline = time.time() + 120  # generous: start-up imports torch, and CI machines are busy
-        while studies is None and time.time() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as r:
-                    studies = json.load(r)["study_summaries"]
-            except OSError:
-                time.sleep(0.25)
-        assert studies is not None, "dashboard did not come up"
+    with serving_dashboard(smoke_db) as (base, studies):
         study = next(s for s in studies if s["study_name"] == "lenet")
-        with urllib.request.urlopen(f"{base}/api/studies/{study['study_id']}", timeout=60) as r:
-            detail = json.load(r)
+        detail = get_json(f"{base}/api/studies/{study['study_id']}")
         assert len(detail["trials"]) >= 3
         keys = {a["key"] for a in detail["trials"][0]["user_attrs"]}
         assert {"val_accuracy", "throughput", "device"} <= keys
-        proc.send_signal(signal.SIGINT)  # Ctrl-C stops it, whatever request it is serving
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_dashboard_on_a_busy_port_is_one_line(smoke_db):

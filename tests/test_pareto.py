@@ -9,12 +9,7 @@ these 4,096 images, at lr 0.0101 it is some 20 points above.
 
 from __future__ import annotations
 
-import json
 import re
-import signal
-import socket
-import time
-import urllib.request
 
 import optuna
 import pytest
@@ -30,7 +25,7 @@ from fmnist_search.search.internals import storage_of
 from fmnist_search.search.pruning import population_prunes
 from fmnist_search.search.space import suggest
 from fmnist_search.search.study import PRUNERS
-from tests.conftest import Lines, cli_process
+from tests.conftest import get_json, serving_dashboard
 
 runner = CliRunner()
 NAME = "lenet+airbench"
@@ -289,42 +284,17 @@ def test_a_comparison_resumes_and_refuses_other_objectives(compared):
     assert [t.user_attrs["population"] for t in new] == [2, 1, 2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_dashboard_serves_the_front_and_the_curves(compared):
     url, _ = compared
     study = optuna.load_study(study_name=NAME, storage=url)
-    port = _free_port()
-    proc = cli_process("dashboard", "--storage", url, "--port", str(port), merge_output=False)
-    lines = Lines(proc, "stderr")
-    try:
-        base, summaries = f"http://127.0.0.1:{port}", None
-        deadline = time.monotonic() + 120  # start-up imports torch; CI machines are busy
-        while summaries is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as r:
-                    summaries = json.load(r)["study_summaries"]
-            except OSError:
-                time.sleep(0.25)
-        assert summaries is not None, lines.finish(5)
+    with serving_dashboard(url) as (base, summaries):
         summary = next(s for s in summaries if s["study_name"] == NAME)
-        with urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=60) as r:
-            detail = json.load(r)
+        detail = get_json(f"{base}/api/studies/{summary['study_id']}")
         assert detail["directions"] == ["maximize", "minimize"]
         assert detail["objective_names"] == ["val_accuracy", "parameters"]  # its axes, from Optuna's metric names
         assert sorted(t["number"] for t in detail["best_trials"]) == sorted(t.number for t in study.best_trials)
         pruned = next(t for t in detail["trials"] if t["state"] == "Pruned")
         assert [v["step"] for v in pruned["intermediate_values"]] == [1]  # its learning curve, though pruned
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_compare_preset_asks_the_reports_question():

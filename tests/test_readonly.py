@@ -3,16 +3,12 @@ reported, plotted, evaluated and served, and nothing is written there."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
-import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import Lines, cli_process, free_port
+from tests.conftest import cli_process, serving_dashboard
 
 TINY = ["--epochs", "1", "--train-size", "512", "--val-size", "500", "--batch-size", "128"]
 
@@ -62,22 +58,5 @@ def test_reading_commands_work_on_a_read_only_mount(read_only_store, tmp_path, c
 
 
 def test_the_dashboard_serves_a_read_only_store(read_only_store):
-    port = free_port()
-    proc = cli_process("dashboard", "--storage", f"sqlite:///{read_only_store}/s.db", "--port", str(port))
-    try:
-        Lines(proc).until(f"http://127.0.0.1:{port}/", timeout=120)  # printed as the server starts
-        studies = None
-        deadline = time.monotonic() + 120
-        while studies is None and time.monotonic() < deadline and proc.poll() is None:
-            try:  # the server thread starts listening just after the line
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as r:
-                    studies = json.load(r)["study_summaries"]
-            except OSError:
-                time.sleep(0.25)  # a poll interval under a deadline
-        assert studies is not None and [s["study_name"] for s in studies] == ["lenet"]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with serving_dashboard(f"sqlite:///{read_only_store}/s.db") as (_, studies):
+        assert [s["study_name"] for s in studies] == ["lenet"]
