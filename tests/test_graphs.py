@@ -58,13 +58,21 @@ def test_the_lr_is_read_at_the_device_step_counter():
     assert seen == pytest.approx(stack.lrs[0, :5].tolist(), rel=0)
 
 
-def _fit(name: str, cfgs: list[TrainConfig], data, graphs: bool) -> list[torch.nn.Module]:
+def _fit(name: str, cfgs: list[TrainConfig], data, graphs: bool) -> list[Member]:
     device = data[0][0].device
     modules = [build_model(name, c.seed, device).module for c in cfgs]
     members = [Member(c) for c in cfgs]
     fit_population(modules, members, data[0], data[1], graphs=graphs)
     assert all(m.status == "done" for m in members)
-    return [m.module for m in members]
+    return members
+
+
+def _same_run(a: Member, b: Member, tol: float) -> None:
+    """The same weights, and the same epoch sums (the graph adds into the epoch's static buffer)."""
+    _close(a.module, b.module, tol)
+    for x, y in zip(a.result.history, b.result.history, strict=True):
+        assert x.train_loss == pytest.approx(y.train_loss, rel=tol, abs=tol)
+        assert x.train_accuracy == pytest.approx(y.train_accuracy, abs=0.01)
 
 
 def _close(a: torch.nn.Module, b: torch.nn.Module, tol: float) -> None:
@@ -83,7 +91,7 @@ def test_replay_equals_the_eager_step_on_cuda(precision, tol):
     )  # fmt: skip (1,100 images: 8 full batches and one of 76)
     eager = _fit("lenet", [cfg], data, graphs=False)
     graphed = _fit("lenet", [cfg], data, graphs=True)
-    _close(eager[0], graphed[0], tol)
+    _same_run(eager[0], graphed[0], tol)
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
@@ -94,4 +102,4 @@ def test_a_graphed_population_member_equals_that_model_graphed_alone():
     cfgs = [dataclasses.replace(base, lr=lr, seed=i) for i, lr in enumerate((0.02, 0.05, 0.1))]
     together = _fit("lenet", cfgs, data, graphs=True)
     for k, cfg in enumerate(cfgs):
-        _close(together[k], _fit("lenet", [cfg], data, graphs=True)[0], 1e-4)
+        _same_run(together[k], _fit("lenet", [cfg], data, graphs=True)[0], 1e-3)  # grouped vs plain kernels

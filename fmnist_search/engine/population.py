@@ -371,9 +371,11 @@ def fit_population(
             member.result.history = list(snap.history)
         first = resume[0].epoch + 1
     graphed = _Graphed(batches) if graphs and device.type == "cuda" and base.precision != "fp16" else None
+    sums_of: dict[int, torch.Tensor] = {}  # static per population size: a captured step adds into it
     for epoch in range(first, max(c.epochs for c in cfgs) + 1):
         k = len(stack_.alive)
-        sums_t = torch.zeros(2, k, device=device)  # each model's loss and correct predictions, summed
+        sums_t = sums_of.setdefault(k, torch.zeros(2, k, device=device))  # each model's loss and correct, summed
+        sums_t.zero_()
         batches.shuffle()
         synchronize(device)
         t0 = time.perf_counter()
