@@ -130,6 +130,11 @@ def _error_line(result) -> str:
         (["run", "--model", "lenet", "--sampler", "bayes"], "unknown sampler 'bayes'; choose one of: cmaes, gp, grid"),
         (["run", "--model", "lenet", "--pruner", "magic"], "unknown pruner 'magic'"),
         (["run", "--model", "lenet", "--device", "cuda"], "asked for a CUDA GPU, but none is visible"),
+        (
+            ["run", "--model", "lenet", "--device", "cpu", "--cuda-graphs"],
+            "--cuda-graphs needs a CUDA device; this run",
+        ),
+        (["worker", "--study", "x", "--device", "cpu", "--cuda-graphs"], "--cuda-graphs needs a CUDA device; this run"),
         (["run", "--model", "lenet", "--storage", "nonsense"], "cannot open storage nonsense"),
         (["run"], "give --model"),
         (["export", "--study", "ghost"], "no study named 'ghost'"),
@@ -141,6 +146,8 @@ def test_bad_input_one_line_error(args, message, tmp_path, monkeypatch):
     result = invoke(*args)
     assert result.exit_code == 2, result.output
     assert message in _error_line(result)
+    if "--device" in args:  # refused before a store is opened
+        assert not (tmp_path / "studies").exists()
 
 
 def test_an_unreachable_database_is_one_line_without_its_password():

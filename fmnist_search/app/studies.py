@@ -141,6 +141,18 @@ def as_argv(options: Any) -> list[str]:
     return argv
 
 
+def work_runtime(work: Any) -> tuple[Any, str]:
+    """A worker's device and precision, and whether its options suit them."""
+    dev, prec = resolve_runtime(work.device, work.precision)
+    if work.cuda_graphs and dev.type != "cuda":
+        raise FmnistSearchError(f"--cuda-graphs needs a CUDA device; this run trains on {dev}")
+    if work.cuda_graphs and prec == "fp16":
+        raise FmnistSearchError("--cuda-graphs captures fp32 or bf16 steps; use --precision bf16")
+    if work.cuda_graphs and work.compile:
+        raise FmnistSearchError("--cuda-graphs and --compile both capture the step; choose one")
+    return dev, prec
+
+
 def resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
     from ..engine.devices import resolve_device, resolve_precision
 
@@ -222,7 +234,7 @@ def _run_trials(
     from ..search.urls import mask_url
     from ..search.workers import work as work_loop
 
-    dev, prec = resolve_runtime(work.device, work.precision)
+    dev, prec = work_runtime(work)
     population = check_population(work.population, spec.model, dev, prec, work.compile)
     dataset = load_dataset(work.data_dir, work.download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
@@ -380,7 +392,7 @@ def run(
     workers = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
     here = len(workers) == 1 and gpu_ids is None
     if here:
-        resolve_runtime(work.device, work.precision)  # a bad --device fails before the store is touched
+        work_runtime(work)  # a bad --device (or --cuda-graphs without CUDA) fails before the store is touched
     beat = {**work.beat, "patience": work.storage_patience}
     for name, requested, n, base in plan:
         store, opt_study, spec, target = open_with_target(o.storage, name, requested, n, beat, say, base)
@@ -399,7 +411,7 @@ def join(study: str, storage: str, work: Any, label: str | None, progress: Progr
 
     if work.grace_period <= work.heartbeat_interval:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
-    resolve_runtime(work.device, work.precision)
+    work_runtime(work)
     store = open_store(storage, say, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
     spec = stored_spec(wait_for_study(store, study, work.storage_patience, say=say))
     with progress(None, spec.epochs) as bars:
