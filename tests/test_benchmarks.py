@@ -148,3 +148,4 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
     # a replay is the real run's decisions when training is deterministic, as it is on one CPU
     assert results["replayed"]["sha"]["epochs_trained"] == results["pruned"]["epochs_trained"]
     assert results["replayed"]["sha"]["lost"] == results["pruned"]["lost"]
+    assert pareto.main(["--replay", str(out)])["replayed"] == results["replayed"]  # from the recorded curves alone
