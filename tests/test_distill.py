@@ -15,7 +15,7 @@ from fmnist_search.cli import app
 from fmnist_search.core.config import StudySpec
 from fmnist_search.core.errors import ConfigError
 from fmnist_search.core.presets import check_recipe, load_preset
-from fmnist_search.engine.teachers import teacher_for
+from fmnist_search.engine.teachers import cached_teacher
 from fmnist_search.engine.train import TrainConfig, distillation_loss, fit, to_device
 from fmnist_search.search.lifecycle import optimize
 from fmnist_search.search.objective import Objective
@@ -67,19 +67,19 @@ def test_fit_refuses_distill_without_a_teacher():
 def test_teacher_is_trained_once_on_the_students_images_then_loaded(tiny_splits):
     said: list[str] = []
     train = to_device(*tiny_splits.train, torch.device("cpu"))
-    first = teacher_for("airbench-tuned", train, seed=0, say=said.append)
+    first = cached_teacher("airbench-tuned", train, seed=0, say=said.append).net
     assert any("training airbench for 10 epochs on 400 images" in m for m in said)
     assert any(m.startswith("teacher airbench-tuned: epoch 10/10 train_acc=") for m in said)  # progress per epoch
     assert not first.training and not any(p.requires_grad for p in first.parameters())
     said.clear()
-    second = teacher_for("airbench-tuned", train, seed=0, say=said.append)
+    second = cached_teacher("airbench-tuned", train, seed=0, say=said.append).net
     assert any("loaded from" in m for m in said) and not any("training" in m for m in said)
     x = train[0][:16]
     assert torch.equal(first(x), second(x))
     # other training images (another split) make another teacher: it never reuses one that saw other data
     said.clear()
     other = to_device(*tiny_splits.val, torch.device("cpu"))
-    teacher_for("airbench-tuned", other, seed=0, say=said.append)
+    cached_teacher("airbench-tuned", other, seed=0, say=said.append)
     assert any("training" in m for m in said)
     # the teacher learned something: well above chance (10%) on held-out synthetic images
     val = to_device(*tiny_splits.test, torch.device("cpu"))
@@ -210,8 +210,6 @@ def test_looked_up_soft_targets_are_the_teachers_and_train_the_same(tiny_splits)
 
 def test_the_teachers_logit_tables_are_computed_once_per_teacher_and_data(tiny_splits):
     """A second process (a new Teacher) loads the tables from beside the cached teacher instead of running it."""
-    from fmnist_search.engine.teachers import cached_teacher
-
     train = to_device(*tiny_splits.train, torch.device("cpu"))
     first = cached_teacher("airbench-tuned", train, seed=0)
     plain, mirror = first.tables(train[0], "fp32", 64)

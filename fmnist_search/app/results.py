@@ -11,10 +11,10 @@ from ..core.errors import FmnistSearchError
 
 def trial_line(trial: Any, prefix: str = "") -> str:
     """``trial 3 COMPLETE: lr=0.05 val=0.9012 after 10 epochs, 21,000 samples/s test=0.8990``."""
-    from ..search.record import TrialRecord
+    from ..search.record import TrialRecord, lr_of
 
     a = TrialRecord.of(trial)
-    lr = trial.params.get("lr", (a.config or {}).get("lr", float("nan")))
+    lr = lr_of(trial)
     model = f" {trial.params['model']}" if "model" in trial.params else ""  # a study that compares models
     line = f"{prefix}trial {trial.number} {trial.state.name}:{model} lr={lr:.4g}"
     if a.val_accuracy is not None:

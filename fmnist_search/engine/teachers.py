@@ -50,41 +50,18 @@ def cached_teacher(
     precision: str = "fp32",
     say: Callable[[str], None] = lambda _: None,
 ) -> Teacher:
-    """``teacher_for``'s network as a distillation ``Teacher`` whose logit tables of the training
-    images are kept beside its cached weights: computed once per teacher and data, not once per process."""
-    preset, path = _path(name, train, seed, precision)
-    return Teacher(_load_or_train(name, preset, path, seed, precision, train, say), cache=path.with_suffix(""))
-
-
-def teacher_for(
-    name: str,
-    train: tuple[torch.Tensor, torch.Tensor],
-    seed: int = 0,
-    precision: str = "fp32",
-    say: Callable[[str], None] = lambda _: None,
-) -> nn.Module:
-    """Preset ``name``'s network trained on ``train`` (device tensors), frozen, in eval mode.
+    """Preset ``name``'s network trained on ``train`` (device tensors), frozen, in eval mode
+    (``.net``), as a distillation ``Teacher`` whose logit tables of the training images are kept
+    beside its cached weights: computed once per teacher and data, not once per process.
 
     Loaded from the cache when this exact teacher was trained before, else trained now
     (its preset's epochs; ~5 min for airbench-tuned on 2 CPU cores) and cached. The cache
     file is written whole, then renamed into place, so an interrupted run leaves none; a
     file lock makes concurrent workers train it once.
     """
-    preset, path = _path(name, train, seed, precision)
-    return _load_or_train(name, preset, path, seed, precision, train, say)
-
-
-def _path(name: str, train: tuple[torch.Tensor, torch.Tensor], seed: int, precision: str) -> tuple[Any, Path]:
-    """(preset, the cache file of this teacher, trained on these images)."""
     preset = check_teacher(name)
     model_name, recipe = preset.models[0], dict(preset.train)
     path = cache_root() / "teachers" / f"{preset.name}-{_fingerprint(model_name, recipe, seed, precision, train)}.pt"
-    return preset, path
-
-
-def _load_or_train(name: str, preset: Any, path: Path, seed: int, precision: str,
-                   train: tuple[torch.Tensor, torch.Tensor], say: Callable[[str], None]) -> nn.Module:  # fmt: skip
-    model_name, recipe = preset.models[0], dict(preset.train)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):  # the workers of one study wait for the first to train it
         if path.is_file():
@@ -96,7 +73,7 @@ def _load_or_train(name: str, preset: Any, path: Path, seed: int, precision: str
             say(f"teacher {name}: saved to {path}")
     net = net.to(memory_format=torch.channels_last).to(train[0].device).eval()
     net.requires_grad_(False)
-    return net
+    return Teacher(net, cache=path.with_suffix(""))
 
 
 def _train(

@@ -74,9 +74,10 @@ def run_trials(
     trials = [trial for trial, _ in asked]
     data_seed = objective.spec.seed + trials[0].number  # one batch order for the population
     slots = [
-        _Slot(t, objective.model_of(t), dataclasses.replace(c, data_seed=data_seed),
-              TrialRecord(**objective.extra_attrs)) for t, c in asked
-    ]  # fmt: skip
+        _Slot(t, m, dataclasses.replace(c, data_seed=data_seed), TrialRecord(**objective.extra_attrs, model=m))
+        for t, c in asked
+        for m in (objective.model_of(t),)
+    ]
     for s in slots:  # a retry of a stopped trial continues from its checkpoint
         found = checkpoints.resumable(study, objective.checkpoint_store, s.trial, s.model, s.cfg, objective.say)
         if found is not None:
@@ -150,11 +151,11 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
     compiled = objective.compiled if len(group) == 1 else None
     for s in group:  # its other objectives, before it trains (and before its weights are seeded)
         s.record.measured = objective.measure(s.model, s.cfg) or None
+    if any(s.record.measured for s in group):  # what pruning compares them by, stored before the first report
+        write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs("measured") for s in group})
     built = [build_model(s.model, s.cfg.seed, device, compiled) for s in group]
     for s, b in zip(group, built, strict=True):
-        s.record = objective.describe(s.record, s.model, s.cfg, b.module, population=len(group))
-    # what pruning compares trials by (their other objectives) is stored before the first report
-    write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs("model", "measured") for s in group})
+        s.record = objective.describe(s.record, s.cfg, b.module, population=len(group))
     members = [Member(s.cfg) for s in group]
     census = Census()  # filled epoch by epoch: pruned trials record it too
     # a group shares one resume point (run_trials groups by it): all resume, or none
@@ -201,7 +202,8 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
             for i, m in metrics.items():
                 objective.on_epoch(group[i].trial.number, m)
         values = {group[i].trial.number: _history(members[i]) for i in metrics}
-        pruned = population_prunes(study, epoch, values, lambda items: write_trials(store, system_attrs=items))
+        pruned = population_prunes(study, epoch, values, lambda items: write_trials(store, system_attrs=items),
+                                   objective.spec.objectives)  # fmt: skip
         stop = {i for i in metrics if group[i].trial.number in pruned}
         for i in sorted(stop):
             tell(i, TrialState.PRUNED)

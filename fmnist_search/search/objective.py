@@ -119,12 +119,10 @@ class Objective:
         measured = record.measured or {}
         return [val_accuracy if name == ACCURACY else measured[name] for name in self.spec.objectives]
 
-    def describe(self, record: TrialRecord, model: str, cfg: TrainConfig, module: torch.nn.Module,
-                 population: int) -> TrialRecord:  # fmt: skip
-        """``record`` with how the trial runs: device, versions, the network and its size, its full recipe."""
+    def describe(self, record: TrialRecord, cfg: TrainConfig, module: torch.nn.Module, population: int) -> TrialRecord:
+        """``record`` with how the trial runs: device, versions, the network's size, its full recipe."""
         return dataclasses.replace(
             record,
-            model=model,
             device=str(self.device),
             device_name=device_name(self.device),
             torch_version=torch.__version__,

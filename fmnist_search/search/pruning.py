@@ -48,10 +48,13 @@ Write = Callable[[list[tuple[int, str, Any]]], None]  # (trial_id, system attr k
 Competes = Callable[[FrozenTrial, FrozenTrial], bool]  # (other, trial): whether other counts against trial
 
 
-def population_prunes(study: optuna.Study, step: int, values: Values, write: Write) -> set[int]:
-    """The trial numbers of ``values`` (all reported at ``step``) that the study's pruner stops."""
+def population_prunes(
+    study: optuna.Study, step: int, values: Values, write: Write, objectives: tuple[str, ...] | None = None
+) -> set[int]:
+    """The trial numbers of ``values`` (all reported at ``step``) that the study's pruner stops
+    (``objectives``: the study's, when the caller knows them; else read from the study)."""
     pruner = study.pruner
-    competes = competitors(study)
+    competes = competitors(objectives_of(study) if objectives is None else objectives)
     for kind, decide in _RULES:
         if isinstance(pruner, kind):
             return decide(pruner, study, step, values, write, competes)
@@ -62,10 +65,10 @@ def population_prunes(study: optuna.Study, step: int, values: Values, write: Wri
     raise ValueError(f"no population rule for {type(pruner).__name__}; use --population 1")
 
 
-def competitors(study: optuna.Study) -> Competes:
+def competitors(objectives: tuple[str, ...]) -> Competes:
     """Whether a trial counts against another: always with one objective; with several, when it
     is at least as good on every objective but accuracy (module docstring)."""
-    others = tuple(n for n in objectives_of(study) if n != ACCURACY)
+    others = tuple(n for n in objectives if n != ACCURACY)
     if not others:
         return lambda other, trial: True
 

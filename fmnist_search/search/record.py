@@ -9,6 +9,7 @@ go through ``TrialRecord.of(trial)`` instead of spelling keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,3 +64,9 @@ class TrialRecord:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
+
+
+def lr_of(trial: optuna.trial.FrozenTrial) -> float:
+    """A trial's learning rate: its ``lr`` param, else its recipe's (a comparison samples
+    ``lr_MODEL``; a fixed lr is in the recipe only); NaN when neither has one."""
+    return float(trial.params.get("lr", (TrialRecord.of(trial).config or {}).get("lr", math.nan)))

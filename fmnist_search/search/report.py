@@ -11,7 +11,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from .criteria import ACCURACY, CRITERIA, objectives_of, values_of
-from .record import TrialRecord
+from .record import TrialRecord, lr_of
 from .space import model_of
 from .study import stored_spec
 
@@ -53,7 +53,7 @@ def report_frame(studies: list[optuna.Study]) -> pd.DataFrame:
         objectives = objectives_of(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             a = TrialRecord.of(t)
-            lr = _lr(t, a)
+            lr = lr_of(t)
             model = model_of(t.params, spec)
             rows.append(
                 [study.study_name, model, t.number, lr, a.train_accuracy, values_of(t, objectives)[ACCURACY],
@@ -61,10 +61,6 @@ def report_frame(studies: list[optuna.Study]) -> pd.DataFrame:
             )  # fmt: skip
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.sort_values(["model", "lr", "trial"], ascending=[True, False, True]).reset_index(drop=True)
-
-
-def _lr(t: optuna.trial.FrozenTrial, a: TrialRecord) -> float:
-    return float(t.params.get("lr", (a.config or {}).get("lr", math.nan)))
 
 
 def front_frame(study: optuna.Study) -> pd.DataFrame:
@@ -79,7 +75,7 @@ def front_frame(study: optuna.Study) -> pd.DataFrame:
         a, values = TrialRecord.of(t), values_of(t, objectives)
         rows.append({
             "study": study.study_name, "trial": t.number, "model": model_of(t.params, spec),
-            "num_params": a.num_params, "lr": _lr(t, a), "val_accuracy": values[ACCURACY],
+            "num_params": a.num_params, "lr": lr_of(t), "val_accuracy": values[ACCURACY],
             "test_accuracy": a.test_accuracy, **{n: values.get(n) for n in others},
             "samples_per_s": a.throughput, "device": a.device_name or a.device,
         })  # fmt: skip
