@@ -99,7 +99,7 @@ def reference_rate(name: str, obj: Objective, batches: int) -> float:
     model.train()
     device = obj.device
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, fused=True if device.type == "cuda" else None)
-    sched = make_scheduler(opt, "cosine", batches, 0.0, LR)
+    sched = make_scheduler(opt, "cosine", batches, 0.0)
     x, y = obj.train
     order = torch.Generator(device=device).manual_seed(0)
     seen = 0

@@ -35,9 +35,9 @@ def test_the_core_knows_the_engines_schedules_and_precisions():
 
     assert sorted(PRECISIONS) == list(PRECISION_NAMES)
     for name in SCHEDULE_NAMES:  # each name a recipe may hold builds a schedule
-        make_scheduler(torch.optim.SGD([torch.zeros(1)], lr=0.1), name, 100, 0.1, 0.1)
+        make_scheduler(torch.optim.SGD([torch.zeros(1)], lr=0.1), name, 100, 0.1)
     with pytest.raises(ValueError, match="unknown schedule"):
-        make_scheduler(torch.optim.SGD([torch.zeros(1)], lr=0.1), "cosin", 100, 0.1, 0.1)
+        make_scheduler(torch.optim.SGD([torch.zeros(1)], lr=0.1), "cosin", 100, 0.1)
     sampled = {PARAMS["schedule"](optuna.trial.FixedTrial({"schedule": s}), None) for s in SCHEDULE_NAMES}
     assert sampled == set(SCHEDULE_NAMES)  # the full space samples every schedule there is
 

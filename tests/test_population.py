@@ -72,7 +72,7 @@ def _reference(name, seed, cfg, train):
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)  # fmt: skip
     steps = pop.steps_per_epoch(len(x), cfg.batch_size)
-    sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps, cfg.warmup_frac, cfg.lr)
+    sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps, cfg.warmup_frac)
     order = torch.Generator().manual_seed(cfg.data_seed)
     for _ in range(cfg.epochs):
         for idx in epoch_batches(torch.randperm(len(x), generator=order), cfg.batch_size):
@@ -174,7 +174,7 @@ def test_per_model_schedules_are_the_schedulers_values(schedule, warmup):
     assert table.shape == (2, 30)
     for row, cfg in zip(table, cfgs, strict=True):
         opt = torch.optim.SGD([torch.zeros(1)], lr=cfg.lr)
-        sched = make_scheduler(opt, cfg.schedule, cfg.epochs * 10, cfg.warmup_frac, cfg.lr)
+        sched = make_scheduler(opt, cfg.schedule, cfg.epochs * 10, cfg.warmup_frac)
         expected = []
         for _ in range(cfg.epochs * 10):
             expected.append(opt.param_groups[0]["lr"])

@@ -26,7 +26,7 @@ runner = CliRunner()
 
 def lrs(schedule: str, total: int, warmup: float, lr: float = 0.1) -> list[float]:
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
-    sched = make_scheduler(opt, schedule, total, warmup, lr)
+    sched = make_scheduler(opt, schedule, total, warmup)
     out = []
     for _ in range(total):
         out.append(opt.param_groups[0]["lr"])
@@ -58,6 +58,28 @@ def test_onecycle_peaks_at_the_end_of_warmup():
     assert values[peak] == pytest.approx(0.1) and 28 <= peak <= 30
     assert values[0] == pytest.approx(0.1 / 25)  # torch's div_factor
     assert values[-1] < 1e-4
+
+
+@pytest.mark.parametrize("total,warmup", [(100, 0.3), (37, 0.15), (7, 0.3), (3, 0.25), (10, 0.0)])
+def test_onecycle_is_torchs_curve(total: int, warmup: float):
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = OneCycleLR(opt, max_lr=0.1, total_steps=total, pct_start=warmup or 0.25, cycle_momentum=False)
+    theirs = []
+    for _ in range(total):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs("onecycle", total, warmup) == pytest.approx(theirs, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("total,warmup", [(4, 0.25), (10, 0.1), (5, 0.2), (1, 0.3), (2, 0.3)])
+def test_onecycle_on_a_few_steps(total: int, warmup: float):
+    """A warm-up of exactly one step (torch's OneCycleLR divides by zero there) or a single step."""
+    values = lrs("onecycle", total, warmup)
+    assert len(values) == total and all(0 < v <= 0.1 + 1e-12 for v in values)  # (torch's: a ZeroDivisionError)
+    assert values[-1] == min(values)  # it still ends at its lowest
 
 
 def _identity_batch(n: int = 64) -> torch.Tensor:

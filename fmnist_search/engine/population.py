@@ -51,7 +51,7 @@ from ..core.config import TrainConfig
 from .batches import augmented, autocast, epoch_stop, looks_up, steps_per_epoch
 from .devices import synchronize
 from .distill import Teacher, as_teacher, distillation_loss, soft_targets, widened
-from .schedules import lr_factors, make_scheduler
+from .schedules import lr_factors
 
 # Trials per population when the user gives none (--population): where it pays, measured.
 # CPU: 1 (benchmarks/results/population-cpu-*.json). H200 (benchmarks/results/gpu-h200.md):
@@ -277,23 +277,10 @@ def lr_table(
     cache: dict[tuple[Any, ...], list[float]] = {}
     rows = []
     for cfg in cfgs:
-        total = cfg.epochs * steps_per_epoch
-        # LambdaLR's lr is base_lr * factor(step): one table of factors serves every lr, exactly.
-        # OneCycleLR's is not a product: one table per lr.
-        scaled = cfg.schedule != "onecycle"
-        key = (cfg.schedule, total, cfg.warmup_frac, 1.0 if scaled else cfg.lr)
-        if key not in cache and scaled:  # LambdaLR's factors, computed as it does
-            cache[key] = lr_factors(cfg.schedule, total, cfg.warmup_frac) or []
-        if key not in cache:
-            opt = torch.optim.SGD([torch.zeros(1)], lr=key[-1])
-            sched = make_scheduler(opt, cfg.schedule, total, cfg.warmup_frac, key[-1])
-            values = []
-            for _ in range(total):
-                values.append(opt.param_groups[0]["lr"])
-                opt.step()  # keeps the scheduler from warning about the order of calls
-                sched.step()
-            cache[key] = values
-        rows.append([cfg.lr * f for f in cache[key]] if scaled else cache[key])
+        key = (cfg.schedule, cfg.epochs * steps_per_epoch, cfg.warmup_frac)
+        if key not in cache:  # LambdaLR's lr is base_lr * factor(step): one table of factors serves every lr
+            cache[key] = lr_factors(*key)
+        rows.append([cfg.lr * f for f in cache[key]])
     width = max(len(r) for r in rows)
     return torch.tensor([r + [0.0] * (width - len(r)) for r in rows], device=device, dtype=dtype)
 
