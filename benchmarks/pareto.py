@@ -18,6 +18,15 @@ them later without training (``--replay FILE``); ``--no-pruned-run`` records and
 
     python benchmarks/pareto.py --json benchmarks/results/pareto-cpu.json
     python benchmarks/pareto.py --replay benchmarks/results/pareto-cpu-recorded-seed0.json
+
+How much of "the front" is noise: ``--reseed FILE`` trains the ``--top`` most accurate
+configurations of each model of a recording ``--repeats`` more times (the same study settings
+and splits, other trial seeds: one more study, each configuration enqueued once per repeat) and
+reports, per model, each configuration's accuracies, their spread across seeds, and which
+configuration wins under each seed. A front point that another seed gives to another
+configuration is a near-tie no pruning rule can be sure to keep.
+
+    python benchmarks/pareto.py --reseed benchmarks/results/pareto-cpu-recorded-seed1.json
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +47,7 @@ from results_io import hardware, write_json  # benchmarks/ is on sys.path when a
 
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine.devices import resolve_device
-from fmnist_search.search.criteria import MEASURED_ATTR
+from fmnist_search.search.criteria import MEASURED_ATTR, directions, objectives_of
 from fmnist_search.search.internals import storage_of, trial_id
 from fmnist_search.search.pruning import population_prunes
 from fmnist_search.search.study import PRUNERS
@@ -55,7 +65,7 @@ def _cli(*args: str) -> None:
 
 
 def _study_args(args: argparse.Namespace, pruner: str, url: str, trials: int) -> list[str]:
-    return ["--model", "lenet,airbench", "--objectives", "accuracy,throughput", "--pruner", pruner, "--trials",
+    return ["--model", "lenet,airbench", "--objectives", args.objectives, "--pruner", pruner, "--trials",
             str(trials), "--epochs", str(args.epochs), "--train-size", str(args.train_size), "--val-size",
             str(args.val_size), "--seed", str(args.seed), "--storage", url]  # fmt: skip
 
@@ -67,14 +77,14 @@ def _summary(study: optuna.Study) -> dict:
         "epochs_trained": sum(len(t.intermediate_values) for t in trials),
         "complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "front": [_point(t) for t in study.get_trials(deepcopy=False) if t.number in front],
+        "front": [_point(t, objectives_of(study)) for t in study.get_trials(deepcopy=False) if t.number in front],
     }
 
 
-def _point(t: optuna.trial.FrozenTrial) -> dict:
+def _point(t: optuna.trial.FrozenTrial, objectives: tuple[str, ...]) -> dict:
+    others = {name: round(value) for name, value in zip(objectives[1:], t.values[1:], strict=True)}
     return {"trial": t.number, "model": t.params["model"], "lr": t.params[f"lr_{t.params['model']}"],
-            "val_accuracy": t.values[0], "throughput": round(t.values[1]),
-            "test_accuracy": t.user_attrs.get("test_accuracy")}  # fmt: skip
+            "val_accuracy": t.values[0], **others, "test_accuracy": t.user_attrs.get("test_accuracy")}  # fmt: skip
 
 
 def recorded(study: optuna.Study) -> list[dict]:
@@ -86,13 +96,15 @@ def recorded(study: optuna.Study) -> list[dict]:
     ]  # fmt: skip
 
 
-def replay(trials: list[dict], pruner: str, epochs: int) -> dict:
+def replay(trials: list[dict], pruner: str, epochs: int, objectives: list[str]) -> dict:
     """The pruned run, taken from the unpruned run's curves: trial by trial, epoch by epoch, as a
     one-at-a-time run takes its decisions (the lifecycle's rule, search/pruning.py)."""
     study = optuna.create_study(
-        directions=["maximize", "maximize"], pruner=PRUNERS[pruner](StudySpec(epochs=epochs)), study_name="unpruned"
+        directions=directions(tuple(objectives)),
+        pruner=PRUNERS[pruner](StudySpec(epochs=epochs)),
+        study_name="unpruned",
     )  # fmt: skip (Hyperband hashes the name)
-    study.set_user_attr("objectives", ["accuracy", "throughput"])
+    study.set_user_attr("objectives", objectives)
     store = storage_of(study)
 
     def write(items: list) -> None:
@@ -113,12 +125,12 @@ def replay(trials: list[dict], pruner: str, epochs: int) -> dict:
         else:
             study.tell(trial, old["values"])
     kept = {t.number for t in study.best_trials}
-    front = {t.number for t in _front(trials)}
+    front = {t.number for t in _front(trials, objectives)}
     return {"epochs_trained": trained, "front": sorted(kept), "lost": sorted(front - kept)}
 
 
-def _front(trials: list[dict]) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.create_study(directions=["maximize", "maximize"])
+def _front(trials: list[dict], objectives: list[str]) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.create_study(directions=directions(tuple(objectives)))
     for t in trials:
         study.add_trial(optuna.create_trial(values=t["values"]))
     return study.best_trials
@@ -131,16 +143,26 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--val-size", type=int, default=5_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--objectives", default="accuracy,throughput", help="accuracy first, then the others")
     p.add_argument("--pruner", default="sha", help="the pruned run's pruner")
     p.add_argument("--no-pruned-run", action="store_true", help="record and replay only (no second training run)")
     p.add_argument("--replay", type=Path, help="only replay each pruner on this earlier run's JSON (no training)")
+    p.add_argument("--reseed", type=Path, help="retrain this recording's best configurations under other seeds")
+    p.add_argument("--top", type=int, default=3, help="--reseed: configurations per model")
+    p.add_argument("--repeats", type=int, default=2, help="--reseed: trainings per configuration")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    objectives = args.objectives.split(",")
+    if objectives[0] != "accuracy":
+        raise SystemExit("--objectives: accuracy first (the recordings read it as the first value)")
+    if args.reseed is not None:
+        return _reseeded(args)
     if args.replay is not None:  # each pruner on an earlier run's recorded curves, no training
         saved = json.loads(args.replay.read_text())
         epochs = saved["hardware"].get("epochs", args.epochs)
         total = saved["unpruned"]["epochs_trained"]
-        replayed = {name: replay(saved["trials"], name, epochs) for name in REPLAYED}
+        objectives = saved["hardware"].get("objectives", ["accuracy", "throughput"])  # (older recordings: these)
+        replayed = {name: replay(saved["trials"], name, epochs, objectives) for name in REPLAYED}
         for name, r in replayed.items():
             share = r["epochs_trained"] / total
             print(f"replayed {name:9s}: {r['epochs_trained']} epochs ({share:.0%}), lost {r['lost']}")
@@ -153,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         unpruned = optuna.load_study(study_name="unpruned", storage=url)
         results["unpruned"] = {**_summary(unpruned), "wall_s": round(time.monotonic() - t0, 1)}
         results["trials"] = recorded(unpruned)
-        results["replayed"] = {name: replay(results["trials"], name, args.epochs) for name in REPLAYED}
+        results["replayed"] = {name: replay(results["trials"], name, args.epochs, objectives) for name in REPLAYED}
         if not args.no_pruned_run:
             results["pruned"] = _pruned_run(args, url, unpruned)
     u = results["unpruned"]
@@ -166,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"replayed {name:9s}: {r['epochs_trained']} epochs "
               f"({r['epochs_trained'] / u['epochs_trained']:.0%}), lost {r['lost']}")  # fmt: skip
     results["hardware"] = hardware(resolve_device("cpu"), "fp32", trials=args.trials, epochs=args.epochs,
-                                   train_size=args.train_size, val_size=args.val_size)  # fmt: skip
+                                   train_size=args.train_size, val_size=args.val_size, seed=args.seed,
+                                   objectives=objectives)  # fmt: skip
     write_json(args.json, results)
     return results
 
@@ -186,6 +209,57 @@ def _pruned_run(args: argparse.Namespace, url: str, unpruned: optuna.Study) -> d
     same = [t.number for t in pruned.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
             and t.values[0] == unpruned.trials[t.number].values[0]]  # fmt: skip
     result["same_accuracy_as_unpruned"] = f"{len(same)} of {result['complete']}"
+    return result
+
+
+def _reseeded(args: argparse.Namespace) -> dict:
+    """The recording's ``--top`` configurations per model, trained ``--repeats`` more times."""
+    saved = json.loads(args.reseed.read_text())
+    settings = saved["hardware"]
+    for key in ("epochs", "train_size", "val_size"):
+        setattr(args, key, settings.get(key, getattr(args, key)))
+    args.seed = settings.get("seed", args.seed)  # (older recordings: give --seed)
+    args.objectives = ",".join(settings.get("objectives", ["accuracy", "throughput"]))
+    models = sorted({t["params"]["model"] for t in saved["trials"]})
+    ranked = sorted(saved["trials"], key=lambda t: -t["values"][0])
+    top = {m: [t for t in ranked if t["params"]["model"] == m][: args.top] for m in models}
+    chosen = [t for m in models for t in top[m]]
+    # a trial's seed is the study's plus its number: no configuration may get its recorded number again
+    while any(t["trial"] == r * len(chosen) + j for r in range(args.repeats) for j, t in enumerate(chosen)):
+        chosen = chosen[1:] + chosen[:1]
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"sqlite:///{folder}/reseed.db"
+        _cli("create", *_study_args(args, "none", url, len(chosen) * args.repeats), "--study", "reseed")
+        study = optuna.load_study(study_name="reseed", storage=url)
+        for _ in range(args.repeats):
+            for t in chosen:
+                study.enqueue_trial(t["params"])
+        _cli("worker", "--study", "reseed", "--storage", url, "--no-bars", "--no-save-weights")
+        again = optuna.load_study(study_name="reseed", storage=url).get_trials(deepcopy=False)
+    runs = {t["trial"]: [t["values"][0]] for t in chosen}
+    for i, t in enumerate(again):  # enqueued in order: repeat r, configuration j
+        runs[chosen[i % len(chosen)]["trial"]].append(t.values[0])
+    result: dict = {"top": args.top, "repeats": args.repeats, "models": {}}
+    for m in models:
+        numbers = [t["trial"] for t in top[m]]
+        winners = [max(numbers, key=lambda n, r=r: runs[n][r]) for r in range(args.repeats + 1)]
+        spread = [statistics.stdev(runs[n]) for n in numbers]
+        result["models"][m] = {
+            "configurations": [
+                {"trial": t["trial"], "lr": t["params"][f"lr_{m}"], "val_accuracy": runs[t["trial"]]} for t in top[m]
+            ],
+            "winner_by_seed": winners,  # the recording's first, then each repeat's
+            "sd_points": round(100 * statistics.mean(spread), 2),  # a configuration's spread across seeds
+        }
+        print(f"{m:9s} winners by seed {winners}; a configuration's seed-to-seed sd "
+              f"{result['models'][m]['sd_points']:.2f} points")  # fmt: skip
+        for c in result["models"][m]["configurations"]:
+            accuracies = " ".join(f"{100 * v:.2f}" for v in c["val_accuracy"])
+            print(f"   trial {c['trial']:2d} lr {c['lr']:.4f}: {accuracies}")
+    result["hardware"] = hardware(resolve_device("cpu"), "fp32", epochs=args.epochs, train_size=args.train_size,
+                                  val_size=args.val_size, seed=args.seed, recording=args.reseed.name,
+                                  objectives=args.objectives.split(","))  # fmt: skip
+    write_json(args.json, result)
     return result
 
 

@@ -139,8 +139,10 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
     import pareto
 
     out = tmp_path / "p.json"
+    # parameters, not throughput: a figure measured in each run's own process (and timing) would make
+    # the two fronts differ by the machine's load, not by the pruning
     results = pareto.main(["--trials", "3", "--epochs", "2", "--train-size", "512", "--val-size", "256",
-                           "--json", str(out)])  # fmt: skip
+                           "--objectives", "accuracy,params", "--json", str(out)])  # fmt: skip
     assert json.loads(out.read_text()) == results
     assert results["unpruned"]["epochs_trained"] == 6 and results["unpruned"]["pruned"] == 0  # 3 trials x 2
     assert results["pruned"]["epochs_trained"] <= 6 and results["pruned"]["pruner"] == "sha"
@@ -149,3 +151,16 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
     assert results["replayed"]["sha"]["epochs_trained"] == results["pruned"]["epochs_trained"]
     assert results["replayed"]["sha"]["lost"] == results["pruned"]["lost"]
     assert pareto.main(["--replay", str(out)])["replayed"] == results["replayed"]  # from the recorded curves alone
+    # each model's best configuration trained once more, under another seed, on the same splits
+    again = pareto.main(["--reseed", str(out), "--top", "1", "--repeats", "1"])
+    recorded = {t["trial"]: t for t in results["trials"]}
+    models = {t["params"]["model"] for t in results["trials"]}
+    assert set(again["models"]) == models and again["hardware"]["seed"] == 0
+    assert again["hardware"]["objectives"] == ["accuracy", "params"]  # the recording's study settings
+    assert results["hardware"]["objectives"] == ["accuracy", "params"] and "params" in results["unpruned"]["front"][0]
+    for model, r in again["models"].items():
+        (config,) = r["configurations"]
+        assert recorded[config["trial"]]["params"]["model"] == model
+        assert config["val_accuracy"][0] == recorded[config["trial"]]["values"][0]  # the recording's, then the repeat's
+        assert len(config["val_accuracy"]) == 2 and 0 < config["val_accuracy"][1] <= 1
+        assert r["winner_by_seed"] == [config["trial"]] * 2
