@@ -126,7 +126,35 @@ def replay(trials: list[dict], pruner: str, epochs: int, objectives: list[str]) 
             study.tell(trial, old["values"])
     kept = {t.number for t in study.best_trials}
     front = {t.number for t in _front(trials, objectives)}
-    return {"epochs_trained": trained, "front": sorted(kept), "lost": sorted(front - kept)}
+    done = [
+        old for old, t in zip(trials, study.get_trials(deepcopy=False), strict=True) if t.state == TrialState.COMPLETE
+    ]
+    behind = {m: round(100 * (_best(trials, m) - _best(done, m)), 2) for m in _models(trials)}  # the model's point
+    return {"epochs_trained": trained, "front": sorted(kept), "lost": sorted(front - kept), "behind_points": behind}
+
+
+def _models(trials: list[dict]) -> list[str]:
+    return sorted({t["params"]["model"] for t in trials})
+
+
+def _best(trials: list[dict], model: str) -> float:
+    """The best final validation accuracy among ``trials`` of ``model`` (0 if none completed)."""
+    return max((t["values"][0] for t in trials if t["params"]["model"] == model), default=0.0)
+
+
+def winner_ranks(trials: list[dict]) -> dict:
+    """Per model: its most accurate trial and that trial's rank among the model's trials at each
+    epoch (1: ahead of all): a rule deciding at an epoch where the winner ranks r of n keeps it
+    only by keeping at least r trials there."""
+    out = {}
+    for m in _models(trials):
+        curves = {t["trial"]: [t["curve"][k] for k in sorted(t["curve"], key=int)] for t in trials
+                  if t["params"]["model"] == m}  # fmt: skip
+        winner = max((t for t in trials if t["params"]["model"] == m), key=lambda t: t["values"][0])["trial"]
+        mine = curves[winner]
+        ranks = [1 + sum(len(c) > e and c[e] > mine[e] for c in curves.values()) for e in range(len(mine))]
+        out[m] = {"winner": winner, "of": len(curves), "rank_by_epoch": ranks}
+    return out
 
 
 def _front(trials: list[dict], objectives: list[str]) -> list[optuna.trial.FrozenTrial]:
@@ -165,8 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
         replayed = {name: replay(saved["trials"], name, epochs, objectives) for name in REPLAYED}
         for name, r in replayed.items():
             share = r["epochs_trained"] / total
-            print(f"replayed {name:9s}: {r['epochs_trained']} epochs ({share:.0%}), lost {r['lost']}")
-        return {"replayed": replayed}
+            print(f"replayed {name:9s}: {r['epochs_trained']} epochs ({share:.0%}), lost {r['lost']}, "
+                  f"behind by {r['behind_points']} points")  # fmt: skip
+        ranks = winner_ranks(saved["trials"])
+        _print_ranks(ranks)
+        return {"replayed": replayed, "winner_ranks": ranks}
     results: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/pareto.db"
@@ -176,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["unpruned"] = {**_summary(unpruned), "wall_s": round(time.monotonic() - t0, 1)}
         results["trials"] = recorded(unpruned)
         results["replayed"] = {name: replay(results["trials"], name, args.epochs, objectives) for name in REPLAYED}
+        results["winner_ranks"] = winner_ranks(results["trials"])
         if not args.no_pruned_run:
             results["pruned"] = _pruned_run(args, url, unpruned)
     u = results["unpruned"]
@@ -187,11 +219,17 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in results["replayed"].items():
         print(f"replayed {name:9s}: {r['epochs_trained']} epochs "
               f"({r['epochs_trained'] / u['epochs_trained']:.0%}), lost {r['lost']}")  # fmt: skip
+    _print_ranks(results["winner_ranks"])
     results["hardware"] = hardware(resolve_device("cpu"), "fp32", trials=args.trials, epochs=args.epochs,
                                    train_size=args.train_size, val_size=args.val_size, seed=args.seed,
                                    objectives=objectives)  # fmt: skip
     write_json(args.json, results)
     return results
+
+
+def _print_ranks(ranks: dict) -> None:
+    for m, r in ranks.items():
+        print(f"{m:9s} winner: trial {r['winner']}, its rank of {r['of']} by epoch {r['rank_by_epoch']}")
 
 
 def _pruned_run(args: argparse.Namespace, url: str, unpruned: optuna.Study) -> dict:

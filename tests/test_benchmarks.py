@@ -151,6 +151,9 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
     assert results["replayed"]["sha"]["epochs_trained"] == results["pruned"]["epochs_trained"]
     assert results["replayed"]["sha"]["lost"] == results["pruned"]["lost"]
     assert pareto.main(["--replay", str(out)])["replayed"] == results["replayed"]  # from the recorded curves alone
+    for model, r in results["winner_ranks"].items():  # the most accurate trial of each model ranks first at the end
+        assert r["rank_by_epoch"][-1] == 1 and len(r["rank_by_epoch"]) == 2 and 1 <= max(r["rank_by_epoch"]) <= r["of"]
+        assert results["replayed"]["median"]["behind_points"][model] >= 0
     # each model's best configuration trained once more, under another seed, on the same splits
     again = pareto.main(["--reseed", str(out), "--top", "1", "--repeats", "1"])
     recorded = {t["trial"]: t for t in results["trials"]}
