@@ -65,7 +65,8 @@ def _cli(*args: str) -> None:
 
 
 def _study_args(args: argparse.Namespace, pruner: str, url: str, trials: int) -> list[str]:
-    return ["--model", "lenet,airbench", "--objectives", args.objectives, "--pruner", pruner, "--trials",
+    preset = ["--preset", args.preset] if args.preset else []  # its recipes and settings; the flags below win
+    return [*preset, "--model", "lenet,airbench", "--objectives", args.objectives, "--pruner", pruner, "--trials",
             str(trials), "--epochs", str(args.epochs), "--train-size", str(args.train_size), "--val-size",
             str(args.val_size), "--seed", str(args.seed), "--storage", url]  # fmt: skip
 
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--val-size", type=int, default=5_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--objectives", default="accuracy,throughput", help="accuracy first, then the others")
+    p.add_argument("--preset", help="start from this preset (e.g. compare: each model's own recipe)")
     p.add_argument("--pruner", default="sha", help="the pruned run's pruner")
     p.add_argument("--no-pruned-run", action="store_true", help="record and replay only (no second training run)")
     p.add_argument("--replay", type=Path, help="only replay each pruner on this earlier run's JSON (no training)")
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     _print_ranks(results["winner_ranks"])
     results["hardware"] = hardware(resolve_device("cpu"), "fp32", trials=args.trials, epochs=args.epochs,
                                    train_size=args.train_size, val_size=args.val_size, seed=args.seed,
-                                   objectives=objectives)  # fmt: skip
+                                   objectives=objectives, preset=args.preset)  # fmt: skip
     write_json(args.json, results)
     return results
 
@@ -258,6 +260,7 @@ def _reseeded(args: argparse.Namespace) -> dict:
         setattr(args, key, settings.get(key, getattr(args, key)))
     args.seed = settings.get("seed", args.seed)  # (older recordings: give --seed)
     args.objectives = ",".join(settings.get("objectives", ["accuracy", "throughput"]))
+    args.preset = settings.get("preset")
     models = sorted({t["params"]["model"] for t in saved["trials"]})
     ranked = sorted(saved["trials"], key=lambda t: -t["values"][0])
     top = {m: [t for t in ranked if t["params"]["model"] == m][: args.top] for m in models}
