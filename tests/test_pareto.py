@@ -132,6 +132,18 @@ def _write(study):
     return write
 
 
+def test_throughput_is_the_fastest_timed_pass():
+    from fmnist_search.engine.population import EpochMetrics, FitResult
+    from fmnist_search.engine.probes import fastest_pass
+
+    def epoch(n: int, seconds: float) -> EpochMetrics:
+        return EpochMetrics(n, 0.0, 0.0, float("nan"), float("nan"), seconds, 1024)
+
+    # the first pass pays one-time costs and is never counted; the second was slowed by other work
+    result = FitResult([epoch(1, 0.01), epoch(2, 1.0), epoch(3, 0.1), epoch(4, 0.2)])
+    assert fastest_pass(result) == pytest.approx(10240)
+
+
 def test_median_compares_only_with_trials_that_are_as_small():
     study = _study("median")
     study.set_user_attr("objectives", ["accuracy", "params"])
