@@ -299,7 +299,7 @@ def _reseeded(args: argparse.Namespace) -> dict:
             print(f"   trial {c['trial']:2d} lr {c['lr']:.4f}: {accuracies}")
     result["hardware"] = hardware(resolve_device("cpu"), "fp32", epochs=args.epochs, train_size=args.train_size,
                                   val_size=args.val_size, seed=args.seed, recording=args.reseed.name,
-                                  objectives=args.objectives.split(","))  # fmt: skip
+                                  objectives=args.objectives.split(","), preset=args.preset)  # fmt: skip
     write_json(args.json, result)
     return result
 

@@ -142,7 +142,7 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
     # parameters, not throughput: a figure measured in each run's own process (and timing) would make
     # the two fronts differ by the machine's load, not by the pruning
     results = pareto.main(["--trials", "3", "--epochs", "2", "--train-size", "512", "--val-size", "256",
-                           "--objectives", "accuracy,params", "--json", str(out)])  # fmt: skip
+                           "--objectives", "accuracy,params", "--preset", "compare", "--json", str(out)])  # fmt: skip
     assert json.loads(out.read_text()) == results
     assert results["unpruned"]["epochs_trained"] == 6 and results["unpruned"]["pruned"] == 0  # 3 trials x 2
     assert results["pruned"]["epochs_trained"] <= 6 and results["pruned"]["pruner"] == "sha"
@@ -160,6 +160,7 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
     models = {t["params"]["model"] for t in results["trials"]}
     assert set(again["models"]) == models and again["hardware"]["seed"] == 0
     assert again["hardware"]["objectives"] == ["accuracy", "params"]  # the recording's study settings
+    assert results["hardware"]["preset"] == again["hardware"]["preset"] == "compare"  # each model's own recipe
     assert results["hardware"]["objectives"] == ["accuracy", "params"] and "params" in results["unpruned"]["front"][0]
     for model, r in again["models"].items():
         (config,) = r["configurations"]
