@@ -316,3 +316,32 @@ def test_the_compare_preset_asks_the_reports_question():
     assert spec.objectives == ("accuracy", "throughput") and spec.epochs == 10 and spec.batch_size == 256
     assert spec.space == "lr" and set(spec.recipes) == set(spec.models)  # each its own lr range and recipe
     assert all("lr_min" in r and "lr_max" in r for r in spec.recipes.values())
+
+
+def test_a_comparison_trains_each_model_at_its_own_population_size(tiny_splits):
+    import torch
+
+    from fmnist_search.app.studies import check_population
+    from fmnist_search.search.lifecycle import run_trials
+    from fmnist_search.search.objective import Objective
+
+    cuda = torch.device("cuda")  # only its type is read: the defaults measured on a GPU
+    assert check_population(None, "lenet,resnet18", cuda, "fp32", False) == (32, {"lenet": 32, "resnet18": 1})
+    assert check_population(4, "lenet,resnet18", cuda, "fp32", False) == (4, {})  # asked for: every model
+    assert check_population(None, "lenet,airbench", cuda, "fp32", False) == (32, {})  # the same size
+    assert check_population(None, "lenet", torch.device("cpu"), "fp32", False) == (1, {})
+
+    spec = StudySpec(model="lenet,airbench", objectives=("accuracy", "params"), epochs=1, batch_size=64)
+    study = optuna.create_study(directions=["maximize", "minimize"], pruner=optuna.pruners.NopPruner())
+    study.set_user_attr("objectives", list(spec.objectives))
+    for params in ({"model": "lenet", "lr_lenet": 0.1}, {"model": "airbench", "lr_airbench": 0.05},
+                   {"model": "lenet", "lr_lenet": 0.05}, {"model": "airbench", "lr_airbench": 0.1},
+                   {"model": "lenet", "lr_lenet": 0.02}):  # fmt: skip
+        study.enqueue_trial(params)
+    objective = Objective(spec, tiny_splits, torch.device("cpu"), population_caps={"lenet": 2, "airbench": 1})
+    asked = [(t, objective.config(t)) for t in (study.ask() for _ in range(5))]
+    run_trials(study, objective, asked)
+    trials = study.get_trials(deepcopy=False)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # lenet: trials 0 and 2 together, then 4 alone; airbench: 1 and 3 one at a time
+    assert [t.user_attrs["population"] for t in trials] == [2, 1, 2, 1, 1]

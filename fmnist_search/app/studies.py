@@ -235,7 +235,7 @@ def _run_trials(
     from ..search.workers import work as work_loop
 
     dev, prec = work_runtime(work)
-    population = check_population(work.population, spec.model, dev, prec, work.compile)
+    population, caps = check_population(work.population, spec.model, dev, prec, work.compile)
     dataset = load_dataset(work.data_dir, work.download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
     say(
@@ -244,7 +244,8 @@ def _run_trials(
         f"train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}"
         + (f", CUDA_VISIBLE_DEVICES={extra['gpu']}" if extra.get("gpu") is not None else "")
         + f"); target {budgeted.target} trials"
-        + (f", {population} at a time (--population)" if population > 1 else "")
+        + (f", {population} at a time (--population)" if population > 1 and not caps else "")
+        + (", at a time: " + ", ".join(f"{m} {k}" for m, k in caps.items()) + " (--population)" if caps else "")
     )
     objective = Objective(
         spec,
@@ -258,25 +259,30 @@ def _run_trials(
         artifact_store=open_artifacts(art_dir) if (art_dir := work.artifact_dir(url)) is not None else None,
         say=lambda message: say(prefix + message),
         checkpoint_every=work.checkpoint_every,
+        population_caps=caps,
     )
     work_loop(budgeted, objective, timeout=work.timeout, callbacks=[progress.on_trial], on_wait=progress.on_wait,
               population=population)  # fmt: skip
 
 
-def check_population(requested: int | None, model: str, device: Any, precision: str, compile: bool) -> int:
-    """Trials per population: the requested number, else the measured default for this model (the
-    smallest of the models a study compares) and device."""
+def check_population(
+    requested: int | None, model: str, device: Any, precision: str, compile: bool
+) -> tuple[int, dict[str, int]]:
+    """Trials asked at once, and a comparison's most per population by model: the requested
+    number for every model, else each model's measured default on this device (a comparison
+    asks its largest and trains each model's trials in populations of at most its own)."""
     from ..engine.population import default_population
 
-    default = min(default_population(m.strip(), device) for m in model.split(","))
-    population = default if requested is None else requested
+    defaults = {m.strip(): default_population(m.strip(), device) for m in model.split(",")}
+    population = max(defaults.values()) if requested is None else requested
+    caps = defaults if requested is None and len(set(defaults.values())) > 1 else {}
     if population > 1 and precision == "fp16":
         raise FmnistSearchError("--population trains in fp32 or bf16; use --precision bf16 (or --population 1)")
     if population > 1 and compile:
         if requested is None:
-            return 1  # --compile asks for single-trial training
+            return 1, {}  # --compile asks for single-trial training
         raise FmnistSearchError("--compile compiles single-trial training; use --population 1 with it")
-    return population
+    return population, caps
 
 
 @functools.cache

@@ -92,7 +92,9 @@ def run_trials(
             for s in slots:
                 groups.setdefault((s.model, shared_key(s.cfg), s.resume_point()), []).append(s)
             for group in groups.values():
-                _train_group(study, objective, group, store, callbacks or [])
+                cap = objective.population_caps.get(group[0].model) or len(group)  # a comparison's per-model size
+                for start in range(0, len(group), cap):
+                    _train_group(study, objective, group[start : start + cap], store, callbacks or [])
         except (interrupts.Stop, StorageError) as e:
             for s in slots:
                 if not s.told:  # left RUNNING: the worker's release() fails (and on SIGTERM re-queues) them

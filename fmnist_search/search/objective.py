@@ -56,6 +56,7 @@ class Objective:
         artifact_store: Any = None,
         say: Callable[[str], None] = lambda _: None,
         checkpoint_every: int = 1,
+        population_caps: dict[str, int] | None = None,
     ) -> None:
         self.spec = spec
         self.device = device
@@ -67,6 +68,8 @@ class Objective:
         self.artifact_store = artifact_store  # completed trials save their weights here (None: off)
         self.checkpoint_every = checkpoint_every  # epochs between a running trial's checkpoints (0: none)
         self.say = say
+        # a comparison's most trials per population, by model (its default: 32 LeNets, 1 ResNet on a GPU)
+        self.population_caps = population_caps or {}
         self.compiled: dict[str, Built] | None = {} if compile else None  # compiled once per process and model
         self._measured: dict[tuple[str, Any], float] = {}  # (objective, what it depends on) -> figure
         self.train = to_device(*splits.train, device)
