@@ -345,3 +345,22 @@ def test_a_comparison_trains_each_model_at_its_own_population_size(tiny_splits):
     assert all(t.state == TrialState.COMPLETE for t in trials)
     # lenet: trials 0 and 2 together, then 4 alone; airbench: 1 and 3 one at a time
     assert [t.user_attrs["population"] for t in trials] == [2, 1, 2, 1, 1]
+
+
+def test_workers_share_a_networks_measured_figures_through_the_study(tiny_splits):
+    import torch
+
+    from fmnist_search.engine.devices import device_name
+    from fmnist_search.search.internals import study_system_attrs
+    from fmnist_search.search.objective import Objective
+
+    spec = StudySpec(model="lenet,airbench", objectives=("accuracy", "throughput"), epochs=1, batch_size=64)
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    cpu = torch.device("cpu")
+    first, second = (Objective(spec, tiny_splits, cpu) for _ in range(2))  # two workers (their caches apart)
+    cfg = first.config(optuna.trial.FixedTrial({"model": "lenet", "lr_lenet": 0.1}))
+    measured = first.measure("lenet", cfg, study)["throughput"]
+    (key,) = study_system_attrs(study)
+    assert key.startswith("measured throughput ('lenet', 64,") and key.endswith(f"on {device_name(cpu)}")
+    # the second worker reads the first one's figure instead of timing its own (a timing would differ)
+    assert second.measure("lenet", cfg, study)["throughput"] == measured > 0

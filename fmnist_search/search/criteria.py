@@ -2,8 +2,9 @@
 
 ``accuracy`` (validation accuracy) is what every trial trains toward, reports each epoch and
 is pruned on; every study has it. The others describe the network at the trial's recipe and
-are measured before it trains (``measure``): once per worker process and what they depend on
-(``key``), so all trials of one model in a process share one figure. More than one objective
+are measured before it trains (``measure``): once per study, device name and what they depend
+on (``key``), shared through the study (``Objective.measure``), so all trials of one model on
+one kind of device share one figure. More than one objective
 makes the study multi-objective: Optuna keeps its Pareto front (``study.best_trials``), and
 pruning compares a trial only with trials at least as good on every other objective
 (search/pruning.py). ``core.config.OBJECTIVE_NAMES`` lists these names (tested).

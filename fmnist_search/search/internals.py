@@ -31,6 +31,15 @@ def study_id(study: optuna.Study) -> int:
     return study._study_id
 
 
+def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
+    """A study-wide value the workers share (Study's own system attrs were removed from its API)."""
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
+def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
+    return dict(study._storage.get_study_system_attrs(study._study_id))
+
+
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
     """A trial's storage id: what storage calls take (a trial's number is per study)."""
     return trial._trial_id

@@ -152,7 +152,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
     # One model trains as itself, compiled when the worker compiles; K are stacked from fresh copies.
     compiled = objective.compiled if len(group) == 1 else None
     for s in group:  # its other objectives, before it trains (and before its weights are seeded)
-        s.record.measured = objective.measure(s.model, s.cfg) or None
+        s.record.measured = objective.measure(s.model, s.cfg, study) or None
     if any(s.record.measured for s in group):  # what pruning compares them by, stored before the first report
         write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs("measured") for s in group})
     built = [build_model(s.model, s.cfg.seed, device, compiled) for s in group]

@@ -33,7 +33,7 @@ from ..engine.train import (
 from . import checkpoints
 from .artifacts import save_model
 from .criteria import ACCURACY, CRITERIA, Probe
-from .internals import artifact_dir
+from .internals import artifact_dir, set_study_system_attr, study_system_attrs
 from .record import FIELDS, TrialRecord
 from .space import model_of, suggest
 
@@ -101,9 +101,13 @@ class Objective:
         """The network ``trial`` trains (sampled in a study that compares models)."""
         return model_of(trial.params, self.spec)
 
-    def measure(self, model: str, cfg: TrainConfig) -> dict[str, float]:
-        """The study's objectives other than accuracy for this network and recipe, measured once per
-        process and what each depends on (search/criteria.py); {} in a single-objective study."""
+    def measure(self, model: str, cfg: TrainConfig, study: optuna.Study | None = None) -> dict[str, float]:
+        """The study's objectives other than accuracy for this network and recipe, measured once
+        per what each depends on (search/criteria.py) and device; {} in a single-objective study.
+
+        With ``study`` the figure is shared through it: the first worker on a device of this name
+        measures and stores it, every later one (other processes, machines) reads it, so trials
+        of one network on one kind of device compare on one figure, not on each worker's timing."""
         out = {}
         for name in self.spec.objectives:
             criterion = CRITERIA[name]
@@ -111,7 +115,14 @@ class Objective:
                 continue
             key = (name, criterion.key(model, cfg))
             if key not in self._measured:
-                self._measured[key] = criterion.measure(Probe(model, cfg, self))
+                shared = f"measured {name} {key[1]!r} on {device_name(self.device)}"
+                stored = None if study is None else study_system_attrs(study).get(shared)
+                if stored is None:
+                    stored = criterion.measure(Probe(model, cfg, self))
+                    if study is not None:  # read back: of two workers measuring at once, both keep the last
+                        set_study_system_attr(study, shared, stored)
+                        stored = study_system_attrs(study).get(shared, stored)
+                self._measured[key] = float(stored)
             out[name] = self._measured[key]
         return out
 
