@@ -48,7 +48,7 @@ from results_io import hardware, write_json  # benchmarks/ is on sys.path when a
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine.devices import resolve_device
 from fmnist_search.search.criteria import MEASURED_ATTR, directions, objectives_of
-from fmnist_search.search.internals import storage_of, trial_id
+from fmnist_search.search.internals import set_study_system_attr, storage_of, study_system_attrs, trial_id
 from fmnist_search.search.pruning import population_prunes
 from fmnist_search.search.study import PRUNERS
 
@@ -238,6 +238,10 @@ def _pruned_run(args: argparse.Namespace, url: str, unpruned: optuna.Study) -> d
     """The same configurations, enqueued in the same order, into a study with ``args.pruner``."""
     _cli("create", *_study_args(args, args.pruner, url, args.trials), "--study", "pruned")
     pruned = optuna.load_study(study_name="pruned", storage=url)
+    # the unpruned run's measured figures (search/objective.py shares them): the fronts differ by pruning alone
+    for key, value in study_system_attrs(unpruned).items():
+        if key.startswith("measured "):
+            set_study_system_attr(pruned, key, value)
     for t in unpruned.get_trials(deepcopy=False):
         pruned.enqueue_trial(t.params)
     t0 = time.monotonic()
@@ -249,6 +253,9 @@ def _pruned_run(args: argparse.Namespace, url: str, unpruned: optuna.Study) -> d
     same = [t.number for t in pruned.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
             and t.values[0] == unpruned.trials[t.number].values[0]]  # fmt: skip
     result["same_accuracy_as_unpruned"] = f"{len(same)} of {result['complete']}"
+    figures = {t.number: t.user_attrs.get(MEASURED_ATTR) for t in unpruned.get_trials(deepcopy=False)}
+    result["same_measured_figures"] = all(t.user_attrs.get(MEASURED_ATTR) == figures[t.number]
+                                          for t in pruned.get_trials(deepcopy=False))  # fmt: skip
     return result
 
 

@@ -139,10 +139,10 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
     import pareto
 
     out = tmp_path / "p.json"
-    # parameters, not throughput: a figure measured in each run's own process (and timing) would make
-    # the two fronts differ by the machine's load, not by the pruning
+    # throughput, a timed figure: the pruned run reads the unpruned run's (shared through the study),
+    # so the two fronts differ by the pruning alone, not by the machine's load
     results = pareto.main(["--trials", "3", "--epochs", "2", "--train-size", "512", "--val-size", "256",
-                           "--objectives", "accuracy,params", "--preset", "compare", "--json", str(out)])  # fmt: skip
+                           "--preset", "compare", "--json", str(out)])  # fmt: skip
     assert json.loads(out.read_text()) == results
     assert results["unpruned"]["epochs_trained"] == 6 and results["unpruned"]["pruned"] == 0  # 3 trials x 2
     assert results["pruned"]["epochs_trained"] <= 6 and results["pruned"]["pruner"] == "sha"
@@ -150,6 +150,7 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
     # a replay is the real run's decisions when training is deterministic, as it is on one CPU
     assert results["replayed"]["sha"]["epochs_trained"] == results["pruned"]["epochs_trained"]
     assert results["replayed"]["sha"]["lost"] == results["pruned"]["lost"]
+    assert results["pruned"]["same_measured_figures"]
     assert pareto.main(["--replay", str(out)])["replayed"] == results["replayed"]  # from the recorded curves alone
     for model, r in results["winner_ranks"].items():  # the most accurate trial of each model ranks first at the end
         assert r["rank_by_epoch"][-1] == 1 and len(r["rank_by_epoch"]) == 2 and 1 <= max(r["rank_by_epoch"]) <= r["of"]
@@ -159,9 +160,10 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
     recorded = {t["trial"]: t for t in results["trials"]}
     models = {t["params"]["model"] for t in results["trials"]}
     assert set(again["models"]) == models and again["hardware"]["seed"] == 0
-    assert again["hardware"]["objectives"] == ["accuracy", "params"]  # the recording's study settings
+    assert again["hardware"]["objectives"] == ["accuracy", "throughput"]  # the recording's study settings
     assert results["hardware"]["preset"] == again["hardware"]["preset"] == "compare"  # each model's own recipe
-    assert results["hardware"]["objectives"] == ["accuracy", "params"] and "params" in results["unpruned"]["front"][0]
+    assert results["hardware"]["objectives"] == ["accuracy", "throughput"]
+    assert "throughput" in results["unpruned"]["front"][0]
     for model, r in again["models"].items():
         (config,) = r["configurations"]
         assert recorded[config["trial"]]["params"]["model"] == model
