@@ -34,7 +34,7 @@ def training_throughput(
     augmentation, distillation term, precision) on the data's device: ``fit`` for epochs of
     ``steps`` batches of the first training images, the first untimed, then ``passes`` timed;
     the fastest pass counts (``fastest_pass``). A constant lr: the schedule changes the
-    numbers, not the work. The figure is kept for the worker's life (criteria.py), so a burst
+    numbers, not the work. The figure is kept for the study's life (search/objective.py), so a burst
     of other work on the machine during one pass must not become it (seen: a LeNet pass 27x
     slower beside another 2-thread job on 2 cores); work running through all passes still does."""
     n = min(len(train[0]), cfg.batch_size * steps)
