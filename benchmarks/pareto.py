@@ -47,7 +47,7 @@ from results_io import hardware, write_json  # benchmarks/ is on sys.path when a
 
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine.devices import resolve_device
-from fmnist_search.search.criteria import MEASURED_ATTR, directions, objectives_of
+from fmnist_search.search.criteria import MEASURED_ATTR, SHARED_PREFIX, directions, objectives_of
 from fmnist_search.search.internals import set_study_system_attr, storage_of, study_system_attrs, trial_id
 from fmnist_search.search.pruning import population_prunes
 from fmnist_search.search.study import PRUNERS
@@ -236,17 +236,10 @@ def _print_ranks(ranks: dict) -> None:
 
 def _pruned_run(args: argparse.Namespace, url: str, unpruned: optuna.Study) -> dict:
     """The same configurations, enqueued in the same order, into a study with ``args.pruner``."""
-    _cli("create", *_study_args(args, args.pruner, url, args.trials), "--study", "pruned")
-    pruned = optuna.load_study(study_name="pruned", storage=url)
-    # the unpruned run's measured figures (search/objective.py shares them): the fronts differ by pruning alone
-    for key, value in study_system_attrs(unpruned).items():
-        if key.startswith("measured "):
-            set_study_system_attr(pruned, key, value)
-    for t in unpruned.get_trials(deepcopy=False):
-        pruned.enqueue_trial(t.params)
     t0 = time.monotonic()
-    _cli("worker", "--study", "pruned", "--storage", url, "--no-bars", "--no-save-weights")  # the enqueued ones
-    pruned = optuna.load_study(study_name="pruned", storage=url)
+    # the unpruned run's measured figures too (search/objective.py shares them): the fronts differ by pruning alone
+    pruned = _enqueued_run(args, url, "pruned", args.pruner, [t.params for t in unpruned.get_trials(deepcopy=False)],
+                           figures_of=unpruned)  # fmt: skip
     result = {**_summary(pruned), "pruner": args.pruner, "wall_s": round(time.monotonic() - t0, 1)}
     kept = {t.number for t in pruned.best_trials}
     result["lost"] = [n for n in (t.number for t in unpruned.best_trials) if n not in kept]
@@ -257,6 +250,21 @@ def _pruned_run(args: argparse.Namespace, url: str, unpruned: optuna.Study) -> d
     result["same_measured_figures"] = all(t.user_attrs.get(MEASURED_ATTR) == figures[t.number]
                                           for t in pruned.get_trials(deepcopy=False))  # fmt: skip
     return result
+
+
+def _enqueued_run(args: argparse.Namespace, url: str, name: str, pruner: str, configurations: list[dict],
+                  figures_of: optuna.Study | None = None) -> optuna.Study:  # fmt: skip
+    """A study of ``args``' settings with ``pruner`` that trains exactly ``configurations``, in order
+    (with ``figures_of``'s measured figures)."""
+    _cli("create", *_study_args(args, pruner, url, len(configurations)), "--study", name)
+    study = optuna.load_study(study_name=name, storage=url)
+    for key, value in study_system_attrs(figures_of).items() if figures_of is not None else ():
+        if key.startswith(SHARED_PREFIX):
+            set_study_system_attr(study, key, value)
+    for params in configurations:
+        study.enqueue_trial(params)
+    _cli("worker", "--study", name, "--storage", url, "--no-bars", "--no-save-weights")
+    return optuna.load_study(study_name=name, storage=url)
 
 
 def _reseeded(args: argparse.Namespace) -> dict:
@@ -276,14 +284,8 @@ def _reseeded(args: argparse.Namespace) -> dict:
     while any(t["trial"] == r * len(chosen) + j for r in range(args.repeats) for j, t in enumerate(chosen)):
         chosen = chosen[1:] + chosen[:1]
     with tempfile.TemporaryDirectory() as folder:
-        url = f"sqlite:///{folder}/reseed.db"
-        _cli("create", *_study_args(args, "none", url, len(chosen) * args.repeats), "--study", "reseed")
-        study = optuna.load_study(study_name="reseed", storage=url)
-        for _ in range(args.repeats):
-            for t in chosen:
-                study.enqueue_trial(t["params"])
-        _cli("worker", "--study", "reseed", "--storage", url, "--no-bars", "--no-save-weights")
-        again = optuna.load_study(study_name="reseed", storage=url).get_trials(deepcopy=False)
+        configurations = [t["params"] for _ in range(args.repeats) for t in chosen]
+        again = _enqueued_run(args, f"sqlite:///{folder}/reseed.db", "reseed", "none", configurations).trials
     runs = {t["trial"]: [t["values"][0]] for t in chosen}
     for i, t in enumerate(again):  # enqueued in order: repeat r, configuration j
         runs[chosen[i % len(chosen)]["trial"]].append(t.values[0])

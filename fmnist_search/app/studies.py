@@ -244,8 +244,7 @@ def _run_trials(
         f"train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}"
         + (f", CUDA_VISIBLE_DEVICES={extra['gpu']}" if extra.get("gpu") is not None else "")
         + f"); target {budgeted.target} trials"
-        + (f", {population} at a time (--population)" if population > 1 and not caps else "")
-        + (", at a time: " + ", ".join(f"{m} {k}" for m, k in caps.items()) + " (--population)" if caps else "")
+        + _at_a_time(population, caps)
     )
     objective = Objective(
         spec,
@@ -263,6 +262,12 @@ def _run_trials(
     )
     work_loop(budgeted, objective, timeout=work.timeout, callbacks=[progress.on_trial], on_wait=progress.on_wait,
               population=population)  # fmt: skip
+
+
+def _at_a_time(population: int, caps: dict[str, int]) -> str:
+    if caps:  # a comparison: each model's own size
+        return ", at a time: " + ", ".join(f"{m} {k}" for m, k in caps.items()) + " (--population)"
+    return f", {population} at a time (--population)" if population > 1 else ""
 
 
 def check_population(

@@ -24,6 +24,12 @@ from ..engine.probes import latency_ms, training_throughput
 
 ACCURACY = "accuracy"
 MEASURED_ATTR = "measured"  # trial user attr: {objective: value} measured before training (TrialRecord.measured)
+SHARED_PREFIX = "measured "  # study system attrs: a network's figure on a kind of device, shared by its workers
+
+
+def shared_key(name: str, depends_on: Hashable, device: str) -> str:
+    """The study system attr holding objective ``name``'s figure for what it depends on, on ``device``."""
+    return f"{SHARED_PREFIX}{name} {depends_on!r} on {device}"
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,11 @@ def study_id(study: optuna.Study) -> int:
 
 def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
     """A study-wide value the workers share (Study's own system attrs were removed from its API)."""
-    study._storage.set_study_system_attr(study._study_id, key, value)
+    storage_of(study).set_study_system_attr(study_id(study), key, value)
 
 
 def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
-    return dict(study._storage.get_study_system_attrs(study._study_id))
+    return dict(storage_of(study).get_study_system_attrs(study_id(study)))
 
 
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
