@@ -32,6 +32,7 @@ configuration is a near-tie no pruning rule can be sure to keep.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -39,9 +40,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from optuna.pruners import BasePruner, HyperbandPruner, PercentilePruner, SuccessiveHalvingPruner
 from optuna.trial import TrialState
 from results_io import hardware, write_json  # benchmarks/ is on sys.path when a script runs
 
@@ -49,7 +52,7 @@ from fmnist_search.core.config import StudySpec
 from fmnist_search.engine.devices import resolve_device
 from fmnist_search.search.criteria import MEASURED_ATTR, SHARED_PREFIX, directions, objectives_of
 from fmnist_search.search.internals import set_study_system_attr, storage_of, study_system_attrs, trial_id
-from fmnist_search.search.pruning import population_prunes
+from fmnist_search.search.pruning import competitors, population_prunes
 from fmnist_search.search.study import PRUNERS
 
 NAME = "lenet+airbench"
@@ -97,31 +100,39 @@ def recorded(study: optuna.Study) -> list[dict]:
     ]  # fmt: skip
 
 
-def replay(trials: list[dict], pruner: str, epochs: int, objectives: list[str]) -> dict:
+def replay(trials: list[dict], pruner: str | Callable[[StudySpec], BasePruner], epochs: int, objectives: list[str],
+           lr_ratio: float | None = None, signal: str = "epoch") -> dict:  # fmt: skip
     """The pruned run, taken from the unpruned run's curves: trial by trial, epoch by epoch, as a
-    one-at-a-time run takes its decisions (the lifecycle's rule, search/pruning.py)."""
+    one-at-a-time run takes its decisions (the lifecycle's rule, search/pruning.py).
+
+    Other rules, for ``--grid``: ``pruner`` a factory instead of a name; ``lr_ratio``: within a
+    model, a trial competes only with trials whose lr times ``lr_ratio`` is at least its own;
+    ``signal``: what is ranked at an epoch, ``SIGNALS``."""
     study = optuna.create_study(
         directions=directions(tuple(objectives)),
-        pruner=PRUNERS[pruner](StudySpec(epochs=epochs)),
+        pruner=(PRUNERS[pruner] if isinstance(pruner, str) else pruner)(StudySpec(epochs=epochs)),
         study_name="unpruned",
     )  # fmt: skip (Hyperband hashes the name)
     study.set_user_attr("objectives", objectives)
     store = storage_of(study)
+    competes = None if lr_ratio is None else _lr_competes(trials, objectives, lr_ratio)
 
     def write(items: list) -> None:
         for tid, key, value in items:
             store.set_trial_system_attr(tid, key, value)
 
-    trained = 0
+    trained, pruned = 0, []
     for old in trials:
         trial = study.ask()
         trial.set_user_attr(MEASURED_ATTR, old["measured"])
-        curve = {int(k): v for k, v in old["curve"].items()}
+        curve = SIGNALS[signal]({int(k): v for k, v in old["curve"].items()})
         for step in sorted(curve):
             trained += 1
             store.set_trial_intermediate_value(trial_id(trial), step, curve[step])  # (report refuses 2 objectives)
-            if population_prunes(study, step, {trial.number: {s: curve[s] for s in curve if s <= step}}, write):
+            if population_prunes(study, step, {trial.number: {s: curve[s] for s in curve if s <= step}}, write,
+                                 competes=competes):  # fmt: skip
                 study.tell(trial, state=TrialState.PRUNED)
+                pruned.append(trial.number)
                 break
         else:
             study.tell(trial, old["values"])
@@ -131,7 +142,84 @@ def replay(trials: list[dict], pruner: str, epochs: int, objectives: list[str]) 
         old for old, t in zip(trials, study.get_trials(deepcopy=False), strict=True) if t.state == TrialState.COMPLETE
     ]
     behind = {m: round(100 * (_best(trials, m) - _best(done, m)), 2) for m in _models(trials)}  # the model's point
-    return {"epochs_trained": trained, "front": sorted(kept), "lost": sorted(front - kept), "behind_points": behind}
+    return {"epochs_trained": trained, "front": sorted(kept), "lost": sorted(front - kept), "behind_points": behind,
+            "pruned": pruned}  # fmt: skip
+
+
+def _smoothed(curve: dict[int, float], k: int) -> dict[int, float]:
+    """Each epoch's value replaced by the mean of the last ``k`` epochs' (fewer at the start)."""
+    steps = sorted(curve)
+    return {s: statistics.mean(curve[t] for t in steps[max(0, i + 1 - k) : i + 1]) for i, s in enumerate(steps)}
+
+
+# What a rule ranks at an epoch (the replayed trial's stored curve; its final value stays the recorded one)
+SIGNALS: dict[str, Callable[[dict[int, float]], dict[int, float]]] = {
+    "epoch": lambda curve: curve,  # that epoch's validation accuracy (what the lifecycle reports)
+    "best": lambda curve: {s: max(v for t, v in curve.items() if t <= s) for s in curve},  # the best so far
+    "mean2": lambda curve: _smoothed(curve, 2),  # the mean of the last two epochs
+}
+
+
+def _lr_competes(trials: list[dict], objectives: list[str], ratio: float) -> Callable:
+    """The front's rule (search/pruning.py), and within a model only trials at an lr of at least
+    the trial's own divided by ``ratio`` (under an annealed lr, the higher lrs lag until the end)."""
+    front_rule = competitors(tuple(objectives))
+    params = [t["params"] for t in trials]  # replayed trials are numbered in recorded order
+
+    def lr(n: int) -> float:
+        return params[n][f"lr_{params[n]['model']}"]
+
+    def competes(other: optuna.trial.FrozenTrial, trial: optuna.trial.FrozenTrial) -> bool:
+        if not front_rule(other, trial):
+            return False
+        same_model = params[other.number]["model"] == params[trial.number]["model"]
+        return not same_model or lr(other.number) * ratio >= lr(trial.number)
+
+    return competes
+
+
+def grid_rules() -> dict[str, dict]:
+    """The rules ``--grid`` replays: each pruner setting x competitor set x signal."""
+    pruners: dict[str, Callable[[StudySpec], BasePruner]] = {}
+    for r, eta in itertools.product((1, 2, 3), (2, 3, 4)):
+        pruners[f"sha from {r} eta {eta}"] = lambda spec, r=r, eta=eta: SuccessiveHalvingPruner(r, eta)
+    for r, eta in itertools.product((1, 2, 3, 4), (2, 3)):
+        pruners[f"hyperband from {r} eta {eta}"] = lambda spec, r=r, eta=eta: HyperbandPruner(r, spec.epochs, eta)
+    for pct, w in itertools.product((25, 33, 50), (2, 3, 4)):
+        pruners[f"percentile {pct} after {w}"] = lambda spec, pct=pct, w=w: PercentilePruner(pct, 5, w)
+    rules = {}
+    for (name, make), ratio, signal in itertools.product(pruners.items(), (None, 1.0, 2.0, 3.0), SIGNALS):
+        within = "" if ratio is None else f", lr >= own/{ratio:g}"
+        rules[f"{name}{within}, {signal}"] = {"pruner": make, "lr_ratio": ratio, "signal": signal}
+    return rules
+
+
+def grid(files: list[Path], goal: float = 0.6, tolerance: float = 0.5) -> dict:
+    """Every ``grid_rules`` rule replayed on every recording: its share of the unpruned epochs and
+    how far behind the unpruned point its worst model ends; met: at most ``goal`` and 0 behind;
+    near: at most ``goal`` and at most ``tolerance`` points behind (a configuration's seed-to-seed
+    spread, ``--reseed``, is 0.3-1.6 points)."""
+    saved = {f.name: json.loads(f.read_text()) for f in files}
+    rows = []
+    for name, rule in grid_rules().items():
+        cells = {}
+        for file, d in saved.items():
+            objectives = d["hardware"].get("objectives", ["accuracy", "throughput"])
+            r = replay(d["trials"], rule["pruner"], d["hardware"].get("epochs", 10), objectives,
+                       lr_ratio=rule["lr_ratio"], signal=rule["signal"])  # fmt: skip
+            share = r["epochs_trained"] / d["unpruned"]["epochs_trained"]
+            cells[file] = {"share": round(share, 3), "behind_points": max(r["behind_points"].values())}
+        within = [c for c in cells.values() if c["share"] <= goal]
+        met, near = (sum(c["behind_points"] <= points for c in within) for points in (0, tolerance))
+        rows.append({"rule": name, "met": met, "near": near, "recordings": cells})
+    mean_share = {row["rule"]: statistics.mean(c["share"] for c in row["recordings"].values()) for row in rows}
+    rows.sort(key=lambda row: (-row["met"], -row["near"], mean_share[row["rule"]]))
+    print(f"{len(rows)} rules on {len(saved)} recordings: met (at most {goal:.0%} of the epochs, no point behind), "
+          f"near (at most {tolerance} points behind); each recording's share / points behind")  # fmt: skip
+    for row in rows[:25]:
+        cells = " ".join(f"{c['share']:.0%}/{c['behind_points']:.2f}" for c in row["recordings"].values())
+        print(f"met {row['met']}/{len(saved)} near {row['near']}/{len(saved)} {row['rule']:45s} {cells}")
+    return {"goal": goal, "tolerance_points": tolerance, "recordings": list(saved), "rules": rows}
 
 
 def _models(trials: list[dict]) -> list[str]:
@@ -180,6 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reseed", type=Path, help="retrain this recording's best configurations under other seeds")
     p.add_argument("--top", type=int, default=3, help="--reseed: configurations per model")
     p.add_argument("--repeats", type=int, default=2, help="--reseed: trainings per configuration")
+    p.add_argument("--grid", type=Path, nargs="+", help="replay every rule of grid_rules() on these recordings")
+    p.add_argument("--tolerance", type=float, default=0.5, help="--grid: points behind counted as near")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     objectives = args.objectives.split(",")
@@ -187,6 +277,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--objectives: accuracy first (the recordings read it as the first value)")
     if args.reseed is not None:
         return _reseeded(args)
+    if args.grid is not None:
+        results = grid(args.grid, tolerance=args.tolerance)
+        # a replay trains nothing: the recordings carry their own machine and settings
+        results["hardware"] = hardware(resolve_device("cpu"), "fp32", date=time.strftime("%Y-%m-%d"))
+        write_json(args.json, results)
+        return results
     if args.replay is not None:  # each pruner on an earlier run's recorded curves, no training
         saved = json.loads(args.replay.read_text())
         epochs = saved["hardware"].get("epochs", args.epochs)

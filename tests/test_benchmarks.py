@@ -170,3 +170,32 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
         assert config["val_accuracy"][0] == recorded[config["trial"]]["values"][0]  # the recording's, then the repeat's
         assert len(config["val_accuracy"]) == 2 and 0 < config["val_accuracy"][1] <= 1
         assert r["winner_by_seed"] == [config["trial"]] * 2
+
+
+def test_pareto_grid_replays_each_rule_and_its_named_pruners_match_the_studys(tmp_path):
+    import pareto
+
+    recording = ROOT / "benchmarks/results/pareto-cpu-compare-seed0.json"
+    saved = json.loads(recording.read_text())
+    results = pareto.main(["--grid", str(recording), "--json", str(tmp_path / "g.json")])
+    rows = {row["rule"]: row["recordings"][recording.name] for row in results["rules"]}
+    assert len(rows) == len(pareto.grid_rules()) == 312  # 26 pruner settings x 4 competitor sets x 3 signals
+    # the grid's settings of the study's own pruners (search/study.py) decide as those pruners do
+    for name, rule in {"sha": "sha from 1 eta 4, epoch", "hyperband": "hyperband from 1 eta 3, epoch"}.items():
+        r = pareto.replay(saved["trials"], name, 10, ["accuracy", "throughput"])
+        assert rows[rule] == {
+            "share": round(r["epochs_trained"] / 200, 3),
+            "behind_points": max(r["behind_points"].values()),
+        }
+    # within a model, a trial competes only with higher lrs: the fastest model's highest-lr trial competes with none
+    lenet = max((t for t in saved["trials"] if t["params"]["model"] == "lenet"), key=lambda t: t["params"]["lr_lenet"])
+    front_rule = pareto.replay(saved["trials"], "sha", 10, ["accuracy", "throughput"])
+    assert lenet["trial"] in front_rule["pruned"]  # (lr 0.37: it ends at 59.5%)
+    for ratio in (1.0, 2.0):
+        r = pareto.replay(saved["trials"], "sha", 10, ["accuracy", "throughput"], lr_ratio=ratio)
+        assert lenet["trial"] not in r["pruned"] and r["epochs_trained"] > front_rule["epochs_trained"]
+    assert pareto.SIGNALS["mean2"]({1: 0.2, 2: 0.4, 3: 0.9}) == pytest.approx({1: 0.2, 2: 0.3, 3: 0.65})
+    assert pareto.SIGNALS["best"]({1: 0.5, 2: 0.3}) == {1: 0.5, 2: 0.5}
+    # compare seed 0's Hyperband (the preset's pruner): 60% of the epochs, 0.48 points behind: near, not met
+    (preset,) = [row for row in results["rules"] if row["rule"] == "hyperband from 1 eta 3, epoch"]
+    assert (preset["met"], preset["near"]) == (0, 1) and results["tolerance_points"] == 0.5

@@ -49,12 +49,20 @@ Competes = Callable[[FrozenTrial, FrozenTrial], bool]  # (other, trial): whether
 
 
 def population_prunes(
-    study: optuna.Study, step: int, values: Values, write: Write, objectives: tuple[str, ...] | None = None
+    study: optuna.Study,
+    step: int,
+    values: Values,
+    write: Write,
+    objectives: tuple[str, ...] | None = None,
+    competes: Competes | None = None,
 ) -> set[int]:
     """The trial numbers of ``values`` (all reported at ``step``) that the study's pruner stops
-    (``objectives``: the study's, when the caller knows them; else read from the study)."""
+    (``objectives``: the study's, when the caller knows them; else read from the study;
+    ``competes``: who counts against whom, the objectives' rule unless a caller, such as the
+    Pareto benchmark trying other rules, gives its own)."""
     pruner = study.pruner
-    competes = competitors(objectives_of(study) if objectives is None else objectives)
+    if competes is None:
+        competes = competitors(objectives_of(study) if objectives is None else objectives)
     for kind, decide in _RULES:
         if isinstance(pruner, kind):
             return decide(pruner, study, step, values, write, competes)
