@@ -27,11 +27,20 @@ configuration wins under each seed. A front point that another seed gives to ano
 configuration is a near-tie no pruning rule can be sure to keep.
 
     python benchmarks/pareto.py --reseed benchmarks/results/pareto-cpu-recorded-seed1.json
+
+Which rule could keep the front: ``--grid FILE...`` replays each rule of ``grid_rules()`` (pruner
+settings x who competes x what is ranked) on every recording, through the same code, and counts
+the recordings where it trained at most 60% of the epochs and lost no point (and where no
+point ended more than ``--tolerance`` points behind); ``--csv`` keeps one line per rule.
+
+    python benchmarks/pareto.py --grid benchmarks/results/pareto-cpu-{compare,recorded}-seed?.json \
+        --csv benchmarks/results/pareto-cpu-grid.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import os
@@ -271,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--grid", type=Path, nargs="+", help="replay every rule of grid_rules() on these recordings")
     p.add_argument("--tolerance", type=float, default=0.5, help="--grid: points behind counted as near")
     p.add_argument("--json", type=Path)
+    p.add_argument("--csv", type=Path, help="--grid: one line per rule (its share and points behind per recording)")
     args = p.parse_args(argv)
     objectives = args.objectives.split(",")
     if objectives[0] != "accuracy":
@@ -282,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
         # a replay trains nothing: the recordings carry their own machine and settings
         results["hardware"] = hardware(resolve_device("cpu"), "fp32", date=time.strftime("%Y-%m-%d"))
         write_json(args.json, results)
+        if args.csv is not None:
+            _grid_csv(args.csv, results)
         return results
     if args.replay is not None:  # each pruner on an earlier run's recorded curves, no training
         saved = json.loads(args.replay.read_text())
@@ -323,6 +335,17 @@ def main(argv: list[str] | None = None) -> dict:
                                    objectives=objectives, preset=args.preset)  # fmt: skip
     write_json(args.json, results)
     return results
+
+
+def _grid_csv(path: Path, results: dict) -> None:
+    names = [Path(f).stem for f in results["recordings"]]
+    header = ["rule", "met", "near"] + [f"{n} {what}" for n in names for what in ("share", "points behind")]
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(header)
+        for row in results["rules"]:
+            cells = [v for c in row["recordings"].values() for v in (c["share"], c["behind_points"])]
+            out.writerow([row["rule"], row["met"], row["near"], *cells])
 
 
 def _print_ranks(ranks: dict) -> None:

@@ -177,7 +177,9 @@ def test_pareto_grid_replays_each_rule_and_its_named_pruners_match_the_studys(tm
 
     recording = ROOT / "benchmarks/results/pareto-cpu-compare-seed0.json"
     saved = json.loads(recording.read_text())
-    results = pareto.main(["--grid", str(recording), "--json", str(tmp_path / "g.json")])
+    results = pareto.main(
+        ["--grid", str(recording), "--json", str(tmp_path / "g.json"), "--csv", str(tmp_path / "g.csv")]
+    )
     rows = {row["rule"]: row["recordings"][recording.name] for row in results["rules"]}
     assert len(rows) == len(pareto.grid_rules()) == 312  # 26 pruner settings x 4 competitor sets x 3 signals
     # the grid's settings of the study's own pruners (search/study.py) decide as those pruners do
@@ -199,3 +201,5 @@ def test_pareto_grid_replays_each_rule_and_its_named_pruners_match_the_studys(tm
     # compare seed 0's Hyperband (the preset's pruner): 60% of the epochs, 0.48 points behind: near, not met
     (preset,) = [row for row in results["rules"] if row["rule"] == "hyperband from 1 eta 3, epoch"]
     assert (preset["met"], preset["near"]) == (0, 1) and results["tolerance_points"] == 0.5
+    lines = (tmp_path / "g.csv").read_text().splitlines()
+    assert len(lines) == 313 and '"hyperband from 1 eta 3, epoch",0,1,0.6,0.48' in lines
