@@ -96,8 +96,18 @@ def _summary(study: optuna.Study) -> dict:
 
 def _point(t: optuna.trial.FrozenTrial, objectives: tuple[str, ...]) -> dict:
     others = {name: round(value) for name, value in zip(objectives[1:], t.values[1:], strict=True)}
-    return {"trial": t.number, "model": t.params["model"], "lr": t.params[f"lr_{t.params['model']}"],
+    return {"trial": t.number, "model": t.params["model"], "lr": _lr(t.params),
             "val_accuracy": t.values[0], **others, "test_accuracy": t.user_attrs.get("test_accuracy")}  # fmt: skip
+
+
+def _lr(params: dict) -> float:
+    """A comparison trial's lr: its model's own parameter (``lr_MODEL``, search/space.py)."""
+    return params[f"lr_{params['model']}"]
+
+
+def _settings(saved: dict, epochs: int = 10) -> tuple[list[str], int]:
+    """A recording's objectives and epochs (recordings older than those fields: the defaults then)."""
+    return saved["hardware"].get("objectives", ["accuracy", "throughput"]), saved["hardware"].get("epochs", epochs)
 
 
 def recorded(study: optuna.Study) -> list[dict]:
@@ -175,14 +185,11 @@ def _lr_competes(trials: list[dict], objectives: list[str], ratio: float) -> Cal
     front_rule = competitors(tuple(objectives))
     params = [t["params"] for t in trials]  # replayed trials are numbered in recorded order
 
-    def lr(n: int) -> float:
-        return params[n][f"lr_{params[n]['model']}"]
-
     def competes(other: optuna.trial.FrozenTrial, trial: optuna.trial.FrozenTrial) -> bool:
         if not front_rule(other, trial):
             return False
-        same_model = params[other.number]["model"] == params[trial.number]["model"]
-        return not same_model or lr(other.number) * ratio >= lr(trial.number)
+        theirs, mine = params[other.number], params[trial.number]
+        return theirs["model"] != mine["model"] or _lr(theirs) * ratio >= _lr(mine)
 
     return competes
 
@@ -213,9 +220,8 @@ def grid(files: list[Path], goal: float = 0.6, tolerance: float = 0.5) -> dict:
     for name, rule in grid_rules().items():
         cells = {}
         for file, d in saved.items():
-            objectives = d["hardware"].get("objectives", ["accuracy", "throughput"])
-            r = replay(d["trials"], rule["pruner"], d["hardware"].get("epochs", 10), objectives,
-                       lr_ratio=rule["lr_ratio"], signal=rule["signal"])  # fmt: skip
+            objectives, epochs = _settings(d)
+            r = replay(d["trials"], rule["pruner"], epochs, objectives, rule["lr_ratio"], rule["signal"])
             share = r["epochs_trained"] / d["unpruned"]["epochs_trained"]
             cells[file] = {"share": round(share, 3), "behind_points": max(r["behind_points"].values())}
         within = [c for c in cells.values() if c["share"] <= goal]
@@ -297,14 +303,9 @@ def main(argv: list[str] | None = None) -> dict:
         return results
     if args.replay is not None:  # each pruner on an earlier run's recorded curves, no training
         saved = json.loads(args.replay.read_text())
-        epochs = saved["hardware"].get("epochs", args.epochs)
-        total = saved["unpruned"]["epochs_trained"]
-        objectives = saved["hardware"].get("objectives", ["accuracy", "throughput"])  # (older recordings: these)
+        objectives, epochs = _settings(saved, args.epochs)
         replayed = {name: replay(saved["trials"], name, epochs, objectives) for name in REPLAYED}
-        for name, r in replayed.items():
-            share = r["epochs_trained"] / total
-            print(f"replayed {name:9s}: {r['epochs_trained']} epochs ({share:.0%}), lost {r['lost']}, "
-                  f"behind by {r['behind_points']} points")  # fmt: skip
+        _print_replays(replayed, saved["unpruned"]["epochs_trained"])
         ranks = winner_ranks(saved["trials"])
         _print_ranks(ranks)
         return {"replayed": replayed, "winner_ranks": ranks}
@@ -326,9 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
         q = results["pruned"]
         print(f"{args.pruner:8s}: {q['epochs_trained']} epochs ({q['epochs_trained'] / u['epochs_trained']:.0%}), "
               f"front {[x['trial'] for x in q['front']]}, lost {q['lost']} ({q['wall_s']:.0f} s)")  # fmt: skip
-    for name, r in results["replayed"].items():
-        print(f"replayed {name:9s}: {r['epochs_trained']} epochs "
-              f"({r['epochs_trained'] / u['epochs_trained']:.0%}), lost {r['lost']}")  # fmt: skip
+    _print_replays(results["replayed"], u["epochs_trained"])
     _print_ranks(results["winner_ranks"])
     results["hardware"] = hardware(resolve_device("cpu"), "fp32", trials=args.trials, epochs=args.epochs,
                                    train_size=args.train_size, val_size=args.val_size, seed=args.seed,
@@ -346,6 +345,12 @@ def _grid_csv(path: Path, results: dict) -> None:
         for row in results["rules"]:
             cells = [v for c in row["recordings"].values() for v in (c["share"], c["behind_points"])]
             out.writerow([row["rule"], row["met"], row["near"], *cells])
+
+
+def _print_replays(replayed: dict, total: int) -> None:
+    for name, r in replayed.items():
+        print(f"replayed {name:9s}: {r['epochs_trained']} epochs ({r['epochs_trained'] / total:.0%}), "
+              f"lost {r['lost']}, behind by {r['behind_points']} points")  # fmt: skip
 
 
 def _print_ranks(ranks: dict) -> None:
@@ -393,7 +398,7 @@ def _reseeded(args: argparse.Namespace) -> dict:
     for key in ("epochs", "train_size", "val_size"):
         setattr(args, key, settings.get(key, getattr(args, key)))
     args.seed = settings.get("seed", args.seed)  # (older recordings: give --seed)
-    args.objectives = ",".join(settings.get("objectives", ["accuracy", "throughput"]))
+    args.objectives = ",".join(_settings(saved)[0])
     args.preset = settings.get("preset")
     models = sorted({t["params"]["model"] for t in saved["trials"]})
     ranked = sorted(saved["trials"], key=lambda t: -t["values"][0])
@@ -415,7 +420,7 @@ def _reseeded(args: argparse.Namespace) -> dict:
         spread = [statistics.stdev(runs[n]) for n in numbers]
         result["models"][m] = {
             "configurations": [
-                {"trial": t["trial"], "lr": t["params"][f"lr_{m}"], "val_accuracy": runs[t["trial"]]} for t in top[m]
+                {"trial": t["trial"], "lr": _lr(t["params"]), "val_accuracy": runs[t["trial"]]} for t in top[m]
             ],
             "winner_by_seed": winners,  # the recording's first, then each repeat's
             "sd_points": round(100 * statistics.mean(spread), 2),  # a configuration's spread across seeds
