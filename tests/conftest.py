@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import queue
+import shlex
 import shutil
 import signal
 import socket
@@ -331,3 +332,10 @@ def database_server(request):
         yield server
     finally:
         server.close()
+
+
+def finish_command(output: str) -> list[str]:
+    """The command an interrupted run names to finish what was asked, as argv for the CLI."""
+    line = output.strip().splitlines()[-1]
+    assert ": fmnist-search worker " in line, output
+    return shlex.split(line.split(": fmnist-search ", 1)[1])

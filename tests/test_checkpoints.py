@@ -105,13 +105,14 @@ from typer.testing import CliRunner  # noqa: E402
 from fmnist_search.cli import app  # noqa: E402
 from fmnist_search.engine import population  # noqa: E402
 from fmnist_search.search.artifacts import open_store  # noqa: E402
+from tests.conftest import finish_command  # noqa: E402
 
 STUDY = ["--model", "lenet", "--epochs", "3", "--train-size", "384", "--val-size", "300", "--batch-size", "96",
          "--pruner", "none", "--seed", "4"]  # fmt: skip
 
 
-def _sigterm_in_epoch(monkeypatch, epoch: int) -> None:
-    """SIGTERM this process at the second batch of ``epoch`` (its first batch already stepped)."""
+def _signal_in_epoch(monkeypatch, epoch: int, sig: int = signal.SIGTERM) -> None:
+    """Signal this process at the second batch of ``epoch`` (its first batch already stepped)."""
     shuffle, next_full = population._Batches.shuffle, population._Batches.next_full
     seen = {"epoch": 0, "batch": 0}
 
@@ -122,7 +123,7 @@ def _sigterm_in_epoch(monkeypatch, epoch: int) -> None:
     def counted_next(self):
         seen["batch"] += 1
         if seen["epoch"] == epoch and seen["batch"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
         return next_full(self)
 
     monkeypatch.setattr(population._Batches, "shuffle", counted_shuffle)
@@ -141,34 +142,45 @@ def _complete(url: str) -> list:
     return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
 
 
-@pytest.mark.parametrize("population_size", [1, 2])
-def test_a_trial_stopped_mid_epoch_continues_from_its_checkpoint(tmp_path, real_data, monkeypatch, population_size):
+SIX_EPOCHS = [a if a != "3" else "6" for a in STUDY]  # --epochs 6
+
+
+@pytest.mark.parametrize(
+    ("sig", "population_size"), [(signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 1)],
+    ids=["SIGINT", "SIGINT-population-2", "SIGTERM"],
+)  # fmt: skip
+def test_a_trial_stopped_mid_epoch_continues_from_its_checkpoint(tmp_path, real_data, monkeypatch, sig,
+                                                                 population_size):  # fmt: skip
+    """Ctrl-C (or SIGTERM) mid-epoch 3 of 6, then the command the message names: each trial's curve
+    is epochs 1..6, its weights are the uninterrupted trial's, and the study has the trials asked for."""
     runner = CliRunner()
     k = str(population_size)
     whole = f"sqlite:///{tmp_path}/whole.db"
-    result = runner.invoke(app, ["run", *STUDY, "--trials", k, "--population", k, "--storage", whole])
+    result = runner.invoke(app, ["run", *SIX_EPOCHS, "--trials", k, "--population", k, "--storage", whole])
     assert result.exit_code == 0, result.output
 
     stopped = f"sqlite:///{tmp_path}/stopped.db"
     with monkeypatch.context() as mp:
-        _sigterm_in_epoch(mp, 3)  # after epoch 2's checkpoint
-        result = runner.invoke(app, ["run", *STUDY, "--trials", k, "--population", k, "--storage", stopped])
-    assert result.exit_code == 143, result.output
+        _signal_in_epoch(mp, 3, sig)  # after epoch 2's checkpoint
+        result = runner.invoke(app, ["run", *SIX_EPOCHS, "--trials", k, "--population", k, "--storage", stopped])
+    assert result.exit_code == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], result.output
     study = optuna.load_study(study_name="lenet", storage=stopped)
     assert [t.state.name for t in study.trials] == ["FAIL"] * population_size + ["WAITING"] * population_size
     assert all(t.user_attrs["checkpoint"]["epoch"] == 2 for t in study.trials[:population_size])
 
-    result = runner.invoke(app, ["worker", "--study", "lenet", "--storage", stopped, "--population", k, "--no-bars"])
+    result = runner.invoke(app, finish_command(result.output))
     assert result.exit_code == 0, result.output
+    for n in range(population_size):
+        assert f"trial {population_size + n} resumes trial {n} from epoch 2" in result.output
+    study = optuna.load_study(study_name="lenet", storage=stopped)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL"] * population_size + ["COMPLETE"] * population_size  # exactly the trials asked for
     for before, after in zip(_complete(whole), _complete(stopped), strict=True):
         assert after.user_attrs["resumed_from"] == {"trial": before.number, "epoch": 2}
         assert after.params == before.params and after.user_attrs["config"] == before.user_attrs["config"]
         # One unbroken curve, the same values to the last bit, and the same weights.
-        assert after.intermediate_values == before.intermediate_values and sorted(after.intermediate_values) == [
-            1,
-            2,
-            3,
-        ]
+        assert sorted(after.intermediate_values) == [1, 2, 3, 4, 5, 6]
+        assert after.intermediate_values == before.intermediate_values
         assert (after.value, after.user_attrs["test_accuracy"]) == (before.value, before.user_attrs["test_accuracy"])
         mine, theirs = _weights(stopped, after), _weights(whole, before)
         assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
@@ -181,7 +193,7 @@ def test_a_checkpoint_that_does_not_fit_is_ignored_in_one_line(tmp_path, real_da
     runner = CliRunner()
     url = f"sqlite:///{tmp_path}/s.db"
     with monkeypatch.context() as mp:
-        _sigterm_in_epoch(mp, 2)
+        _signal_in_epoch(mp, 2)
         assert runner.invoke(app, ["run", *STUDY, "--trials", "1", "--storage", url]).exit_code == 143
     study = optuna.load_study(study_name="lenet", storage=url)
     attr = study.trials[0].user_attrs["checkpoint"]
@@ -199,7 +211,7 @@ def test_a_studys_space_is_shown_and_only_leftovers_are_pruned(tmp_path, real_da
     folder = tmp_path / "s-artifacts"
     assert runner.invoke(app, ["run", *STUDY, "--trials", "1", "--storage", url]).exit_code == 0  # weights
     with monkeypatch.context() as mp:
-        _sigterm_in_epoch(mp, 2)  # a stopped trial: its checkpoint waits for the retry
+        _signal_in_epoch(mp, 2)  # a stopped trial: its checkpoint waits for the retry
         assert runner.invoke(app, ["run", *STUDY, "--trials", "1", "--storage", url]).exit_code == 143
     (folder / "checkpoint-orphan").write_bytes(b"x" * 1000)  # an interrupted write: no trial names it
     kept = {p.name for p in folder.iterdir()} - {"checkpoint-orphan"}

@@ -27,7 +27,7 @@ from fmnist_search.core import interrupts
 from fmnist_search.engine import population
 from fmnist_search.search import artifacts, objective, workers
 from fmnist_search.search.workers import census
-from tests.conftest import Lines, cli_process
+from tests.conftest import Lines, cli_process, finish_command
 
 runner = CliRunner()
 TINY = ["--epochs", "2", "--train-size", "384", "--val-size", "500", "--batch-size", "96", "--pruner", "none"]
@@ -166,8 +166,10 @@ def test_signal_at_any_point_stops_cleanly(point, sig, tmp_path, monkeypatch, re
     assert last.startswith(f"error: interrupted by {name}"), result.output
     states, c = _counts(url)
     assert TrialState.RUNNING not in states, states
-    if sig == signal.SIGTERM:
+    if c.retried:  # a trial was interrupted (not a stop between trials): re-queued, Ctrl-C or SIGTERM
         assert "re-queued" in last and c.waiting == 1 and c.retried == 1, (states, c)
+    if point != "study creation (storage)":  # the study exists: the line names the command that finishes it
+        assert f"finish the study's 2 trials with: fmnist-search worker --study lenet --storage {url}" in last
     # Resumable: the same store takes more trials, and the re-queued one is run first.
     result = _invoke("run", "--study", "lenet", "--trials", "1", "--storage", url)
     assert result.exit_code == 0, result.output
@@ -192,7 +194,7 @@ def test_shielded_defers_and_check_raises_the_recorded_signal():
         assert still_here and interrupts.received() == signal.SIGTERM
         with pytest.raises(interrupts.Stop) as stop:
             interrupts.check()
-        assert stop.value.requeue and stop.value.exit_code == 143
+        assert stop.value.exit_code == 143
         with interrupts.cleaning():
             os.kill(os.getpid(), signal.SIGINT)  # during cleanup: recorded only
             interrupts.check()
@@ -214,9 +216,10 @@ _cli = functools.partial(cli_process, merge_output=False)
 
 @pytest.mark.parametrize(("jobs", "sig"), [("1", signal.SIGTERM), ("2", signal.SIGINT)], ids=["1-SIGTERM", "2-SIGINT"])
 def test_a_real_process_stops_on_a_signal(sig, jobs, tmp_path, real_data):
-    """`run` after its first trial: one process, or a parent that relays the signal to 2 workers."""
+    """`run` after its first trial: one process, or a parent that relays the signal to 2 workers;
+    then the command its last line names finishes exactly the trials asked for."""
     url = f"sqlite:///{tmp_path}/p.db"
-    proc = _cli("run", "--model", "lenet", "--trials", "40", "--storage", url, "--jobs", jobs, *TINY)
+    proc = _cli("run", "--model", "lenet", "--trials", "8", "--storage", url, "--jobs", jobs, *TINY)
     lines = Lines(proc, "stderr")
     lines.until("trial 0 ")
     proc.send_signal(sig)
@@ -225,7 +228,9 @@ def test_a_real_process_stops_on_a_signal(sig, jobs, tmp_path, real_data):
     assert proc.returncode == interrupts.EXIT_CODES[sig], stderr
     assert f"interrupted by {signal.Signals(sig).name}" in stderr and "Traceback" not in stderr
     states, c = _counts(url)
-    assert TrialState.RUNNING not in states and c.complete >= 1 and c.counted < 40
-    result = _invoke("run", "--study", "lenet", "--trials", "1", "--storage", url)
+    assert TrialState.RUNNING not in states and c.complete >= 1
+    result = _invoke(*finish_command(stderr))
     assert result.exit_code == 0, result.output
-    assert _counts(url)[1].waiting == 0
+    _, after = _counts(url)
+    assert after.waiting == after.running == after.fail == 0 and after.counted == 8, after
+    assert after.retried == c.retried  # the interrupted trials ran again; none was lost or added

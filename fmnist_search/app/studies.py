@@ -128,12 +128,15 @@ def open_with_target(
     return store, opt_study, spec, target
 
 
-def as_argv(options: Any) -> list[str]:
+def as_argv(options: Any, changed_only: bool = False) -> list[str]:
     """An option group back as the command line that gives it: how `run` passes its
-    options to the `worker` processes it starts, derived from the one declaration."""
+    options to the `worker` processes it starts, derived from the one declaration
+    (``changed_only``: the options that differ from their defaults, for a command shown to a user)."""
     argv: list[str] = []
     for f in dataclasses.fields(options):
         value, flag = getattr(options, f.name), "--" + f.name.replace("_", "-")
+        if changed_only and value == f.default:
+            continue
         if isinstance(value, bool):
             argv.append(flag if value else f"--no-{flag[2:]}")
         elif value is not None:
@@ -166,8 +169,9 @@ def work_here(
     """Load the data (once per process), then run this process's share of the study's trials.
 
     Ctrl-C ends it with ``Stopped`` (exit 130) and SIGTERM with exit 143, wherever they
-    land; the trial they interrupt is marked FAIL (SIGINT) or re-queued (SIGTERM), never
-    left RUNNING. A store that stays unreachable ends it with ``Stopped`` (exit 1).
+    land; the trials they interrupt are re-queued (their retries continue from their last
+    checkpoints), never left RUNNING, and the message names the command that finishes the
+    study. A store that stays unreachable ends it with ``Stopped`` (exit 1).
     """
     import os
 
@@ -195,26 +199,39 @@ def work_here(
             raise
         progress.stop()
         with cleaning():  # a second Ctrl-C must not cut this short
-            if stop is not None:
-                what = _release(budgeted, f"interrupted by {signal_name(stop.signum)}", stop.requeue)
-            else:
-                what = _release(budgeted, f"stopped: {cause}", True)
+            why = f"interrupted by {signal_name(stop.signum)}" if stop is not None else f"stopped: {cause}"
+            what = _release(budgeted, why)
+        finish = f"finish the study's {_trials(budgeted.target)} with: {finish_command(name, url, work)}"
         if stop is None:
-            raise Stopped(f"{prefix}{cause}; {what}finished trials are stored", EXIT_FAILED) from None
+            raise Stopped(f"{prefix}{cause}; {what}finished trials are stored; {finish}", EXIT_FAILED) from None
         raise Stopped(
             f"{prefix}interrupted by {signal_name(stop.signum)}; {what}finished trials are stored in "
-            f"{mask_url(url)}; run the same command to resume",
+            f"{mask_url(url)}; {finish}",
             stop.exit_code,
         ) from None
 
 
-def _release(budgeted: Any, why: str, requeue: bool) -> str:
-    """Best effort: FAIL (or re-queue) this process's interrupted trial; say what happened."""
+def finish_command(name: str, url: str, work: Any) -> str:
+    """The command that finishes study ``name`` (its target, retries first) with the same work
+    options: `worker` runs until the study has the trials it was asked for, and adds none."""
+    from ..core.config import DEFAULT_STORAGE
+    from ..search.urls import mask_url
+
+    storage = [] if url == DEFAULT_STORAGE else ["--storage", mask_url(url)]
+    return " ".join(["fmnist-search", "worker", "--study", name, *storage, *as_argv(work, changed_only=True)])
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" + ("" if n == 1 else "s")
+
+
+def _release(budgeted: Any, why: str) -> str:
+    """Best effort: FAIL and re-queue this process's interrupted trials; say what happened."""
     from ..core.errors import StorageError
     from ..search.workers import release
 
     try:
-        done = release(budgeted, why, requeue_it=requeue)
+        done = release(budgeted, why)
     except StorageError:
         if not budgeted.asked:
             return ""
@@ -349,8 +366,9 @@ def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int,
                 except subprocess.TimeoutExpired:
                     p.kill()  # its trial is retried once its heartbeat is stale
         raise Stopped(
-            f"interrupted by {signal_name(stop.signum)}; finished trials are stored in {mask_url(url)}; "
-            "run the same command to resume",
+            f"interrupted by {signal_name(stop.signum)}; the workers re-queued their trials; finished trials are "
+            f"stored in {mask_url(url)}; finish the study's {_trials(target)} with one or more of: "
+            f"{finish_command(name, url, work)}",
             stop.exit_code,
         ) from None
     failed = []

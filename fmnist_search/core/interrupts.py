@@ -11,8 +11,9 @@ halfway through a transaction, and acted on at the next ``check()``. While the i
 cleans up (``cleaning()``), further signals are recorded only, so a second Ctrl-C cannot
 cut the cleanup short and leave a trial RUNNING.
 
-SIGINT (Ctrl-C) fails the running trial; SIGTERM (``docker stop``, Kubernetes eviction,
-spot preemption) re-queues it, so a preempted worker loses nothing but time.
+Ctrl-C and SIGTERM (``docker stop``, Kubernetes eviction, spot preemption) both re-queue the
+running trial, which continues from its last checkpoint when work on the study resumes: a
+stopped worker loses nothing but time. They differ only in the exit code (130, 143).
 """
 
 from __future__ import annotations
@@ -33,11 +34,6 @@ class Stop(KeyboardInterrupt):
     def __init__(self, signum: int = signal.SIGINT) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-    @property
-    def requeue(self) -> bool:
-        """SIGTERM means "this machine is going away", not "this trial is unwanted": run it again."""
-        return self.signum == signal.SIGTERM
 
     @property
     def exit_code(self) -> int:

@@ -10,9 +10,9 @@ tell; TPE's ``constant_liar`` spreads them out) and hands them here:
       -> told COMPLETE (test accuracy, weights artifact) / PRUNED / FAIL (diverged, a crash)
       -> its record (TrialRecord) written, whatever the ending
     stopped (Ctrl-C, SIGTERM, a lost store): left RUNNING with its reason; the worker's
-      release() marks it FAIL or re-queues it; a dead worker's trials go stale and are retried
+      release() marks it FAIL and re-queues it; a dead worker's trials go stale and are retried
 
-One heartbeat thread beats for all of a worker's RUNNING trials, in one transaction per beat.
+A worker's trials beat from their ask on, one thread for all of them (search/heartbeats.py).
 What a population must share (batch size, augmentation) splits it: trials are grouped by
 ``shared_key`` and each group trains as one. Trials of a group share one batch order
 (``data_seed``: the study's seed plus the first trial's number, recorded in each trial's
@@ -22,8 +22,8 @@ refilled) and the worker asks the next K once all have left.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -37,11 +37,12 @@ from ..core.errors import FmnistSearchError, StorageError
 from ..engine.population import Census, Member, Snapshot, fit_population, shared_key
 from ..engine.train import TrainConfig, build_model
 from . import checkpoints
+from .heartbeats import Heartbeats
 from .internals import storage_of, trial_id
 from .objective import RUN_FIELDS, Objective, release_memory, summarize
 from .pruning import population_prunes
 from .record import TrialRecord
-from .storage import backend, write_trials
+from .storage import write_trials
 
 Callback = Callable[[optuna.Study, Any], None]
 
@@ -83,6 +84,7 @@ def run_trials(
         if found is not None:
             s.resume, s.cfg, stopped, s.consumed = found
             s.record.resumed_from = {"trial": stopped, "epoch": s.resume.epoch}
+            objective.say(f"trial {s.trial.number} resumes trial {stopped} from epoch {s.resume.epoch}")
     with _heartbeats(study, trials):
         try:
             write_trials(
@@ -97,7 +99,7 @@ def run_trials(
                     _train_group(study, objective, group[start : start + cap], store, callbacks or [])
         except (interrupts.Stop, StorageError) as e:
             for s in slots:
-                if not s.told:  # left RUNNING: the worker's release() fails (and on SIGTERM re-queues) them
+                if not s.told:  # left RUNNING: the worker's release() fails and re-queues them
                     s.record.fail_reason = f"{interrupts.INTERRUPTED}: {e}"
             raise
         except torch.OutOfMemoryError:
@@ -239,26 +241,12 @@ def _history(member: Member) -> dict[int, float]:
 
 @contextmanager
 def _heartbeats(study: Any, trials: list[optuna.Trial]) -> Iterator[None]:
-    """What Optuna's heartbeat thread does for one trial, for all of them in one transaction per beat:
-    a worker killed mid-trial leaves trials whose heartbeat goes stale, and they are retried."""
-    store = backend(storage_of(study))
-    interval = store.get_heartbeat_interval() if store is not None else None
-    if store is None or interval is None:
-        yield
-        return
-    ids = [trial_id(t) for t in trials]
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            store.record_heartbeats(ids)
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, name="population-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    """The trials beat while they train: a worker's study (workers.BudgetedStudy) holds them since
+    their ask and beats for them on its own thread; a plain study gets a thread for these trials."""
+    beats = getattr(study, "heartbeats", None)
+    with contextlib.nullcontext(beats) if beats is not None else Heartbeats(storage_of(study)) as beats:
+        beats.hold(trials)
+        try:
+            yield
+        finally:
+            beats.drop(trials)

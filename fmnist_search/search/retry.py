@@ -102,7 +102,11 @@ class Retrier:
                         f"retrying for up to {self.patience:g} s"
                     )
                 attempt += 1
-                interrupts.check()  # a Ctrl-C during the failed attempt: stop rather than wait
+                if threading.current_thread() is not threading.main_thread():
+                    if interrupts.received() is not None:  # stopping: a thread gives up, never raises Stop
+                        raise Unreachable(self.url, reason(e), waited) from None
+                else:
+                    interrupts.check()  # a Ctrl-C during the failed attempt: stop rather than wait
                 time.sleep(max(delay, 0.05))  # a Ctrl-C here raises Stop: no transaction is open
 
 

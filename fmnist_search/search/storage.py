@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
 
 from ..core.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
 from ..core.errors import StorageError
 from . import internals
 from .internals import PRIVATE_STORAGE_CALLS, rdb_models, rdb_session
+from .requeue import RequeueStale
 from .retry import Retrier, Unreachable, reason
 from .urls import dialect, mask_url, missing_driver, read_only_url, sqlite_path, writable
 
@@ -106,8 +108,9 @@ class ResilientStorage(RDBStorage):
         self.retrier(write, "batched write")
 
     def record_heartbeats(self, trial_ids: list[int]) -> None:
-        """Optuna's ``record_heartbeat`` for many trials in one transaction (a population's
-        heartbeat thread; one trial's is the same with one id). A missed beat is harmless (the
+        """Optuna's ``record_heartbeat`` for many trials in one transaction (a worker's heartbeat
+        thread; one trial's is the same with one id), as one upsert: a trial's first beat may meet
+        another worker's adoption of it (``_get_stale_trial_ids``). A missed beat is harmless (the
         grace period is 6 beats), a traceback from a dying thread is not: the main thread
         reports a lasting outage."""
         import sqlalchemy
@@ -117,23 +120,41 @@ class ResilientStorage(RDBStorage):
         def beat() -> None:
             with rdb_session(self) as session:
                 now = session.execute(sqlalchemy.func.now()).scalar()
-                for trial_id in trial_ids:
-                    heartbeat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
-                    if heartbeat is None:
-                        session.add(models.TrialHeartbeatModel(trial_id=trial_id))
-                    else:
-                        heartbeat.heartbeat = now
+                rows = [{"trial_id": i, "heartbeat": now} for i in trial_ids]
+                _upsert(session, models.TrialHeartbeatModel, rows, ("trial_id",), ("heartbeat",))
 
         try:
             self.retrier(beat, "heartbeat")
         except StorageError as e:
             self.retrier.say(f"heartbeat skipped: {e}")
 
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, after adopting the RUNNING trials that never beat: Optuna skips
+        a trial with no heartbeat, so a worker killed between creating a trial and its first beat
+        would leave it RUNNING for ever. Each such trial is given a heartbeat now (database time;
+        its owner's first beat overwrites it), so it goes stale after the grace period like any
+        other if no one beats for it."""
+        import sqlalchemy
+
+        models = rdb_models()
+        with rdb_session(self) as session:
+            beating = sqlalchemy.select(models.TrialHeartbeatModel.trial_id)
+            orphans = session.query(models.TrialModel.trial_id).filter(
+                models.TrialModel.study_id == study_id,
+                models.TrialModel.state == TrialState.RUNNING,
+                models.TrialModel.trial_id.not_in(beating),
+            )
+            now = session.execute(sqlalchemy.func.now()).scalar()
+            rows = [{"trial_id": i, "heartbeat": now} for (i,) in orphans]
+            _upsert(session, models.TrialHeartbeatModel, rows, ("trial_id",), ())  # an owner's beat wins
+        return RDBStorage._get_stale_trial_ids(self, study_id)
+
 
 def _upsert(
     session: Any, model: Any, rows: list[dict[str, Any]], keys: tuple[str, ...], update: tuple[str, ...]
 ) -> None:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE, many rows in one statement, in each dialect's syntax."""
+    """INSERT ... ON CONFLICT (keys) DO UPDATE (DO NOTHING without ``update``), many rows in one
+    statement, in each dialect's syntax."""
     if not rows:
         return
     name = session.get_bind().dialect.name
@@ -141,6 +162,9 @@ def _upsert(
         from sqlalchemy.dialects import postgresql, sqlite
 
         insert = (sqlite if name == "sqlite" else postgresql).insert(model).values(rows)
+        if not update:
+            session.execute(insert.on_conflict_do_nothing(index_elements=list(keys)))
+            return
         session.execute(
             insert.on_conflict_do_update(index_elements=list(keys), set_={c: insert.excluded[c] for c in update})
         )
@@ -148,6 +172,9 @@ def _upsert(
         from sqlalchemy.dialects import mysql
 
         insert = mysql.insert(model).values(rows)
+        if not update:
+            session.execute(insert.prefix_with("IGNORE"))
+            return
         session.execute(insert.on_duplicate_key_update({c: insert.inserted[c] for c in update}))
     else:  # any other database: row by row, as Optuna does it
         for row in rows:
@@ -252,7 +279,7 @@ def make_storage(
                 heartbeat_kwargs = dict(
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                    heartbeat_stale_trial_callback=RequeueStale(max_retry=1),
                 )
             storage = ResilientStorage.__new__(ResilientStorage)
             storage.retrier = retrier

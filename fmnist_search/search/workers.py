@@ -8,10 +8,10 @@ MySQL named lock). So N requested trials are N trials, never N + races.
 
 A worker that dies (SIGKILL, OOM, power) leaves its trial RUNNING with a heartbeat that
 stops; once it is ``grace_period`` seconds stale, Optuna marks it FAIL and
-``RetryHeartbeatStaleTrialCallback`` re-queues it as a WAITING trial with the same
-params, which the next free worker runs. A retried FAIL does not count toward the
-target; its retry does. A worker that is stopped (Ctrl-C, SIGTERM) does the same for
-its own trial at once (``release``): FAIL it, and on SIGTERM re-queue it.
+``requeue.RequeueStale`` queues it again as a WAITING trial with the same params, which the
+next free worker runs (from its last checkpoint). A retried FAIL does not count toward the
+target; its retry does. A worker that is stopped (Ctrl-C, SIGTERM, a lost store) does the
+same for its own trials at once (``release``): FAIL them and re-queue them.
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ from typing import Any, TypeVar
 
 import optuna
 from filelock import FileLock
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from ..core import interrupts
 from ..core.config import cache_root
 from ..core.errors import StorageError
+from .heartbeats import Heartbeats
 from .internals import storage_of, study_id, trial_id
 from .record import TrialRecord
+from .requeue import requeue
 from .retry import Retrier
 from .urls import dialect
 
@@ -116,6 +118,7 @@ class BudgetedStudy(optuna.Study):
     ) -> None:
         super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
         self._budget_lock = lock
+        self.heartbeats = Heartbeats(storage)  # each trial beats from its ask on (``work`` runs the thread)
         self.asked: list[int] = []  # numbers of the trials this process took, for ``release``
         self.stopped = False  # a sampler asked the study to stop (GridSampler, once its grid is done)
 
@@ -132,9 +135,18 @@ class BudgetedStudy(optuna.Study):
             c = census(self)
             if c.waiting == 0 and c.counted >= self.target:
                 raise BudgetExhausted
-            trial = super().ask(fixed_distributions)
+            trial = self._ask(fixed_distributions)
             self.asked.append(trial.number)
             return trial
+
+    def _ask(self, fixed_distributions: dict | None = None) -> optuna.Trial:
+        """Optuna's ask, and the trial's first heartbeat at once: a worker killed from here on
+        leaves a trial that goes stale and is retried (search/heartbeats.py)."""
+        with warnings.catch_warnings():  # heartbeats are ours to run (search/heartbeats.py), not optimize()'s
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = super().ask(fixed_distributions)
+        self.heartbeats.hold([trial])
+        return trial
 
     def ask_many(self, k: int, prepare: Callable[[optuna.Trial], T]) -> list[tuple[optuna.Trial, T]]:
         """Up to ``k`` trials at once (retries first), each ``prepare``d (its params sampled)
@@ -148,9 +160,7 @@ class BudgetedStudy(optuna.Study):
             out = []
             for _ in range(n):
                 interrupts.check()
-                with warnings.catch_warnings():  # heartbeats are ours to run here (search/lifecycle.py)
-                    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-                    trial = super().ask()
+                trial = self._ask()
                 self.asked.append(trial.number)
                 out.append((trial, prepare(trial)))
             return out
@@ -218,6 +228,19 @@ def work(
     When the budget is spent but trials are still RUNNING, wait: they finish, or their
     worker died and they come back as WAITING retries, which this worker then runs.
     """
+    with study.heartbeats:
+        _work(study, objective, timeout, callbacks, poll_s, on_wait, population)
+
+
+def _work(
+    study: BudgetedStudy,
+    objective: Any,
+    timeout: float | None,
+    callbacks: list[Callable[[optuna.Study, Any], None]] | None,
+    poll_s: float,
+    on_wait: Callable[[Census], None] | None,
+    population: int,
+) -> None:
     from .lifecycle import run_trials
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -250,28 +273,13 @@ def _fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """A WAITING copy of ``trial`` (same params) for the next free worker, recorded as its
-    retry exactly as ``RetryHeartbeatStaleTrialCallback`` records one, so ``census`` counts
-    the copy toward the target and not the original."""
-    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
-    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
-    study.add_trial(
-        optuna.create_trial(
-            state=TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            system_attrs=system_attrs,
-        )
-    )
+def release(study: BudgetedStudy, why: str) -> list[str]:
+    """After a stop (Ctrl-C, SIGTERM, a lost store): no trial this process took stays RUNNING;
+    each is marked FAIL and queued again, so its retry continues from its last checkpoint.
+    Returns what it did, one phrase each.
 
-
-def release(study: BudgetedStudy, why: str, *, requeue_it: bool) -> list[str]:
-    """After a stop: no trial this process took stays RUNNING; with ``requeue_it`` (SIGTERM,
-    a lost store) the interrupted one is queued again. Returns what it did, one phrase each.
-
-    The interrupted trial is the last one taken: RUNNING if the stop hit Optuna's own
-    bookkeeping, else FAIL with the objective's "interrupted: ..." ``fail_reason``.
+    The interrupted trials are the RUNNING ones this process took, plus the last one taken if
+    it is FAIL with the objective's "interrupted: ..." ``fail_reason`` (told before the stop).
     """
     if not study.asked:
         return []
@@ -289,12 +297,9 @@ def release(study: BudgetedStudy, why: str, *, requeue_it: bool) -> list[str]:
         if t.state == TrialState.RUNNING:
             storage.set_trial_user_attr(tid, "fail_reason", f"{interrupts.INTERRUPTED}: {why}")  # TrialRecord field
             storage.set_trial_state_values(tid, TrialState.FAIL)
-        if requeue_it:
-            requeue(study, storage.get_trial(tid))
-            done.append(f"trial {t.number} is re-queued")
-        else:
-            done.append(f"trial {t.number} is marked FAIL")
-    return done
+        requeue(study, storage.get_trial(tid))
+        done.append(t.number)
+    return [f"trial {n} is re-queued" for n in done]
 
 
 # --- locks: one per (storage, study), held for the few milliseconds of a census + ask ---
