@@ -254,3 +254,24 @@ def test_a_checkpoint_of_another_model_or_recipe_is_refused(tmp_path, tiny_split
     checkpoints.remove(store, attr)
     with pytest.raises(checkpoints.Refused, match="unreadable"):
         checkpoints.load(store, attr, "lenet", cfg)
+
+
+def test_a_retry_that_starts_over_has_clean_pruning_state(tmp_path, real_data, monkeypatch):
+    """Successive halving: the interrupted trial reached rung 0; its retry (no checkpoint: it starts
+    over) is queued without that rung and records its own epoch-1 value there."""
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path}/sha.db"
+    args = [*STUDY[:-4], "--pruner", "sha", "--seed", "4", "--checkpoint-every", "0", "--storage", url]
+    with monkeypatch.context() as mp:
+        _signal_in_epoch(mp, 2, signal.SIGINT)
+        result = runner.invoke(app, ["run", *args, "--trials", "1"])
+    assert result.exit_code == 130, result.output
+    stopped, queued = optuna.load_study(study_name="lenet", storage=url).trials
+    assert stopped.system_attrs["completed_rung_0"] == stopped.intermediate_values[1]
+    assert queued.state.name == "WAITING" and not any(k.startswith("completed_rung_") for k in queued.system_attrs)
+
+    result = runner.invoke(app, finish_command(result.output))
+    assert result.exit_code == 0, result.output
+    retry = optuna.load_study(study_name="lenet", storage=url).trials[1]
+    assert retry.state.name in ("COMPLETE", "PRUNED") and 1 in retry.intermediate_values  # judged from its epoch 1
+    assert retry.system_attrs["completed_rung_0"] == retry.intermediate_values[1]

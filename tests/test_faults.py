@@ -163,3 +163,42 @@ def test_a_full_disk_under_the_artifacts_re_queues_the_trial(small_disk, tmp_pat
     assert "is re-queued" in last, last
     c = census(optuna.load_study(study_name="lenet", storage=url))
     assert c.running == 0 and c.waiting == 1 and c.retried == 1, c
+
+
+def test_a_heartbeat_during_an_outage_after_a_signal_gives_up_without_a_traceback():
+    """The heartbeat thread retries a lost database like any call; once the process was asked to
+    stop it gives up with a StorageError (which the heartbeat reports in one line), never ``Stop``."""
+    import os
+    import signal
+    import threading
+
+    from sqlalchemy import exc as sa_exc
+
+    from fmnist_search.core import interrupts
+    from fmnist_search.core.errors import StorageError
+    from fmnist_search.search.retry import Retrier
+
+    def lost() -> None:
+        raise sa_exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    ended: list[BaseException] = []
+    escaped: list[threading.ExceptHookArgs] = []
+    previous_hook, threading.excepthook = threading.excepthook, escaped.append
+
+    def heartbeat() -> None:
+        try:
+            Retrier("postgresql://db.invalid/x", patience=600)(lost, "heartbeat")
+        except StorageError as e:
+            ended.append(e)
+
+    try:
+        with interrupts.handled():
+            with interrupts.shielded():
+                os.kill(os.getpid(), signal.SIGINT)  # recorded: the main thread is stopping
+            thread = threading.Thread(target=heartbeat)
+            thread.start()
+            thread.join(timeout=120)
+    finally:
+        threading.excepthook = previous_hook
+    assert not escaped, escaped[0].exc_value if escaped else None
+    assert len(ended) == 1 and "unreachable" in str(ended[0])

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -177,3 +180,57 @@ def test_the_budget_lock_is_really_held_on_the_database_server(database_url):
             other.execute(text("SELECT pg_advisory_unlock(:k)"), key)
     finally:
         other.close()
+
+
+# --- no trial without a heartbeat: a worker frozen (SIGSTOP) and killed right after its ask ---
+
+_FROZEN = """
+import os, signal, sys
+from fmnist_search.search import heartbeats, workers
+if sys.argv[1] == "after-ask":  # its trial asked and its first heartbeat recorded, nothing loaded yet
+    ask_many = workers.BudgetedStudy.ask_many
+    def frozen(self, *args, **kwargs):
+        asked = ask_many(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return asked
+    workers.BudgetedStudy.ask_many = frozen
+else:  # its trial created, its first heartbeat not yet recorded
+    heartbeats.Heartbeats.hold = lambda self, trials: os.kill(os.getpid(), signal.SIGSTOP)
+from fmnist_search.cli import app
+app(sys.argv[2:], prog_name="fmnist-search")
+"""
+
+
+def _wait_until_stopped(proc, timeout: float = 120) -> None:
+    """Until the kernel says ``proc`` is stopped (state T), under a deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the worker never froze (exit {proc.poll()})")
+
+
+@pytest.mark.parametrize("point", ["after-ask", "before-first-beat"])
+def test_a_worker_killed_right_after_its_ask_leaves_a_trial_that_is_retried(tmp_path, real_data, point):
+    url = f"sqlite:///{tmp_path}/f.db"
+    beat = ["--heartbeat-interval", "1", "--grace-period", "2"]
+    result = runner.invoke(app, ["create", "--model", "lenet", "--trials", "2", "--storage", url, *TINY])
+    assert result.exit_code == 0, result.output
+    victim = subprocess.Popen([sys.executable, "-c", _FROZEN, point, "worker", "--study", "lenet", "--storage", url,
+                               "--no-bars", *beat], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    _wait_until_stopped(victim)
+    victim.kill()
+    victim.communicate(timeout=30)
+    study = optuna.load_study(study_name="lenet", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING]  # asked, never trained
+
+    result = runner.invoke(app, ["worker", "--study", "lenet", "--storage", url, "--no-bars", *beat])
+    assert result.exit_code == 0, result.output
+    trials = assert_consistent(url, "lenet", 2)
+    assert trials[0].state == TrialState.FAIL
+    retry = next(t for t in trials if 0 in t.system_attrs.get("retry_history", ()))
+    assert retry.state == TrialState.COMPLETE
+    # killed after its params were sampled: the retry runs them; before: it samples its own
+    assert retry.params == trials[0].params if point == "after-ask" else not trials[0].params
