@@ -234,3 +234,32 @@ def test_a_worker_killed_right_after_its_ask_leaves_a_trial_that_is_retried(tmp_
     assert retry.state == TrialState.COMPLETE
     # killed after its params were sampled: the retry runs them; before: it samples its own
     assert retry.params == trials[0].params if point == "after-ask" else not trials[0].params
+
+
+def test_one_budget_lock_per_store_however_it_is_spelled(tmp_path, monkeypatch):
+    from fmnist_search.search.workers import _file_lock, _key
+
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = "sqlite:///studies/s.db", f"sqlite:///{tmp_path}/studies/./s.db"
+    assert (
+        _file_lock(relative, "x").lock_file
+        == _file_lock(absolute, "x").lock_file
+        == str(tmp_path / "studies" / "s.db-budget.lock")
+    )  # beside the file: every user of the store takes the same lock
+    assert _key("postgresql://a:pw@DB:5432/s", "x") == _key("postgresql+psycopg://b@db/s?sslmode=require", "x")
+    assert _key("postgresql://db/s", "x") != _key("postgresql://db:5433/s", "x") != _key("postgresql://db/t", "x")
+
+
+def test_workers_naming_one_sqlite_file_relatively_and_absolutely_make_exactly_n_trials(tmp_path, real_data):
+    absolute = f"sqlite:///{tmp_path}/one.db"
+    result = runner.invoke(app, ["create", "--model", "lenet", "--trials", "6", "--storage", absolute, *TINY])
+    assert result.exit_code == 0, result.output
+    (tmp_path / "elsewhere").mkdir()
+    spellings = [(absolute, tmp_path / "elsewhere"), ("sqlite:///one.db", tmp_path), ("sqlite:///../one.db",
+                 tmp_path / "elsewhere")]  # fmt: skip
+    procs = [_cli("worker", "--study", "lenet", "--storage", url, "--no-bars", "--artifacts", str(tmp_path / "art"),
+                  cwd=cwd) for url, cwd in spellings]  # fmt: skip
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    assert_consistent(absolute, "lenet", 6)

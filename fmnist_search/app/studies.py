@@ -164,9 +164,12 @@ def resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
 
 
 def work_here(
-    store: Any, url: str, name: str, spec: Any, work: Any, progress: Progress, say: Say, label: str | None = None
-) -> None:
+    store: Any, url: str, name: str, spec: Any, work: Any, progress: Progress, say: Say, label: str | None = None,
+    joined: bool = False,
+) -> None:  # fmt: skip
     """Load the data (once per process), then run this process's share of the study's trials.
+    A ``joined`` worker (`worker`) seeds its sampler with its name (its label, else its pid), so
+    workers started together on a fresh study do not sample the same parameters in lockstep.
 
     Ctrl-C ends it with ``Stopped`` (exit 130) and SIGTERM with exit 143, wherever they
     land; the trials they interrupt are re-queued (their retries continue from their last
@@ -186,7 +189,7 @@ def work_here(
     budgeted = BudgetedStudy(
         name,
         store,
-        SAMPLERS[spec.sampler](spec, worker_seed(spec.seed, label, existing)),
+        SAMPLERS[spec.sampler](spec, worker_seed(spec.seed, label or extra["worker"] if joined else label, existing)),
         PRUNERS[spec.pruner](spec),
         study_lock(url, name, store.retrier),
     )
@@ -444,4 +447,4 @@ def join(study: str, storage: str, work: Any, label: str | None, progress: Progr
     store = open_store(storage, say, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
     spec = stored_spec(wait_for_study(store, study, work.storage_patience, say=say))
     with progress(None, spec.epochs) as bars:
-        work_here(store, storage, study, spec, work, bars, say, label=label)
+        work_here(store, storage, study, spec, work, bars, say, label=label, joined=True)

@@ -36,6 +36,25 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database) if database and database != ":memory:" else None
 
 
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def store_identity(url: str) -> str:
+    """What a URL names, whatever its spelling: a SQLite file's real path, or a server's
+    dialect, host, port and database (no user, password, driver or query). Two URLs with the
+    same identity are the same store: locks and artifact folders are keyed by it."""
+    path = sqlite_path(url)
+    if path is not None:
+        return f"sqlite:{path.resolve()}"
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        return url
+    name = dialect(url)
+    port = parsed.port or _DEFAULT_PORTS.get(name, "")
+    return f"{name}://{(parsed.host or 'localhost').lower()}:{port}/{parsed.database or ''}"
+
+
 def writable(path: Path) -> bool:
     """Whether SQLite can write the file and create its journal beside it (EROFS counts for root too)."""
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)

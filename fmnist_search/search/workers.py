@@ -38,7 +38,7 @@ from .internals import storage_of, study_id, trial_id
 from .record import TrialRecord
 from .requeue import requeue
 from .retry import Retrier
-from .urls import dialect
+from .urls import dialect, sqlite_path, store_identity
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
 T = TypeVar("T")
@@ -302,7 +302,8 @@ def release(study: BudgetedStudy, why: str) -> list[str]:
     return [f"trial {n} is re-queued" for n in done]
 
 
-# --- locks: one per (storage, study), held for the few milliseconds of a census + ask ---
+# --- locks: one per (store, study) on a server, one per SQLite file; held for the few
+# milliseconds of a census + ask ---
 
 _LOCKS: dict[str, Callable[[str, str, Retrier], AbstractContextManager]] = {}
 
@@ -317,7 +318,8 @@ def _register(*dialects: str) -> Callable:
 
 
 def _key(url: str, study_name: str) -> str:
-    return hashlib.sha256(f"{url}\0{study_name}".encode()).hexdigest()
+    """One key per store and study, however the store's URL is spelled (urls.store_identity)."""
+    return hashlib.sha256(f"{store_identity(url)}\0{study_name}".encode()).hexdigest()
 
 
 # A database lock lives as long as the connection that took it: taken on a fresh pooled
@@ -376,9 +378,14 @@ def _database_lock(url: str, study_name: str, retry: Retrier) -> Iterator[None]:
 
 
 def _file_lock(url: str, study_name: str) -> AbstractContextManager:
-    root = cache_root() / "locks"
-    root.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(root / f"{_key(url, study_name)[:32]}.lock"))
+    """Beside the SQLite file, where every process and user that opens it can take it (a per-user
+    cache folder would give two users two locks); in the cache for an in-memory store."""
+    path = sqlite_path(url)
+    if path is None:
+        root = cache_root() / "locks"
+        root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(root / f"{_key(url, study_name)[:32]}.lock"))
+    return FileLock(str(path.resolve().with_name(f"{path.name}-budget.lock")), mode=0o666)
 
 
 _ENGINES: dict[str, Any] = {}
