@@ -18,7 +18,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperCommand
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer's own click: no public name
+from typer.core import TyperCommand, TyperGroup
 
 from .app.options import (
     PANELS,
@@ -44,7 +45,47 @@ from .app.options import (
 from .core.config import DEFAULT_STORAGE
 from .core.errors import FmnistSearchError
 
+
+class _UsageLine(UsageError):
+    """A usage error (a bad value, a missing argument) as the one ``error:`` line every other error
+    is, naming the help to read, instead of click's usage block."""
+
+    def __init__(self, e: UsageError) -> None:
+        super().__init__(e.format_message())
+        self.command_path = e.ctx.command_path if e.ctx is not None else "fmnist-search"
+
+    def show(self, file: Any = None) -> None:
+        err.print(
+            f"error: {self.message.rstrip('.')} (see `{self.command_path} --help`)", markup=False, highlight=False
+        )
+
+
+@contextlib.contextmanager
+def _one_line_usage() -> Any:
+    try:
+        yield
+    except NoArgsIsHelpError:  # a bare command shows its help, as it asks
+        raise
+    except UsageError as e:
+        if isinstance(e, _UsageLine):
+            raise
+        raise _UsageLine(e) from None
+
+
+class _Group(TyperGroup):
+    """The command group: usage errors in one line (``_UsageLine``), the commands' and its own."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Hyperparameter search for Fashion-MNIST classifiers on Optuna.",
     rich_markup_mode=None,  # plain click errors: one line, no boxes
     pretty_exceptions_enable=False,
@@ -128,8 +169,9 @@ def _storage(url: str, **kwargs: Any):
 
 
 def _reader(url: str):
-    """The store for a command that only reads: a SQLite file on a read-only mount opens read-only."""
-    return _storage(url, read_only=True)
+    """The store for a command that only reads: it must exist (nothing is created); a SQLite file on a
+    read-only mount opens read-only."""
+    return _storage(url, read_only=True, existing=True)
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -316,7 +358,7 @@ def export(
 def dashboard(
     storage: StorageOpt = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
     artifacts: ArtifactsOpt = None,
 ) -> None:
     """Serve optuna-dashboard on the same store (and its artifact folder: trial weights); Ctrl-C or SIGTERM stops it."""
@@ -334,7 +376,7 @@ def prune_artifacts(
     """Remove artifact files no study uses: checkpoints of trials that will not resume, interrupted writes."""
     from .app.results import prune_artifacts as prune
 
-    names, size = prune(_storage(storage), artifact_dir(storage, artifacts), dry_run)
+    names, size = prune(_storage(storage, existing=True), artifact_dir(storage, artifacts), dry_run)
     for name in names:
         _print(name)
     _say(f"{'would remove' if dry_run else 'removed'} {len(names)} files, {size / 1e6:.1f} MB")

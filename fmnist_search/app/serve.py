@@ -19,18 +19,20 @@ def serve_dashboard(store: Any, url: str, host: str, port: int, artifacts: Path,
     import signal
     import threading
 
+    from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
-    from ..search.artifacts import open_store
     from ..search.urls import mask_url
 
     stop = threading.Event()
-    failed: list[OSError] = []
+    failed: list[Exception] = []
+    # The folder is read, never created: a dashboard on a study without weights shows none.
+    artifact_store = FileSystemArtifactStore(str(artifacts))
 
     def serve() -> None:
         try:
-            run_server(store, host=host, port=port, artifact_store=open_store(artifacts))
-        except OSError as e:
+            run_server(store, host=host, port=port, artifact_store=artifact_store)
+        except Exception as e:  # reported by the main thread in one line; the thread never dies with a traceback
             failed.append(e)
         finally:
             stop.set()
@@ -45,4 +47,7 @@ def serve_dashboard(store: Any, url: str, host: str, port: int, artifacts: Path,
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if failed:
-        raise FmnistSearchError(f"cannot listen on {host}:{port}: {failed[0].strerror}; try --port")
+        e = failed[0]
+        if isinstance(e, OSError):
+            raise FmnistSearchError(f"cannot listen on {host}:{port}: {e.strerror}; try --port or --host")
+        raise FmnistSearchError(f"optuna-dashboard stopped: {type(e).__name__}: {e}")

@@ -425,6 +425,7 @@ def run(
     here = len(workers) == 1 and gpu_ids is None
     if here:
         work_runtime(work)  # a bad --device (or --cuda-graphs without CUDA) fails before the store is touched
+    load_dataset(work.data_dir, work.download)  # so does missing data (loaded once per process: the workers' too)
     beat = {**work.beat, "patience": work.storage_patience}
     for name, requested, n, base in plan:
         store, opt_study, spec, target = open_with_target(o.storage, name, requested, n, beat, say, base)

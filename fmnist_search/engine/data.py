@@ -149,11 +149,22 @@ def verified_files(
     allow_download: bool = True,
     checksums: dict[str, tuple[str, int]] = FILES,
 ) -> tuple[Location, dict[str, Path]]:
-    """The folder used and an uncompressed, verified path for each of the four files."""
-    location = locate(data_dir)
-    if location is None and allow_download:
-        download()
+    """The folder used and an uncompressed, verified path for each of the four files. A folder
+    chosen (``data_dir``, FMNIST_DATA_DIR) must hold them: it is never silently replaced by another."""
+    location: Location | None
+    if data_dir or os.environ.get("FMNIST_DATA_DIR"):
+        location = survey(data_dir)[0]
+        if not location.complete:
+            missing = ", ".join(name for name, path in location.files.items() if path is None)
+            raise DataError(
+                f"{location.directory} holds no Fashion-MNIST (missing {missing}); put the four files (or their .gz) "
+                "there, or leave out --data-dir / FMNIST_DATA_DIR to use the cache or Debian's dataset-fashion-mnist"
+            )
+    else:
         location = locate(data_dir)
+        if location is None and allow_download:
+            download()
+            location = locate(data_dir)
     if location is None:
         searched = ", ".join(str(d) for d in search_dirs(data_dir))
         raise DataError(f"Fashion-MNIST not found (searched {searched}); {HOW_TO_GET}")

@@ -239,6 +239,7 @@ def make_storage(
     wait: bool = False,
     say: Say | None = None,
     read_only: bool = False,
+    existing: bool = False,
 ) -> ResilientStorage:
     """A storage on any SQLAlchemy URL; SQLite parent folders are created.
 
@@ -248,8 +249,12 @@ def make_storage(
     seconds; without it (interactive commands), it is a one-line error at once.
     With ``read_only`` (commands that only read), a SQLite file that cannot be written (a
     read-only mount, a colleague's share) is opened read-only, and nothing is written there.
+    With ``existing`` (commands that read or clean up), a store that is not there is a one-line
+    error, and nothing is created: no SQLite file or folder, no tables in a server's database.
     """
     path = sqlite_path(url)
+    if existing and path is not None and not path.is_file():
+        raise StorageError(f"no study store at {path.absolute()}: {NO_STORE}")
     engine_url = url
     frozen = read_only and path is not None and path.is_file() and not writable(path)
     if frozen:
@@ -281,6 +286,8 @@ def make_storage(
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=RequeueStale(max_retry=1),
                 )
+            if existing and path is None and not _has_tables(engine_url, engine_kwargs):
+                raise StorageError(f"no study store in {mask_url(url)} (its database has no Optuna tables): {NO_STORE}")
             storage = ResilientStorage.__new__(ResilientStorage)
             storage.retrier = retrier
             storage.read_only = frozen
@@ -302,6 +309,21 @@ def make_storage(
         raise StorageError(f"cannot open storage {mask_url(url)}: {why}") from None
     storage.retrier.patience = patience  # calls after a successful open wait for a lost database
     return storage
+
+
+NO_STORE = (
+    "a study is created with `fmnist-search run --model lenet`; name another store with --storage or FMNIST_STORAGE"
+)
+
+
+def _has_tables(url: str, engine_kwargs: dict[str, Any]) -> bool:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
 
 
 def _wal(path: Path, url: str) -> None:

@@ -50,9 +50,18 @@ def load_study(storage: RDBStorage, name: str) -> optuna.Study:
     """An existing study, or an error listing the ones that exist."""
     names = study_names(storage)
     if name not in names:
-        known = ", ".join(names) if names else "none yet; create one with `fmnist-search run`"
-        raise StorageError(f"no study named {name!r} in this storage (studies: {known})")
+        raise StorageError(f"no study named {name!r} in this storage ({known_studies(name, names)})")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def known_studies(name: str, names: list[str]) -> str:
+    """``studies: lenet, lenet-2, airbench``: the store's studies, the closest to ``name`` first."""
+    import difflib
+
+    if not names:
+        return "no studies yet; create one with `fmnist-search run --model lenet`"
+    close = difflib.get_close_matches(name, names, n=len(names), cutoff=0.0)
+    return "studies: " + ", ".join(close + [n for n in names if n not in close])
 
 
 def find_trial(study: optuna.Study, number: int | None = None, where: tuple[str, ...] = ()) -> optuna.trial.FrozenTrial:
@@ -79,7 +88,13 @@ def open_study(
 ) -> tuple[optuna.Study, StudySpec]:
     """Create study ``name`` from ``requested`` settings (over its model's base recipe if
     ``base``), or resume it if they agree with the stored ones."""
-    exists = name in study_names(storage)
+    names = study_names(storage)
+    exists = name in names
+    if not exists and "model" not in requested:  # a typo of a study's name must not start a new study
+        raise StorageError(
+            f"no study named {name!r} in this storage ({known_studies(name, names)}); "
+            "give --model (or --preset) to create it"
+        )
     stored = optuna.load_study(study_name=name, storage=storage).user_attrs if exists else None
     if stored is not None and "model" not in stored:
         raise StorageError(f"study {name!r} exists but was not created by fmnist-search; use another --study name")
