@@ -16,13 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer's own click: no public name
-from typer.core import TyperCommand, TyperGroup
 
 from .app.options import (
-    PANELS,
     RECIPE,
     ArtifactsOpt,
     CompileOpt,
@@ -42,61 +37,20 @@ from .app.options import (
     artifact_dir,
     takes,
 )
+from .console import Group, Panelled, RunProgress, echo, fail, out, print_summary, say, table
 from .core.config import DEFAULT_STORAGE
 from .core.errors import FmnistSearchError
 
-
-class _UsageLine(UsageError):
-    """A usage error (a bad value, a missing argument) as the one ``error:`` line every other error
-    is, naming the help to read, instead of click's usage block."""
-
-    def __init__(self, e: UsageError) -> None:
-        super().__init__(e.format_message())
-        self.command_path = e.ctx.command_path if e.ctx is not None else "fmnist-search"
-
-    def show(self, file: Any = None) -> None:
-        err.print(
-            f"error: {self.message.rstrip('.')} (see `{self.command_path} --help`)", markup=False, highlight=False
-        )
-
-
-@contextlib.contextmanager
-def _one_line_usage() -> Any:
-    try:
-        yield
-    except NoArgsIsHelpError:  # a bare command shows its help, as it asks
-        raise
-    except UsageError as e:
-        if isinstance(e, _UsageLine):
-            raise
-        raise _UsageLine(e) from None
-
-
-class _Group(TyperGroup):
-    """The command group: usage errors in one line (``_UsageLine``), the commands' and its own."""
-
-    def make_context(self, *args: Any, **kwargs: Any) -> Any:
-        with _one_line_usage():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx: Any) -> Any:
-        with _one_line_usage():
-            return super().invoke(ctx)
-
-
 app = typer.Typer(
-    cls=_Group,
+    cls=Group,
     help="Hyperparameter search for Fashion-MNIST classifiers on Optuna.",
     rich_markup_mode=None,  # plain click errors: one line, no boxes
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_USAGE = 2  # bad input, as click uses for usage errors
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
@@ -105,25 +59,6 @@ def _user_error(e: BaseException) -> FmnistSearchError | None:
     from .core.interrupts import causes
 
     return next((x for x in causes(e) if isinstance(x, FmnistSearchError)), None)
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    err.print(f"error: {message}", markup=False, highlight=False)
-    return typer.Exit(code)
-
-
-class _Panelled(TyperCommand):
-    """Plain click help (no boxes, like the errors), its options grouped under their help panels."""
-
-    def format_options(self, ctx: Any, formatter: Any) -> None:
-        panels: dict[str, list[tuple[str, str]]] = {}
-        for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record is not None:
-                panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
-        for name, records in sorted(panels.items(), key=lambda p: PANELS.index(p[0]) if p[0] in PANELS else 99):
-            with formatter.section(name):
-                formatter.write_dl(records)
 
 
 def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F], F]:
@@ -144,19 +79,19 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
                 try:
                     return fn(*a, **kw)
                 except FmnistSearchError as e:
-                    raise _fail(str(e), e.exit_code) from None
+                    raise fail(str(e), e.exit_code) from None
                 except (KeyboardInterrupt, Exception) as e:
                     stop = stop_in(e)
                     if stop is not None:
-                        raise _fail(f"interrupted by {signal_name(stop.signum)}", stop.exit_code) from None
+                        raise fail(f"interrupted by {signal_name(stop.signum)}", stop.exit_code) from None
                     # Optuna re-raises a storage failure inside its trial bookkeeping as its own
                     # AssertionError; the cause, ours, is what the user needs to read.
                     cause = _user_error(e)
                     if cause is None:
                         raise
-                    raise _fail(str(cause), EXIT_FAILED) from None
+                    raise fail(str(cause), EXIT_FAILED) from None
 
-        app.command(*args, cls=_Panelled, **kwargs)(wrapper)
+        app.command(*args, cls=Panelled, **kwargs)(wrapper)
         return fn
 
     return decorate
@@ -165,7 +100,7 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
 def _storage(url: str, **kwargs: Any):
     from .app.studies import open_store
 
-    return open_store(url, _say, **kwargs)
+    return open_store(url, say, **kwargs)
 
 
 def _reader(url: str):
@@ -178,30 +113,15 @@ def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _say(message: str) -> None:
-    err.print(message, markup=False, highlight=False)
-
-
-def _print(text: str, **kwargs: Any) -> None:
-    out.print(text, markup=False, highlight=False, **kwargs)
-
-
-def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]], **kwargs: Any) -> Table:
-    table = Table(*columns, **kwargs)
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
 @command(stoppable=True)
 @takes(options=StudyOptions)
 def create(options: StudyOptions) -> None:
     """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
     from .app.studies import create as create_studies
 
-    for name, model, target in create_studies(options, _say):
-        _say(f"study {name!r} ({model}) has a target of {target} trials; start workers with:")
-        _say(f"  fmnist-search worker --study {name} --storage URL")
+    for name, model, target in create_studies(options, say):
+        say(f"study {name!r} ({model}) has a target of {target} trials; start workers with:")
+        say(f"  fmnist-search worker --study {name} --storage URL")
 
 
 @command(stoppable=True)
@@ -220,7 +140,7 @@ def run(
     """Create or resume a study and run TRIALS more trials in it (in one or many processes)."""
     from .app.studies import run as run_studies
 
-    run_studies(options, work, jobs, gpus, workers_per_gpu, _RunProgress, _print_summary, _say)
+    run_studies(options, work, jobs, gpus, workers_per_gpu, RunProgress, print_summary, say)
 
 
 @command(stoppable=True)
@@ -237,71 +157,7 @@ def worker(
     from .app.studies import join
 
     prefix = f"[{label}] " if label else ""
-    join(study, storage, work, label, lambda trials, epochs: _RunProgress(trials, epochs, bars, prefix), _say)
-
-
-class _RunProgress:
-    """Rich progress: the study's trials and the current trial's epochs, plus a line per trial."""
-
-    def __init__(self, trials: int | None, epochs: int, bars: bool = True, prefix: str = "") -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.epochs = epochs
-        self.prefix = prefix
-        self.waited = False
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,  # the bars go when done; the per-trial lines stay
-            disable=not bars,
-        )
-        self.study_task = self.progress.add_task("trials", total=trials)
-        self.epoch_task = self.progress.add_task("epochs", total=epochs)
-
-    def __enter__(self) -> _RunProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def stop(self) -> None:
-        self.progress.stop()
-
-    def on_epoch(self, number: int, m: Any) -> None:
-        self.progress.update(
-            self.epoch_task,
-            completed=m.epoch,
-            description=f"trial {number}: epoch {m.epoch}/{self.epochs} val {m.val_accuracy:.4f}",
-        )
-
-    def on_trial(self, study: Any, trial: Any) -> None:
-        from .app.results import trial_line
-
-        line = trial_line(trial, self.prefix)
-        if self.progress.disable:
-            _say(line)
-        else:
-            self.progress.console.print(line, markup=False, highlight=False)
-        self.progress.advance(self.study_task)
-        self.progress.reset(self.epoch_task, description="epochs")
-
-    def on_wait(self, census: Any) -> None:
-        if not self.waited:
-            _say(f"{self.prefix}all trials handed out; waiting for {census.running} running trial(s) to finish")
-            self.waited = True
-
-
-def _print_summary(study: Any) -> None:
-    from .app.results import study_summary
-
-    counts, best = study_summary(study)
-    out.print(_table(("trials", *counts), [(str(sum(counts.values())), *map(str, counts.values()))],
-                     title=f"study {study.study_name}"))  # fmt: skip
-    _print(best or "no completed trial yet")
+    join(study, storage, work, label, lambda trials, epochs: RunProgress(trials, epochs, bars, prefix), say)
 
 
 @command()
@@ -313,7 +169,7 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE, artifacts: ArtifactsOpt = Non
     if not rows:
         out.print("no studies yet; start one with: fmnist-search run --model lenet")
         return
-    out.print(_table(STUDY_COLUMNS, rows))
+    out.print(table(STUDY_COLUMNS, rows))
 
 
 @command()
@@ -324,11 +180,11 @@ def show(
     from .app.results import best_of
 
     settings, counts, number, rows = best_of(_reader(storage), study, artifact_dir(storage, artifacts), where or ())
-    _print(f"study {study}: {settings}")
-    _print(f"trials: {counts}")
+    echo(f"study {study}: {settings}")
+    echo(f"trials: {counts}")
     if number is None:
         raise FmnistSearchError(f"study {study!r} has no completed trial yet")
-    out.print(_table(("key", "value"), rows, title=f"best trial {number}", show_header=False))
+    out.print(table(("key", "value"), rows, title=f"best trial {number}", show_header=False))
 
 
 @command()
@@ -351,7 +207,7 @@ def export(
         frame.to_csv(output, index=False)
     except OSError as e:
         raise FmnistSearchError(f"cannot write {output}: {e.strerror}") from None
-    _say(f"wrote {len(frame)} trials to {output}")
+    say(f"wrote {len(frame)} trials to {output}")
 
 
 @command()
@@ -364,7 +220,7 @@ def dashboard(
     """Serve optuna-dashboard on the same store (and its artifact folder: trial weights); Ctrl-C or SIGTERM stops it."""
     from .app.serve import serve_dashboard
 
-    serve_dashboard(_reader(storage), storage, host, port, artifact_dir(storage, artifacts), _say)
+    serve_dashboard(_reader(storage), storage, host, port, artifact_dir(storage, artifacts), say)
 
 
 @command("prune-artifacts")
@@ -378,8 +234,8 @@ def prune_artifacts(
 
     names, size = prune(_storage(storage, existing=True), artifact_dir(storage, artifacts), dry_run)
     for name in names:
-        _print(name)
-    _say(f"{'would remove' if dry_run else 'removed'} {len(names)} files, {size / 1e6:.1f} MB")
+        echo(name)
+    say(f"{'would remove' if dry_run else 'removed'} {len(names)} files, {size / 1e6:.1f} MB")
 
 
 @command("data")
@@ -391,7 +247,7 @@ def data_cmd(
     from .app.models import survey_data
 
     for line in survey_data(data_dir, verify):
-        _print(line)
+        echo(line)
 
 
 @command()
@@ -412,14 +268,14 @@ def report(
 
 def _write(path: Path | None, text: str, what: str) -> None:
     if path is None:
-        _print(text, end="")
+        echo(text, end="")
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     except OSError as e:
         raise FmnistSearchError(f"cannot write {path}: {e.strerror}") from None
-    _say(f"wrote {what} to {path}")
+    say(f"wrote {what} to {path}")
 
 
 @command()
@@ -436,8 +292,8 @@ def plot(
 
     paths, note = plot_study(_reader(storage), study, output_dir, dashboard)
     if note:
-        _say(note)
-    _say(f"wrote {len(paths)} files to {output_dir}/: {', '.join(p.name for p in paths)}")
+        say(note)
+    say(f"wrote {len(paths)} files to {output_dir}/: {', '.join(p.name for p in paths)}")
 
 
 WeightsOpt = Annotated[Path | None, typer.Option(help="A weights file saved by `train --save` (instead of --study).")]
@@ -470,11 +326,11 @@ def evaluate(
                        tta_flip=tta_flip, device=device, data_dir=data_dir, download=download,
                        output_dir=output_dir)  # fmt: skip
     how = " with flip TTA" if e.tta_flip else ""
-    _print(f"{e.label}: test accuracy {e.accuracy:.4f} on {e.images} images{how}")
+    echo(f"{e.label}: test accuracy {e.accuracy:.4f} on {e.images} images{how}")
     for title, columns, rows in e.tables():
-        out.print(_table(columns, rows, title=title))
-    _print(f"test_accuracy={e.accuracy:.4f}")
-    _say(f"wrote {e.html}")
+        out.print(table(columns, rows, title=title))
+    echo(f"test_accuracy={e.accuracy:.4f}")
+    say(f"wrote {e.html}")
 
 
 @command()
@@ -493,8 +349,8 @@ def predict(
                                  artifact_dir(storage, artifacts))  # fmt: skip
     for path, name, prob, inverted in rows:
         note = " (inverted: dark garment on light background)" if inverted else ""
-        _print(f"{path}: {name} {prob:.3f}{note}")
-    _say(f"model: {label}")
+        echo(f"{path}: {name} {prob:.3f}{note}")
+    say(f"model: {label}")
 
 
 @command(stoppable=True)
@@ -531,10 +387,10 @@ def train(
     flags = _given(val_size=val_size, train_size=train_size, seed=seed, full_train=full_train)
     done = train_one(model, preset, params, from_study, trial, lambda: _reader(storage), where=where or (),
                      epochs=epochs, split_flags=flags, device=device, precision=precision, compile=compile,
-                     data_dir=data_dir, download=download, save=save, show=_print, say=_say)  # fmt: skip
+                     data_dir=data_dir, download=download, save=save, show=echo, say=say)  # fmt: skip
     if done.saved is not None:
-        _say(f"saved weights to {done.saved}")
-    _print(f"test_accuracy={done.test_accuracy:.4f}")
+        say(f"saved weights to {done.saved}")
+    echo(f"test_accuracy={done.test_accuracy:.4f}")
 
 
 def main() -> None:

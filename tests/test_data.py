@@ -45,8 +45,16 @@ def test_truncated_raw_file_is_named(tiny_idx):
 
 def test_not_found_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(data, "cache_dir", lambda: tmp_path / "cache")
     with pytest.raises(DataError, match=r"not found.*apt-get install dataset-fashion-mnist"):
-        data.load(tmp_path, allow_download=False)
+        data.load(allow_download=False)
+
+
+def test_a_chosen_folder_without_the_data_is_never_replaced_by_another(tmp_path, real_data):
+    """The system copy is there (real_data), but the folder the user chose is what counts."""
+    assert data.locate(None) is not None and data.locate(tmp_path) is None
+    with pytest.raises(DataError, match=rf"{tmp_path} holds no Fashion-MNIST \(missing train-images-idx3-ubyte"):
+        data.load(tmp_path, allow_download=True)  # no download into another folder either
 
 
 def test_data_dir_is_searched_first(tiny_idx):

@@ -31,7 +31,7 @@ def module_name(path: Path) -> str:
 
 def layer(module: str) -> str:
     first = module.split(".")[0]
-    return "cli" if first == "__main__" else first
+    return "cli" if first in ("__main__", "console") else first  # console.py: the CLI's printing
 
 
 def _resolve(module: str, node: ast.ImportFrom) -> list[str]:

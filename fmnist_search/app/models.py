@@ -244,7 +244,8 @@ def survey_data(data_dir: Path | None, verify: bool) -> list[str]:
         lines.append(f"{loc.directory}: {found}/4 files")
     location = data_mod.locate(data_dir)
     if location is None:
-        raise FmnistSearchError(f"Fashion-MNIST not found; {data_mod.HOW_TO_GET}")
+        where = " in the folder you chose" if data_mod.chosen(data_dir) else ""
+        raise FmnistSearchError(f"Fashion-MNIST not found{where}; {data_mod.HOW_TO_GET}")
     lines.append(f"using {location.directory}")
     if verify:
         ds = data_mod.load(data_dir, allow_download=False)

@@ -76,9 +76,16 @@ def survey(data_dir: Path | None = None) -> list[Location]:
     return [Location(d, {name: _find(d, name) for name in FILES}) for d in search_dirs(data_dir)]
 
 
+def chosen(data_dir: Path | None = None) -> bool:
+    """Whether the user chose a folder (``--data-dir``, FMNIST_DATA_DIR): then only it is used."""
+    return bool(data_dir or os.environ.get("FMNIST_DATA_DIR"))
+
+
 def locate(data_dir: Path | None = None) -> Location | None:
-    """The first searched folder that holds all four files, or None."""
-    return next((loc for loc in survey(data_dir) if loc.complete), None)
+    """The folder the user chose if it holds all four files, else (none chosen) the first searched
+    folder that does; or None. A chosen folder is never silently replaced by another."""
+    searched = survey(data_dir)
+    return next((loc for loc in searched[: 1 if chosen(data_dir) else None] if loc.complete), None)
 
 
 def _verified_raw(path: Path, name: str, expected: str, size: int) -> Path:
@@ -151,20 +158,17 @@ def verified_files(
 ) -> tuple[Location, dict[str, Path]]:
     """The folder used and an uncompressed, verified path for each of the four files. A folder
     chosen (``data_dir``, FMNIST_DATA_DIR) must hold them: it is never silently replaced by another."""
-    location: Location | None
-    if data_dir or os.environ.get("FMNIST_DATA_DIR"):
-        location = survey(data_dir)[0]
-        if not location.complete:
-            missing = ", ".join(name for name, path in location.files.items() if path is None)
-            raise DataError(
-                f"{location.directory} holds no Fashion-MNIST (missing {missing}); put the four files (or their .gz) "
-                "there, or leave out --data-dir / FMNIST_DATA_DIR to use the cache or Debian's dataset-fashion-mnist"
-            )
-    else:
+    location = locate(data_dir)
+    if location is None and chosen(data_dir):
+        folder = survey(data_dir)[0]
+        missing = ", ".join(name for name, path in folder.files.items() if path is None)
+        raise DataError(
+            f"{folder.directory} holds no Fashion-MNIST (missing {missing}); put the four files (or their .gz) there, "
+            "or leave out --data-dir / FMNIST_DATA_DIR to use the cache or Debian's dataset-fashion-mnist"
+        )
+    if location is None and allow_download:
+        download()
         location = locate(data_dir)
-        if location is None and allow_download:
-            download()
-            location = locate(data_dir)
     if location is None:
         searched = ", ".join(str(d) for d in search_dirs(data_dir))
         raise DataError(f"Fashion-MNIST not found (searched {searched}); {HOW_TO_GET}")

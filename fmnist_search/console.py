@@ -1,0 +1,157 @@
+"""The console: what the commands print and how (stdout for results, stderr for messages and
+progress), usage errors and help in the tool's own form. Part of the command-line layer with
+cli.py; like it, it imports nothing from the engine or the search layer."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer's own click: no public name
+from typer.core import TyperCommand, TyperGroup
+
+from .app.options import PANELS
+
+EXIT_USAGE = 2  # bad input, as click uses for usage errors
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class UsageLine(UsageError):
+    """A usage error (a bad value, a missing argument) as the one ``error:`` line every other error
+    is, naming the help to read, instead of click's usage block."""
+
+    def __init__(self, e: UsageError) -> None:
+        super().__init__(e.format_message())
+        self.command_path = e.ctx.command_path if e.ctx is not None else "fmnist-search"
+
+    def show(self, file: Any = None) -> None:
+        err.print(
+            f"error: {self.message.rstrip('.')} (see `{self.command_path} --help`)", markup=False, highlight=False
+        )
+
+
+@contextlib.contextmanager
+def one_line_usage() -> Any:
+    try:
+        yield
+    except NoArgsIsHelpError:  # a bare command shows its help, as it asks
+        raise
+    except UsageError as e:
+        if isinstance(e, UsageLine):
+            raise
+        raise UsageLine(e) from None
+
+
+class Group(TyperGroup):
+    """The command group: usage errors in one line (``UsageLine``), the commands' and its own."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with one_line_usage():
+            return super().invoke(ctx)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    err.print(f"error: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+class Panelled(TyperCommand):
+    """Plain click help (no boxes, like the errors), its options grouped under their help panels."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        panels: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
+        for name, records in sorted(panels.items(), key=lambda p: PANELS.index(p[0]) if p[0] in PANELS else 99):
+            with formatter.section(name):
+                formatter.write_dl(records)
+
+
+def say(message: str) -> None:
+    err.print(message, markup=False, highlight=False)
+
+
+def echo(text: str, **kwargs: Any) -> None:
+    out.print(text, markup=False, highlight=False, **kwargs)
+
+
+def table(columns: tuple[str, ...], rows: list[tuple[str, ...]], **kwargs: Any) -> Table:
+    table = Table(*columns, **kwargs)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+class RunProgress:
+    """Rich progress: the study's trials and the current trial's epochs, plus a line per trial."""
+
+    def __init__(self, trials: int | None, epochs: int, bars: bool = True, prefix: str = "") -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.epochs = epochs
+        self.prefix = prefix
+        self.waited = False
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,  # the bars go when done; the per-trial lines stay
+            disable=not bars,
+        )
+        self.study_task = self.progress.add_task("trials", total=trials)
+        self.epoch_task = self.progress.add_task("epochs", total=epochs)
+
+    def __enter__(self) -> RunProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def on_epoch(self, number: int, m: Any) -> None:
+        self.progress.update(
+            self.epoch_task,
+            completed=m.epoch,
+            description=f"trial {number}: epoch {m.epoch}/{self.epochs} val {m.val_accuracy:.4f}",
+        )
+
+    def on_trial(self, study: Any, trial: Any) -> None:
+        from .app.results import trial_line
+
+        line = trial_line(trial, self.prefix)
+        if self.progress.disable:
+            say(line)
+        else:
+            self.progress.console.print(line, markup=False, highlight=False)
+        self.progress.advance(self.study_task)
+        self.progress.reset(self.epoch_task, description="epochs")
+
+    def on_wait(self, census: Any) -> None:
+        if not self.waited:
+            say(f"{self.prefix}all trials handed out; waiting for {census.running} running trial(s) to finish")
+            self.waited = True
+
+
+def print_summary(study: Any) -> None:
+    from .app.results import study_summary
+
+    counts, best = study_summary(study)
+    out.print(table(("trials", *counts), [(str(sum(counts.values())), *map(str, counts.values()))],
+                     title=f"study {study.study_name}"))  # fmt: skip
+    echo(best or "no completed trial yet")

@@ -1,0 +1,104 @@
+"""A mistake is one line, a non-zero exit, and creates nothing: a mistyped store, study, data
+folder or value never quietly does something else than asked."""
+
+from __future__ import annotations
+
+import os
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from fmnist_search.cli import app
+
+runner = CliRunner()
+TINY = ["--epochs", "1", "--train-size", "384", "--val-size", "300", "--batch-size", "96"]
+
+READS = [
+    ["studies"],
+    ["show", "--study", "lenet"],
+    ["export", "--study", "lenet"],
+    ["report", "--study", "lenet"],
+    ["plot", "--study", "lenet"],
+    ["evaluate", "--study", "lenet"],
+    ["dashboard"],
+    ["prune-artifacts", "--dry-run"],
+    ["train", "--from-study", "lenet"],
+]
+
+
+def _one_error_line(result) -> str:
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", READS, ids=[a[0] for a in READS])
+@pytest.mark.parametrize("storage", [None, "sqlite:///nosuchdir/s.db"], ids=["default", "mistyped"])
+def test_a_read_on_a_store_that_is_not_there_creates_nothing(tmp_path, monkeypatch, args, storage):
+    monkeypatch.chdir(tmp_path)  # another folder than the one the studies live in
+    result = runner.invoke(app, [*args, *(["--storage", storage] if storage else [])])
+    line = _one_error_line(result)
+    path = tmp_path / ("nosuchdir/s.db" if storage else "studies/fmnist.db")
+    assert line.startswith(f"error: no study store at {path}: a study is created with `fmnist-search run")
+    assert os.listdir(tmp_path) == []  # no folder, no database, no artifact folder
+
+
+@pytest.fixture
+def two_studies(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    for name in ("lenet-small", "airbench"):
+        result = runner.invoke(app, ["create", "--model", name.split("-")[0], "--study", name, "--storage", url])
+        assert result.exit_code == 0, result.output
+    return url
+
+
+@pytest.mark.parametrize("command", ["run", "create"])
+def test_an_unknown_study_without_a_model_is_refused_naming_the_closest(two_studies, command):
+    result = runner.invoke(app, [command, "--study", "lenet-smal", "--trials", "1", "--storage", two_studies])
+    line = _one_error_line(result)
+    assert "no study named 'lenet-smal'" in line and "(studies: lenet-small, airbench)" in line
+    assert "give --model (or --preset) to create it" in line
+    assert sorted(s.study_name for s in optuna.get_all_study_summaries(two_studies)) == ["airbench", "lenet-small"]
+    # With --model, the same name is a new study.
+    result = runner.invoke(app, ["create", "--study", "lenet-smal", "--model", "lenet", "--storage", two_studies])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_read_of_an_unknown_study_names_the_closest_first(two_studies):
+    line = _one_error_line(runner.invoke(app, ["show", "--study", "airbech", "--storage", two_studies]))
+    assert line == "error: no study named 'airbech' in this storage (studies: airbench, lenet-small)"
+
+
+def test_a_chosen_data_folder_without_the_data_is_refused(tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/d.db"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["run", "--model", "lenet", "--trials", "1", "--storage", url, "--data-dir",
+                                 str(empty), "--no-download", *TINY])  # fmt: skip
+    line = _one_error_line(result)
+    assert line.startswith(f"error: {empty} holds no Fashion-MNIST (missing train-images-idx3-ubyte")
+    assert optuna.get_all_study_summaries(url) == []  # refused before the study was created
+    line = _one_error_line(runner.invoke(app, ["data", "--data-dir", str(empty)]))
+    assert line == "error: Fashion-MNIST not found in the folder you chose; " + line.split("; ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--trials", "-1"], "error: Invalid value for '--trials'"),
+        (["export", "--study", "x", "--top", "0"], "error: Invalid value for '--top'"),
+        (["predict"], "error: Missing argument 'images' (see `fmnist-search predict --help`)"),
+        (["dashboard", "--port", "80000"], "error: Invalid value for '--port'"),
+        (["run", "--no-such-option"], "error: No such option: --no-such-option"),
+    ],
+)
+def test_a_usage_error_is_one_line(args, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _one_error_line(runner.invoke(app, args, prog_name="fmnist-search")).startswith(expected)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_bare_command_still_shows_its_help():
+    result = runner.invoke(app, [])
+    assert "Usage:" in result.output and "run" in result.output
