@@ -275,3 +275,38 @@ def test_a_retry_that_starts_over_has_clean_pruning_state(tmp_path, real_data, m
     retry = optuna.load_study(study_name="lenet", storage=url).trials[1]
     assert retry.state.name in ("COMPLETE", "PRUNED") and 1 in retry.intermediate_values  # judged from its epoch 1
     assert retry.system_attrs["completed_rung_0"] == retry.intermediate_values[1]
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-artifacts", "relative-default"])
+def test_a_retry_on_another_machine_resumes_from_a_shared_artifact_folder(postgres_url, tmp_path, real_data,
+                                                                          monkeypatch, shared):  # fmt: skip
+    """Two workers on PostgreSQL in different working folders (two machines): with one shared
+    --artifacts the retry resumes from the stopped trial's checkpoint; with the relative default
+    each has its own folder, and the retry says so in one line and starts from epoch 1."""
+    runner = CliRunner()
+    study = f"machines-{shared}"
+    artifacts = ["--artifacts", str(tmp_path / "shared")] if shared else []
+    result = runner.invoke(app, ["create", *STUDY, "--study", study, "--trials", "1", "--storage", postgres_url])
+    assert result.exit_code == 0, result.output
+    for machine in ("a", "b"):
+        (tmp_path / machine).mkdir()
+    worker = ["worker", "--study", study, "--storage", postgres_url, "--no-bars", *artifacts]
+    with monkeypatch.context() as mp:
+        mp.chdir(tmp_path / "a")
+        _signal_in_epoch(mp, 3)  # SIGTERM after epoch 2's checkpoint
+        result = runner.invoke(app, worker)
+    assert result.exit_code == 143, result.output
+    assert ("on this machine only" in result.output.splitlines()[0]) is not shared  # the first line warns
+    with monkeypatch.context() as mp:
+        mp.chdir(tmp_path / "b")
+        result = runner.invoke(app, worker)
+    assert result.exit_code == 0, result.output
+    retry = optuna.load_study(study_name=study, storage=postgres_url).trials[1]
+    assert retry.state.name == "COMPLETE" and sorted(retry.intermediate_values) == [1, 2, 3]
+    if shared:
+        assert retry.user_attrs["resumed_from"] == {"trial": 0, "epoch": 2}
+        assert "trial 1 resumes trial 0 from epoch 2" in result.output
+    else:
+        assert "resumed_from" not in retry.user_attrs
+        assert "trial 1: the checkpoint of trial 0 is ignored (its file is not in studies/artifacts: give every " \
+               "worker the same --artifacts (FMNIST_ARTIFACTS)); it starts over" in result.output  # fmt: skip

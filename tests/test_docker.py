@@ -82,19 +82,34 @@ def test_compose_services_run_valid_commands_safely():
         assert url.startswith("postgresql://fmnist:") and ENV_REQUIRED.search(url)
         assert _device(worker["command"]) == "cuda"
         assert "cache:/cache" in worker["volumes"]  # one teacher cache for all workers
+        # one artifact store: a re-queued trial resumes on any worker, weights outlive containers
+        assert "artifacts:/artifacts" in worker["volumes"] and worker["environment"]["FMNIST_ARTIFACTS"] == "/artifacts"
         gpu = worker["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
         assert gpu == [name[-1]]  # one GPU per worker
     dashboard = services["dashboard"]
     assert dashboard["ports"] == ["127.0.0.1:8080:8080"]  # this host only
     assert dashboard["environment"]["FMNIST_STORAGE"].startswith("postgresql://fmnist_reader:")  # read-only role
-    assert "cache" in compose["volumes"]
+    assert (
+        dashboard["environment"]["FMNIST_ARTIFACTS"] == "/artifacts"
+        and "artifacts:/artifacts:ro" in dashboard["volumes"]
+    )  # the dashboard serves the workers' weights
+    assert {"cache", "artifacts"} <= set(compose["volumes"])
 
 
 def test_k8s_example_runs_valid_commands_and_ships_no_password():
     text = (DOCKER / "k8s.yaml").read_text()
     docs = [d for d in yaml.safe_load_all(text) if d]
     kinds = [d["kind"] for d in docs]
-    assert kinds == ["Deployment", "Service", "PersistentVolumeClaim", "Job", "Job"]  # no Secret: the user makes it
+    assert kinds == [
+        "Deployment",
+        "Service",
+        "PersistentVolumeClaim",
+        "PersistentVolumeClaim",
+        "Job",
+        "Job",
+    ]  # no Secret
+    claims = {d["metadata"]["name"]: d["spec"]["accessModes"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert claims == {"fmnist-cache": ["ReadWriteMany"], "fmnist-artifacts": ["ReadWriteMany"]}  # shared by all pods
     assert "kubectl create secret generic fmnist-db" in text
     jobs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Job"}
     for job in jobs.values():
@@ -108,7 +123,11 @@ def test_k8s_example_runs_valid_commands_and_ships_no_password():
     worker = workers["template"]["spec"]["containers"][0]
     assert worker["args"][0] == "worker" and _device(worker["args"]) == "cuda"
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert worker["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}]
+    assert worker["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}, {"name": "artifacts", "mountPath":
+                                      "/artifacts"}]  # fmt: skip
+    assert {"name": "FMNIST_ARTIFACTS", "value": "/artifacts"} in worker["env"]
+    volumes = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in workers["template"]["spec"]["volumes"]}
+    assert volumes == {"cache": "fmnist-cache", "artifacts": "fmnist-artifacts"}
 
 
 def test_the_dashboard_role_reads_but_cannot_delete(postgres_url, tmp_path):

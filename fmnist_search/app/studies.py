@@ -265,6 +265,7 @@ def _run_trials(
         + (f", CUDA_VISIBLE_DEVICES={extra['gpu']}" if extra.get("gpu") is not None else "")
         + f"); target {budgeted.target} trials"
         + _at_a_time(population, caps)
+        + _artifacts_note(url, work)
     )
     objective = Objective(
         spec,
@@ -282,6 +283,18 @@ def _run_trials(
     )
     work_loop(budgeted, objective, timeout=work.timeout, callbacks=[progress.on_trial], on_wait=progress.on_wait,
               population=population)  # fmt: skip
+
+
+def _artifacts_note(url: str, work: Any) -> str:
+    """Where a worker on a server store keeps trial files that no other machine can see."""
+    from ..search.urls import sqlite_path
+
+    if sqlite_path(url) is not None or work.artifacts is not None or not work.save_weights:
+        return ""
+    return (
+        f"; checkpoints and weights in {work.artifact_dir(url).absolute()} on this machine only: give every worker "
+        "one shared --artifacts (FMNIST_ARTIFACTS) so a re-queued trial resumes anywhere"
+    )
 
 
 def _at_a_time(population: int, caps: dict[str, int]) -> str:

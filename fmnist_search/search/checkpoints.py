@@ -21,10 +21,11 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from ..engine.population import Snapshot
 from ..engine.train import TrainConfig
-from .internals import storage_of, trial_id
+from .internals import artifact_dir, storage_of, trial_id
 from .record import TrialRecord
 
 FORMAT = 1
@@ -79,13 +80,21 @@ def load(store: Any, attr: dict[str, Any], model: str, cfg: TrainConfig) -> tupl
     continues ``model`` with ``cfg``'s recipe; else ``Refused``."""
     try:
         with store.open_reader(attr["artifact"]) as reader:
-            payload = torch.load(io.BytesIO(reader.read()), map_location="cpu", weights_only=True)
+            raw = reader.read()
+    except ArtifactNotFound:  # written into another folder (another machine's, or a relative default)
+        raise Refused(
+            f"its file is not in {artifact_dir(store)}: give every worker the same --artifacts (FMNIST_ARTIFACTS)"
+        ) from None
+    except Exception as e:  # an unreadable file: whatever the store raises
+        raise Refused(f"unreadable ({type(e).__name__})") from None
+    try:
+        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         if payload.get("format") != FORMAT:
             raise Refused(f"format {payload.get('format')!r}, not {FORMAT}")
         snap = Snapshot.from_payload(payload["snapshot"])
     except Refused:
         raise
-    except Exception as e:  # a missing or corrupt file: whatever the store and torch raise
+    except Exception as e:  # a corrupt file: whatever torch raises
         raise Refused(f"unreadable ({type(e).__name__})") from None
     if payload["model"] != model:
         raise Refused(f"it is a {payload['model']}, this trial trains a {model}")
