@@ -228,11 +228,14 @@ def prune_artifacts(
     storage: StorageOpt = DEFAULT_STORAGE,
     artifacts: ArtifactsOpt = None,
     dry_run: Annotated[bool, typer.Option(help="Only list what would be removed.")] = False,
+    min_age: Annotated[
+        float, typer.Option(min=0, help="Keep files younger than SECONDS (a running trial's newest checkpoint).")
+    ] = 3600,
 ) -> None:
     """Remove artifact files no study uses: checkpoints of trials that will not resume, interrupted writes."""
     from .app.results import prune_artifacts as prune
 
-    names, size = prune(_storage(storage, existing=True), artifact_dir(storage, artifacts), dry_run)
+    names, size = prune(_storage(storage, existing=True), storage, artifact_dir(storage, artifacts), dry_run, min_age)
     for name in names:
         echo(name)
     say(f"{'would remove' if dry_run else 'removed'} {len(names)} files, {size / 1e6:.1f} MB")

@@ -97,6 +97,7 @@ def test_snapshots_every_n_epochs_and_never(tiny_splits):
 
 import os  # noqa: E402
 import signal  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import optuna  # noqa: E402
@@ -215,7 +216,7 @@ def test_a_studys_space_is_shown_and_only_leftovers_are_pruned(tmp_path, real_da
         assert runner.invoke(app, ["run", *STUDY, "--trials", "1", "--storage", url]).exit_code == 143
     (folder / "checkpoint-orphan").write_bytes(b"x" * 1000)  # an interrupted write: no trial names it
     kept = {p.name for p in folder.iterdir()} - {"checkpoint-orphan"}
-    assert len(kept) == 2
+    assert len(kept) == 3 and ".fmnist-stores" in kept  # weights, a checkpoint, and which stores write here
 
     listed = runner.invoke(app, ["studies", "--storage", url])
     assert listed.exit_code == 0 and "MB" in listed.output and "ckpt" in listed.output  # (a narrow table)
@@ -224,6 +225,11 @@ def test_a_studys_space_is_shown_and_only_leftovers_are_pruned(tmp_path, real_da
     assert shown.exit_code == 0 and f"'artifacts': '{space / 1e6:.1f} MB, " in shown.output and " ckpt'" in shown.output
 
     dry = runner.invoke(app, ["prune-artifacts", "--storage", url, "--dry-run"])
+    assert dry.exit_code == 0 and "would remove 0 files" in dry.output  # younger than the grace age (1 h)
+    an_hour_ago = time.time() - 3601
+    for p in folder.iterdir():
+        os.utime(p, (an_hour_ago, an_hour_ago))
+    dry = runner.invoke(app, ["prune-artifacts", "--storage", url, "--dry-run"])
     assert dry.exit_code == 0 and "checkpoint-orphan" in dry.output and "would remove 1 files" in dry.output
     assert (folder / "checkpoint-orphan").exists()
     done = runner.invoke(app, ["prune-artifacts", "--storage", url])
@@ -231,8 +237,56 @@ def test_a_studys_space_is_shown_and_only_leftovers_are_pruned(tmp_path, real_da
     assert {p.name for p in folder.iterdir()} == kept  # the weights and the checkpoint a retry will resume
 
     assert runner.invoke(app, ["worker", "--study", "lenet", "--storage", url, "--no-bars"]).exit_code == 0
-    assert len(list(folder.iterdir())) == 2  # the retry consumed and removed the checkpoint, kept its weights
-    assert "removed 0 files" in runner.invoke(app, ["prune-artifacts", "--storage", url]).output
+    assert len(list(folder.iterdir())) == 3  # the retry consumed and removed the checkpoint, kept its weights
+    assert "removed 0 files" in runner.invoke(app, ["prune-artifacts", "--storage", url, "--min-age", "0"]).output
+
+
+def test_prune_during_a_live_run_keeps_the_checkpoint_the_retry_resumes(tmp_path, real_data, monkeypatch):
+    """prune-artifacts at the worst moment: epoch 2's checkpoint written, its attr not yet (the run
+    then stopped in epoch 3). The file is young, so it stays, and the retry resumes from epoch 2."""
+    from fmnist_search.app.results import prune_artifacts
+    from fmnist_search.search import checkpoints
+    from fmnist_search.search.storage import make_storage
+
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path}/live.db"
+    folder = tmp_path / "live-artifacts"
+    save, pruned = checkpoints.save, []
+
+    def save_then_prune(store, model, cfg, snap):
+        attr = save(store, model, cfg, snap)
+        if snap.epoch == 2:  # named by no trial yet: only its age protects it
+            pruned.append(prune_artifacts(make_storage(url, heartbeat=False), url, folder, False, 3600))
+            assert (folder / attr["artifact"]).is_file()
+        return attr
+
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoints, "save", save_then_prune)
+        _signal_in_epoch(mp, 3)
+        result = runner.invoke(app, ["run", *STUDY, "--trials", "1", "--storage", url])
+    assert result.exit_code == 143, result.output
+    assert pruned == [([], 0)]
+    result = runner.invoke(app, finish_command(result.output))
+    assert result.exit_code == 0, result.output
+    retry = optuna.load_study(study_name="lenet", storage=url).trials[1]
+    assert retry.user_attrs["resumed_from"] == {"trial": 0, "epoch": 2}
+
+
+def test_prune_refuses_a_folder_other_stores_write_into(tmp_path, real_data):
+    runner = CliRunner()
+    shared = ["--artifacts", str(tmp_path / "shared")]
+    for name in ("one", "two"):
+        url = f"sqlite:///{tmp_path}/{name}.db"
+        assert (
+            runner.invoke(app, ["run", *STUDY, "--epochs", "1", "--trials", "1", "--storage", url, *shared]).exit_code
+            == 0
+        )
+    before = sorted(p.name for p in (tmp_path / "shared").iterdir())
+    result = runner.invoke(
+        app, ["prune-artifacts", "--storage", f"sqlite:///{tmp_path}/one.db", "--min-age", "0", *shared]
+    )
+    assert result.exit_code == 2 and f"also holds the trials of sqlite:{tmp_path}/two.db" in result.output
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == before  # the other store's weights stay
 
 
 def test_a_checkpoint_of_another_model_or_recipe_is_refused(tmp_path, tiny_splits):

@@ -170,21 +170,35 @@ def artifact_space(study: Any, sizes: dict[str, int]) -> str:
     return f"{(weights_b + live_b) / 1e6:.1f} MB" + (f", {live_b / 1e6:.1f} ckpt" if live_b else "")
 
 
-def prune_artifacts(store: Any, folder: Path, dry_run: bool) -> tuple[list[str], int]:
+def prune_artifacts(store: Any, url: str, folder: Path, dry_run: bool, min_age_s: float) -> tuple[list[str], int]:
     """Remove the files in ``folder`` no study of ``store`` uses (the weights of any trial, the
     checkpoints that may still resume): leftovers of trials that will not resume, interrupted
-    writes. Returns (the files, their bytes); with ``dry_run`` nothing is removed."""
+    writes. Never a file younger than ``min_age_s`` seconds (a checkpoint is written before its
+    trial's attr names it), nor any file of a folder other stores write into too (they name files
+    this store cannot see). Returns (the files, their bytes); with ``dry_run`` nothing is removed."""
+    import time
+
     import optuna
 
+    from ..search.artifacts import OWNERS, owners
     from ..search.checkpoints import in_use
+    from ..search.urls import store_identity
 
+    if not folder.is_dir():
+        raise FmnistSearchError(f"artifact folder {folder} not found; pass --artifacts DIR")
+    others = owners(folder) - {store_identity(url)}
+    if others:
+        raise FmnistSearchError(
+            f"artifact folder {folder} also holds the trials of {', '.join(sorted(others))}, which this command "
+            f"cannot see; nothing removed (give each store its own --artifacts folder; {folder / OWNERS} lists them)"
+        )
     used: set[str] = set()
     for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
         weights, live = in_use(optuna.load_study(study_name=summary.study_name, storage=store))
         used |= weights | live
-    if not folder.is_dir():
-        raise FmnistSearchError(f"artifact folder {folder} not found; pass --artifacts DIR")
-    leftovers = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in used)
+    young = time.time() - min_age_s
+    leftovers = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.name not in used and p.stat().st_mtime < young)  # fmt: skip
     size = sum(p.stat().st_size for p in leftovers)
     if not dry_run:
         for p in leftovers:

@@ -276,7 +276,7 @@ def _run_trials(
         compile=work.compile,
         graphs=work.cuda_graphs,
         extra_attrs=extra,
-        artifact_store=open_artifacts(art_dir) if (art_dir := work.artifact_dir(url)) is not None else None,
+        artifact_store=open_artifacts(art_dir, url) if (art_dir := work.artifact_dir(url)) is not None else None,
         say=lambda message: say(prefix + message),
         checkpoint_every=work.checkpoint_every,
         population_caps=caps,

@@ -17,6 +17,7 @@ from ..core.errors import FmnistSearchError, StorageError
 from ..engine.weights import load_weights_file, weights_payload
 from .internals import artifact_dir
 from .record import TrialRecord
+from .urls import store_identity
 
 
 def default_dir(storage_url: str) -> Path:
@@ -27,9 +28,25 @@ def default_dir(storage_url: str) -> Path:
     return Path("studies") / "artifacts"
 
 
-def open_store(path: Path) -> FileSystemArtifactStore:
+OWNERS = ".fmnist-stores"  # in an artifact folder: the stores (urls.store_identity) whose trials write there
+
+
+def open_store(path: Path, owner: str | None = None) -> FileSystemArtifactStore:
+    """The artifact folder as Optuna's store, created if needed; ``owner`` (a store URL) is recorded
+    in it as a store whose trials write there (``prune-artifacts`` must see every such store)."""
     path.mkdir(parents=True, exist_ok=True)
+    if owner is not None and store_identity(owner) not in owners(path):
+        with (path / OWNERS).open("a") as f:  # one short append: concurrent workers cannot interleave it
+            f.write(store_identity(owner) + "\n")
     return FileSystemArtifactStore(str(path))
+
+
+def owners(path: Path) -> set[str]:
+    """The stores recorded as writing into artifact folder ``path``."""
+    try:
+        return {line for line in (path / OWNERS).read_text().splitlines() if line}
+    except FileNotFoundError:
+        return set()
 
 
 def save_model(store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.Module, model_name: str) -> str:
