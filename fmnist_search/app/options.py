@@ -154,6 +154,16 @@ PresetOpt = Annotated[
         help="A shipped preset (e.g. seed-report), your studies/NAME.toml, or a .toml path.", rich_help_panel=STUDY
     ),
 ]
+KeepWeightsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Keep the weights of only the best N completed trials (the Pareto front first in a study with "
+        "several objectives); the others' are removed as they fall out. Stored with the study; a later "
+        "--keep-weights replaces it [default: keep all].",
+        rich_help_panel=STORE,
+    ),
+]
 ModelsOpt = Annotated[
     str | None,
     typer.Option(help="With --preset: only these of its models (comma-separated).", rich_help_panel=STUDY),
@@ -237,6 +247,7 @@ class StudyOptions:
     space: SpaceOpt = None
     fix: FixOpt = None
     objectives: ObjectivesOpt = None
+    keep_weights: KeepWeightsOpt = None
 
     # The options that are StudySpec fields of the same name (tests/test_cli.py checks them).
     SETTINGS: ClassVar[tuple[str, ...]] = (

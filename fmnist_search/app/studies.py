@@ -110,11 +110,13 @@ def _narrowed(requested: dict[str, Any]) -> dict[str, Any]:
 
 def open_with_target(
     storage: str, name: str, requested: dict[str, Any], trials: int, beat: dict[str, Any], say: Say,
-    base: bool = False,
+    base: bool = False, keep_weights: int | None = None,
 ) -> tuple[Any, Any, Any, int]:  # fmt: skip
     """Create (with its model's base recipe if ``base``) or resume the study, check its
-    settings, raise its target by ``trials``: (store, study, spec, target)."""
+    settings, raise its target by ``trials`` (and set its ``keep_weights`` bound when given):
+    (store, study, spec, target)."""
     from ..core.interrupts import check, shielded
+    from ..search.retention import KEEP_ATTR
     from ..search.study import open_study
     from ..search.workers import set_target
 
@@ -124,6 +126,8 @@ def open_with_target(
     with shielded():  # a study is created with its settings and target, or not at all
         opt_study, spec = open_study(store, name, requested, base=base)
         target = set_target(opt_study, trials)
+        if keep_weights is not None:
+            opt_study.set_user_attr(KEEP_ATTR, keep_weights)
     check()
     return store, opt_study, spec, target
 
@@ -409,7 +413,7 @@ def create(options: Any, say: Say) -> list[tuple[str, str, int]]:
     beat = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
     made = []
     for name, requested, n, base in plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials):
-        _, _, spec, target = open_with_target(o.storage, name, requested, n, beat, say, base)
+        _, _, spec, target = open_with_target(o.storage, name, requested, n, beat, say, base, o.keep_weights)
         made.append((name, spec.model, target))
     return made
 
@@ -441,7 +445,9 @@ def run(
     load_dataset(work.data_dir, work.download)  # so does missing data (loaded once per process: the workers' too)
     beat = {**work.beat, "patience": work.storage_patience}
     for name, requested, n, base in plan:
-        store, opt_study, spec, target = open_with_target(o.storage, name, requested, n, beat, say, base)
+        store, opt_study, spec, target = open_with_target(
+            o.storage, name, requested, n, beat, say, base, o.keep_weights
+        )
         if here:
             with progress(n, spec.epochs) as bars:
                 work_here(store, o.storage, name, spec, work, bars, say)

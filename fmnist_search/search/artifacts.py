@@ -5,7 +5,10 @@ The file format is ``weights.py``'s.
 
 from __future__ import annotations
 
+import fcntl
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -49,6 +52,36 @@ def owners(path: Path) -> set[str]:
         return set()
 
 
+READERS = ".fmnist-readers.lock"  # in an artifact folder: shared while a file is read out, exclusive to remove
+
+
+@contextmanager
+def reading(folder: Path) -> Iterator[None]:
+    """Hold the folder's readers lock (shared) while a file is read out of it, so ``removing`` never
+    deletes it under the reader; a folder where no lock file can be made (read-only) is read as is."""
+    try:
+        f = (folder / READERS).open("a")
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        yield
+
+
+@contextmanager
+def removing(folder: Path) -> Iterator[bool]:
+    """Whether files may be removed from ``folder`` now: True while no reader holds it (then none
+    can start until the block ends), False at once while one does."""
+    with (folder / READERS).open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def save_model(store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.Module, model_name: str) -> str:
     """Upload ``module``'s weights, attached to ``trial`` (the dashboard lists them); return the id."""
     payload = weights_payload(module, model_name)
@@ -87,5 +120,11 @@ def trial_model(study: optuna.Study, store_dir: Path, trial_number: int | None =
         )
     if not store_dir.is_dir():
         raise FmnistSearchError(f"artifact folder {store_dir} not found; pass --artifacts DIR")
-    name, model = load_model(open_store(store_dir), artifact_id)
+    with reading(store_dir):
+        if not (store_dir / artifact_id).is_file() and study.user_attrs.get("keep_weights") is not None:
+            raise FmnistSearchError(
+                f"trial {trial.number}'s weights were removed: study {study.study_name!r} keeps those of its best "
+                f"{study.user_attrs['keep_weights']} trials (--keep-weights)"
+            )
+        name, model = load_model(FileSystemArtifactStore(str(store_dir)), artifact_id)
     return trial, name, model

@@ -9,6 +9,7 @@ which is on the front. Test accuracy is only reported, never used to choose.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import re
@@ -71,6 +72,29 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
     """The completed trials on the study's Pareto front, most accurate first."""
     objectives = objectives_of(study)
     return sorted(study.best_trials, key=lambda t: (-values_of(t, objectives)[ACCURACY], t.number))
+
+
+def ranked(study: optuna.Study, limit: int | None = None) -> list[FrozenTrial]:
+    """The completed trials, best first (the first ``limit`` of them): by validation accuracy in a
+    single-objective study; in a multi-objective one front by front (non-dominated sorting: the
+    Pareto front, then the front of the rest, ...), each front most accurate first."""
+    import numpy as np
+
+    objectives = objectives_of(study)
+    remaining = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    limit = len(remaining) if limit is None else limit
+    by_accuracy = functools.partial(sorted, key=lambda t: (-values_of(t, objectives)[ACCURACY], t.number))
+    if len(objectives) == 1:
+        return by_accuracy(remaining)[:limit]
+    signs = np.array([-1.0 if d == optuna.study.StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
+    out: list[FrozenTrial] = []
+    while remaining and len(out) < limit:
+        v = np.array([t.values for t in remaining]) * signs  # all minimised
+        # j dominates i: no worse on every objective, better on one
+        dominated = ((v[:, None, :] <= v[None, :, :]).all(-1) & (v[:, None, :] < v[None, :, :]).any(-1)).any(0)
+        out += by_accuracy([t for t, d in zip(remaining, dominated, strict=True) if not d])
+        remaining = [t for t, d in zip(remaining, dominated, strict=True) if d]
+    return out[:limit]
 
 
 def accuracy(trial: FrozenTrial, objectives: tuple[str, ...]) -> float | None:

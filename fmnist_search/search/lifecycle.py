@@ -42,6 +42,7 @@ from .internals import storage_of, trial_id
 from .objective import RUN_FIELDS, Objective, release_memory, summarize
 from .pruning import population_prunes
 from .record import TrialRecord
+from .retention import keep_best
 from .storage import write_trials
 
 Callback = Callable[[optuna.Study, Any], None]
@@ -233,6 +234,8 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
             objective.finish(group[i].trial, group[i].record, m.module, weights, m.cfg)
             tell(i, TrialState.COMPLETE, objective.values(group[i].record, m.result.history[-1].val_accuracy))
             m.module = None  # its weights are stored; free them
+    if objective.artifact_store is not None and any(m.status == "done" for m in members):
+        keep_best(study, objective.artifact_store)  # the study's --keep-weights bound, if it has one
 
 
 def _history(member: Member) -> dict[int, float]:
