@@ -339,3 +339,39 @@ def finish_command(output: str) -> list[str]:
     line = output.strip().splitlines()[-1]
     assert ": fmnist-search worker " in line, output
     return shlex.split(line.split(": fmnist-search ", 1)[1])
+
+
+# --- the test run leaves the repository as it found it ---
+
+_ROOT = Path(__file__).resolve().parent.parent
+_NOISE = (".venv/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", ".mypy_cache/", ".egg-info/")
+
+
+def _tree() -> set[str] | None:
+    """Untracked and ignored paths of the working tree (files, not folders), build noise left out;
+    None outside a git checkout (an installed copy)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=_ROOT,
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    paths = {line[3:] for line in out.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not any(n in f"/{p}" for n in _NOISE)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._tree_before = _tree()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a test wrote into the repository (a store, weights, a report beside the code):
+    every file a test makes belongs in a temporary folder."""
+    before, after = getattr(session.config, "_tree_before", None), _tree()
+    if before is None or after is None or getattr(session.config, "workerinput", None) is not None:
+        return
+    new = sorted(after - before)
+    if new:
+        session.config.get_terminal_writer().line(
+            "error: the tests wrote into the repository: " + ", ".join(new), red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -305,8 +305,11 @@ def test_a_checkpoint_of_another_model_or_recipe_is_refused(tmp_path, tiny_split
         checkpoints.load(store, attr, "airbench", cfg)
     with pytest.raises(checkpoints.Refused, match=r"another recipe \(lr, momentum\)"):
         checkpoints.load(store, attr, "lenet", dataclasses.replace(cfg, lr=0.5, momentum=0.1))
-    checkpoints.remove(store, attr)
+    (tmp_path / attr["artifact"]).write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoints.Refused, match="unreadable"):
+        checkpoints.load(store, attr, "lenet", cfg)
+    checkpoints.remove(store, attr)
+    with pytest.raises(checkpoints.Refused, match=f"its file is not in {tmp_path}: give every worker the same"):
         checkpoints.load(store, attr, "lenet", cfg)
 
 
