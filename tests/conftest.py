@@ -38,6 +38,13 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def _in_a_folder_of_its_own(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in an empty temporary folder: a relative default (the SQLite store, a
+    server store's `studies/artifacts`, evaluate's report) never lands in the repository."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 def synthetic(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images where class c is a bright 6x6 square at a class-specific spot, plus noise."""
     g = torch.Generator().manual_seed(seed)

@@ -157,8 +157,15 @@ def test_passwords_are_masked_in_every_message(postgres_url):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "s3cret-pw" not in result.output
         assert "fmnist:***@127.0.0.1" in result.output
+    result = runner.invoke(app, ["studies", "--storage", postgres_url])  # no study there yet: nothing created
+    assert result.exit_code == 2 and "s3cret-pw" not in result.output and "fmnist:***@127.0.0.1" in result.output
+    assert "(its database has no Optuna tables)" in result.output
+    assert (
+        runner.invoke(app, ["create", "--model", "lenet", "--study", "masked", "--storage", postgres_url]).exit_code
+        == 0
+    )
     result = runner.invoke(app, ["studies", "--storage", postgres_url])
-    assert result.exit_code == 0 and "s3cret-pw" not in result.output
+    assert result.exit_code == 0 and "s3cret-pw" not in result.output and "masked" in result.output
 
 
 def test_the_budget_lock_is_really_held_on_the_database_server(database_url):

@@ -197,6 +197,7 @@ def work_here(
         PRUNERS[spec.pruner](spec),
         study_lock(url, name, store.retrier),
     )
+    target = budgeted.target  # read now: after a lost store, the message cannot ask the store
     try:
         _run_trials(budgeted, url, spec, work, extra, prefix, progress, say)
     except (KeyboardInterrupt, Exception) as e:
@@ -208,7 +209,7 @@ def work_here(
         with cleaning():  # a second Ctrl-C must not cut this short
             why = f"interrupted by {signal_name(stop.signum)}" if stop is not None else f"stopped: {cause}"
             what = _release(budgeted, why)
-        finish = f"finish the study's {_trials(budgeted.target)} with: {finish_command(name, url, work)}"
+        finish = f"finish the study's {_trials(target)} with: {finish_command(name, url, work)}"
         if stop is None:
             raise Stopped(f"{prefix}{cause}; {what}finished trials are stored; {finish}", EXIT_FAILED) from None
         raise Stopped(
