@@ -53,11 +53,23 @@ def measure(name: str, n: int, epochs: int, device, precision: str, store) -> di
         costs.append(time.perf_counter() - t0)
         last[0] = time.perf_counter()  # the next epoch starts after the checkpoint
 
-    fit_population([build_model(name, 0, device).module], [Member(cfg)], train, val, on_epoch,
-                   on_snapshot=on_snapshot, snapshot_every=1)  # fmt: skip
+    fit_population(
+        [build_model(name, 0, device).module],
+        [Member(cfg)],
+        train,
+        val,
+        on_epoch,
+        on_snapshot=on_snapshot,
+        snapshot_every=1,
+    )
     cost_ms, epoch = statistics.median(costs) * 1e3, statistics.median(epoch_s[: len(costs)])
-    return {"checkpoint_ms": round(cost_ms, 1), "checkpoint_bytes": sizes[-1], "epoch_s": round(epoch, 2),
-            "train_images": n, "share_of_epoch": round(cost_ms / 1e3 / epoch, 4)}  # fmt: skip
+    return {
+        "checkpoint_ms": round(cost_ms, 1),
+        "checkpoint_bytes": sizes[-1],
+        "epoch_s": round(epoch, 2),
+        "train_images": n,
+        "share_of_epoch": round(cost_ms / 1e3 / epoch, 4),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -76,8 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
             name, n = item.split(":")
             results[name] = r = measure(name, int(n), args.epochs, device, precision, store)
             kb, share = r["checkpoint_bytes"] / 1e3, 100 * r["share_of_epoch"]
-            print(f"{name:9s} {r['checkpoint_ms']:7.1f} ms per checkpoint ({kb:,.0f} kB), "
-                  f"epoch {r['epoch_s']:.2f} s on {int(n):,} images: {share:.2f}% of it", flush=True)  # fmt: skip
+            print(
+                f"{name:9s} {r['checkpoint_ms']:7.1f} ms per checkpoint ({kb:,.0f} kB), "
+                f"epoch {r['epoch_s']:.2f} s on {int(n):,} images: {share:.2f}% of it",
+                flush=True,
+            )
     results["hardware"] = hardware(device, precision, epochs=args.epochs)
     write_json(args.json, results)
     return results

@@ -78,9 +78,27 @@ def _cli(*args: str) -> None:
 
 def _study_args(args: argparse.Namespace, pruner: str, url: str, trials: int) -> list[str]:
     preset = ["--preset", args.preset] if args.preset else []  # its recipes and settings; the flags below win
-    return [*preset, "--model", "lenet,airbench", "--objectives", args.objectives, "--pruner", pruner, "--trials",
-            str(trials), "--epochs", str(args.epochs), "--train-size", str(args.train_size), "--val-size",
-            str(args.val_size), "--seed", str(args.seed), "--storage", url]  # fmt: skip
+    return [
+        *preset,
+        "--model",
+        "lenet,airbench",
+        "--objectives",
+        args.objectives,
+        "--pruner",
+        pruner,
+        "--trials",
+        str(trials),
+        "--epochs",
+        str(args.epochs),
+        "--train-size",
+        str(args.train_size),
+        "--val-size",
+        str(args.val_size),
+        "--seed",
+        str(args.seed),
+        "--storage",
+        url,
+    ]
 
 
 def _summary(study: optuna.Study) -> dict:
@@ -96,8 +114,14 @@ def _summary(study: optuna.Study) -> dict:
 
 def _point(t: optuna.trial.FrozenTrial, objectives: tuple[str, ...]) -> dict:
     others = {name: round(value) for name, value in zip(objectives[1:], t.values[1:], strict=True)}
-    return {"trial": t.number, "model": t.params["model"], "lr": _lr(t.params),
-            "val_accuracy": t.values[0], **others, "test_accuracy": t.user_attrs.get("test_accuracy")}  # fmt: skip
+    return {
+        "trial": t.number,
+        "model": t.params["model"],
+        "lr": _lr(t.params),
+        "val_accuracy": t.values[0],
+        **others,
+        "test_accuracy": t.user_attrs.get("test_accuracy"),
+    }
 
 
 def _lr(params: dict) -> float:
@@ -113,14 +137,25 @@ def _settings(saved: dict, epochs: int = 10) -> tuple[list[str], int]:
 def recorded(study: optuna.Study) -> list[dict]:
     """The unpruned run, trial by trial: what a replay needs (and the JSON keeps)."""
     return [
-        {"trial": t.number, "params": t.params, "curve": {str(k): v for k, v in t.intermediate_values.items()},
-         "measured": t.user_attrs[MEASURED_ATTR], "values": t.values}
+        {
+            "trial": t.number,
+            "params": t.params,
+            "curve": {str(k): v for k, v in t.intermediate_values.items()},
+            "measured": t.user_attrs[MEASURED_ATTR],
+            "values": t.values,
+        }
         for t in study.get_trials(deepcopy=False)
-    ]  # fmt: skip
+    ]
 
 
-def replay(trials: list[dict], pruner: str | Callable[[StudySpec], BasePruner], epochs: int, objectives: list[str],
-           lr_ratio: float | None = None, signal: str = "epoch") -> dict:  # fmt: skip
+def replay(
+    trials: list[dict],
+    pruner: str | Callable[[StudySpec], BasePruner],
+    epochs: int,
+    objectives: list[str],
+    lr_ratio: float | None = None,
+    signal: str = "epoch",
+) -> dict:
     """The pruned run, taken from the unpruned run's curves: trial by trial, epoch by epoch, as a
     one-at-a-time run takes its decisions (the lifecycle's rule, search/pruning.py).
 
@@ -131,7 +166,7 @@ def replay(trials: list[dict], pruner: str | Callable[[StudySpec], BasePruner], 
         directions=directions(tuple(objectives)),
         pruner=(PRUNERS[pruner] if isinstance(pruner, str) else pruner)(StudySpec(epochs=epochs)),
         study_name="unpruned",
-    )  # fmt: skip (Hyperband hashes the name)
+    )  # Hyperband hashes the name
     study.set_user_attr("objectives", objectives)
     store = storage_of(study)
     competes = None if lr_ratio is None else _lr_competes(trials, objectives, lr_ratio)
@@ -148,8 +183,9 @@ def replay(trials: list[dict], pruner: str | Callable[[StudySpec], BasePruner], 
         for step in sorted(curve):
             trained += 1
             store.set_trial_intermediate_value(trial_id(trial), step, curve[step])  # (report refuses 2 objectives)
-            if population_prunes(study, step, {trial.number: {s: curve[s] for s in curve if s <= step}}, write,
-                                 competes=competes):  # fmt: skip
+            if population_prunes(
+                study, step, {trial.number: {s: curve[s] for s in curve if s <= step}}, write, competes=competes
+            ):
                 study.tell(trial, state=TrialState.PRUNED)
                 pruned.append(trial.number)
                 break
@@ -161,8 +197,13 @@ def replay(trials: list[dict], pruner: str | Callable[[StudySpec], BasePruner], 
         old for old, t in zip(trials, study.get_trials(deepcopy=False), strict=True) if t.state == TrialState.COMPLETE
     ]
     behind = {m: round(100 * (_best(trials, m) - _best(done, m)), 2) for m in _models(trials)}  # the model's point
-    return {"epochs_trained": trained, "front": sorted(kept), "lost": sorted(front - kept), "behind_points": behind,
-            "pruned": pruned}  # fmt: skip
+    return {
+        "epochs_trained": trained,
+        "front": sorted(kept),
+        "lost": sorted(front - kept),
+        "behind_points": behind,
+        "pruned": pruned,
+    }
 
 
 def _smoothed(curve: dict[int, float], k: int) -> dict[int, float]:
@@ -229,8 +270,10 @@ def grid(files: list[Path], goal: float = 0.6, tolerance: float = 0.5) -> dict:
         rows.append({"rule": name, "met": met, "near": near, "recordings": cells})
     mean_share = {row["rule"]: statistics.mean(c["share"] for c in row["recordings"].values()) for row in rows}
     rows.sort(key=lambda row: (-row["met"], -row["near"], mean_share[row["rule"]]))
-    print(f"{len(rows)} rules on {len(saved)} recordings: met (at most {goal:.0%} of the epochs, no point behind), "
-          f"near (at most {tolerance} points behind); each recording's share / points behind")  # fmt: skip
+    print(
+        f"{len(rows)} rules on {len(saved)} recordings: met (at most {goal:.0%} of the epochs, no point behind), "
+        f"near (at most {tolerance} points behind); each recording's share / points behind"
+    )
     for row in rows[:25]:
         cells = " ".join(f"{c['share']:.0%}/{c['behind_points']:.2f}" for c in row["recordings"].values())
         print(f"met {row['met']}/{len(saved)} near {row['near']}/{len(saved)} {row['rule']:45s} {cells}")
@@ -252,8 +295,11 @@ def winner_ranks(trials: list[dict]) -> dict:
     only by keeping at least r trials there."""
     out = {}
     for m in _models(trials):
-        curves = {t["trial"]: [t["curve"][k] for k in sorted(t["curve"], key=int)] for t in trials
-                  if t["params"]["model"] == m}  # fmt: skip
+        curves = {
+            t["trial"]: [t["curve"][k] for k in sorted(t["curve"], key=int)]
+            for t in trials
+            if t["params"]["model"] == m
+        }
         winner = max((t for t in trials if t["params"]["model"] == m), key=lambda t: t["values"][0])["trial"]
         mine = curves[winner]
         ranks = [1 + sum(len(c) > e and c[e] > mine[e] for c in curves.values()) for e in range(len(mine))]
@@ -325,13 +371,23 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"unpruned: {u['epochs_trained']} epochs, front {[x['trial'] for x in u['front']]} ({u['wall_s']:.0f} s)")
     if "pruned" in results:
         q = results["pruned"]
-        print(f"{args.pruner:8s}: {q['epochs_trained']} epochs ({q['epochs_trained'] / u['epochs_trained']:.0%}), "
-              f"front {[x['trial'] for x in q['front']]}, lost {q['lost']} ({q['wall_s']:.0f} s)")  # fmt: skip
+        print(
+            f"{args.pruner:8s}: {q['epochs_trained']} epochs ({q['epochs_trained'] / u['epochs_trained']:.0%}), "
+            f"front {[x['trial'] for x in q['front']]}, lost {q['lost']} ({q['wall_s']:.0f} s)"
+        )
     _print_replays(results["replayed"], u["epochs_trained"])
     _print_ranks(results["winner_ranks"])
-    results["hardware"] = hardware(resolve_device("cpu"), "fp32", trials=args.trials, epochs=args.epochs,
-                                   train_size=args.train_size, val_size=args.val_size, seed=args.seed,
-                                   objectives=objectives, preset=args.preset)  # fmt: skip
+    results["hardware"] = hardware(
+        resolve_device("cpu"),
+        "fp32",
+        trials=args.trials,
+        epochs=args.epochs,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        seed=args.seed,
+        objectives=objectives,
+        preset=args.preset,
+    )
     write_json(args.json, results)
     return results
 
@@ -349,8 +405,10 @@ def _grid_csv(path: Path, results: dict) -> None:
 
 def _print_replays(replayed: dict, total: int) -> None:
     for name, r in replayed.items():
-        print(f"replayed {name:9s}: {r['epochs_trained']} epochs ({r['epochs_trained'] / total:.0%}), "
-              f"lost {r['lost']}, behind by {r['behind_points']} points")  # fmt: skip
+        print(
+            f"replayed {name:9s}: {r['epochs_trained']} epochs ({r['epochs_trained'] / total:.0%}), "
+            f"lost {r['lost']}, behind by {r['behind_points']} points"
+        )
 
 
 def _print_ranks(ranks: dict) -> None:
@@ -362,22 +420,33 @@ def _pruned_run(args: argparse.Namespace, url: str, unpruned: optuna.Study) -> d
     """The same configurations, enqueued in the same order, into a study with ``args.pruner``."""
     t0 = time.monotonic()
     # the unpruned run's measured figures too (search/objective.py shares them): the fronts differ by pruning alone
-    pruned = _enqueued_run(args, url, "pruned", args.pruner, [t.params for t in unpruned.get_trials(deepcopy=False)],
-                           figures_of=unpruned)  # fmt: skip
+    pruned = _enqueued_run(
+        args, url, "pruned", args.pruner, [t.params for t in unpruned.get_trials(deepcopy=False)], figures_of=unpruned
+    )
     result = {**_summary(pruned), "pruner": args.pruner, "wall_s": round(time.monotonic() - t0, 1)}
     kept = {t.number for t in pruned.best_trials}
     result["lost"] = [n for n in (t.number for t in unpruned.best_trials) if n not in kept]
-    same = [t.number for t in pruned.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
-            and t.values[0] == unpruned.trials[t.number].values[0]]  # fmt: skip
+    same = [
+        t.number
+        for t in pruned.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE and t.values[0] == unpruned.trials[t.number].values[0]
+    ]
     result["same_accuracy_as_unpruned"] = f"{len(same)} of {result['complete']}"
     figures = {t.number: t.user_attrs.get(MEASURED_ATTR) for t in unpruned.get_trials(deepcopy=False)}
-    result["same_measured_figures"] = all(t.user_attrs.get(MEASURED_ATTR) == figures[t.number]
-                                          for t in pruned.get_trials(deepcopy=False))  # fmt: skip
+    result["same_measured_figures"] = all(
+        t.user_attrs.get(MEASURED_ATTR) == figures[t.number] for t in pruned.get_trials(deepcopy=False)
+    )
     return result
 
 
-def _enqueued_run(args: argparse.Namespace, url: str, name: str, pruner: str, configurations: list[dict],
-                  figures_of: optuna.Study | None = None) -> optuna.Study:  # fmt: skip
+def _enqueued_run(
+    args: argparse.Namespace,
+    url: str,
+    name: str,
+    pruner: str,
+    configurations: list[dict],
+    figures_of: optuna.Study | None = None,
+) -> optuna.Study:
     """A study of ``args``' settings with ``pruner`` that trains exactly ``configurations``, in order
     (with ``figures_of``'s measured figures)."""
     _cli("create", *_study_args(args, pruner, url, len(configurations)), "--study", name)
@@ -425,14 +494,24 @@ def _reseeded(args: argparse.Namespace) -> dict:
             "winner_by_seed": winners,  # the recording's first, then each repeat's
             "sd_points": round(100 * statistics.mean(spread), 2),  # a configuration's spread across seeds
         }
-        print(f"{m:9s} winners by seed {winners}; a configuration's seed-to-seed sd "
-              f"{result['models'][m]['sd_points']:.2f} points")  # fmt: skip
+        print(
+            f"{m:9s} winners by seed {winners}; a configuration's seed-to-seed sd "
+            f"{result['models'][m]['sd_points']:.2f} points"
+        )
         for c in result["models"][m]["configurations"]:
             accuracies = " ".join(f"{100 * v:.2f}" for v in c["val_accuracy"])
             print(f"   trial {c['trial']:2d} lr {c['lr']:.4f}: {accuracies}")
-    result["hardware"] = hardware(resolve_device("cpu"), "fp32", epochs=args.epochs, train_size=args.train_size,
-                                  val_size=args.val_size, seed=args.seed, recording=args.reseed.name,
-                                  objectives=args.objectives.split(","), preset=args.preset)  # fmt: skip
+    result["hardware"] = hardware(
+        resolve_device("cpu"),
+        "fp32",
+        epochs=args.epochs,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        seed=args.seed,
+        recording=args.reseed.name,
+        objectives=args.objectives.split(","),
+        preset=args.preset,
+    )
     write_json(args.json, result)
     return result
 

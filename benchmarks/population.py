@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.train_size
     train = to_device(dataset.train_images[:n], dataset.train_labels[:n], device)
     val = to_device(dataset.test_images[:BATCH], dataset.test_labels[:BATCH], device)  # evaluation is not timed
-    cfg = TrainConfig(lr=0.02, epochs=2 if args.cuda_graphs else 1, batch_size=BATCH, momentum=0.9,
-                      precision=precision)  # fmt: skip
+    cfg = TrainConfig(lr=0.02, epochs=2 if args.cuda_graphs else 1, batch_size=BATCH, momentum=0.9, precision=precision)
     g = args.cuda_graphs
     sizes = [int(k) for k in args.sizes.split(",")]
 
@@ -86,8 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
         line = "  ".join(f"K={k}: {row[str(k)]:,.0f} ({row['speedup'][str(k)]:.2f}x)" for k in sizes)
         print(f"{name:9s} sequential {row['sequential']:,.0f} samples/s; {line}", flush=True)
 
-    results["hardware"] = hardware(device, precision, train_size=n, batch_size=BATCH, reps=args.reps,
-                                   cuda_graphs=args.cuda_graphs)  # fmt: skip
+    results["hardware"] = hardware(
+        device, precision, train_size=n, batch_size=BATCH, reps=args.reps, cuda_graphs=args.cuda_graphs
+    )
     write_json(args.json, results)
     return results
 

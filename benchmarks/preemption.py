@@ -36,12 +36,40 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
 def run_mode(every: int, trials: int, epochs: int, size: int, period: float, folder: Path) -> dict:
     url = f"sqlite:///{folder}/every{every}.db"
     study = ["--study", "lenet", "--storage", url]
-    done = subprocess.run([sys.executable, "-m", "fmnist_search", "create", "--model", "lenet", "--trials",
-                           str(trials), "--epochs", str(epochs), "--train-size", str(size), "--pruner", "none",
-                           "--storage", url], capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fmnist_search",
+            "create",
+            "--model",
+            "lenet",
+            "--trials",
+            str(trials),
+            "--epochs",
+            str(epochs),
+            "--train-size",
+            str(size),
+            "--pruner",
+            "none",
+            "--storage",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
-    work = ["worker", *study, "--no-bars", "--checkpoint-every", str(every), "--heartbeat-interval", "1",
-            "--grace-period", "5"]  # fmt: skip
+    work = [
+        "worker",
+        *study,
+        "--no-bars",
+        "--checkpoint-every",
+        str(every),
+        "--heartbeat-interval",
+        "1",
+        "--grace-period",
+        "5",
+    ]
     steady, victim = _cli(*work, "--label", "steady"), _cli(*work, "--label", "victim")
     start, preemptions = time.monotonic(), 0
     while steady.poll() is None or victim.poll() is None:
@@ -58,8 +86,13 @@ def run_mode(every: int, trials: int, epochs: int, size: int, period: float, fol
         r = TrialRecord.of(t)
         trained += (r.epochs_completed or 0) - ((r.resumed_from or {}).get("epoch") or 0)
     complete = sum(t.state.name == "COMPLETE" for t in trials_done)
-    return {"epochs_trained": trained, "study_epochs": complete * epochs, "complete": complete,
-            "preemptions": preemptions, "wall_s": round(wall, 1)}  # fmt: skip
+    return {
+        "epochs_trained": trained,
+        "study_epochs": complete * epochs,
+        "complete": complete,
+        "preemptions": preemptions,
+        "wall_s": round(wall, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,10 +107,19 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         for mode, every in (("with checkpoints", 1), ("without", 0)):
             results[mode] = r = run_mode(every, args.trials, args.epochs, args.train_size, args.period, Path(folder))
-            print(f"{mode:17s} {r['epochs_trained']} epochs trained for {r['study_epochs']} "
-                  f"({r['preemptions']} preemptions, {r['wall_s']:.0f} s)", flush=True)  # fmt: skip
-    results["hardware"] = hardware(resolve_device("cpu"), "fp32", trials=args.trials, epochs=args.epochs,
-                                   train_size=args.train_size, period_s=args.period)  # fmt: skip
+            print(
+                f"{mode:17s} {r['epochs_trained']} epochs trained for {r['study_epochs']} "
+                f"({r['preemptions']} preemptions, {r['wall_s']:.0f} s)",
+                flush=True,
+            )
+    results["hardware"] = hardware(
+        resolve_device("cpu"),
+        "fp32",
+        trials=args.trials,
+        epochs=args.epochs,
+        train_size=args.train_size,
+        period_s=args.period,
+    )
     write_json(args.json, results)
     return results
 

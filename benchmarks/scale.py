@@ -73,9 +73,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{w:2d} worker(s): {tph:8,.0f} trials/hour  x{tph / base:.2f}  (wall {results[str(w)]['wall_s']} s)")
     device = resolve_device("cuda" if args.gpu else "cpu")
     results["protocol"] = {
-        "model": "lenet", "trials": args.trials, "epochs": args.epochs, "train_size": args.train_size,
-        "val_size": args.val_size, "reps": args.reps, "device": str(device), "device_name": device_name(device),
-    }  # fmt: skip
+        "model": "lenet",
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "train_size": args.train_size,
+        "val_size": args.val_size,
+        "reps": args.reps,
+        "device": str(device),
+        "device_name": device_name(device),
+    }
     write_json(args.json, results)
     return results
 

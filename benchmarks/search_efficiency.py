@@ -82,10 +82,17 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
     results["protocol"] = {
-        "model": "lenet", "sampler": "tpe", "seed": args.seed, "trials": args.trials, "epochs": args.epochs,
-        "train_size": args.train_size, "val_size": args.val_size,
-        "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
-    }  # fmt: skip
+        "model": "lenet",
+        "sampler": "tpe",
+        "seed": args.seed,
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "train_size": args.train_size,
+        "val_size": args.val_size,
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+    }
     write_json(args.json, results)
     return results
 

@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"torchvision imported: {', '.join('yes' if v else 'no' for v in torchvision)} (one per process)")
     import torch
 
-    results = {"stages_s": stages, "total_s": round(total, 2), "torchvision_imported": torchvision,
-               "hardware": hardware(torch.device(args.device), "fp32", reps=args.reps)}  # fmt: skip
+    results = {
+        "stages_s": stages,
+        "total_s": round(total, 2),
+        "torchvision_imported": torchvision,
+        "hardware": hardware(torch.device(args.device), "fp32", reps=args.reps),
+    }
     write_json(args.json, results)
     return results
 

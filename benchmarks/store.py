@@ -38,14 +38,39 @@ EPOCHS = 10
 
 
 def record() -> TrialRecord:
-    history = [{"epoch": e, "train_loss": 0.5, "train_accuracy": 0.8, "val_accuracy": 0.85, "val_loss": 0.4,
-                "train_time_s": 2.0, "samples": 50_000} for e in range(1, EPOCHS + 1)]  # fmt: skip
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 0.5,
+            "train_accuracy": 0.8,
+            "val_accuracy": 0.85,
+            "val_loss": 0.4,
+            "train_time_s": 2.0,
+            "samples": 50_000,
+        }
+        for e in range(1, EPOCHS + 1)
+    ]
     return TrialRecord(
-        worker="bench", gpu=None, device="cuda", device_name="GPU", torch_version="2", precision="bf16",
-        compiled=False, num_params=44_426, population=1, config={"lr": 0.1, "epochs": EPOCHS},
-        val_accuracy=0.85, train_accuracy=0.8, train_loss=0.5, throughput=1e6, train_time_s=20.0,
-        epochs_completed=EPOCHS, history=history, test_accuracy=0.84, weights_artifact="x",
-    )  # fmt: skip
+        worker="bench",
+        gpu=None,
+        device="cuda",
+        device_name="GPU",
+        torch_version="2",
+        precision="bf16",
+        compiled=False,
+        num_params=44_426,
+        population=1,
+        config={"lr": 0.1, "epochs": EPOCHS},
+        val_accuracy=0.85,
+        train_accuracy=0.8,
+        train_loss=0.5,
+        throughput=1e6,
+        train_time_s=20.0,
+        epochs_completed=EPOCHS,
+        history=history,
+        test_accuracy=0.84,
+        weights_artifact="x",
+    )
 
 
 def _study(url: str, name: str, trials: int) -> BudgetedStudy:

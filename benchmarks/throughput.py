@@ -153,16 +153,29 @@ def main(argv: list[str] | None = None) -> dict:
             ours.append(ours_rate(name, obj, args.batches, args.compile_mode, args.cuda_graphs))
             ref.append(reference_rate(name, obj, args.batches))
         b, o, r = statistics.median(base), statistics.median(ours), statistics.median(ref)
-        results[name] = {"baseline": round(b, 1), "ours": round(o, 1), "ratio": round(o / b, 2),
-                         "reference": round(r, 1), "ours_vs_reference": round(o / r, 2)}  # fmt: skip
-        print(f"{name:10s} baseline {b:12,.0f}  ours {o:12,.0f}  reference {r:12,.0f} samples/s  "
-              f"ours/baseline {o / b:5.2f}x  ours/ref {o / r:5.2f}x", flush=True)  # fmt: skip
+        results[name] = {
+            "baseline": round(b, 1),
+            "ours": round(o, 1),
+            "ratio": round(o / b, 2),
+            "reference": round(r, 1),
+            "ours_vs_reference": round(o / r, 2),
+        }
+        print(
+            f"{name:10s} baseline {b:12,.0f}  ours {o:12,.0f}  reference {r:12,.0f} samples/s  "
+            f"ours/baseline {o / b:5.2f}x  ours/ref {o / r:5.2f}x",
+            flush=True,
+        )
 
     results["hardware"] = hardware(
-        device, precision, compiled=args.compile, compile_mode=args.compile_mode, cuda_graphs=args.cuda_graphs,
+        device,
+        precision,
+        compiled=args.compile,
+        compile_mode=args.compile_mode,
+        cuda_graphs=args.cuda_graphs,
         batches=args.batches,
-        reps=args.reps, baseline_workers=args.workers,
-    )  # fmt: skip
+        reps=args.reps,
+        baseline_workers=args.workers,
+    )
     write_json(args.json, results)
     return results
 

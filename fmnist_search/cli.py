@@ -325,9 +325,18 @@ def evaluate(
     """Test accuracy, per-class accuracy and the confusion matrix of a trial's (or a file's) weights."""
     from .app.models import evaluate as evaluate_model
 
-    e = evaluate_model(study, trial, weights, lambda: _reader(storage), artifact_dir(storage, artifacts),
-                       tta_flip=tta_flip, device=device, data_dir=data_dir, download=download,
-                       output_dir=output_dir)  # fmt: skip
+    e = evaluate_model(
+        study,
+        trial,
+        weights,
+        lambda: _reader(storage),
+        artifact_dir(storage, artifacts),
+        tta_flip=tta_flip,
+        device=device,
+        data_dir=data_dir,
+        download=download,
+        output_dir=output_dir,
+    )
     how = " with flip TTA" if e.tta_flip else ""
     echo(f"{e.label}: test accuracy {e.accuracy:.4f} on {e.images} images{how}")
     for title, columns, rows in e.tables():
@@ -348,8 +357,9 @@ def predict(
     """Class and probability for each image (light garment on dark, like Fashion-MNIST; the inverse is flipped)."""
     from .app.models import predict as predict_images
 
-    label, rows = predict_images(images, study, trial, weights, lambda: _reader(storage),
-                                 artifact_dir(storage, artifacts))  # fmt: skip
+    label, rows = predict_images(
+        images, study, trial, weights, lambda: _reader(storage), artifact_dir(storage, artifacts)
+    )
     for path, name, prob, inverted in rows:
         note = " (inverted: dark garment on light background)" if inverted else ""
         echo(f"{path}: {name} {prob:.3f}{note}")
@@ -388,9 +398,25 @@ def train(
     from .app.models import train as train_one
 
     flags = _given(val_size=val_size, train_size=train_size, seed=seed, full_train=full_train)
-    done = train_one(model, preset, params, from_study, trial, lambda: _reader(storage), where=where or (),
-                     epochs=epochs, split_flags=flags, device=device, precision=precision, compile=compile,
-                     data_dir=data_dir, download=download, save=save, show=echo, say=say)  # fmt: skip
+    done = train_one(
+        model,
+        preset,
+        params,
+        from_study,
+        trial,
+        lambda: _reader(storage),
+        where=where or (),
+        epochs=epochs,
+        split_flags=flags,
+        device=device,
+        precision=precision,
+        compile=compile,
+        data_dir=data_dir,
+        download=download,
+        save=save,
+        show=echo,
+        say=say,
+    )
     if done.saved is not None:
         say(f"saved weights to {done.saved}")
     echo(f"test_accuracy={done.test_accuracy:.4f}")

@@ -152,6 +152,11 @@ def print_summary(study: Any) -> None:
     from .app.results import study_summary
 
     counts, best = study_summary(study)
-    out.print(table(("trials", *counts), [(str(sum(counts.values())), *map(str, counts.values()))],
-                     title=f"study {study.study_name}"))  # fmt: skip
+    out.print(
+        table(
+            ("trials", *counts),
+            [(str(sum(counts.values())), *map(str, counts.values()))],
+            title=f"study {study.study_name}",
+        )
+    )
     echo(best or "no completed trial yet")

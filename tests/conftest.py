@@ -263,23 +263,38 @@ class MariaDBServer:
         if self.as_root:
             shutil.chown(self.root, "mysql", "mysql")
         user = ["--user=mysql"] if self.as_root else []
-        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.data}", "--skip-test-db", *user],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={self.data}", "--skip-test-db", *user],
+            check=True,
+            capture_output=True,
+        )
         self.proc: subprocess.Popen | None = None
         self.start()
-        sql = ("CREATE DATABASE fmnist; CREATE USER 'fmnist'@'%' IDENTIFIED BY 's3cret-pw'; "
-               "GRANT ALL ON fmnist.* TO 'fmnist'@'%';")  # fmt: skip
+        sql = (
+            "CREATE DATABASE fmnist; CREATE USER 'fmnist'@'%' IDENTIFIED BY 's3cret-pw'; "
+            "GRANT ALL ON fmnist.* TO 'fmnist'@'%';"
+        )
         subprocess.run(["mariadb", f"--socket={self.socket}", "-uroot", "-e", sql], check=True, capture_output=True)
         self.url = f"mysql+pymysql://fmnist:s3cret-pw@127.0.0.1:{self.port}/fmnist"
 
     def start(self) -> None:
         user = ["--user=mysql"] if self.as_root else []
         self.proc = subprocess.Popen(
-            ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={self.data}", f"--socket={self.socket}",
-             f"--port={self.port}", "--bind-address=127.0.0.1", f"--pid-file={self.root / 'pid'}",
-             "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0", *user],
-            stdout=subprocess.DEVNULL, stderr=(self.root / "log").open("ab"),
-        )  # fmt: skip
+            [
+                "/usr/sbin/mariadbd",
+                "--no-defaults",
+                f"--datadir={self.data}",
+                f"--socket={self.socket}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--pid-file={self.root / 'pid'}",
+                "--skip-name-resolve",
+                "--innodb-flush-log-at-trx-commit=0",
+                *user,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.root / "log").open("ab"),
+        )
         ping = ["mariadb-admin", f"--socket={self.socket}", "-uroot", "--wait=60", "--connect-timeout=2", "ping"]
         subprocess.run(ping, check=True, capture_output=True)
 
@@ -358,8 +373,13 @@ def _tree() -> set[str] | None:
     """Untracked and ignored paths of the working tree (files, not folders), build noise left out;
     None outside a git checkout (an installed copy)."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=_ROOT,
-                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     paths = {line[3:] for line in out.splitlines() if line[:2] in ("??", "!!")}

@@ -141,8 +141,22 @@ def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_
     out = tmp_path / "p.json"
     # throughput, a timed figure: the pruned run reads the unpruned run's (shared through the study),
     # so the two fronts differ by the pruning alone, not by the machine's load
-    results = pareto.main(["--trials", "3", "--epochs", "2", "--train-size", "512", "--val-size", "256",
-                           "--preset", "compare", "--json", str(out)])  # fmt: skip
+    results = pareto.main(
+        [
+            "--trials",
+            "3",
+            "--epochs",
+            "2",
+            "--train-size",
+            "512",
+            "--val-size",
+            "256",
+            "--preset",
+            "compare",
+            "--json",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == results
     assert results["unpruned"]["epochs_trained"] == 6 and results["unpruned"]["pruned"] == 0  # 3 trials x 2
     assert results["pruned"]["epochs_trained"] <= 6 and results["pruned"]["pruner"] == "sha"

@@ -18,8 +18,15 @@ def _run(name, seeds, cfgs, train, val, resume=None, every=1):
     members = [Member(c) for c in cfgs]
     modules = [_model(name, s) for s in seeds]
     taken: dict[int, dict[int, Snapshot]] = {}
-    fit_population(modules, members, train, val, resume=resume, snapshot_every=every,
-                   on_snapshot=lambda epoch, snaps: taken.setdefault(epoch, snaps))  # fmt: skip
+    fit_population(
+        modules,
+        members,
+        train,
+        val,
+        resume=resume,
+        snapshot_every=every,
+        on_snapshot=lambda epoch, snaps: taken.setdefault(epoch, snaps),
+    )
     return members, modules, taken
 
 
@@ -108,8 +115,22 @@ from fmnist_search.engine import population  # noqa: E402
 from fmnist_search.search.artifacts import open_store  # noqa: E402
 from tests.conftest import finish_command  # noqa: E402
 
-STUDY = ["--model", "lenet", "--epochs", "3", "--train-size", "384", "--val-size", "300", "--batch-size", "96",
-         "--pruner", "none", "--seed", "4"]  # fmt: skip
+STUDY = [
+    "--model",
+    "lenet",
+    "--epochs",
+    "3",
+    "--train-size",
+    "384",
+    "--val-size",
+    "300",
+    "--batch-size",
+    "96",
+    "--pruner",
+    "none",
+    "--seed",
+    "4",
+]
 
 
 def _signal_in_epoch(monkeypatch, epoch: int, sig: int = signal.SIGTERM) -> None:
@@ -147,11 +168,13 @@ SIX_EPOCHS = [a if a != "3" else "6" for a in STUDY]  # --epochs 6
 
 
 @pytest.mark.parametrize(
-    ("sig", "population_size"), [(signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 1)],
+    ("sig", "population_size"),
+    [(signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 1)],
     ids=["SIGINT", "SIGINT-population-2", "SIGTERM"],
-)  # fmt: skip
-def test_a_trial_stopped_mid_epoch_continues_from_its_checkpoint(tmp_path, real_data, monkeypatch, sig,
-                                                                 population_size):  # fmt: skip
+)
+def test_a_trial_stopped_mid_epoch_continues_from_its_checkpoint(
+    tmp_path, real_data, monkeypatch, sig, population_size
+):
     """Ctrl-C (or SIGTERM) mid-epoch 3 of 6, then the command the message names: each trial's curve
     is epochs 1..6, its weights are the uninterrupted trial's, and the study has the trials asked for."""
     runner = CliRunner()
@@ -335,8 +358,9 @@ def test_a_retry_that_starts_over_has_clean_pruning_state(tmp_path, real_data, m
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-artifacts", "relative-default"])
-def test_a_retry_on_another_machine_resumes_from_a_shared_artifact_folder(postgres_url, tmp_path, real_data,
-                                                                          monkeypatch, shared):  # fmt: skip
+def test_a_retry_on_another_machine_resumes_from_a_shared_artifact_folder(
+    postgres_url, tmp_path, real_data, monkeypatch, shared
+):
     """Two workers on PostgreSQL in different working folders (two machines): with one shared
     --artifacts the retry resumes from the stopped trial's checkpoint; with the relative default
     each has its own folder, and the retry says so in one line and starts from epoch 1."""
@@ -365,5 +389,7 @@ def test_a_retry_on_another_machine_resumes_from_a_shared_artifact_folder(postgr
         assert "trial 1 resumes trial 0 from epoch 2" in result.output
     else:
         assert "resumed_from" not in retry.user_attrs
-        assert "trial 1: the checkpoint of trial 0 is ignored (its file is not in studies/artifacts: give every " \
-               "worker the same --artifacts (FMNIST_ARTIFACTS)); it starts over" in result.output  # fmt: skip
+        assert (
+            "trial 1: the checkpoint of trial 0 is ignored (its file is not in studies/artifacts: give every "
+            "worker the same --artifacts (FMNIST_ARTIFACTS)); it starts over" in result.output
+        )

@@ -216,8 +216,22 @@ def test_module_entry_point_help():
     assert out.returncode == 0, out.stderr
     listed = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ") and line.split()}
     registered = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert registered == {"create", "run", "worker", "data", "dashboard", "studies", "show", "export", "report",
-                          "plot", "evaluate", "predict", "train", "prune-artifacts"}  # fmt: skip
+    assert registered == {
+        "create",
+        "run",
+        "worker",
+        "data",
+        "dashboard",
+        "studies",
+        "show",
+        "export",
+        "report",
+        "plot",
+        "evaluate",
+        "predict",
+        "train",
+        "prune-artifacts",
+    }
     assert registered <= listed, out.stdout
 
 
@@ -243,10 +257,15 @@ def test_study_options_are_study_settings_or_say_which_study():
     assert set(StudyOptions.SETTINGS) <= SPEC_FIELDS
     others = {f.name for f in dataclasses.fields(StudyOptions)} - set(StudyOptions.SETTINGS)
     assert others == {"model", "trials", "study", "storage", "preset", "models", "fix", "objectives", "keep_weights"}
-    given = StudyOptions(epochs=3, sampler="random", fix=["schedule=cosine", "crop=2"],
-                         objectives="accuracy, params").settings()  # fmt: skip
-    assert given == {"epochs": 3, "sampler": "random", "fixed": {"schedule": "cosine", "crop": 2},
-                     "objectives": ("accuracy", "params")}  # fmt: skip
+    given = StudyOptions(
+        epochs=3, sampler="random", fix=["schedule=cosine", "crop=2"], objectives="accuracy, params"
+    ).settings()
+    assert given == {
+        "epochs": 3,
+        "sampler": "random",
+        "fixed": {"schedule": "cosine", "crop": 2},
+        "objectives": ("accuracy", "params"),
+    }
 
 
 def test_work_options_reach_worker_processes_unchanged(tmp_path):
@@ -256,9 +275,18 @@ def test_work_options_reach_worker_processes_unchanged(tmp_path):
     from fmnist_search.app.studies import as_argv
     from fmnist_search.cli import WorkOptions
 
-    work = WorkOptions(device="cpu", precision="fp32", compile=True, download=False, timeout=12.5,
-                       heartbeat_interval=3, grace_period=9, storage_patience=42.0, artifacts=tmp_path,
-                       save_weights=False)  # fmt: skip
+    work = WorkOptions(
+        device="cpu",
+        precision="fp32",
+        compile=True,
+        download=False,
+        timeout=12.5,
+        heartbeat_interval=3,
+        grace_period=9,
+        storage_patience=42.0,
+        artifacts=tmp_path,
+        save_weights=False,
+    )
     group = typer.main.get_command(app)
     with group.make_context("fmnist-search", ["worker"]) as ctx:
         parsed = group.get_command(ctx, "worker").make_context("worker", ["--study", "s", *as_argv(work)], parent=ctx)
@@ -268,8 +296,11 @@ def test_work_options_reach_worker_processes_unchanged(tmp_path):
 def test_a_study_without_a_completed_trial_is_one_line_for_train_and_evaluate(tmp_path):
     url = f"sqlite:///{tmp_path}/empty.db"
     assert invoke("create", "--model", "lenet", "--trials", "2", "--storage", url).exit_code == 0
-    for args in (["train", "--from-study", "lenet"], ["evaluate", "--study", "lenet"], ["train", "--from-study",
-                 "lenet", "--trial", "7"]):  # fmt: skip
+    for args in (
+        ["train", "--from-study", "lenet"],
+        ["evaluate", "--study", "lenet"],
+        ["train", "--from-study", "lenet", "--trial", "7"],
+    ):
         result = invoke(*args, "--storage", url)
         assert result.exit_code == 2, result.output
         assert _error_line(result) in (

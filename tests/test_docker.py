@@ -123,8 +123,10 @@ def test_k8s_example_runs_valid_commands_and_ships_no_password():
     worker = workers["template"]["spec"]["containers"][0]
     assert worker["args"][0] == "worker" and _device(worker["args"]) == "cuda"
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert worker["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}, {"name": "artifacts", "mountPath":
-                                      "/artifacts"}]  # fmt: skip
+    assert worker["volumeMounts"] == [
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "artifacts", "mountPath": "/artifacts"},
+    ]
     assert {"name": "FMNIST_ARTIFACTS", "value": "/artifacts"} in worker["env"]
     volumes = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in workers["template"]["spec"]["volumes"]}
     assert volumes == {"cache": "fmnist-cache", "artifacts": "fmnist-artifacts"}
@@ -143,8 +145,14 @@ def test_the_dashboard_role_reads_but_cannot_delete(postgres_url, tmp_path):
     from fmnist_search.search.storage import make_storage
 
     owner = urlsplit(postgres_url)
-    env = {**os.environ, "POSTGRES_USER": "fmnist", "POSTGRES_DB": "fmnist-ro", "DASHBOARD_PASSWORD": "ro-pw",
-           "PGHOST": owner.hostname, "PGPORT": str(owner.port)}  # fmt: skip
+    env = {
+        **os.environ,
+        "POSTGRES_USER": "fmnist",
+        "POSTGRES_DB": "fmnist-ro",
+        "DASHBOARD_PASSWORD": "ro-pw",
+        "PGHOST": owner.hostname,
+        "PGPORT": str(owner.port),
+    }
     subprocess.run(["createdb", "-U", "fmnist", "fmnist-ro"], env=env, check=True, capture_output=True)
     done = subprocess.run(["sh", str(DOCKER / "initdb" / "10-dashboard-reader.sh")], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr
@@ -157,10 +165,22 @@ def test_the_dashboard_role_reads_but_cannot_delete(postgres_url, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fmnist_search", "dashboard", "--storage", reader_url, "--port", str(port),
-         "--artifacts", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fmnist_search",
+            "dashboard",
+            "--storage",
+            reader_url,
+            "--port",
+            str(port),
+            "--artifacts",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         studies = _get_json(f"{base}/api/studies", proc)["study_summaries"]

@@ -88,7 +88,7 @@ def test_replay_equals_the_eager_step_on_cuda(precision, tol):
     data = (to_device(*synthetic(1100, 0), device), to_device(*synthetic(256, 1), device))
     cfg = TrainConfig(
         lr=0.05, epochs=2, batch_size=128, flip=True, erasing=0.2, schedule="cosine", precision=precision, data_seed=3
-    )  # fmt: skip (1,100 images: 8 full batches and one of 76)
+    )  # 1,100 images: 8 full batches and one of 76
     eager = _fit("lenet", [cfg], data, graphs=False)
     graphed = _fit("lenet", [cfg], data, graphs=True)
     _same_run(eager[0], graphed[0], tol)

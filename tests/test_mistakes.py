@@ -74,8 +74,22 @@ def test_a_chosen_data_folder_without_the_data_is_refused(tmp_path, real_data):
     url = f"sqlite:///{tmp_path}/d.db"
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = runner.invoke(app, ["run", "--model", "lenet", "--trials", "1", "--storage", url, "--data-dir",
-                                 str(empty), "--no-download", *TINY])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "lenet",
+            "--trials",
+            "1",
+            "--storage",
+            url,
+            "--data-dir",
+            str(empty),
+            "--no-download",
+            *TINY,
+        ],
+    )
     line = _one_error_line(result)
     assert line.startswith(f"error: {empty} holds no Fashion-MNIST (missing train-images-idx3-ubyte")
     assert optuna.get_all_study_summaries(url) == []  # refused before the study was created

@@ -15,9 +15,16 @@ from fmnist_search.search.objective import Objective
 from fmnist_search.search.record import FIELDS, TrialRecord
 
 ATTRS = {
-    "test_accuracy", "val_accuracy", "train_accuracy", "train_loss", "throughput",
-    "train_time_s", "epochs_completed", "device", "num_params",
-}  # fmt: skip
+    "test_accuracy",
+    "val_accuracy",
+    "train_accuracy",
+    "train_loss",
+    "throughput",
+    "train_time_s",
+    "epochs_completed",
+    "device",
+    "num_params",
+}
 
 
 def _study(pruner=None):

@@ -40,21 +40,51 @@ def _run(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProc
 def test_the_wheel_runs_shipped_presets_outside_the_repository(installed_wheel, tmp_path, real_data):
     where = subprocess.run(
         [sys.executable, "-c", "import fmnist_search; print(fmnist_search.__file__)"],
-        env=installed_wheel, cwd=tmp_path, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        env=installed_wheel,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert not where.startswith(str(REPO)), where  # the installed copy, not the source tree
     assert not (tmp_path / "studies").exists()
 
     url = f"sqlite:///{tmp_path}/w.db"
-    done = _run(installed_wheel, tmp_path, "run", "--preset", "seed-report", "--models", "lenet", "--storage", url,
-                "--epochs", "1", "--train-size", "512", "--val-size", "500")  # fmt: skip
+    done = _run(
+        installed_wheel,
+        tmp_path,
+        "run",
+        "--preset",
+        "seed-report",
+        "--models",
+        "lenet",
+        "--storage",
+        url,
+        "--epochs",
+        "1",
+        "--train-size",
+        "512",
+        "--val-size",
+        "500",
+    )
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name="seed-report-lenet", storage=url)
     assert sorted(t.params["lr"] for t in study.trials) == [0.01, 0.05, 0.1]  # the preset's grid
 
     # lenet-tuned names a teacher preset, which must load from the package too (trained on 512 + 500 images).
-    done = _run(installed_wheel, tmp_path, "train", "--preset", "lenet-tuned", "--epochs", "1",
-                "--train-size", "512", "--val-size", "500")  # fmt: skip
+    done = _run(
+        installed_wheel,
+        tmp_path,
+        "train",
+        "--preset",
+        "lenet-tuned",
+        "--epochs",
+        "1",
+        "--train-size",
+        "512",
+        "--val-size",
+        "500",
+    )
     assert done.returncode == 0, done.stderr
     assert "teacher airbench-tuned: training airbench" in done.stderr
     assert done.stdout.strip().splitlines()[-1].startswith("test_accuracy=")

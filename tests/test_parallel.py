@@ -89,15 +89,36 @@ def test_gpu_flag_errors():
 def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path, real_data):
     url = f"sqlite:///{tmp_path}/k.db"
     beat = ["--heartbeat-interval", "1", "--grace-period", "3"]
-    result = runner.invoke(app, ["create", "--model", "lenet", "--trials", "6", "--storage", url, "--pruner", "none",
-                                 "--epochs", "3", "--train-size", "4096", "--val-size", "1000"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "create",
+            "--model",
+            "lenet",
+            "--trials",
+            "6",
+            "--storage",
+            url,
+            "--pruner",
+            "none",
+            "--epochs",
+            "3",
+            "--train-size",
+            "4096",
+            "--val-size",
+            "1000",
+        ],
+    )
     assert result.exit_code == 0, result.output
     victim = _cli("worker", "--study", "lenet", "--storage", url, "--label", "victim", "--no-bars", *beat)
     study = optuna.load_study(study_name="lenet", storage=url)
 
     def victims_running() -> list:  # with a checkpoint: the retry must continue from it
-        return [t for t in study.get_trials(states=(TrialState.RUNNING,))
-                if t.user_attrs.get("worker") == "victim" and t.user_attrs.get("checkpoint")]  # fmt: skip
+        return [
+            t
+            for t in study.get_trials(states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker") == "victim" and t.user_attrs.get("checkpoint")
+        ]
 
     # Killed mid-trial by construction, however fast the machine: the victim is frozen (SIGSTOP)
     # once it runs a trial past its first epoch, and killed only if that trial is still RUNNING
@@ -225,8 +246,11 @@ def test_a_worker_killed_right_after_its_ask_leaves_a_trial_that_is_retried(tmp_
     beat = ["--heartbeat-interval", "1", "--grace-period", "2"]
     result = runner.invoke(app, ["create", "--model", "lenet", "--trials", "2", "--storage", url, *TINY])
     assert result.exit_code == 0, result.output
-    victim = subprocess.Popen([sys.executable, "-c", _FROZEN, point, "worker", "--study", "lenet", "--storage", url,
-                               "--no-bars", *beat], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    victim = subprocess.Popen(
+        [sys.executable, "-c", _FROZEN, point, "worker", "--study", "lenet", "--storage", url, "--no-bars", *beat],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     _wait_until_stopped(victim)
     victim.kill()
     victim.communicate(timeout=30)
@@ -262,10 +286,15 @@ def test_workers_naming_one_sqlite_file_relatively_and_absolutely_make_exactly_n
     result = runner.invoke(app, ["create", "--model", "lenet", "--trials", "6", "--storage", absolute, *TINY])
     assert result.exit_code == 0, result.output
     (tmp_path / "elsewhere").mkdir()
-    spellings = [(absolute, tmp_path / "elsewhere"), ("sqlite:///one.db", tmp_path), ("sqlite:///../one.db",
-                 tmp_path / "elsewhere")]  # fmt: skip
-    procs = [_cli("worker", "--study", "lenet", "--storage", url, "--no-bars", "--artifacts", str(tmp_path / "art"),
-                  cwd=cwd) for url, cwd in spellings]  # fmt: skip
+    spellings = [
+        (absolute, tmp_path / "elsewhere"),
+        ("sqlite:///one.db", tmp_path),
+        ("sqlite:///../one.db", tmp_path / "elsewhere"),
+    ]
+    procs = [
+        _cli("worker", "--study", "lenet", "--storage", url, "--no-bars", "--artifacts", str(tmp_path / "art"), cwd=cwd)
+        for url, cwd in spellings
+    ]
     for p in procs:
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out

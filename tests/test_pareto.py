@@ -75,8 +75,15 @@ def test_each_model_gets_its_base_recipe_unless_the_study_sets_it():
     lenet = base_recipe("lenet")
     got = with_model_recipes({"model": "lenet,airbench"})["recipes"]
     assert got == {"lenet": {k: v for k, v in lenet.items() if k != "batch_size"}}  # airbench has no base
-    mine = with_model_recipes({"model": "lenet,airbench", "lr_min": 0.05, "lr_max": 0.1, "momentum": 0.8,
-                               "recipes": {"airbench": {"fixed": {"flip": True}}}})["recipes"]  # fmt: skip
+    mine = with_model_recipes(
+        {
+            "model": "lenet,airbench",
+            "lr_min": 0.05,
+            "lr_max": 0.1,
+            "momentum": 0.8,
+            "recipes": {"airbench": {"fixed": {"flip": True}}},
+        }
+    )["recipes"]
     assert "lr_min" not in mine["lenet"] and "momentum" not in mine["lenet"]  # the study's apply to all
     assert mine["lenet"]["fixed"] == lenet["fixed"] and mine["airbench"] == {"fixed": {"flip": True}}
     assert with_model_recipes({"model": "lenet"}) == {"model": "lenet"}  # one model: unchanged
@@ -111,10 +118,14 @@ def _study(pruner: str, objectives=("accuracy", "params")):
 def _add(study, params: float, curve: list[float], done: bool = True) -> int:
     """A finished trial with this many parameters and this validation curve."""
     values = [curve[-1], params] if done else None
-    study.add_trial(optuna.create_trial(
-        state=TrialState.COMPLETE if done else TrialState.PRUNED, values=values,
-        intermediate_values=dict(enumerate(curve, start=1)), user_attrs={MEASURED_ATTR: {"params": params}},
-    ))  # fmt: skip
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.COMPLETE if done else TrialState.PRUNED,
+            values=values,
+            intermediate_values=dict(enumerate(curve, start=1)),
+            user_attrs={MEASURED_ATTR: {"params": params}},
+        )
+    )
     return len(study.trials) - 1
 
 
@@ -165,8 +176,9 @@ def test_median_compares_only_with_trials_that_are_as_small():
 def test_one_objective_is_the_plain_rule():
     study = _study("median", objectives=("accuracy",))
     for _ in range(5):
-        study.add_trial(optuna.create_trial(state=TrialState.COMPLETE, value=0.9,
-                                            intermediate_values={1: 0.8, 2: 0.85, 3: 0.88}))  # fmt: skip
+        study.add_trial(
+            optuna.create_trial(state=TrialState.COMPLETE, value=0.9, intermediate_values={1: 0.8, 2: 0.85, 3: 0.88})
+        )
     low = study.ask()
     low.report(0.5, 3)
     assert population_prunes(study, 3, {low.number: {3: 0.5}}, _write(study)) == {low.number}
@@ -202,12 +214,28 @@ def compared(tmp_path_factory, real_data):
     """A two-model study on 4,096 real images: enqueued trials, pruned by successive halving."""
     root = tmp_path_factory.mktemp("pareto")
     url = f"sqlite:///{root}/p.db"
-    made = invoke("create", "--model", "lenet,airbench", "--objectives", "accuracy,params", "--pruner", "sha",
-                  "--trials", "4", "--storage", url, *TINY)  # fmt: skip
+    made = invoke(
+        "create",
+        "--model",
+        "lenet,airbench",
+        "--objectives",
+        "accuracy,params",
+        "--pruner",
+        "sha",
+        "--trials",
+        "4",
+        "--storage",
+        url,
+        *TINY,
+    )
     assert made.exit_code == 0, made.output
     study = optuna.load_study(study_name=NAME, storage=url)
-    for params in ({"model": "airbench", "lr_airbench": 0.05}, {"model": "lenet", "lr_lenet": 0.0101},
-                   {"model": "lenet", "lr_lenet": 0.05}, {"model": "lenet", "lr_lenet": 0.4}):  # fmt: skip
+    for params in (
+        {"model": "airbench", "lr_airbench": 0.05},
+        {"model": "lenet", "lr_lenet": 0.0101},
+        {"model": "lenet", "lr_lenet": 0.05},
+        {"model": "lenet", "lr_lenet": 0.4},
+    ):
         study.enqueue_trial(params)
     ran = invoke("worker", "--study", NAME, "--storage", url, "--device", "cpu", "--no-bars")  # the 4 enqueued
     return url, ran
@@ -267,14 +295,29 @@ def test_a_pick_with_a_ceiling_is_retrained(compared):
     best_lenet = max(lenets, key=lambda t: (t.values[0], -t.number))
     shown = invoke("show", "--study", NAME, "--storage", url, "--where", "params<=50000")
     assert shown.exit_code == 0 and f"best trial {best_lenet.number}" in shown.output
-    trained = invoke("train", "--from-study", NAME, "--where", "params <= 50_000", "--storage", url,
-                     "--epochs", "1", "--train-size", "2048", "--device", "cpu")  # fmt: skip
+    trained = invoke(
+        "train",
+        "--from-study",
+        NAME,
+        "--where",
+        "params <= 50_000",
+        "--storage",
+        url,
+        "--epochs",
+        "1",
+        "--train-size",
+        "2048",
+        "--device",
+        "cpu",
+    )
     assert trained.exit_code == 0, trained.output
     assert trained.output.startswith("train lenet on 2048 images")
     assert f"'lr': {best_lenet.params['lr_lenet']}" in trained.output
-    for where, message in (("params<=10", "no completed trial of study 'lenet+airbench' has params<=10"),
-                           ("speed>=1", "'speed' is not an objective of this study (accuracy, params)"),
-                           ("params=1", "--where takes NAME>=VALUE or NAME<=VALUE")):  # fmt: skip
+    for where, message in (
+        ("params<=10", "no completed trial of study 'lenet+airbench' has params<=10"),
+        ("speed>=1", "'speed' is not an objective of this study (accuracy, params)"),
+        ("params=1", "--where takes NAME>=VALUE or NAME<=VALUE"),
+    ):
         refused = invoke("show", "--study", NAME, "--storage", url, "--where", where)
         assert refused.exit_code == 2 and message in refused.output, refused.output
 
@@ -283,12 +326,17 @@ def test_a_comparison_resumes_and_refuses_other_objectives(compared):
     url, _ = compared
     other = invoke("run", "--study", NAME, "--objectives", "accuracy,throughput", "--trials", "1", "--storage", url)
     assert other.exit_code == 2
-    assert "was created with objectives=('accuracy', 'params'), this run asks for objectives=('accuracy', " \
-           "'throughput')" in other.output  # fmt: skip
+    assert (
+        "was created with objectives=('accuracy', 'params'), this run asks for objectives=('accuracy', "
+        "'throughput')" in other.output
+    )
     # the same study, more trials, three at a time: populations are split by model
     study = optuna.load_study(study_name=NAME, storage=url)
-    for params in ({"model": "lenet", "lr_lenet": 0.2}, {"model": "airbench", "lr_airbench": 0.1},
-                   {"model": "lenet", "lr_lenet": 0.1}):  # fmt: skip
+    for params in (
+        {"model": "lenet", "lr_lenet": 0.2},
+        {"model": "airbench", "lr_airbench": 0.1},
+        {"model": "lenet", "lr_lenet": 0.1},
+    ):
         study.enqueue_trial(params)
     more = invoke("worker", "--study", NAME, "--population", "3", "--storage", url, "--device", "cpu", "--no-bars")
     assert more.exit_code == 0, more.output
@@ -334,9 +382,13 @@ def test_a_comparison_trains_each_model_at_its_own_population_size(tiny_splits):
     spec = StudySpec(model="lenet,airbench", objectives=("accuracy", "params"), epochs=1, batch_size=64)
     study = optuna.create_study(directions=["maximize", "minimize"], pruner=optuna.pruners.NopPruner())
     study.set_user_attr("objectives", list(spec.objectives))
-    for params in ({"model": "lenet", "lr_lenet": 0.1}, {"model": "airbench", "lr_airbench": 0.05},
-                   {"model": "lenet", "lr_lenet": 0.05}, {"model": "airbench", "lr_airbench": 0.1},
-                   {"model": "lenet", "lr_lenet": 0.02}):  # fmt: skip
+    for params in (
+        {"model": "lenet", "lr_lenet": 0.1},
+        {"model": "airbench", "lr_airbench": 0.05},
+        {"model": "lenet", "lr_lenet": 0.05},
+        {"model": "airbench", "lr_airbench": 0.1},
+        {"model": "lenet", "lr_lenet": 0.02},
+    ):
         study.enqueue_trial(params)
     objective = Objective(spec, tiny_splits, torch.device("cpu"), population_caps={"lenet": 2, "airbench": 1})
     asked = [(t, objective.config(t)) for t in (study.ask() for _ in range(5))]

@@ -69,8 +69,13 @@ def _reference(name, seed, cfg, train):
     the recipe's torch scheduler and F.cross_entropy, batch by batch in the engine's order."""
     model = _model(name, seed).train()
     x, y = train
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)  # fmt: skip
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
     steps = pop.steps_per_epoch(len(x), cfg.batch_size)
     sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps, cfg.warmup_frac)
     order = torch.Generator().manual_seed(cfg.data_seed)

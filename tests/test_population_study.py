@@ -34,8 +34,22 @@ def studies(tmp_path_factory, real_data):
     urls = {}
     for k, trials in ((1, 2), (4, 6)):
         url = urls[k] = f"sqlite:///{root}/k{k}.db"
-        result = invoke("run", "--model", "lenet", "--trials", str(trials), "--population", str(k),
-                        "--lr-min", "0.02", "--lr-max", "0.2", "--storage", url, *TINY)  # fmt: skip
+        result = invoke(
+            "run",
+            "--model",
+            "lenet",
+            "--trials",
+            str(trials),
+            "--population",
+            str(k),
+            "--lr-min",
+            "0.02",
+            "--lr-max",
+            "0.2",
+            "--storage",
+            url,
+            *TINY,
+        )
         assert result.exit_code == 0, result.output
         if k > 1:
             assert "4 at a time (--population)" in result.output
@@ -77,8 +91,17 @@ def test_population_trials_have_heartbeats(studies):
 
 def test_population_weights_reproduce_the_stored_test_accuracy(studies, tmp_path):
     best = optuna.load_study(study_name="lenet", storage=studies[4]).best_trial
-    result = invoke("evaluate", "--study", "lenet", "--trial", str(best.number), "--storage", studies[4],
-                    "--output-dir", str(tmp_path))  # fmt: skip
+    result = invoke(
+        "evaluate",
+        "--study",
+        "lenet",
+        "--trial",
+        str(best.number),
+        "--storage",
+        studies[4],
+        "--output-dir",
+        str(tmp_path),
+    )
     assert result.exit_code == 0, result.output
     measured = float(re.search(r"test_accuracy=([0-9.]+)", result.output).group(1))
     assert measured == round(best.user_attrs["test_accuracy"], 4)
@@ -125,8 +148,22 @@ def test_population_refuses_fp16_and_compile_in_one_line(tmp_path, real_data):
 def test_a_population_on_a_database_server(database_url, real_data):
     """The batched writes (multi-row upserts of reports, records and SHA rung attrs) and the
     batched heartbeats in each server's own SQL dialect."""
-    result = invoke("run", "--model", "lenet", "--study", "pop", "--trials", "4", "--population", "4",
-                    "--pruner", "sha", "--storage", database_url, *TINY)  # fmt: skip
+    result = invoke(
+        "run",
+        "--model",
+        "lenet",
+        "--study",
+        "pop",
+        "--trials",
+        "4",
+        "--population",
+        "4",
+        "--pruner",
+        "sha",
+        "--storage",
+        database_url,
+        *TINY,
+    )
     assert result.exit_code == 0, result.output
     trials = optuna.load_study(study_name="pop", storage=database_url).trials
     assert len(trials) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}

@@ -32,15 +32,37 @@ runner = CliRunner()
 def _grid_study(tmp_path: Path, epochs: int = 10) -> optuna.Study:
     """A seed-report-like study with three stored trials (real Optuna trials, made by hand)."""
     storage = make_storage(f"sqlite:///{tmp_path}/r.db", heartbeat=False)
-    requested = {"model": "lenet", "sampler": "grid", "lr_grid": [0.1, 0.05, 0.01], "momentum": 0.0,
-                 "epochs": epochs, "pruner": "none"}  # fmt: skip
+    requested = {
+        "model": "lenet",
+        "sampler": "grid",
+        "lr_grid": [0.1, 0.05, 0.01],
+        "momentum": 0.0,
+        "epochs": epochs,
+        "pruner": "none",
+    }
     study, _ = open_study(storage, "seed-report-lenet", requested)
     dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 0.5, log=True)}
     for i, lr in enumerate([0.1, 0.05, 0.01]):
-        history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.5 + e / 100, "val_accuracy": 0.5 + e / 50,
-                    "val_loss": 1.0, "train_time_s": 1.0, "samples": 100} for e in range(1, 4)]  # fmt: skip
-        attrs = {"train_accuracy": 0.9 - i / 100, "test_accuracy": 0.8 + i / 100, "throughput": 1000.0 + i,
-                 "device": "cpu", "device_name": "test cpu", "history": history}  # fmt: skip
+        history = [
+            {
+                "epoch": e,
+                "train_loss": 1 / e,
+                "train_accuracy": 0.5 + e / 100,
+                "val_accuracy": 0.5 + e / 50,
+                "val_loss": 1.0,
+                "train_time_s": 1.0,
+                "samples": 100,
+            }
+            for e in range(1, 4)
+        ]
+        attrs = {
+            "train_accuracy": 0.9 - i / 100,
+            "test_accuracy": 0.8 + i / 100,
+            "throughput": 1000.0 + i,
+            "device": "cpu",
+            "device_name": "test cpu",
+            "history": history,
+        }
         study.add_trial(create_trial(params={"lr": lr}, distributions=dist, value=0.85 + i / 100, user_attrs=attrs))
     return study
 
@@ -138,8 +160,27 @@ def trained(tmp_path_factory, real_data):
     """A small real LeNet study whose best trial has saved weights."""
     root = tmp_path_factory.mktemp("trained")
     url = f"sqlite:///{root}/t.db"
-    args = ["run", "--model", "lenet", "--trials", "2", "--storage", url, "--epochs", "2", "--train-size", "8192",
-            "--val-size", "2000", "--batch-size", "64", "--lr-min", "0.03", "--lr-max", "0.1"]  # fmt: skip
+    args = [
+        "run",
+        "--model",
+        "lenet",
+        "--trials",
+        "2",
+        "--storage",
+        url,
+        "--epochs",
+        "2",
+        "--train-size",
+        "8192",
+        "--val-size",
+        "2000",
+        "--batch-size",
+        "64",
+        "--lr-min",
+        "0.03",
+        "--lr-max",
+        "0.1",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (root / "t-artifacts").is_dir()
@@ -161,9 +202,29 @@ def test_evaluate_prints_per_class_accuracy_and_writes_confusion_html(trained, t
 def test_evaluate_reproduces_a_bf16_trials_stored_test_accuracy(tmp_path, real_data):
     """Trained under bf16 autocast, evaluated in fp32 by both the trial and `evaluate`: the same figure."""
     url = f"sqlite:///{tmp_path}/bf.db"
-    args = ["run", "--model", "lenet", "--trials", "1", "--storage", url, "--epochs", "1", "--train-size", "2048",
-            "--val-size", "1000", "--batch-size", "64", "--precision", "bf16", "--lr-min", "0.05",
-            "--lr-max", "0.1"]  # fmt: skip
+    args = [
+        "run",
+        "--model",
+        "lenet",
+        "--trials",
+        "1",
+        "--storage",
+        url,
+        "--epochs",
+        "1",
+        "--train-size",
+        "2048",
+        "--val-size",
+        "1000",
+        "--batch-size",
+        "64",
+        "--precision",
+        "bf16",
+        "--lr-min",
+        "0.05",
+        "--lr-max",
+        "0.1",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     (trial,) = optuna.load_study(study_name="lenet", storage=url).trials
@@ -218,8 +279,22 @@ def test_predict_and_evaluate_errors(trained, tmp_path):
 
 def test_trial_without_weights(tmp_path, real_data):
     url = f"sqlite:///{tmp_path}/n.db"
-    args = ["run", "--model", "lenet", "--trials", "1", "--storage", url, "--epochs", "1", "--train-size", "512",
-            "--val-size", "500", "--no-save-weights"]  # fmt: skip
+    args = [
+        "run",
+        "--model",
+        "lenet",
+        "--trials",
+        "1",
+        "--storage",
+        url,
+        "--epochs",
+        "1",
+        "--train-size",
+        "512",
+        "--val-size",
+        "500",
+        "--no-save-weights",
+    ]
     assert runner.invoke(app, args).exit_code == 0
     result = runner.invoke(app, ["evaluate", "--study", "lenet", "--storage", url])
     assert result.exit_code == 2 and "has no saved weights" in result.output

@@ -13,8 +13,20 @@ from fmnist_search.search.front import ranked
 from fmnist_search.search.retention import keep_best
 
 runner = CliRunner()
-TINY = ["--model", "lenet", "--epochs", "1", "--train-size", "384", "--val-size", "300", "--batch-size", "96",
-        "--pruner", "none"]  # fmt: skip
+TINY = [
+    "--model",
+    "lenet",
+    "--epochs",
+    "1",
+    "--train-size",
+    "384",
+    "--val-size",
+    "300",
+    "--batch-size",
+    "96",
+    "--pruner",
+    "none",
+]
 
 
 def _weights(folder) -> set[str]:

@@ -15,8 +15,19 @@ from fmnist_search.core.errors import ConfigError
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("word,value", [("true", True), ("False", False), ("YES", True), ("no", False),
-                                        ("On", True), ("off", False), ("1", True), ("0", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "word,value",
+    [
+        ("true", True),
+        ("False", False),
+        ("YES", True),
+        ("no", False),
+        ("On", True),
+        ("off", False),
+        ("1", True),
+        ("0", False),
+    ],
+)
 def test_booleans_spelled_as_words_mean_what_they_say(word, value):
     assert parse_value("nesterov", word) is value
     assert parse_fixed([f"flip={word}", f"tta_flip={word}"]) == {"flip": value, "tta_flip": value}
@@ -146,9 +157,11 @@ def test_train_params_are_checked_like_a_recipe():
 
 @pytest.mark.parametrize(
     "args,message",
-    [(["--timeout", "0"], "--timeout must be a number of seconds > 0, got 0"),
-     (["--population", "0"], "'--population': Input should be greater than or equal to 1")],
-)  # fmt: skip
+    [
+        (["--timeout", "0"], "--timeout must be a number of seconds > 0, got 0"),
+        (["--population", "0"], "'--population': Input should be greater than or equal to 1"),
+    ],
+)
 def test_work_options_refuse_bad_values_in_one_line(tmp_path, args, message):
     db = tmp_path / "s.db"
     result = runner.invoke(app, ["run", "--model", "lenet", "--storage", f"sqlite:///{db}", *args])

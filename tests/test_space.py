@@ -159,8 +159,15 @@ def test_unknown_fixed_parameters_and_spaces_are_refused():
 def test_every_shipped_preset_loads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no studies/ here: the presets come from the package
     names = preset_names()
-    assert names == ["airbench-tuned", "compare", "lenet-base", "lenet-tuned", "resnet18-tuned", "resnet34-tuned",
-                     "seed-report"]  # fmt: skip
+    assert names == [
+        "airbench-tuned",
+        "compare",
+        "lenet-base",
+        "lenet-tuned",
+        "resnet18-tuned",
+        "resnet34-tuned",
+        "seed-report",
+    ]
     for name in names:
         preset = load_preset(name)
         assert preset.description

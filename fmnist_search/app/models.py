@@ -71,8 +71,16 @@ def train_config(
         spec = stored_spec(study)
         t = find_trial(study, trial, tuple(where))
         model = model or model_of(t.params, spec)
-        config.update(TrialRecord.of(t).config or {"epochs": spec.epochs, "batch_size": spec.batch_size,
-                                                      "momentum": spec.momentum, **spec.fixed, **t.params})  # fmt: skip
+        config.update(
+            TrialRecord.of(t).config
+            or {
+                "epochs": spec.epochs,
+                "batch_size": spec.batch_size,
+                "momentum": spec.momentum,
+                **spec.fixed,
+                **t.params,
+            }
+        )
         config.pop("seed", None)
         config.pop("data_seed", None)  # `train` seeds its own run
         split = {"val_size": spec.val_size, "train_size": spec.train_size, "seed": spec.seed}
@@ -103,12 +111,25 @@ class Training:
 
 
 def train(
-    model: str | None, preset: str | None, params: str | None, from_study: str | None, trial: int | None,
-    store: Callable[[], Any], *, where: tuple[str, ...] | list[str] = (), epochs: int | None,
-    split_flags: dict[str, Any], device: str, precision: str,
-    compile: bool, data_dir: Path | None, download: bool, save: Path | None,
-    show: Say, say: Say,
-) -> Training:  # fmt: skip
+    model: str | None,
+    preset: str | None,
+    params: str | None,
+    from_study: str | None,
+    trial: int | None,
+    store: Callable[[], Any],
+    *,
+    where: tuple[str, ...] | list[str] = (),
+    epochs: int | None,
+    split_flags: dict[str, Any],
+    device: str,
+    precision: str,
+    compile: bool,
+    data_dir: Path | None,
+    download: bool,
+    save: Path | None,
+    show: Say,
+    say: Say,
+) -> Training:
     """Train one configuration (preset or a study's trial < --params < flags) and test it; ``show``
     gets what it trains and a line per epoch, ``say`` the rest (the teacher's training)."""
     import torch
@@ -150,14 +171,21 @@ def train(
 
     def on_epoch(m: Any) -> None:
         val = "" if full_train else f" val_acc={m.val_accuracy:.4f}"
-        show(f"epoch {m.epoch}/{cfg.epochs}: train_loss={m.train_loss:.4f} train_acc={m.train_accuracy:.4f}{val} "
-             f"({m.train_time_s:.1f} s, {m.samples / m.train_time_s:,.0f} samples/s)")  # fmt: skip
+        show(
+            f"epoch {m.epoch}/{cfg.epochs}: train_loss={m.train_loss:.4f} train_acc={m.train_accuracy:.4f}{val} "
+            f"({m.train_time_s:.1f} s, {m.samples / m.train_time_s:,.0f} samples/s)"
+        )
 
     try:
         built, _ = train_recipe(
-            name, cfg, tr, None if full_train else va, compiled={} if compile else None, teacher=teacher,
+            name,
+            cfg,
+            tr,
+            None if full_train else va,
+            compiled={} if compile else None,
+            teacher=teacher,
             on_epoch_end=on_epoch,
-        )  # fmt: skip
+        )
     except Diverged as e:
         raise FmnistSearchError(f"{e}; try a lower lr") from None
     run.test_accuracy, _ = evaluate(built.runnable, *te, tta_flip=cfg.tta_flip)  # fp32, as `evaluate` reproduces it
@@ -182,18 +210,34 @@ class Evaluation:
     def tables(self) -> list[tuple[str, tuple[str, ...], list[tuple[str, ...]]]]:
         """(title, columns, rows) of the per-class table and the confusion matrix."""
         m, names = self.matrix, self.classes
-        per_class = [(f"{i} {n}", f"{a:.3f}", str(m[i][i]), str(sum(m[i]))) for i, (n, a) in
-                     enumerate(zip(names, self.per_class, strict=True))]  # fmt: skip
+        per_class = [
+            (f"{i} {n}", f"{a:.3f}", str(m[i][i]), str(sum(m[i])))
+            for i, (n, a) in enumerate(zip(names, self.per_class, strict=True))
+        ]
         confusion = [(f"{i} {n}", *map(str, m[i])) for i, n in enumerate(names)]
-        return [("per class", ("class", "accuracy", "correct", "images"), per_class),
-                ("confusion matrix (rows: true class, columns: predicted)",
-                 ("true", *map(str, range(len(names)))), confusion)]  # fmt: skip
+        return [
+            ("per class", ("class", "accuracy", "correct", "images"), per_class),
+            (
+                "confusion matrix (rows: true class, columns: predicted)",
+                ("true", *map(str, range(len(names)))),
+                confusion,
+            ),
+        ]
 
 
 def evaluate(
-    study: str | None, trial: int | None, weights: Path | None, store: Callable[[], Any], artifacts: Path,
-    *, tta_flip: bool | None, device: str, data_dir: Path | None, download: bool, output_dir: Path,
-) -> Evaluation:  # fmt: skip
+    study: str | None,
+    trial: int | None,
+    weights: Path | None,
+    store: Callable[[], Any],
+    artifacts: Path,
+    *,
+    tta_flip: bool | None,
+    device: str,
+    data_dir: Path | None,
+    download: bool,
+    output_dir: Path,
+) -> Evaluation:
     """A trial's (or a file's) weights on the test set: accuracy, per class, the confusion matrix (and its HTML)."""
     from ..engine.data import CLASSES
     from ..engine.inference import confusion_matrix, per_class_accuracy
@@ -206,8 +250,15 @@ def evaluate(
     ds = load_dataset(data_dir, download)
     x, y = to_device(ds.test_images, ds.test_labels, dev)
     matrix = confusion_matrix(model.to(dev), x, y, tta_flip=tta)
-    result = Evaluation(label, matrix.diag().sum().item() / matrix.sum().item(), len(y), tta, list(CLASSES),
-                        matrix.tolist(), per_class_accuracy(matrix))  # fmt: skip
+    result = Evaluation(
+        label,
+        matrix.diag().sum().item() / matrix.sum().item(),
+        len(y),
+        tta,
+        list(CLASSES),
+        matrix.tolist(),
+        per_class_accuracy(matrix),
+    )
     result.html = output_dir / f"confusion-{re.sub(r'[^A-Za-z0-9._-]+', '-', label)}.html"
     output_dir.mkdir(parents=True, exist_ok=True)
     confusion_figure(result.matrix, result.classes, f"{label}: confusion matrix").write_html(result.html)
@@ -215,9 +266,13 @@ def evaluate(
 
 
 def predict(
-    images: list[Path], study: str | None, trial: int | None, weights: Path | None, store: Callable[[], Any],
+    images: list[Path],
+    study: str | None,
+    trial: int | None,
+    weights: Path | None,
+    store: Callable[[], Any],
     artifacts: Path,
-) -> tuple[str, list[tuple[Path, str, float, bool]]]:  # fmt: skip
+) -> tuple[str, list[tuple[Path, str, float, bool]]]:
     """(model label, (file, class, probability, whether it was inverted) per image)."""
     import torch
 

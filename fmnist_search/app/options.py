@@ -251,9 +251,18 @@ class StudyOptions:
 
     # The options that are StudySpec fields of the same name (tests/test_cli.py checks them).
     SETTINGS: ClassVar[tuple[str, ...]] = (
-        "epochs", "batch_size", "lr_min", "lr_max", "momentum", "sampler", "pruner", "seed", "val_size",
-        "train_size", "space",
-    )  # fmt: skip
+        "epochs",
+        "batch_size",
+        "lr_min",
+        "lr_max",
+        "momentum",
+        "sampler",
+        "pruner",
+        "seed",
+        "val_size",
+        "train_size",
+        "space",
+    )
 
     def settings(self) -> dict[str, Any]:
         """The study settings these options give (an option left out gives none)."""

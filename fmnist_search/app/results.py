@@ -67,14 +67,16 @@ def list_studies(store: Any, folder: Path) -> list[tuple[str, ...]]:
         study = optuna.load_study(study_name=s.study_name, storage=store)
         counts = state_counts(study)
         best = best_trial(study)
-        rows.append((
-            s.study_name,
-            str(study.user_attrs.get("model", "?")),
-            *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
-            f"{_accuracy(study, best):.4f}" if best else "-",
-            f"{TrialRecord.of(best).test_accuracy or float('nan'):.4f}" if best else "-",
-            artifact_space(study, sizes),
-        ))  # fmt: skip
+        rows.append(
+            (
+                s.study_name,
+                str(study.user_attrs.get("model", "?")),
+                *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
+                f"{_accuracy(study, best):.4f}" if best else "-",
+                f"{TrialRecord.of(best).test_accuracy or float('nan'):.4f}" if best else "-",
+                artifact_space(study, sizes),
+            )
+        )
     return rows
 
 
@@ -197,8 +199,11 @@ def prune_artifacts(store: Any, url: str, folder: Path, dry_run: bool, min_age_s
         weights, live = in_use(optuna.load_study(study_name=summary.study_name, storage=store))
         used |= weights | live
     young = time.time() - min_age_s
-    leftovers = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and p.name not in used and p.stat().st_mtime < young)  # fmt: skip
+    leftovers = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name not in used and p.stat().st_mtime < young
+    )
     size = sum(p.stat().st_size for p in leftovers)
     if not dry_run:
         for p in leftovers:

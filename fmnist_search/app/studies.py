@@ -47,9 +47,13 @@ def signal_name(signum: int) -> str:
 
 
 def plan_studies(
-    preset: str | None, model: str | None, models: str | None, study: str | None, flags: dict[str, Any],
+    preset: str | None,
+    model: str | None,
+    models: str | None,
+    study: str | None,
+    flags: dict[str, Any],
     trials: int | None,
-) -> list[tuple[str, dict[str, Any], int, bool]]:  # fmt: skip
+) -> list[tuple[str, dict[str, Any], int, bool]]:
     """(study name, requested settings, trials, whether a new study gets its model's base
     recipe) for each study this command works on.
 
@@ -67,9 +71,14 @@ def plan_studies(
 
 
 def _plan(
-    preset: str | None, model: str | None, models: str | None, study: str | None, flags: dict[str, Any],
-    trials: int | None, load_preset: Callable[[str], Any],
-) -> list[tuple[str, dict[str, Any], int, bool]]:  # fmt: skip
+    preset: str | None,
+    model: str | None,
+    models: str | None,
+    study: str | None,
+    flags: dict[str, Any],
+    trials: int | None,
+    load_preset: Callable[[str], Any],
+) -> list[tuple[str, dict[str, Any], int, bool]]:
     if preset is None:
         if models is not None:
             raise FmnistSearchError("--models selects among a preset's models; use it with --preset")
@@ -95,8 +104,10 @@ def _plan(
     settings = {**p.settings, **flags}
     if "fixed" in p.settings and "fixed" in flags:  # --fix adds to (or overrides keys of) the preset's [fixed]
         settings["fixed"] = {**p.settings["fixed"], **flags["fixed"]}
-    return [(study or p.study.format(model=m), _narrowed({**settings, "model": m}), trials or p.trials or 30, False)
-            for m in chosen]  # fmt: skip
+    return [
+        (study or p.study.format(model=m), _narrowed({**settings, "model": m}), trials or p.trials or 30, False)
+        for m in chosen
+    ]
 
 
 def _narrowed(requested: dict[str, Any]) -> dict[str, Any]:
@@ -109,9 +120,15 @@ def _narrowed(requested: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_with_target(
-    storage: str, name: str, requested: dict[str, Any], trials: int, beat: dict[str, Any], say: Say,
-    base: bool = False, keep_weights: int | None = None,
-) -> tuple[Any, Any, Any, int]:  # fmt: skip
+    storage: str,
+    name: str,
+    requested: dict[str, Any],
+    trials: int,
+    beat: dict[str, Any],
+    say: Say,
+    base: bool = False,
+    keep_weights: int | None = None,
+) -> tuple[Any, Any, Any, int]:
     """Create (with its model's base recipe if ``base``) or resume the study, check its
     settings, raise its target by ``trials`` (and set its ``keep_weights`` bound when given):
     (store, study, spec, target)."""
@@ -168,9 +185,16 @@ def resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
 
 
 def work_here(
-    store: Any, url: str, name: str, spec: Any, work: Any, progress: Progress, say: Say, label: str | None = None,
+    store: Any,
+    url: str,
+    name: str,
+    spec: Any,
+    work: Any,
+    progress: Progress,
+    say: Say,
+    label: str | None = None,
     joined: bool = False,
-) -> None:  # fmt: skip
+) -> None:
     """Load the data (once per process), then run this process's share of the study's trials.
     A ``joined`` worker (`worker`) seeds its sampler with its name (its label, else its pid), so
     workers started together on a fresh study do not sample the same parameters in lockstep.
@@ -286,8 +310,14 @@ def _run_trials(
         checkpoint_every=work.checkpoint_every,
         population_caps=caps,
     )
-    work_loop(budgeted, objective, timeout=work.timeout, callbacks=[progress.on_trial], on_wait=progress.on_wait,
-              population=population)  # fmt: skip
+    work_loop(
+        budgeted,
+        objective,
+        timeout=work.timeout,
+        callbacks=[progress.on_trial],
+        on_wait=progress.on_wait,
+        population=population,
+    )
 
 
 def _artifacts_note(url: str, work: Any) -> str:
@@ -420,9 +450,15 @@ def create(options: Any, say: Say) -> list[tuple[str, str, int]]:
 
 
 def run(
-    options: Any, work: Any, jobs: int, gpus: str | None, workers_per_gpu: int, progress: ProgressFactory,
-    on_done: Callable[[Any], None], say: Say,
-) -> None:  # fmt: skip
+    options: Any,
+    work: Any,
+    jobs: int,
+    gpus: str | None,
+    workers_per_gpu: int,
+    progress: ProgressFactory,
+    on_done: Callable[[Any], None],
+    say: Say,
+) -> None:
     """Create or resume each study ``options`` name and run its trials: in this process, or in
     ``jobs`` worker processes (one per GPU of ``gpus``, ``workers_per_gpu`` each). ``on_done``
     gets each study when its trials are done."""

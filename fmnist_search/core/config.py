@@ -51,8 +51,14 @@ class Rule:
     choices: tuple[str, ...] = ()  # a name from a registry
 
 
-def _num(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
-         kind: type = float) -> Rule:  # fmt: skip
+def _num(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    kind: type = float,
+) -> Rule:
     lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
     hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
     noun = "a number" if kind is float else "an integer"

@@ -51,8 +51,7 @@ class Teacher:
                 with torch.no_grad(), autocast(x.device, precision):
                     # the batch size training uses, so each image's logits come from the same kernels
                     plain = torch.cat([self.net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-                    mirror = torch.cat([self.net(x[i : i + batch_size].flip(-1))
-                                        for i in range(0, len(x), batch_size)])  # fmt: skip
+                    mirror = torch.cat([self.net(x[i : i + batch_size].flip(-1)) for i in range(0, len(x), batch_size)])
                 if path is not None:
                     _save_whole((plain.cpu(), mirror.cpu()), path)
             self._tables[key] = (plain, mirror)

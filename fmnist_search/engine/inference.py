@@ -43,8 +43,14 @@ def load_image(path: Path) -> tuple[torch.Tensor, bool]:
     except (UnidentifiedImageError, OSError) as e:
         raise FmnistSearchError(f"cannot read image {path}: {e}") from None
     pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(28, 28).clone()
-    border = torch.cat([pixels[:BORDER_PX].flatten(), pixels[-BORDER_PX:].flatten(),
-                        pixels[:, :BORDER_PX].flatten(), pixels[:, -BORDER_PX:].flatten()])  # fmt: skip
+    border = torch.cat(
+        [
+            pixels[:BORDER_PX].flatten(),
+            pixels[-BORDER_PX:].flatten(),
+            pixels[:, :BORDER_PX].flatten(),
+            pixels[:, -BORDER_PX:].flatten(),
+        ]
+    )
     invert = border.float().mean().item() > 127
     return (255 - pixels if invert else pixels), invert
 

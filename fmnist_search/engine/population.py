@@ -66,8 +66,16 @@ def default_population(model: str, device: torch.device) -> int:
 
 def shared_key(cfg: TrainConfig) -> tuple[Any, ...]:
     """Configs with the same key can train in one population: they make the same batches."""
-    return (cfg.batch_size, cfg.crop, cfg.flip, cfg.erasing, cfg.teacher, cfg.precision, _order_seed(cfg),
-            cfg.eval_batch_size)  # fmt: skip
+    return (
+        cfg.batch_size,
+        cfg.crop,
+        cfg.flip,
+        cfg.erasing,
+        cfg.teacher,
+        cfg.precision,
+        _order_seed(cfg),
+        cfg.eval_batch_size,
+    )
 
 
 def _order_seed(cfg: TrainConfig) -> int:
@@ -255,8 +263,10 @@ class Snapshot:
     loss_scale: list[float] | None = None  # fp16: [scale, growth tracker]
 
     def payload(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-                "history": [dataclasses.asdict(m) for m in self.history]}  # fmt: skip
+        return {
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            "history": [dataclasses.asdict(m) for m in self.history],
+        }
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Snapshot:
@@ -586,8 +596,16 @@ class _Stack:
             state = {k: cpu(v[row]) for k, v in self.state.items()}
         momentum = {n: cpu(self.opt.momentum_of(i, row)) for i, n in enumerate(self._param_names())}
         scale = None if self.scale is None else [self.scale.scale.item(), float(self.scale.growth.item())]
-        return Snapshot(epoch, self.steps, state, momentum, batches.order.get_state(), batches.x.device.type,
-                        list(member.result.history), scale)  # fmt: skip
+        return Snapshot(
+            epoch,
+            self.steps,
+            state,
+            momentum,
+            batches.order.get_state(),
+            batches.x.device.type,
+            list(member.result.history),
+            scale,
+        )
 
     def restore(self, snaps: Sequence[Snapshot]) -> None:
         """Momentum, the lr position and the loss scale of ``snaps`` (the weights were loaded into the modules)."""
@@ -698,8 +716,9 @@ class _SGD:
     bound by launches, and a loop over 10 LeNet parameters cost ~120 of them
     (benchmarks/results/gpu-h200.md)."""
 
-    def __init__(self, params: list[torch.Tensor], cfgs: Sequence[TrainConfig], device: torch.device,
-                 stacked: bool) -> None:  # fmt: skip
+    def __init__(
+        self, params: list[torch.Tensor], cfgs: Sequence[TrainConfig], device: torch.device, stacked: bool
+    ) -> None:
         dtype = params[0].dtype
         self.stacked = stacked  # params have a leading model dimension
 

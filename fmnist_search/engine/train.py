@@ -31,10 +31,26 @@ from .population import (
 )
 
 __all__ = [  # the engine's face for one model: what trials, teachers and `train` use
-    "BACKGROUND", "MEAN", "STD", "Built", "Diverged", "EpochMetrics", "FitResult", "Teacher", "TrainConfig",
-    "augment_batch", "build_model", "distillation_loss", "epoch_batches", "evaluate", "fit", "predict_proba",
-    "soft_targets", "to_device", "train_recipe",
-]  # fmt: skip
+    "BACKGROUND",
+    "MEAN",
+    "STD",
+    "Built",
+    "Diverged",
+    "EpochMetrics",
+    "FitResult",
+    "Teacher",
+    "TrainConfig",
+    "augment_batch",
+    "build_model",
+    "distillation_loss",
+    "epoch_batches",
+    "evaluate",
+    "fit",
+    "predict_proba",
+    "soft_targets",
+    "to_device",
+    "train_recipe",
+]
 
 
 def fit(

@@ -40,8 +40,14 @@ def recipe_of(cfg: TrainConfig) -> dict[str, Any]:
 def save(store: Any, model: str, cfg: TrainConfig, snap: Snapshot) -> dict[str, Any]:
     """Write ``snap`` as a new artifact; the ``checkpoint`` attr that names it."""
     buffer = io.BytesIO()
-    payload = {"format": FORMAT, "model": model, "recipe": recipe_of(cfg), "seed": cfg.seed,
-               "data_seed": cfg.data_seed, "snapshot": snap.payload()}  # fmt: skip
+    payload = {
+        "format": FORMAT,
+        "model": model,
+        "recipe": recipe_of(cfg),
+        "seed": cfg.seed,
+        "data_seed": cfg.data_seed,
+        "snapshot": snap.payload(),
+    }
     torch.save(payload, buffer)
     artifact = f"checkpoint-{uuid.uuid4()}"
     size = buffer.tell()
@@ -99,14 +105,18 @@ def load(store: Any, attr: dict[str, Any], model: str, cfg: TrainConfig) -> tupl
     if payload["model"] != model:
         raise Refused(f"it is a {payload['model']}, this trial trains a {model}")
     if payload["recipe"] != recipe_of(cfg):
-        changed = sorted(k for k in payload["recipe"].keys() | recipe_of(cfg).keys()
-                         if payload["recipe"].get(k) != recipe_of(cfg).get(k))  # fmt: skip
+        changed = sorted(
+            k
+            for k in payload["recipe"].keys() | recipe_of(cfg).keys()
+            if payload["recipe"].get(k) != recipe_of(cfg).get(k)
+        )
         raise Refused(f"another recipe ({', '.join(changed)})")
     return snap, payload["seed"], payload["data_seed"]
 
 
-def resumable(study: optuna.Study, store: Any, trial: optuna.Trial, model: str, cfg: TrainConfig,
-              say: Callable[[str], None]) -> tuple[Snapshot, TrainConfig, int, dict[str, Any]] | None:  # fmt: skip
+def resumable(
+    study: optuna.Study, store: Any, trial: optuna.Trial, model: str, cfg: TrainConfig, say: Callable[[str], None]
+) -> tuple[Snapshot, TrainConfig, int, dict[str, Any]] | None:
     """The snapshot ``trial`` continues from, its recipe as it trained, the stopped trial's
     number and checkpoint attr; None (with one line when a checkpoint was there but refused)
     to start over."""
@@ -126,8 +136,9 @@ def in_use(study: optuna.Study) -> tuple[set[str], set[str]]:
     """(weights artifacts, checkpoints that may still be resumed) of ``study``: a RUNNING trial's,
     and a stopped trial's while a WAITING or RUNNING retry names it in its ``retry_history``."""
     trials = study.get_trials(deepcopy=False)
-    waiting = {n for t in trials if t.state.name in ("WAITING", "RUNNING")
-               for n in t.system_attrs.get("retry_history", ())}  # fmt: skip
+    waiting = {
+        n for t in trials if t.state.name in ("WAITING", "RUNNING") for n in t.system_attrs.get("retry_history", ())
+    }
     weights, live = set(), set()
     for t in trials:
         record = TrialRecord.of(t)

@@ -22,7 +22,7 @@ ATTR_COLUMNS = (
     "num_params",
     "population",
     "fail_reason",
-)  # fmt: skip (TrialRecord fields)
+)  # TrialRecord fields
 
 
 def trials_frame(

@@ -22,8 +22,12 @@ from optuna.trial import FrozenTrial, TrialState
 from ..core.errors import FmnistSearchError, StorageError
 from .criteria import ACCURACY, CRITERIA, objectives_of, values_of
 
-_OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt,
-                                                   "<": operator.lt}  # fmt: skip
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+}
 _CONDITION = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|>|<)\s*([^\s]+)\s*$")
 
 

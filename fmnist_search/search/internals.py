@@ -60,8 +60,13 @@ def artifact_dir(store: Any) -> str:
 
 # What Optuna's Study and _CachedStorage call on an RDBStorage besides its public API: a
 # storage that wraps every call (ResilientStorage's retries) must wrap these too.
-PRIVATE_STORAGE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
-                         "_get_stale_trial_ids")  # fmt: skip
+PRIVATE_STORAGE_CALLS = (
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_trials",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+)
 
 
 def rdb_models() -> Any:
@@ -84,13 +89,22 @@ def rdb_session(storage: Any) -> Iterator[Any]:
 
 
 def percentile_settings(p: PercentilePruner) -> dict[str, Any]:
-    return {"warmup": p._n_warmup_steps, "interval": p._interval_steps, "startup": p._n_startup_trials,
-            "min_trials": p._n_min_trials, "percentile": p._percentile}  # fmt: skip
+    return {
+        "warmup": p._n_warmup_steps,
+        "interval": p._interval_steps,
+        "startup": p._n_startup_trials,
+        "min_trials": p._n_min_trials,
+        "percentile": p._percentile,
+    }
 
 
 def halving_settings(p: SuccessiveHalvingPruner) -> dict[str, Any]:
-    return {"min_resource": p._min_resource, "reduction_factor": p._reduction_factor,
-            "min_early_stopping_rate": p._min_early_stopping_rate, "bootstrap_count": p._bootstrap_count}  # fmt: skip
+    return {
+        "min_resource": p._min_resource,
+        "reduction_factor": p._reduction_factor,
+        "min_early_stopping_rate": p._min_early_stopping_rate,
+        "bootstrap_count": p._bootstrap_count,
+    }
 
 
 def hyperband_bracket(
@@ -139,11 +153,16 @@ def check(url: str = "sqlite:///:memory:") -> None:
     trial = study.ask()
     hyperband = HyperbandPruner(min_resource=1, max_resource=3)
     objects = {
-        "study": study, "trial": trial, "frozen trial": study.trials[0], "cached storage": study._storage,
-        "percentile pruner": optuna.pruners.MedianPruner(), "halving pruner": SuccessiveHalvingPruner(),
-        "hyperband pruner": hyperband, "rdb storage": storage,
+        "study": study,
+        "trial": trial,
+        "frozen trial": study.trials[0],
+        "cached storage": study._storage,
+        "percentile pruner": optuna.pruners.MedianPruner(),
+        "halving pruner": SuccessiveHalvingPruner(),
+        "hyperband pruner": hyperband,
+        "rdb storage": storage,
         "artifact store": optuna.artifacts.FileSystemArtifactStore("."),
-    }  # fmt: skip
+    }
     for kind, names in _ATTRS.items():
         missing += [f"{kind}.{n}" for n in names if not hasattr(objects[kind], n)]
     if not missing:

@@ -166,8 +166,9 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
     # a group shares one resume point (run_trials groups by it): all resume, or none
     resume = [s.resume for s in group if s.resume is not None] or None
     if resume is not None:  # the epochs before: reported again, so the trial shows one unbroken curve
-        before = [(trial_id(s.trial), m.epoch, m.val_accuracy) for s, r in zip(group, resume, strict=True)
-                  for m in r.history]  # fmt: skip
+        before = [
+            (trial_id(s.trial), m.epoch, m.val_accuracy) for s, r in zip(group, resume, strict=True) for m in r.history
+        ]
         write_trials(store, intermediate=before)
 
     def tell(i: int, state: TrialState, value: float | list[float] | None = None) -> None:
@@ -207,8 +208,9 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
             for i, m in metrics.items():
                 objective.on_epoch(group[i].trial.number, m)
         values = {group[i].trial.number: _history(members[i]) for i in metrics}
-        pruned = population_prunes(study, epoch, values, lambda items: write_trials(store, system_attrs=items),
-                                   objective.spec.objectives)  # fmt: skip
+        pruned = population_prunes(
+            study, epoch, values, lambda items: write_trials(store, system_attrs=items), objective.spec.objectives
+        )
         stop = {i for i in metrics if group[i].trial.number in pruned}
         for i in sorted(stop):
             tell(i, TrialState.PRUNED)
@@ -217,9 +219,19 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
 
     try:
         every = objective.checkpoint_every if objective.checkpoint_store is not None else 0
-        fit_population([b.runnable for b in built], members, objective.train, objective.val, on_epoch_end,
-                       objective.teacher(group[0].cfg), census, resume=resume, on_snapshot=on_snapshot,
-                       snapshot_every=every, graphs=objective.graphs and compiled is None)  # fmt: skip
+        fit_population(
+            [b.runnable for b in built],
+            members,
+            objective.train,
+            objective.val,
+            on_epoch_end,
+            objective.teacher(group[0].cfg),
+            census,
+            resume=resume,
+            on_snapshot=on_snapshot,
+            snapshot_every=every,
+            graphs=objective.graphs and compiled is None,
+        )
     finally:  # an interrupt too: every trial keeps what it measured
         for s, m in zip(group, members, strict=True):
             if not s.told:

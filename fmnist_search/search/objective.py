@@ -159,8 +159,14 @@ class Objective:
             where = artifact_dir(self.artifact_store)
             raise StorageError(f"cannot save trial {trial.number}'s checkpoint in {where}: {e.strerror}") from None
 
-    def finish(self, trial: optuna.Trial, record: TrialRecord, runnable: torch.nn.Module, module: torch.nn.Module,
-               cfg: TrainConfig) -> None:  # fmt: skip
+    def finish(
+        self,
+        trial: optuna.Trial,
+        record: TrialRecord,
+        runnable: torch.nn.Module,
+        module: torch.nn.Module,
+        cfg: TrainConfig,
+    ) -> None:
         """Test accuracy (fp32, as ``fmnist-search evaluate`` computes it) and the weights artifact."""
         record.test_accuracy, _ = evaluate(runnable, *self.test, tta_flip=cfg.tta_flip)
         if self.artifact_store is not None:

@@ -68,8 +68,15 @@ def front_data(study: optuna.Study) -> list[dict[str, Any]]:
         values = values_of(t, objectives)
         if len(values) == len(objectives):
             model = TrialRecord.of(t).model or str(t.params.get("model", "?"))
-            out.append({"number": t.number, "state": t.state.name, "model": model, "values": values,
-                        "front": t.number in on_front})  # fmt: skip
+            out.append(
+                {
+                    "number": t.number,
+                    "state": t.state.name,
+                    "model": model,
+                    "values": values,
+                    "front": t.number in on_front,
+                }
+            )
     return out
 
 
@@ -83,17 +90,28 @@ def pareto_figure(study_name: str, objectives: tuple[str, ...], data: list[dict[
         for state, symbol in (("COMPLETE", "circle"), ("PRUNED", "circle-open")):
             rows = [d for d in data if d["model"] == model and d["state"] == state]
             if rows:
-                fig.add_trace(go.Scatter(
-                    x=[d["values"][x_name] for d in rows], y=[d["values"][ACCURACY] for d in rows], mode="markers",
-                    name=f"{model} ({state.lower()})", text=[f"trial {d['number']}" for d in rows],
-                    marker={"color": palette[i % len(palette)], "symbol": symbol, "size": 9},
-                ))  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(
+                        x=[d["values"][x_name] for d in rows],
+                        y=[d["values"][ACCURACY] for d in rows],
+                        mode="markers",
+                        name=f"{model} ({state.lower()})",
+                        text=[f"trial {d['number']}" for d in rows],
+                        marker={"color": palette[i % len(palette)], "symbol": symbol, "size": 9},
+                    )
+                )
     front = sorted((d for d in data if d["front"]), key=lambda d: d["values"][x_name])
-    fig.add_trace(go.Scatter(
-        x=[d["values"][x_name] for d in front], y=[d["values"][ACCURACY] for d in front], mode="lines+markers",
-        name="Pareto front", text=[f"trial {d['number']}" for d in front],
-        line={"color": "black", "dash": "dash"}, marker={"color": "rgba(0,0,0,0)", "size": 15, "line": {"width": 2}},
-    ))  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=[d["values"][x_name] for d in front],
+            y=[d["values"][ACCURACY] for d in front],
+            mode="lines+markers",
+            name="Pareto front",
+            text=[f"trial {d['number']}" for d in front],
+            line={"color": "black", "dash": "dash"},
+            marker={"color": "rgba(0,0,0,0)", "size": 15, "line": {"width": 2}},
+        )
+    )
     x_log = x_name in ("throughput", "params")  # spans orders of magnitude across models
     fig.update_xaxes(title_text=f"{x_name} ({CRITERIA[x_name].unit})", type="log" if x_log else None)
     fig.update_yaxes(title_text="validation accuracy")
@@ -133,8 +151,11 @@ def study_figures(study: optuna.Study) -> dict[str, go.Figure]:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             figures["hypervolume"] = vis.plot_hypervolume_history(study, reference_point(study, objectives))
     # Optuna's single-value plots: of validation accuracy, whatever else the study optimises.
-    target = {} if len(objectives) == 1 else {
-        "target": lambda t: values_of(t, objectives)[ACCURACY], "target_name": "val_accuracy"}  # fmt: skip
+    target = (
+        {}
+        if len(objectives) == 1
+        else {"target": lambda t: values_of(t, objectives)[ACCURACY], "target_name": "val_accuracy"}
+    )
     if completed:
         figures["optimization_history"] = vis.plot_optimization_history(study, **target)
         figures["slice"] = vis.plot_slice(study, **target)  # each param (lr first of all) against val accuracy

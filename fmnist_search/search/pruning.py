@@ -96,8 +96,9 @@ def _none(pruner: Any, study: Any, step: int, values: Values, write: Write, comp
     return set()
 
 
-def _percentile(pruner: PercentilePruner, study: Any, step: int, values: Values, write: Write,
-                competes: Competes) -> set[int]:  # fmt: skip
+def _percentile(
+    pruner: PercentilePruner, study: Any, step: int, values: Values, write: Write, competes: Competes
+) -> set[int]:
     p = percentile_settings(pruner)
     warmup, interval = p["warmup"], p["interval"]
     if step < warmup or (step - warmup) % interval:
@@ -110,8 +111,9 @@ def _percentile(pruner: PercentilePruner, study: Any, step: int, values: Values,
         me = trials[number]
         rivals = [t for t in completed if competes(t, me)]
         finished = [t.intermediate_values[step] for t in rivals if step in t.intermediate_values]
-        peers = [v[step] for other, v in values.items()
-                 if other != number and step in v and competes(trials[other], me)]  # fmt: skip
+        peers = [
+            v[step] for other, v in values.items() if other != number and step in v and competes(trials[other], me)
+        ]
         if len(rivals) + len(peers) < max(p["startup"], 1):
             continue
         pool = finished + peers
@@ -138,8 +140,9 @@ def _promotable(value: float, competing: list[float], eta: int, maximize: bool) 
     return value >= ranked[-(index + 1)] if maximize else value <= ranked[index]
 
 
-def _halving(pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Values, write: Write,
-             competes: Competes) -> set[int]:  # fmt: skip
+def _halving(
+    pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Values, write: Write, competes: Competes
+) -> set[int]:
     p = halving_settings(pruner)
     if p["min_resource"] is None:  # "auto": Optuna estimates it from finished trials; ours set it
         raise ValueError("population pruning needs a SuccessiveHalvingPruner with a min_resource")
@@ -158,17 +161,22 @@ def _halving(pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Val
     write([(trial_id(trials[n]), key, value) for n, (key, value) in reached.items()])
     for number, (key, value) in reached.items():
         me = trials[number]
-        others = [t.system_attrs[key] for n, t in trials.items()
-                  if n not in reached and key in t.system_attrs and competes(t, me)]  # fmt: skip
-        competing = others + [v for n, (k, v) in reached.items()
-                              if k == key and (n == number or competes(trials[n], me))]  # fmt: skip
+        others = [
+            t.system_attrs[key]
+            for n, t in trials.items()
+            if n not in reached and key in t.system_attrs and competes(t, me)
+        ]
+        competing = others + [
+            v for n, (k, v) in reached.items() if k == key and (n == number or competes(trials[n], me))
+        ]
         if len(competing) <= p["bootstrap_count"] or not _promotable(value, competing, p["reduction_factor"], maximize):
             pruned.add(number)
     return pruned
 
 
-def _hyperband(pruner: HyperbandPruner, study: Any, step: int, values: Values, write: Write,
-               competes: Competes) -> set[int]:  # fmt: skip
+def _hyperband(
+    pruner: HyperbandPruner, study: Any, step: int, values: Values, write: Write, competes: Competes
+) -> set[int]:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     brackets: dict[int, tuple[Any, Any, Values]] = {}
     for number, own in values.items():

@@ -30,9 +30,19 @@ REPORT_TABLE = _published()
 REPORT_RECIPE = {"epochs": 10, "batch_size": 256, "momentum": 0.0}  # the report's fixed settings
 
 COLUMNS = [
-    "study", "model", "trial", "lr", "train_accuracy", "val_accuracy", "test_accuracy", "samples_per_s", "device",
-    "report_train_accuracy", "report_test_accuracy", "report_samples_per_s",
-]  # fmt: skip
+    "study",
+    "model",
+    "trial",
+    "lr",
+    "train_accuracy",
+    "val_accuracy",
+    "test_accuracy",
+    "samples_per_s",
+    "device",
+    "report_train_accuracy",
+    "report_test_accuracy",
+    "report_samples_per_s",
+]
 
 
 def _report_row(model: str, lr: float, recipe_matches: bool) -> tuple[float, float, float]:
@@ -56,9 +66,19 @@ def report_frame(studies: list[optuna.Study]) -> pd.DataFrame:
             lr = lr_of(t)
             model = model_of(t.params, spec)
             rows.append(
-                [study.study_name, model, t.number, lr, a.train_accuracy, values_of(t, objectives)[ACCURACY],
-                 a.test_accuracy, a.throughput, a.device_name or a.device, *_report_row(model, lr, recipe)]
-            )  # fmt: skip
+                [
+                    study.study_name,
+                    model,
+                    t.number,
+                    lr,
+                    a.train_accuracy,
+                    values_of(t, objectives)[ACCURACY],
+                    a.test_accuracy,
+                    a.throughput,
+                    a.device_name or a.device,
+                    *_report_row(model, lr, recipe),
+                ]
+            )
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.sort_values(["model", "lr", "trial"], ascending=[True, False, True]).reset_index(drop=True)
 
@@ -73,12 +93,20 @@ def front_frame(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for t in front(study):
         a, values = TrialRecord.of(t), values_of(t, objectives)
-        rows.append({
-            "study": study.study_name, "trial": t.number, "model": model_of(t.params, spec),
-            "num_params": a.num_params, "lr": lr_of(t), "val_accuracy": values[ACCURACY],
-            "test_accuracy": a.test_accuracy, **{n: values.get(n) for n in others},
-            "samples_per_s": a.throughput, "device": a.device_name or a.device,
-        })  # fmt: skip
+        rows.append(
+            {
+                "study": study.study_name,
+                "trial": t.number,
+                "model": model_of(t.params, spec),
+                "num_params": a.num_params,
+                "lr": lr_of(t),
+                "val_accuracy": values[ACCURACY],
+                "test_accuracy": a.test_accuracy,
+                **{n: values.get(n) for n in others},
+                "samples_per_s": a.throughput,
+                "device": a.device_name or a.device,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -91,19 +119,41 @@ def front_markdown(frame: pd.DataFrame, objectives: tuple[str, ...]) -> str:
             return "—"
         return f"{100 * v:.1f}%" if name == ACCURACY else f"{v:,.4g}" if name == "latency" else f"{v:,.0f}"
 
-    head = ["trial", "model", "parameters", "lr", "val acc", "test acc",
-            *(f"{n} ({CRITERIA[n].unit})" for n in others), "trained at (samples/s)", "device"]  # fmt: skip
+    head = [
+        "trial",
+        "model",
+        "parameters",
+        "lr",
+        "val acc",
+        "test acc",
+        *(f"{n} ({CRITERIA[n].unit})" for n in others),
+        "trained at (samples/s)",
+        "device",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in frame.to_dict("records"):
-        cells = [str(r["trial"]), r["model"], fig("params", r["num_params"]), f"{r['lr']:.3g}",
-                 fig(ACCURACY, r["val_accuracy"]), fig(ACCURACY, r["test_accuracy"]),
-                 *(fig(n, r[n]) for n in others), fig("throughput", r["samples_per_s"]), str(r["device"])]  # fmt: skip
+        cells = [
+            str(r["trial"]),
+            r["model"],
+            fig("params", r["num_params"]),
+            f"{r['lr']:.3g}",
+            fig(ACCURACY, r["val_accuracy"]),
+            fig(ACCURACY, r["test_accuracy"]),
+            *(fig(n, r[n]) for n in others),
+            fig("throughput", r["samples_per_s"]),
+            str(r["device"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     models = list(dict.fromkeys(frame["model"])) if not frame.empty else []
     published = [(m, lr, f) for (m, lr), f in sorted(REPORT_TABLE.items()) if m in models]
     if published:
-        lines += ["", "The report's Table 1 for these models (plain SGD, batch 256, 10 epochs; RTX 4060 Laptop):", "",
-                  "| model | lr | train acc | test acc | samples/s |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "The report's Table 1 for these models (plain SGD, batch 256, 10 epochs; RTX 4060 Laptop):",
+            "",
+            "| model | lr | train acc | test acc | samples/s |",
+            "|---|---|---|---|---|",
+        ]
         lines += [f"| {m} | {lr:g} | {100 * f[0]:.1f}% | {100 * f[1]:.1f}% | {f[2]:,.0f} |" for m, lr, f in published]
     return "\n".join(lines) + "\n"
 

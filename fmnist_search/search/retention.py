@@ -38,9 +38,11 @@ def keep_best(study: optuna.Study, store: Any) -> list[int]:
         return []
     folder = Path(artifact_dir(store))
     best = {t.number for t in ranked(study, limit=n)}
-    doomed = [(t.number, artifact) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.number not in best and (artifact := TrialRecord.of(t).weights_artifact)
-              and (folder / artifact).is_file()]  # fmt: skip
+    doomed = [
+        (t.number, artifact)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.number not in best and (artifact := TrialRecord.of(t).weights_artifact) and (folder / artifact).is_file()
+    ]
     if not doomed:
         return []
     with removing(folder) as free:

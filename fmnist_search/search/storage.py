@@ -43,14 +43,32 @@ Say = Callable[[str], None]
 # What Optuna's Study and _CachedStorage call on an RDBStorage (public API and the private
 # methods the cache uses, internals.PRIVATE_STORAGE_CALLS). Helpers that take an open session run inside these.
 _CALLS = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-    "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
-    "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_state_values",
-    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat",
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "get_best_trial",
+    "record_heartbeat",
     *PRIVATE_STORAGE_CALLS,
-)  # fmt: skip
+)
 
 
 class ResilientStorage(RDBStorage):
@@ -82,8 +100,11 @@ class ResilientStorage(RDBStorage):
 
         models = rdb_models()
 
-        user = [{"trial_id": i, "key": k, "value_json": json.dumps(v)} for i, a in (user_attrs or {}).items()
-                for k, v in a.items()]  # fmt: skip
+        user = [
+            {"trial_id": i, "key": k, "value_json": json.dumps(v)}
+            for i, a in (user_attrs or {}).items()
+            for k, v in a.items()
+        ]
         system = [{"trial_id": i, "key": k, "value_json": json.dumps(v)} for i, k, v in system_attrs or ()]
         values = []
         for trial_id, step, value in intermediate or ():
@@ -102,8 +123,13 @@ class ResilientStorage(RDBStorage):
                     self.check_trial_is_updatable(trial_id, state)  # as each of Optuna's writes does
                 _upsert(session, models.TrialUserAttributeModel, user, ("trial_id", "key"), ("value_json",))
                 _upsert(session, models.TrialSystemAttributeModel, system, ("trial_id", "key"), ("value_json",))
-                _upsert(session, models.TrialIntermediateValueModel, values, ("trial_id", "step"),
-                        ("intermediate_value", "intermediate_value_type"))  # fmt: skip
+                _upsert(
+                    session,
+                    models.TrialIntermediateValueModel,
+                    values,
+                    ("trial_id", "step"),
+                    ("intermediate_value", "intermediate_value_type"),
+                )
 
         self.retrier(write, "batched write")
 
@@ -291,8 +317,9 @@ def make_storage(
             storage = ResilientStorage.__new__(ResilientStorage)
             storage.retrier = retrier
             storage.read_only = frozen
-            RDBStorage.__init__(storage, engine_url, engine_kwargs=engine_kwargs, skip_table_creation=frozen,
-                                **heartbeat_kwargs)  # fmt: skip
+            RDBStorage.__init__(
+                storage, engine_url, engine_kwargs=engine_kwargs, skip_table_creation=frozen, **heartbeat_kwargs
+            )
             return storage
 
     try:
