@@ -28,11 +28,12 @@ from pathlib import Path
 import optuna
 from results_io import write_json  # benchmarks/ is on sys.path when a script runs
 
+from fmnist_search.search.budget import BudgetedStudy, set_target
 from fmnist_search.search.internals import backend, storage_of, trial_id
+from fmnist_search.search.locks import study_lock
 from fmnist_search.search.record import TrialRecord
 from fmnist_search.search.storage import make_storage
 from fmnist_search.search.study import PRUNERS, SAMPLERS, open_study
-from fmnist_search.search.workers import BudgetedStudy, set_target, study_lock
 
 EPOCHS = 10
 

@@ -72,7 +72,7 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
-            from .app.studies import EXIT_FAILED, signal_name
+            from .app.processes import EXIT_FAILED, signal_name
             from .core.interrupts import handled, stop_in
 
             with handled() if stoppable else contextlib.nullcontext():
@@ -98,9 +98,9 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
 
 
 def _storage(url: str, **kwargs: Any):
-    from .app.studies import open_store
+    from .app.studies import open_study_store
 
-    return open_store(url, say, **kwargs)
+    return open_study_store(url, say, **kwargs)
 
 
 def _reader(url: str):
@@ -154,10 +154,10 @@ def worker(
 ) -> None:
     """Join a study (on any machine that reaches its storage) and work until it has its trials; one started
     before its database or study (containers, Kubernetes) waits for both, up to --storage-patience seconds."""
-    from .app.studies import join
+    from .app.studies import join_study
 
     prefix = f"[{label}] " if label else ""
-    join(study, storage, work, label, lambda trials, epochs: RunProgress(trials, epochs, bars, prefix), say)
+    join_study(study, storage, work, label, lambda trials, epochs: RunProgress(trials, epochs, bars, prefix), say)
 
 
 @command()

@@ -272,7 +272,7 @@ def test_work_options_reach_worker_processes_unchanged(tmp_path):
     """`run --jobs` hands its options to `worker` processes as argv built from the same declaration."""
     import typer
 
-    from fmnist_search.app.studies import as_argv
+    from fmnist_search.app.processes import as_argv
     from fmnist_search.cli import WorkOptions
 
     work = WorkOptions(

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from fmnist_search.search.workers import census
+from fmnist_search.search.budget import census
 from tests.conftest import Lines, cli_process
 
 TINY = ["--epochs", "2", "--train-size", "512", "--val-size", "500", "--batch-size", "128", "--pruner", "none"]

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from fmnist_search.cli import app
 from fmnist_search.core import interrupts
 from fmnist_search.engine import population
-from fmnist_search.search import artifacts, objective, workers
-from fmnist_search.search.workers import census
+from fmnist_search.search import artifacts, budget, objective, workers
+from fmnist_search.search.budget import Census, census
 from tests.conftest import Lines, cli_process, finish_command
 
 runner = CliRunner()
@@ -133,12 +133,12 @@ POINTS = {
     "trial state (storage)": _kill_in_commit("set_trial_state_values"),
     "gc finalizer after a trial": _kill_in_finalizer,
     # census: 1st call sets the target, 2nd is trial 0's budget check, 3rd trial 1's
-    "between trials (budget check)": lambda mp, sig: _kill_on_call(mp, workers, "census", 3, sig),
+    "between trials (budget check)": lambda mp, sig: _kill_on_call(mp, budget, "census", 3, sig),
     "second signal during cleanup": _kill_twice,
 }
 
 
-def _counts(url: str) -> tuple[list[TrialState], workers.Census]:
+def _counts(url: str) -> tuple[list[TrialState], Census]:
     study = optuna.load_study(study_name="lenet", storage=url)
     return [t.state for t in study.get_trials(deepcopy=False)], census(study)
 

@@ -13,8 +13,9 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from fmnist_search.app.processes import plan_workers
 from fmnist_search.cli import app
-from fmnist_search.search.workers import census, plan_workers
+from fmnist_search.search.budget import census
 from tests.conftest import cli_process
 
 TINY = ["--epochs", "1", "--train-size", "1024", "--val-size", "1000", "--batch-size", "128"]
@@ -194,7 +195,7 @@ def test_the_budget_lock_is_really_held_on_the_database_server(database_url):
     (MariaDB reads GET_LOCK's "-1 = forever" as an error: no lock was taken at all.)"""
     from sqlalchemy import create_engine, text
 
-    from fmnist_search.search.workers import _lock_key, study_lock
+    from fmnist_search.search.locks import _lock_key, study_lock
 
     key = {"k": _lock_key(database_url, "s")}
     postgres = database_url.startswith("postgresql")
@@ -214,14 +215,14 @@ def test_the_budget_lock_is_really_held_on_the_database_server(database_url):
 
 _FROZEN = """
 import os, signal, sys
-from fmnist_search.search import heartbeats, workers
+from fmnist_search.search import budget, heartbeats
 if sys.argv[1] == "after-ask":  # its trial asked and its first heartbeat recorded, nothing loaded yet
-    ask_many = workers.BudgetedStudy.ask_many
+    ask_many = budget.BudgetedStudy.ask_many
     def frozen(self, *args, **kwargs):
         asked = ask_many(self, *args, **kwargs)
         os.kill(os.getpid(), signal.SIGSTOP)
         return asked
-    workers.BudgetedStudy.ask_many = frozen
+    budget.BudgetedStudy.ask_many = frozen
 else:  # its trial created, its first heartbeat not yet recorded
     heartbeats.Heartbeats.hold = lambda self, trials: os.kill(os.getpid(), signal.SIGSTOP)
 from fmnist_search.cli import app
@@ -268,7 +269,7 @@ def test_a_worker_killed_right_after_its_ask_leaves_a_trial_that_is_retried(tmp_
 
 
 def test_one_budget_lock_per_store_however_it_is_spelled(tmp_path, monkeypatch):
-    from fmnist_search.search.workers import _file_lock, _key
+    from fmnist_search.search.locks import _file_lock, _key
 
     monkeypatch.chdir(tmp_path)
     relative, absolute = "sqlite:///studies/s.db", f"sqlite:///{tmp_path}/studies/./s.db"

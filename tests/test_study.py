@@ -98,7 +98,7 @@ def test_old_studies_presets_and_wider_spaces_get_no_base_recipe(storage):
     assert full.fixed == {}  # the full space samples these itself
     _, other = open_study(storage, "r18", {"model": "resnet18"}, base=True)
     assert other.fixed == {}  # only LeNet has one
-    from fmnist_search.app.studies import plan_studies
+    from fmnist_search.app.planning import plan_studies
 
     (_, _, _, base), *_ = plan_studies("seed-report", None, "lenet", None, {}, None)
     assert base is False  # a preset is a complete recipe (seed-report: the report's protocol)
@@ -118,7 +118,7 @@ def test_resuming_with_part_of_the_fixed_values_is_fine_and_a_different_one_refu
 
 def test_the_base_recipe_is_a_preset_of_its_own(storage):
     """`run --preset lenet-base` makes the study `run --model lenet` makes: one recipe, one file."""
-    from fmnist_search.app.studies import plan_studies
+    from fmnist_search.app.planning import plan_studies
 
     _, by_model = open_study(storage, "by-model", {"model": "lenet"}, base=True)
     [(_, requested, _, base)] = plan_studies("lenet-base", None, None, "by-preset", {}, None)

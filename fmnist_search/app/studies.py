@@ -7,16 +7,16 @@ nothing: messages go to a ``say`` callable and progress to a ``Progress``, both 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..core.errors import FmnistSearchError, Stopped, StorageError
+from .lines import artifacts_note, at_a_time, space_text
+from .planning import plan_studies
+from .processes import EXIT_FAILED, finish_command, signal_name, spawn_workers, trial_count
 
-EXIT_FAILED = 1  # the work could not go on (a lost store, a failed worker)
 Say = Callable[[str], None]
 
 
@@ -29,7 +29,7 @@ class Progress(Protocol):
     def stop(self) -> None: ...
 
 
-def open_store(url: str, say: Say, **kwargs: Any) -> Any:
+def open_study_store(url: str, say: Say, **kwargs: Any) -> Any:
     """The study store (storage.make_storage), with Optuna's own log lines silenced."""
     import optuna
 
@@ -38,85 +38,6 @@ def open_store(url: str, say: Say, **kwargs: Any) -> Any:
     # Our own lines say what happens; Optuna's INFO/WARNING logs would repeat it (with tracebacks).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     return make_storage(url, heartbeat=kwargs.pop("heartbeat", False), say=say, **kwargs)
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
-
-
-def plan_studies(
-    preset: str | None,
-    model: str | None,
-    models: str | None,
-    study: str | None,
-    flags: dict[str, Any],
-    trials: int | None,
-) -> list[tuple[str, dict[str, Any], int, bool]]:
-    """(study name, requested settings, trials, whether a new study gets its model's base
-    recipe) for each study this command works on.
-
-    Settings flow one way: base recipe (new studies without a preset) < preset < flags; a
-    resumed study's stored settings must agree.
-    """
-    from ..core.config import check_settings, with_fixed_settings
-    from ..core.presets import load_preset
-
-    plan = _plan(preset, model, models, study, flags, trials, load_preset)
-    planned = [(name, with_fixed_settings(requested), n, base) for name, requested, n, base in plan]
-    for _, requested, _, _ in planned:  # refused values end here, before any store is opened
-        check_settings(requested)
-    return planned
-
-
-def _plan(
-    preset: str | None,
-    model: str | None,
-    models: str | None,
-    study: str | None,
-    flags: dict[str, Any],
-    trials: int | None,
-    load_preset: Callable[[str], Any],
-) -> list[tuple[str, dict[str, Any], int, bool]]:
-    if preset is None:
-        if models is not None:
-            raise FmnistSearchError("--models selects among a preset's models; use it with --preset")
-        if model is None and study is None:
-            raise FmnistSearchError("give --model (a new study), --study NAME (resume one) or --preset NAME")
-        requested = {"model": model, **flags} if model else flags
-        default_name = "+".join(m.strip() for m in model.split(",")) if model else None  # lenet+airbench
-        return [(study or default_name, requested, trials or 30, True)]  # type: ignore[list-item]
-    p = load_preset(preset)
-    chosen = [model] if model else list(p.models)
-    if models is not None:
-        wanted = [m.strip() for m in models.split(",")]
-        unknown = set(wanted) - set(p.models)
-        if unknown:
-            raise FmnistSearchError(
-                f"preset {p.name} has no model {', '.join(sorted(unknown))}; it has {', '.join(p.models)}"
-            )
-        chosen = [m for m in p.models if m in wanted]
-    if not chosen:
-        raise FmnistSearchError(f"preset {p.name} names no model; give --model")
-    if study is not None and len(chosen) > 1:
-        raise FmnistSearchError("--study names one study, but the preset makes one per model; use --models to pick one")
-    settings = {**p.settings, **flags}
-    if "fixed" in p.settings and "fixed" in flags:  # --fix adds to (or overrides keys of) the preset's [fixed]
-        settings["fixed"] = {**p.settings["fixed"], **flags["fixed"]}
-    return [
-        (study or p.study.format(model=m), _narrowed({**settings, "model": m}), trials or p.trials or 30, False)
-        for m in chosen
-    ]
-
-
-def _narrowed(requested: dict[str, Any]) -> dict[str, Any]:
-    """A comparison preset's settings for the models asked for (``--model lenet,airbench``
-    over ``compare``): the other models' recipes dropped."""
-    if "recipes" not in requested:
-        return requested
-    models = {m.strip() for m in str(requested["model"]).split(",")}
-    return {**requested, "recipes": {m: r for m, r in requested["recipes"].items() if m in models}}
 
 
 def open_with_target(
@@ -133,13 +54,13 @@ def open_with_target(
     settings, raise its target by ``trials`` (and set its ``keep_weights`` bound when given):
     (store, study, spec, target)."""
     from ..core.interrupts import check, shielded
+    from ..search.budget import set_target
     from ..search.retention import KEEP_ATTR
     from ..search.study import open_study
-    from ..search.workers import set_target
 
     if beat["grace_period"] <= beat["heartbeat_interval"]:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
-    store = open_store(storage, say, heartbeat=True, **beat)
+    store = open_study_store(storage, say, heartbeat=True, **beat)
     with shielded():  # a study is created with its settings and target, or not at all
         opt_study, spec = open_study(store, name, requested, base=base)
         target = set_target(opt_study, trials)
@@ -147,22 +68,6 @@ def open_with_target(
             opt_study.set_user_attr(KEEP_ATTR, keep_weights)
     check()
     return store, opt_study, spec, target
-
-
-def as_argv(options: Any, changed_only: bool = False) -> list[str]:
-    """An option group back as the command line that gives it: how `run` passes its
-    options to the `worker` processes it starts, derived from the one declaration
-    (``changed_only``: the options that differ from their defaults, for a command shown to a user)."""
-    argv: list[str] = []
-    for f in dataclasses.fields(options):
-        value, flag = getattr(options, f.name), "--" + f.name.replace("_", "-")
-        if changed_only and value == f.default:
-            continue
-        if isinstance(value, bool):
-            argv.append(flag if value else f"--no-{flag[2:]}")
-        elif value is not None:
-            argv += [flag, str(value)]
-    return argv
 
 
 def work_runtime(work: Any) -> tuple[Any, str]:
@@ -207,9 +112,11 @@ def work_here(
     import os
 
     from ..core.interrupts import causes, cleaning, stop_in
+    from ..search.budget import BudgetedStudy
+    from ..search.locks import study_lock
     from ..search.study import PRUNERS, SAMPLERS
     from ..search.urls import mask_url
-    from ..search.workers import BudgetedStudy, study_lock, worker_seed
+    from ..search.workers import worker_seed
 
     prefix = f"[{label}] " if label else ""
     extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
@@ -233,7 +140,7 @@ def work_here(
         with cleaning():  # a second Ctrl-C must not cut this short
             why = f"interrupted by {signal_name(stop.signum)}" if stop is not None else f"stopped: {cause}"
             what = _release(budgeted, why)
-        finish = f"finish the study's {_trials(target)} with: {finish_command(name, url, work)}"
+        finish = f"finish the study's {trial_count(target)} with: {finish_command(name, url, work)}"
         if stop is None:
             raise Stopped(f"{prefix}{cause}; {what}finished trials are stored; {finish}", EXIT_FAILED) from None
         raise Stopped(
@@ -241,20 +148,6 @@ def work_here(
             f"{mask_url(url)}; {finish}",
             stop.exit_code,
         ) from None
-
-
-def finish_command(name: str, url: str, work: Any) -> str:
-    """The command that finishes study ``name`` (its target, retries first) with the same work
-    options: `worker` runs until the study has the trials it was asked for, and adds none."""
-    from ..core.config import DEFAULT_STORAGE
-    from ..search.urls import mask_url
-
-    storage = [] if url == DEFAULT_STORAGE else ["--storage", mask_url(url)]
-    return " ".join(["fmnist-search", "worker", "--study", name, *storage, *as_argv(work, changed_only=True)])
-
-
-def _trials(n: int) -> str:
-    return f"{n} trial" + ("" if n == 1 else "s")
 
 
 def _release(budgeted: Any, why: str) -> str:
@@ -293,8 +186,8 @@ def _run_trials(
         f"train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}"
         + (f", CUDA_VISIBLE_DEVICES={extra['gpu']}" if extra.get("gpu") is not None else "")
         + f"); target {budgeted.target} trials"
-        + _at_a_time(population, caps)
-        + _artifacts_note(url, work)
+        + at_a_time(population, caps)
+        + artifacts_note(url, work)
     )
     objective = Objective(
         spec,
@@ -318,24 +211,6 @@ def _run_trials(
         on_wait=progress.on_wait,
         population=population,
     )
-
-
-def _artifacts_note(url: str, work: Any) -> str:
-    """Where a worker on a server store keeps trial files that no other machine can see."""
-    from ..search.urls import sqlite_path
-
-    if sqlite_path(url) is not None or work.artifacts is not None or not work.save_weights:
-        return ""
-    return (
-        f"; checkpoints and weights in {work.artifact_dir(url).absolute()} on this machine only: give every worker "
-        "one shared --artifacts (FMNIST_ARTIFACTS) so a re-queued trial resumes anywhere"
-    )
-
-
-def _at_a_time(population: int, caps: dict[str, int]) -> str:
-    if caps:  # a comparison: each model's own size
-        return ", at a time: " + ", ".join(f"{m} {k}" for m, k in caps.items()) + " (--population)"
-    return f", {population} at a time (--population)" if population > 1 else ""
 
 
 def check_population(
@@ -364,72 +239,6 @@ def load_dataset(data_dir: Path | None, download: bool):
     from ..engine import data as data_mod
 
     return data_mod.load(data_dir, allow_download=download)
-
-
-def space_text(spec: Any) -> str:
-    lr = f"lr grid {list(spec.lr_grid)}" if spec.sampler == "grid" else f"lr {spec.lr_min:g}..{spec.lr_max:g}"
-    fixed = f", fixed {spec.fixed}" if spec.fixed else ""
-    own = "".join(f"; {m}: {r}" for m, r in spec.recipes.items())  # a comparison's per-model recipes
-    scored = f"; objectives {','.join(spec.objectives)}" if len(spec.objectives) > 1 else ""
-    return f"space {spec.space} ({lr}{fixed}{own}){scored}"
-
-
-def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int, say: Say) -> None:
-    """Start one `fmnist-search worker` process per plan and wait for all of them.
-
-    The storage URL travels in the environment, not argv, so its password never shows in `ps`.
-    """
-    import os
-    import subprocess
-    import time
-
-    from ..core.interrupts import Stop, check, cleaning
-    from ..search.urls import mask_url
-
-    say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
-    # The storage URL and data folder travel in the environment (the password stays out of `ps`).
-    shared = dataclasses.replace(work, data_dir=None, artifacts=work.artifact_dir(url))
-    procs: list[tuple[Any, subprocess.Popen]] = []
-    try:
-        for plan in plans:
-            env = {**os.environ, **plan.env, "FMNIST_STORAGE": url}
-            if work.data_dir is not None:
-                env["FMNIST_DATA_DIR"] = str(work.data_dir)
-            mine = (
-                shared
-                if plan.device is None or work.device != "auto"
-                else dataclasses.replace(shared, device=plan.device)
-            )
-            args = ["worker", "--study", name, "--label", plan.label, "--no-bars", *as_argv(mine)]
-            procs.append((plan, subprocess.Popen([sys.executable, "-m", "fmnist_search", *args], env=env)))
-        while any(p.poll() is None for _, p in procs):
-            check()
-            time.sleep(0.5)
-    except KeyboardInterrupt as e:
-        stop = e if isinstance(e, Stop) else Stop()
-        with cleaning():  # relay the signal (a terminal's Ctrl-C reached them already), then wait
-            for _, p in procs:
-                if p.poll() is None:
-                    p.send_signal(stop.signum)
-            for _, p in procs:
-                try:
-                    p.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    p.kill()  # its trial is retried once its heartbeat is stale
-        raise Stopped(
-            f"interrupted by {signal_name(stop.signum)}; the workers re-queued their trials; finished trials are "
-            f"stored in {mask_url(url)}; finish the study's {_trials(target)} with one or more of: "
-            f"{finish_command(name, url, work)}",
-            stop.exit_code,
-        ) from None
-    failed = []
-    for plan, p in procs:
-        if p.returncode < 0:
-            say(f"worker {plan.label} was killed by signal {-p.returncode}; its trial was retried by the others")
-        elif p.returncode != 0:
-            failed.append(f"{plan.label} (exit {p.returncode})")
-    if failed:
-        raise Stopped(f"worker(s) failed: {', '.join(failed)}; see their errors above", EXIT_FAILED)
 
 
 ProgressFactory = Callable[[int | None, int], Any]  # (trials or None, epochs) -> a context manager giving a Progress
@@ -464,7 +273,7 @@ def run(
     gets each study when its trials are done."""
     import os
 
-    from ..search.workers import plan_workers
+    from .processes import plan_workers
 
     o = options
     if gpus is None and workers_per_gpu != 1:
@@ -493,7 +302,7 @@ def run(
         on_done(opt_study)
 
 
-def join(study: str, storage: str, work: Any, label: str | None, progress: ProgressFactory, say: Say) -> None:
+def join_study(study: str, storage: str, work: Any, label: str | None, progress: ProgressFactory, say: Say) -> None:
     """Work on ``study`` (waiting for its store and for it to exist) until it has its trials."""
     from ..search.study import stored_spec
     from ..search.workers import wait_for_study
@@ -501,7 +310,7 @@ def join(study: str, storage: str, work: Any, label: str | None, progress: Progr
     if work.grace_period <= work.heartbeat_interval:
         raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
     work_runtime(work)
-    store = open_store(storage, say, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
+    store = open_study_store(storage, say, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
     spec = stored_spec(wait_for_study(store, study, work.storage_patience, say=say))
     with progress(None, spec.epochs) as bars:
         work_here(store, storage, study, spec, work, bars, say, label=label, joined=True)

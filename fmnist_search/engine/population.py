@@ -228,7 +228,7 @@ class Member:
 
 
 @dataclass
-class Census:
+class PopulationStats:
     """The population's own throughput: every member's training samples over the epochs' time."""
 
     samples: int = 0
@@ -318,17 +318,17 @@ def fit_population(
     val: tuple[torch.Tensor, torch.Tensor] | None,
     on_epoch_end: EpochHook | None = None,
     teacher: nn.Module | Teacher | None = None,
-    census: Census | None = None,
+    stats: PopulationStats | None = None,
     lookup: bool = True,
     resume: Sequence[Snapshot] | None = None,
     on_snapshot: SnapshotHook | None = None,
     snapshot_every: int = 0,
     graphs: bool = False,
-) -> Census:
+) -> PopulationStats:
     """Train ``modules[k]`` with ``members[k].cfg`` for every k at once; each leaves when its
     epochs are done, when it diverges, or when ``on_epoch_end`` names it. ``members`` carry
     the results, also when an exception (an interrupt) ends the population early, and
-    ``census`` (returned) the population's throughput so far, epoch by epoch.
+    ``stats`` (returned) the population's throughput so far, epoch by epoch.
 
     ``modules`` are freshly built models of one architecture on the data's device (each
     seeded by its caller); the configs must share ``shared_key``. One module trains as itself
@@ -358,8 +358,8 @@ def fit_population(
             own(module).load_state_dict(snap.state_dict)
     stack_ = _Stack(modules, cfgs, len(train[0]), device)
     batches = _Batches(train, base, teacher if any(c.distill > 0 for c in cfgs) else None, lookup)
-    census = census if census is not None else Census()
-    census.kind = stack_.kind
+    stats = stats if stats is not None else PopulationStats()
+    stats.kind = stack_.kind
     first = 1
     if resume is not None:
         stack_.restore(resume)
@@ -399,8 +399,8 @@ def fit_population(
         seen = batches.full * base.batch_size + batches.rest
         synchronize(device)
         elapsed = time.perf_counter() - t0
-        census.samples += seen * k
-        census.train_time_s += elapsed
+        stats.samples += seen * k
+        stats.train_time_s += elapsed
         sums = sums_t.tolist()  # the epoch's one sync
         # Evaluation runs in fp32 whatever the training precision: it costs little, and the
         # stored accuracies are then exactly what `fmnist-search evaluate` (fp32) reproduces.
@@ -413,7 +413,7 @@ def fit_population(
             on_snapshot(
                 epoch, {m: stack_.snapshot(row, members[m], epoch, batches) for row, m in enumerate(stack_.alive)}
             )
-    return census
+    return stats
 
 
 def own(module: nn.Module) -> nn.Module:

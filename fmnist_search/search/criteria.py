@@ -27,7 +27,7 @@ MEASURED_ATTR = "measured"  # trial user attr: {objective: value} measured befor
 SHARED_PREFIX = "measured "  # study system attrs: a network's figure on a kind of device, shared by its workers
 
 
-def shared_key(name: str, depends_on: Hashable, device: str) -> str:
+def measured_figure_key(name: str, depends_on: Hashable, device: str) -> str:
     """The study system attr holding objective ``name``'s figure for what it depends on, on ``device``."""
     return f"{SHARED_PREFIX}{name} {depends_on!r} on {device}"
 

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 from ..core import interrupts
 from ..core.errors import FmnistSearchError, StorageError
-from ..engine.population import Census, Member, Snapshot, fit_population, shared_key
+from ..engine.population import Member, PopulationStats, Snapshot, fit_population, shared_key
 from ..engine.train import TrainConfig, build_model
 from . import checkpoints
 from .heartbeats import Heartbeats
@@ -162,7 +162,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
     for s, b in zip(group, built, strict=True):
         s.record = objective.describe(s.record, s.cfg, b.module, population=len(group))
     members = [Member(s.cfg) for s in group]
-    census = Census()  # filled epoch by epoch: pruned trials record it too
+    stats = PopulationStats()  # filled epoch by epoch: pruned trials record it too
     # a group shares one resume point (run_trials groups by it): all resume, or none
     resume = [s.resume for s in group if s.resume is not None] or None
     if resume is not None:  # the epochs before: reported again, so the trial shows one unbroken curve
@@ -174,7 +174,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
     def tell(i: int, state: TrialState, value: float | list[float] | None = None) -> None:
         s = group[i]
         summarize(members[i].result, s.record)
-        s.record.population_throughput = census.throughput
+        s.record.population_throughput = stats.throughput
         old = _drop_checkpoint(s)
         write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs(*RUN_FIELDS)})
         frozen = study.tell(s.trial, state=state, values=value)
@@ -226,7 +226,7 @@ def _train_group(study: Any, objective: Objective, group: list[_Slot], store: An
             objective.val,
             on_epoch_end,
             objective.teacher(group[0].cfg),
-            census,
+            stats,
             resume=resume,
             on_snapshot=on_snapshot,
             snapshot_every=every,

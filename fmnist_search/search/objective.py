@@ -32,7 +32,7 @@ from ..engine.train import (
 )
 from . import checkpoints
 from .artifacts import save_model
-from .criteria import ACCURACY, CRITERIA, Probe, shared_key
+from .criteria import ACCURACY, CRITERIA, Probe, measured_figure_key
 from .internals import artifact_dir, set_study_system_attr, study_system_attrs
 from .record import FIELDS, TrialRecord
 from .space import model_of, suggest
@@ -115,7 +115,7 @@ class Objective:
                 continue
             key = (name, criterion.key(model, cfg))
             if key not in self._measured:
-                shared = shared_key(name, key[1], device_name(self.device))
+                shared = measured_figure_key(name, key[1], device_name(self.device))
                 stored = None if study is None else study_system_attrs(study).get(shared)
                 if stored is None:
                     stored = criterion.measure(Probe(model, cfg, self))

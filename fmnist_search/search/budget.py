@@ -1,0 +1,128 @@
+"""A study's trial budget, kept exactly: N trials asked for are N trials, never N + races.
+
+The study stores its target trial count as a user attr (``set_target``: what it counts now
+plus the trials asked for). ``BudgetedStudy.ask`` creates a trial only while the target is
+not reached, checking and creating under a lock that every process of the store shares
+(search/locks.py). ``census`` counts a study's trials by the one rule every command uses: a
+failed trial that was re-queued counts as retried, and its retry toward the target.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import optuna
+from optuna.trial import TrialState
+
+from ..core import interrupts
+from .heartbeats import Heartbeats
+
+TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Census:
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0  # failed and not retried: diverged trials, crashes
+    retried: int = 0  # failed because their worker died, and re-queued
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def counted(self) -> int:
+        """Trials that count toward the target: all but the retried failures."""
+        return self.complete + self.pruned + self.fail + self.running + self.waiting
+
+
+def census(study: optuna.Study) -> Census:
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    counts = dict.fromkeys(("complete", "pruned", "fail", "retried", "running", "waiting"), 0)
+    for t in trials:
+        if t.state == TrialState.FAIL and t.number in retried:
+            counts["retried"] += 1
+        else:
+            counts[t.state.name.lower()] += 1
+    return Census(**counts)
+
+
+class BudgetExhausted(Exception):
+    """The study has (or is running) all the trials it should have."""
+
+
+class BudgetedStudy(optuna.Study):
+    """An Optuna study whose ``ask`` creates a trial only while the target is not reached.
+
+    ``optimize`` calls ``ask`` for each trial, so the check and the creation happen together
+    under ``lock``. A WAITING trial (a retry) can always be taken: it adds nothing.
+    """
+
+    def __init__(
+        self,
+        study_name: str,
+        storage: optuna.storages.BaseStorage,
+        sampler: optuna.samplers.BaseSampler,
+        pruner: optuna.pruners.BasePruner,
+        lock: AbstractContextManager,
+    ) -> None:
+        super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+        self._budget_lock = lock
+        self.heartbeats = Heartbeats(storage)  # each trial beats from its ask on (``work`` runs the thread)
+        self.asked: list[int] = []  # numbers of the trials this process took, for ``release``
+        self.stopped = False  # a sampler asked the study to stop (GridSampler, once its grid is done)
+
+    def stop(self) -> None:
+        """What ``Study.stop`` does inside ``optimize``: the worker loop ends after these trials."""
+        self.stopped = True
+
+    @property
+    def target(self) -> int:
+        return int(self.user_attrs[TARGET_ATTR])
+
+    def ask(self, fixed_distributions: dict | None = None) -> optuna.Trial:
+        with self._budget_lock:
+            c = census(self)
+            if c.waiting == 0 and c.counted >= self.target:
+                raise BudgetExhausted
+            trial = self._ask(fixed_distributions)
+            self.asked.append(trial.number)
+            return trial
+
+    def _ask(self, fixed_distributions: dict | None = None) -> optuna.Trial:
+        """Optuna's ask, and the trial's first heartbeat at once: a worker killed from here on
+        leaves a trial that goes stale and is retried (search/heartbeats.py)."""
+        with warnings.catch_warnings():  # heartbeats are ours to run (search/heartbeats.py), not optimize()'s
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = super().ask(fixed_distributions)
+        self.heartbeats.hold([trial])
+        return trial
+
+    def ask_many(self, k: int, prepare: Callable[[optuna.Trial], T]) -> list[tuple[optuna.Trial, T]]:
+        """Up to ``k`` trials at once (retries first), each ``prepare``d (its params sampled)
+        before the next is asked, so samplers see the earlier ones as RUNNING (TPE's constant
+        liar); all under one hold of the budget lock and one census."""
+        with self._budget_lock:
+            c = census(self)
+            n = min(k, c.waiting + max(self.target - c.counted, 0))
+            if n <= 0:
+                raise BudgetExhausted
+            out = []
+            for _ in range(n):
+                interrupts.check()
+                trial = self._ask()
+                self.asked.append(trial.number)
+                out.append((trial, prepare(trial)))
+            return out
+
+
+def set_target(study: optuna.Study, more: int) -> int:
+    """Raise the study's target to what it counts now plus ``more``; return the target."""
+    target = census(study).counted + more
+    study.set_user_attr(TARGET_ATTR, target)
+    return target
