@@ -18,7 +18,7 @@ from fmnist_search.core.config import StudySpec
 from fmnist_search.engine import data
 from fmnist_search.engine.train import predict_proba
 from fmnist_search.search import lifecycle as lifecycle_mod
-from fmnist_search.search.artifacts import load_model, open_store
+from fmnist_search.search.artifacts import load_weights, open_store
 from fmnist_search.search.lifecycle import optimize
 from fmnist_search.search.objective import Objective
 from fmnist_search.search.plots import curves_data, learning_curves, study_figures
@@ -149,7 +149,7 @@ def test_weights_round_trip_through_the_artifact_store(tmp_path, tiny_splits, mo
     monkeypatch.setattr(lifecycle_mod, "build_model", spy)
     optimize(study, obj, 1)
     t = study.trials[0]
-    name, loaded = load_model(store, TrialRecord.of(t).weights_artifact)
+    name, loaded = load_weights(store, TrialRecord.of(t).weights_artifact)
     assert name == "lenet"
     x = obj.val[0]
     assert torch.allclose(predict_proba(loaded, x), predict_proba(models[0], x), atol=1e-6)

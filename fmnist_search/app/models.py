@@ -17,7 +17,7 @@ from .studies import load_dataset, resolve_runtime
 Say = Callable[[str], None]
 
 
-def load_model(
+def chosen_model(
     study: str | None, trial: int | None, weights: Path | None, store: Callable[[], Any], artifact_dir: Path
 ) -> tuple[str, str, Any, bool]:
     """(label, model name, model, whether its recipe evaluates with flip TTA) from a study's
@@ -244,7 +244,7 @@ def evaluate(
     from ..engine.train import to_device
     from ..search.plots import confusion_figure
 
-    label, _, model, recipe_tta = load_model(study, trial, weights, store, artifacts)
+    label, _, model, recipe_tta = chosen_model(study, trial, weights, store, artifacts)
     tta = recipe_tta if tta_flip is None else tta_flip
     dev, _ = resolve_runtime(device, "fp32")
     ds = load_dataset(data_dir, download)
@@ -280,7 +280,7 @@ def predict(
     from ..engine.inference import load_image, predict_images
 
     loaded = [load_image(p) for p in images]  # every file is checked before the model is loaded
-    label, _, model, _ = load_model(study, trial, weights, store, artifacts)
+    label, _, model, _ = chosen_model(study, trial, weights, store, artifacts)
     probs = predict_images(model, torch.stack([img for img, _ in loaded]), torch.device("cpu"))
     rows = []
     for path, (_, inverted), p in zip(images, loaded, probs, strict=True):

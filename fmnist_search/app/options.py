@@ -299,6 +299,8 @@ class WorkOptions:
     def __post_init__(self) -> None:
         if self.timeout is not None and not self.timeout > 0:  # Typer's min is inclusive
             raise FmnistSearchError(f"--timeout must be a number of seconds > 0, got {self.timeout:g}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
 
     @property
     def beat(self) -> dict[str, Any]:

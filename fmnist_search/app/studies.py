@@ -58,8 +58,6 @@ def open_with_target(
     from ..search.retention import KEEP_ATTR
     from ..search.study import open_study
 
-    if beat["grace_period"] <= beat["heartbeat_interval"]:
-        raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
     store = open_study_store(storage, say, heartbeat=True, **beat)
     with shielded():  # a study is created with its settings and target, or not at all
         opt_study, spec = open_study(store, name, requested, base=base)
@@ -307,8 +305,6 @@ def join_study(study: str, storage: str, work: Any, label: str | None, progress:
     from ..search.study import stored_spec
     from ..search.workers import wait_for_study
 
-    if work.grace_period <= work.heartbeat_interval:
-        raise FmnistSearchError("--grace-period must be longer than --heartbeat-interval")
     work_runtime(work)
     store = open_study_store(storage, say, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
     spec = stored_spec(wait_for_study(store, study, work.storage_patience, say=say))

@@ -22,6 +22,7 @@ import torch
 
 from ..core.config import cache_root
 from ..core.errors import DataError
+from ..core.files import write_whole
 
 # name -> (SHA-256 of the decompressed file, size in bytes)
 FILES: dict[str, tuple[str, int]] = {
@@ -119,9 +120,7 @@ def _verified_raw(path: Path, name: str, expected: str, size: int) -> Path:
         raise DataError(f"{path} is corrupt or truncated ({e}); {HOW_TO_GET}") from None
     _check(path, data, expected, size)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(target)  # atomic: a crash never leaves a half-written copy under the real name
+    write_whole(target, lambda tmp: tmp.write_bytes(data))  # a crash never leaves half a copy under the real name
     stamp.write_text(source)
     return target
 
@@ -220,9 +219,7 @@ def _parsed(raw: Path, sha256: str) -> torch.Tensor:
     tensor = cast(torch.Tensor, (read_label_file if "labels" in raw.name else read_image_file)(str(raw)))
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{os.getpid()}")
-        torch.save(tensor, tmp)
-        tmp.replace(cached)
+        write_whole(cached, lambda tmp: torch.save(tensor, tmp))
     except OSError:  # a read-only cache: parse every time
         pass
     return tensor

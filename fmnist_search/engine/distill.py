@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.files import write_whole
 from .batches import MEAN, STD, autocast
 
 
@@ -53,7 +52,7 @@ class Teacher:
                     plain = torch.cat([self.net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
                     mirror = torch.cat([self.net(x[i : i + batch_size].flip(-1)) for i in range(0, len(x), batch_size)])
                 if path is not None:
-                    _save_whole((plain.cpu(), mirror.cpu()), path)
+                    write_whole(path, lambda tmp: torch.save((plain.cpu(), mirror.cpu()), tmp))
             self._tables[key] = (plain, mirror)
         return self._tables[key]
 
@@ -65,18 +64,6 @@ class Teacher:
         h = hashlib.sha256(f"{x.device.type}/{precision}/{batch_size}/{tuple(x.shape)}".encode())
         h.update((x.detach().float() * STD + MEAN).mul_(255).round_().to(torch.uint8).cpu().numpy().tobytes())
         return self.cache.with_name(f"{self.cache.name}-logits-{h.hexdigest()[:16]}.pt")
-
-
-def _save_whole(value: Any, path: Path) -> None:
-    """Written to a temporary file, then renamed into place: a reader never loads half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(value, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def as_teacher(teacher: nn.Module | Teacher | None) -> Teacher | None:

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +20,7 @@ import torch.nn as nn
 from filelock import FileLock
 
 from ..core.config import TrainConfig, cache_root
+from ..core.files import write_whole
 from ..core.presets import check_teacher
 from .distill import Teacher
 from .train import MEAN, STD, EpochMetrics, train_recipe
@@ -69,7 +67,7 @@ def cached_teacher(
             _, net = load_weights_file(path)
         else:
             net = _train(name, model_name, recipe, seed, precision, train, say)
-            _save_whole(weights_payload(net, model_name), path)
+            write_whole(path, lambda tmp: torch.save(weights_payload(net, model_name), tmp))
             say(f"teacher {name}: saved to {path}")
     net = net.to(memory_format=torch.channels_last).to(train[0].device).eval()
     net.requires_grad_(False)
@@ -93,13 +91,3 @@ def _train(
 
     built, _ = train_recipe(model_name, cfg, train, None, on_epoch_end=progress)
     return built.module
-
-
-def _save_whole(payload: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written teacher to load
-    finally:
-        Path(tmp).unlink(missing_ok=True)

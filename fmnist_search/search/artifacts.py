@@ -18,17 +18,15 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 
 from ..core.errors import FmnistSearchError, StorageError
 from ..engine.weights import load_weights_file, weights_payload
-from .internals import artifact_dir
+from .internals import store_folder
 from .record import TrialRecord
-from .urls import store_identity
+from .urls import sqlite_path, store_identity
 
 
 def default_dir(storage_url: str) -> Path:
     """Beside the SQLite file (studies/fmnist.db -> studies/fmnist-artifacts), else studies/artifacts."""
-    if storage_url.startswith("sqlite:///") and storage_url != "sqlite:///:memory:":
-        db = Path(storage_url.removeprefix("sqlite:///"))
-        return db.with_name(f"{db.stem}-artifacts")
-    return Path("studies") / "artifacts"
+    db = sqlite_path(storage_url)
+    return db.with_name(f"{db.stem}-artifacts") if db is not None else Path("studies") / "artifacts"
 
 
 OWNERS = ".fmnist-stores"  # in an artifact folder: the stores (urls.store_identity) whose trials write there
@@ -92,11 +90,11 @@ def save_model(store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.M
             return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     except OSError as e:  # a full disk or a lost mount: the trial cannot keep its weights
         raise StorageError(
-            f"cannot save trial {trial.number}'s weights in {artifact_dir(store)}: {e.strerror}"
+            f"cannot save trial {trial.number}'s weights in {store_folder(store)}: {e.strerror}"
         ) from None
 
 
-def load_model(store: FileSystemArtifactStore, artifact_id: str) -> tuple[str, nn.Module]:
+def load_weights(store: FileSystemArtifactStore, artifact_id: str) -> tuple[str, nn.Module]:
     """(model name, model) from the artifact store."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.pt"
@@ -126,5 +124,5 @@ def trial_model(study: optuna.Study, store_dir: Path, trial_number: int | None =
                 f"trial {trial.number}'s weights were removed: study {study.study_name!r} keeps those of its best "
                 f"{study.user_attrs['keep_weights']} trials (--keep-weights)"
             )
-        name, model = load_model(FileSystemArtifactStore(str(store_dir)), artifact_id)
+        name, model = load_weights(FileSystemArtifactStore(str(store_dir)), artifact_id)
     return trial, name, model

@@ -25,7 +25,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from ..engine.population import Snapshot
 from ..engine.train import TrainConfig
-from .internals import artifact_dir, storage_of, trial_id
+from .internals import storage_of, store_folder, trial_id
 from .record import TrialRecord
 
 FORMAT = 1
@@ -89,7 +89,7 @@ def load(store: Any, attr: dict[str, Any], model: str, cfg: TrainConfig) -> tupl
             raw = reader.read()
     except ArtifactNotFound:  # written into another folder (another machine's, or a relative default)
         raise Refused(
-            f"its file is not in {artifact_dir(store)}: give every worker the same --artifacts (FMNIST_ARTIFACTS)"
+            f"its file is not in {store_folder(store)}: give every worker the same --artifacts (FMNIST_ARTIFACTS)"
         ) from None
     except Exception as e:  # an unreadable file: whatever the store raises
         raise Refused(f"unreadable ({type(e).__name__})") from None

@@ -6,6 +6,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from .budget import census
 from .criteria import ACCURACY, objectives_of, values_of
 from .record import TrialRecord
 
@@ -68,10 +69,12 @@ def trials_frame(
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
-    counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    return counts
+    """Trials by state, by the one rule the budget counts them with (``budget.census``): a failed
+    trial that was re-queued is RETRIED (its retry is counted), not FAIL."""
+    c = census(study)
+    counts = {"COMPLETE": c.complete, "PRUNED": c.pruned, "FAIL": c.fail, "RUNNING": c.running}
+    extra = {"WAITING": c.waiting, "RETRIED": c.retried}
+    return {**counts, **{k: v for k, v in extra.items() if v}}
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

@@ -50,7 +50,7 @@ def backend(storage: Any) -> Any:
     return getattr(storage, "_backend", storage)
 
 
-def artifact_dir(store: Any) -> str:
+def store_folder(store: Any) -> str:
     """The folder of a FileSystemArtifactStore (for messages naming where a write failed)."""
     return str(getattr(store, "_base_path", "the artifact store"))
 

@@ -33,7 +33,7 @@ from ..engine.train import (
 from . import checkpoints
 from .artifacts import save_model
 from .criteria import ACCURACY, CRITERIA, Probe, measured_figure_key
-from .internals import artifact_dir, set_study_system_attr, study_system_attrs
+from .internals import set_study_system_attr, store_folder, study_system_attrs
 from .record import FIELDS, TrialRecord
 from .space import model_of, suggest
 
@@ -156,7 +156,7 @@ class Objective:
         try:
             return checkpoints.save(self.artifact_store, self.model_of(trial), cfg, snap)
         except OSError as e:  # a full disk or a lost mount: as for the weights, the trial is re-queued
-            where = artifact_dir(self.artifact_store)
+            where = store_folder(self.artifact_store)
             raise StorageError(f"cannot save trial {trial.number}'s checkpoint in {where}: {e.strerror}") from None
 
     def finish(

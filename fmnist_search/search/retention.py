@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from .artifacts import removing
 from .front import ranked
-from .internals import artifact_dir
+from .internals import store_folder
 from .record import TrialRecord
 
 KEEP_ATTR = "keep_weights"  # study user attr: completed trials whose weights are kept (absent: all)
@@ -36,7 +36,7 @@ def keep_best(study: optuna.Study, store: Any) -> list[int]:
     n = kept(study)
     if n is None:
         return []
-    folder = Path(artifact_dir(store))
+    folder = Path(store_folder(store))
     best = {t.number for t in ranked(study, limit=n)}
     doomed = [
         (t.number, artifact)
