@@ -135,7 +135,7 @@ STUDY = [
 
 def _signal_in_epoch(monkeypatch, epoch: int, sig: int = signal.SIGTERM) -> None:
     """Signal this process at the second batch of ``epoch`` (its first batch already stepped)."""
-    shuffle, next_full = population._Batches.shuffle, population._Batches.next_full
+    shuffle, next_full = population.SharedBatches.shuffle, population.SharedBatches.next_full
     seen = {"epoch": 0, "batch": 0}
 
     def counted_shuffle(self):  # once per epoch
@@ -148,8 +148,8 @@ def _signal_in_epoch(monkeypatch, epoch: int, sig: int = signal.SIGTERM) -> None
             os.kill(os.getpid(), sig)
         return next_full(self)
 
-    monkeypatch.setattr(population._Batches, "shuffle", counted_shuffle)
-    monkeypatch.setattr(population._Batches, "next_full", counted_next)
+    monkeypatch.setattr(population.SharedBatches, "shuffle", counted_shuffle)
+    monkeypatch.setattr(population.SharedBatches, "next_full", counted_next)
 
 
 def _weights(url: str, trial) -> dict:

@@ -29,7 +29,7 @@ CUDA = torch.cuda.is_available()
 def test_the_index_table_gives_epoch_batches_batches_in_static_buffers(n, batch):
     x, y = to_device(*synthetic(n), torch.device("cpu"))
     cfg = TrainConfig(lr=0.1, batch_size=batch, data_seed=5)
-    batches = pop._Batches((x, y), cfg, None, lookup=False)
+    batches = pop.SharedBatches((x, y), cfg, None, lookup=False)
     order = torch.Generator().manual_seed(5)
     pointers = (batches.table.data_ptr(), batches.tail.data_ptr(), batches.pos.data_ptr())
     for _ in range(2):  # two epochs: new orders, the same storage
@@ -46,7 +46,7 @@ def test_the_index_table_gives_epoch_batches_batches_in_static_buffers(n, batch)
 def test_the_lr_is_read_at_the_device_step_counter():
     cfg = TrainConfig(lr=0.1, epochs=3, batch_size=64, schedule="cosine", warmup_frac=0.2)
     module = build_model("lenet", 0, torch.device("cpu")).module
-    stack = pop._Stack([module], [cfg], 256, torch.device("cpu"))
+    stack = pop.Stack([module], [cfg], 256, torch.device("cpu"))
     seen = []
     original = stack.opt.step
     stack.opt.step = lambda grads, lr, skip=None: (seen.append(lr.item()), original(grads, lr, skip))

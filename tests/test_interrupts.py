@@ -49,7 +49,7 @@ def _kill_on_call(monkeypatch, module, name: str, nth: int = 1, sig: int = signa
 
 def _kill_in_batches(monkeypatch, sig: int) -> None:
     """At the third batch of the first epoch (two steps taken)."""
-    original, calls = population._Batches.next_full, {"n": 0}
+    original, calls = population.SharedBatches.next_full, {"n": 0}
 
     def next_full(self):
         calls["n"] += 1
@@ -57,7 +57,7 @@ def _kill_in_batches(monkeypatch, sig: int) -> None:
             os.kill(os.getpid(), sig)
         return original(self)
 
-    monkeypatch.setattr(population._Batches, "next_full", next_full)
+    monkeypatch.setattr(population.SharedBatches, "next_full", next_full)
 
 
 def _kill_in_commit(method: str, nth: int = 1):
@@ -117,7 +117,7 @@ def _kill_twice(monkeypatch, sig: int) -> None:
         return original(*args, **kwargs)
 
     monkeypatch.setattr(workers, "release", release)
-    _kill_on_call(monkeypatch, population, "evaluate_all", 1, sig)
+    _kill_on_call(monkeypatch, population._stack, "evaluate_all", 1, sig)
 
 
 POINTS = {
@@ -125,11 +125,11 @@ POINTS = {
     "trial creation (storage)": _kill_in_commit("_create_new_trial"),
     "sampling": lambda mp, sig: _kill_on_call(mp, objective, "suggest", 1, sig),
     "mid-epoch": _kill_in_batches,
-    "validation": lambda mp, sig: _kill_on_call(mp, population, "evaluate_all", 1, sig),
+    "validation": lambda mp, sig: _kill_on_call(mp, population._stack, "evaluate_all", 1, sig),
     "epoch report (storage)": _kill_in_commit("write_trials", 2),  # 1: the start record, 2: epoch 1
     "test evaluation": lambda mp, sig: _kill_on_call(mp, objective, "evaluate", 1, sig),
     "weights saving": lambda mp, sig: _kill_on_call(mp, artifacts, "upload_artifact", 1, sig),
-    "trial attrs (storage)": _kill_in_commit("write_trials", 2),  # 1st: who runs it; 2nd: what it measured
+    "trial attrs (storage)": _kill_in_commit("tell"),  # the record written as the trial is told (lifecycle.tell)
     "trial state (storage)": _kill_in_commit("set_trial_state_values"),
     "gc finalizer after a trial": _kill_in_finalizer,
     # census: 1st call sets the target, 2nd is trial 0's budget check, 3rd trial 1's

@@ -82,14 +82,14 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_splits):
 
 def test_nan_loss_after_some_epochs_keeps_history(tiny_splits, monkeypatch):
     """A trial that diverges in epoch 2 keeps epoch 1's measurements."""
-    real = population._epoch_metrics
+    real = population._loop._epoch_metrics
 
     def nan_in_epoch_2(members, alive, epoch, sums, *rest):
         if epoch == 2:  # the epoch's summed loss, as a NaN loss would leave it
             sums = [[math.nan] * len(sums[0]), sums[1]]
         return real(members, alive, epoch, sums, *rest)
 
-    monkeypatch.setattr(population, "_epoch_metrics", nan_in_epoch_2)
+    monkeypatch.setattr(population._loop, "_epoch_metrics", nan_in_epoch_2)
     study = _study()
     optimize(study, Objective(StudySpec(epochs=3, batch_size=32), tiny_splits, torch.device("cpu")), 1)
     t = study.trials[0]

@@ -9,7 +9,7 @@ import torch
 
 from fmnist_search.core.config import TrainConfig
 from fmnist_search.engine import population as pop
-from fmnist_search.engine.batches import epoch_batches
+from fmnist_search.engine.batches import epoch_batches, steps_per_epoch
 from fmnist_search.engine.population import Member, fit_population, lr_table
 from fmnist_search.engine.schedules import make_scheduler
 from fmnist_search.engine.train import build_model, fit, to_device
@@ -76,7 +76,7 @@ def _reference(name, seed, cfg, train):
         nesterov=cfg.nesterov and cfg.momentum > 0,
         weight_decay=cfg.weight_decay,
     )
-    steps = pop.steps_per_epoch(len(x), cfg.batch_size)
+    steps = steps_per_epoch(len(x), cfg.batch_size)
     sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps, cfg.warmup_frac)
     order = torch.Generator().manual_seed(cfg.data_seed)
     for _ in range(cfg.epochs):
@@ -123,7 +123,7 @@ def test_each_model_of_a_population_is_that_model_trained_alone(tiny_splits, nam
 
 
 def test_the_vmap_stack_trains_the_same_models(tiny_splits, monkeypatch):
-    monkeypatch.setattr(pop, "fused_forward", lambda template: None)  # any model: functional_call under vmap
+    monkeypatch.setattr(pop._forwards, "fused_forward", lambda template: None)  # any model: functional_call under vmap
     train, val = _data(tiny_splits)
     members, census = _together("airbench", [0, 1], RECIPES[:2], train, val)
     assert census.kind == "vmap"

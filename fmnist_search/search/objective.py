@@ -63,7 +63,7 @@ class Objective:
         self.precision = precision
         self.on_epoch = on_epoch
         self.compile = compile
-        self.graphs = graphs  # the training step as a CUDA graph (engine.population._Graphed)
+        self.graphs = graphs  # the training step as a CUDA graph (engine.population.GraphedStep)
         self.extra_attrs = extra_attrs or {}  # constant per process, e.g. worker label and GPU
         self.artifact_store = artifact_store  # completed trials save their weights here (None: off)
         self.checkpoint_every = checkpoint_every  # epochs between a running trial's checkpoints (0: none)

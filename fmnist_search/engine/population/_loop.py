@@ -1,0 +1,179 @@
+"""The loop: a population trains epoch by epoch until every member has left."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ...core.config import TrainConfig
+from ..batches import autocast
+from ..devices import synchronize
+from ..distill import Teacher
+from ._batches import Batch, GraphedStep, SharedBatches, order_seed
+from ._forwards import own
+from ._members import EpochHook, EpochMetrics, Member, PopulationStats, Snapshot, SnapshotHook
+from ._stack import Stack
+
+# Trials per population when the user gives none (--population): where it pays, measured.
+# CPU: 1 (benchmarks/results/population-cpu-*.json). H200 (benchmarks/results/gpu-h200.md):
+# 32 LeNets train 20x faster than one after another, 128 51x; 32 keeps a 30-trial study in one
+# population while leaving the sampler rounds of feedback on longer ones. airbench: 7x at 32.
+DEFAULT_POPULATION = {"cuda": {"lenet": 32, "airbench": 32}}
+
+
+def default_population(model: str, device: torch.device) -> int:
+    return DEFAULT_POPULATION.get(device.type, {}).get(model, 1)
+
+
+def shared_key(cfg: TrainConfig) -> tuple[Any, ...]:
+    """Configs with the same key can train in one population: they make the same batches."""
+    return (
+        cfg.batch_size,
+        cfg.crop,
+        cfg.flip,
+        cfg.erasing,
+        cfg.teacher,
+        cfg.precision,
+        order_seed(cfg),
+        cfg.eval_batch_size,
+    )
+
+
+def fit_population(
+    modules: Sequence[nn.Module],
+    members: Sequence[Member],
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    on_epoch_end: EpochHook | None = None,
+    teacher: nn.Module | Teacher | None = None,
+    stats: PopulationStats | None = None,
+    lookup: bool = True,
+    resume: Sequence[Snapshot] | None = None,
+    on_snapshot: SnapshotHook | None = None,
+    snapshot_every: int = 0,
+    graphs: bool = False,
+) -> PopulationStats:
+    """Train ``modules[k]`` with ``members[k].cfg`` for every k at once; each leaves when its
+    epochs are done, when it diverges, or when ``on_epoch_end`` names it. ``members`` carry
+    the results, also when an exception (an interrupt) ends the population early, and
+    ``stats`` (returned) the population's throughput so far, epoch by epoch.
+
+    ``modules`` are freshly built models of one architecture on the data's device (each
+    seeded by its caller); the configs must share ``shared_key``. One module trains as itself
+    (in place; it may be a ``torch.compile`` wrapper): that is ``train.fit``. fp16 (a shared
+    loss scale) only for one. ``lookup=False`` runs the teacher on every batch (benchmarks).
+
+    Every ``snapshot_every`` epochs (0: never) ``on_snapshot`` gets each member still training
+    as a ``Snapshot``; ``resume`` (one per member, all taken at the same point of one run)
+    continues from there: the same weights, momentum, lr position, data order and history,
+    so a resumed run ends as the uninterrupted one would (tested bit for bit in float64).
+
+    ``graphs`` (CUDA, fp32 or bf16): each full-batch step is captured once per population size
+    as a CUDA graph and replayed (``GraphedStep``); the eager step is the reference and the CPU's.
+    """
+    cfgs = [mb.cfg for mb in members]
+    if len({shared_key(c) for c in cfgs}) != 1:
+        raise ValueError("a population shares batch size, augmentation, teacher, precision and data order")
+    base = cfgs[0]
+    if base.precision == "fp16" and len(cfgs) > 1:
+        raise ValueError("population training runs in fp32 or bf16 (fp16 needs a loss scale per model)")
+    if any(c.distill > 0 for c in cfgs) and teacher is None:
+        raise ValueError(f"distill={max(c.distill for c in cfgs)} needs a teacher network")
+    device = train[0].device
+    if resume is not None:
+        _check_resume(resume, len(members))
+        for module, snap in zip(modules, resume, strict=True):
+            own(module).load_state_dict(snap.state_dict)
+    stack_ = Stack(modules, cfgs, len(train[0]), device)
+    batches = SharedBatches(train, base, teacher if any(c.distill > 0 for c in cfgs) else None, lookup)
+    stats = stats if stats is not None else PopulationStats()
+    stats.kind = stack_.kind
+    first = 1
+    if resume is not None:
+        stack_.restore(resume)
+        batches.restore(resume[0], order_seed(base))
+        for member, snap in zip(members, resume, strict=True):
+            member.result.history = list(snap.history)
+        first = resume[0].epoch + 1
+    graphed = GraphedStep(batches) if graphs and device.type == "cuda" and base.precision != "fp16" else None
+    sums_of: dict[int, torch.Tensor] = {}  # static per population size: a captured step adds into it
+    for epoch in range(first, max(c.epochs for c in cfgs) + 1):
+        k = len(stack_.alive)
+        sums_t = sums_of.setdefault(k, torch.zeros(2, k, device=device))  # each model's loss and correct, summed
+        sums_t.zero_()
+        batches.shuffle()
+        synchronize(device)
+        t0 = time.perf_counter()
+
+        def step(batch: Callable[[], Batch], sums_t: torch.Tensor = sums_t) -> None:
+            """One training step: batch, forward, loss, backward, update; device work only (capturable)."""
+            xb, yb, soft = batch()
+            with autocast(device, base.precision, cache=graphed is None):
+                out = stack_.forward(stack_.state, xb, True)  # (K, B, classes)
+                losses = stack_.losses(out, yb, soft(xb))  # (K,)
+            stack_.step(losses)
+            sums_t[0].add_(losses.detach().float() * len(yb))
+            sums_t[1].add_((out.argmax(-1) == yb).sum(1))
+
+        for _ in range(batches.full):
+            if graphed is None:
+                step(batches.next_full)
+            else:
+                graphed.run(k, lambda: step(batches.next_full))
+            stack_.steps += 1
+        if batches.rest:  # the shorter last batch: eager, as its shape differs
+            step(batches.last)
+            stack_.steps += 1
+        seen = batches.full * base.batch_size + batches.rest
+        synchronize(device)
+        elapsed = time.perf_counter() - t0
+        stats.samples += seen * k
+        stats.train_time_s += elapsed
+        sums = sums_t.tolist()  # the epoch's one sync
+        # Evaluation runs in fp32 whatever the training precision: it costs little, and the
+        # stored accuracies are then exactly what `fmnist-search evaluate` (fp32) reproduces.
+        accs = stack_.evaluate(val, base.eval_batch_size) if val is not None else None
+        metrics = _epoch_metrics(members, stack_.alive, epoch, sums, accs, seen, elapsed)
+        stop = set(on_epoch_end(epoch, metrics)) if on_epoch_end is not None else set()
+        if not stack_.settle(members, stop, epoch):
+            break
+        if on_snapshot is not None and snapshot_every > 0 and epoch % snapshot_every == 0:
+            on_snapshot(
+                epoch, {m: stack_.snapshot(row, members[m], epoch, batches) for row, m in enumerate(stack_.alive)}
+            )
+    return stats
+
+
+def _check_resume(resume: Sequence[Snapshot], k: int) -> None:
+    points = {(s.epoch, s.steps, s.device_type, bytes(s.order.numpy())) for s in resume}
+    if len(resume) != k or len(points) != 1:
+        raise ValueError("members resumed together must have stopped at the same point of one run")
+
+
+def _epoch_metrics(
+    members: Sequence[Member],
+    alive: list[int],
+    epoch: int,
+    sums: list[list[float]],
+    accs: list[tuple[float, float]] | None,
+    seen: int,
+    elapsed: float,
+) -> dict[int, EpochMetrics]:
+    """Each training member's epoch, appended to its history; members whose loss is not finite diverge."""
+    losses, corrects = sums
+    metrics: dict[int, EpochMetrics] = {}
+    for row, m in enumerate(alive):
+        train_loss = losses[row] / seen
+        if not math.isfinite(train_loss):
+            members[m].status = "diverged"
+            members[m].error = f"training loss became {train_loss} in epoch {epoch} (lr={members[m].cfg.lr:.4g})"
+            continue
+        val_acc, val_loss = accs[row] if accs is not None else (math.nan, math.nan)
+        metrics[m] = EpochMetrics(epoch, train_loss, corrects[row] / seen, val_acc, val_loss, elapsed, seen)
+        members[m].result.history.append(metrics[m])
+    return metrics

@@ -1,0 +1,109 @@
+"""What a population is made of and measures: its members, their epochs, results and snapshots."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ...core.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 1-based
+    train_loss: float  # mean cross-entropy over the epoch's training steps
+    train_accuracy: float  # fraction correct during the epoch's training steps
+    val_accuracy: float
+    val_loss: float
+    train_time_s: float  # this epoch's training steps only (no evaluation), device-synchronised
+    samples: int  # training samples seen this epoch
+
+
+@dataclass
+class FitResult:
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    @property
+    def train_time_s(self) -> float:
+        return sum(m.train_time_s for m in self.history)
+
+    @property
+    def throughput(self) -> float:
+        """Training samples per second over training steps only, from the second epoch on
+        when there is one: the first pays one-time costs (cuDNN autotuning, compilation,
+        allocator warm-up) that say nothing about the recipe's speed."""
+        timed = self.history[1:] or self.history
+        t = sum(m.train_time_s for m in timed)
+        return sum(m.samples for m in timed) / t if t > 0 else 0.0
+
+
+class Diverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Member:
+    """One model of the population: its recipe, what it measured, how it ended."""
+
+    cfg: TrainConfig
+    result: FitResult = field(default_factory=FitResult)
+    status: str = "training"  # training | done | stopped | diverged
+    error: str = ""
+    module: nn.Module | None = None  # the trained weights (eval mode), for members that are done
+
+
+@dataclass
+class PopulationStats:
+    """The population's own throughput: every member's training samples over the epochs' time."""
+
+    samples: int = 0
+    train_time_s: float = 0.0
+    kind: str = ""  # plain | fused | vmap: how the models were stacked
+
+    @property
+    def throughput(self) -> float:
+        return self.samples / self.train_time_s if self.train_time_s > 0 else 0.0
+
+
+EpochHook = Callable[[int, dict[int, EpochMetrics]], Iterable[int]]  # (epoch, metrics by member) -> members to stop
+
+
+@dataclass
+class Snapshot:
+    """One member's training state at the end of an epoch: what it needs to continue exactly.
+
+    Weights and BatchNorm statistics, SGD momentum (per parameter, so a member of a stacked
+    population can continue alone and back), the lr table's position, the data-order and
+    augmentation generator, the history so far, fp16's loss scale. Tensors are on the CPU;
+    ``payload`` is plain tensors and values (``torch.load(weights_only=True)`` reads it).
+    """
+
+    epoch: int
+    steps: int  # SGD steps taken: the lr table's position
+    state_dict: dict[str, torch.Tensor]
+    momentum: dict[str, torch.Tensor]
+    order: torch.Tensor  # torch.Generator state
+    device_type: str  # where that generator ran (a CPU state cannot drive a CUDA generator)
+    history: list[EpochMetrics]
+    loss_scale: list[float] | None = None  # fp16: [scale, growth tracker]
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            "history": [dataclasses.asdict(m) for m in self.history],
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Snapshot:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in payload.items() if k in names}
+        values["history"] = [EpochMetrics(**m) for m in payload["history"]]
+        return cls(**values)
+
+
+SnapshotHook = Callable[[int, dict[int, Snapshot]], None]  # (epoch, snapshots by member)
