@@ -2,8 +2,8 @@ import optuna
 import pytest
 import torch
 
-from fmnist_search.core.config import MODEL_NAMES
 from fmnist_search.core.errors import ConfigError
+from fmnist_search.core.rules import MODEL_NAMES
 from fmnist_search.engine.models import create_model, list_models, num_params
 
 # Parameter counts: LeNet by hand (conv 156 + 2416, fc 30840 + 10164 + 850); airbench by
@@ -18,7 +18,7 @@ def test_registry_lists_the_models():
 
 
 def test_registries_have_exactly_the_names_settings_check():
-    from fmnist_search.core.config import PRUNER_NAMES, SAMPLER_NAMES, SPACE_NAMES
+    from fmnist_search.core.rules import PRUNER_NAMES, SAMPLER_NAMES, SPACE_NAMES
     from fmnist_search.search.space import SPACES
     from fmnist_search.search.study import PRUNERS, SAMPLERS
 
@@ -28,7 +28,7 @@ def test_registries_have_exactly_the_names_settings_check():
 
 
 def test_the_core_knows_the_engines_schedules_and_precisions():
-    from fmnist_search.core.config import PRECISION_NAMES, SCHEDULE_NAMES
+    from fmnist_search.core.rules import PRECISION_NAMES, SCHEDULE_NAMES
     from fmnist_search.engine.devices import PRECISIONS
     from fmnist_search.engine.schedules import make_scheduler
     from fmnist_search.search.space import PARAMS

@@ -17,9 +17,10 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.core.config import OBJECTIVE_NAMES, StudySpec
+from fmnist_search.core.config import StudySpec
 from fmnist_search.core.errors import ConfigError
 from fmnist_search.core.presets import base_recipe, load_preset, with_model_recipes
+from fmnist_search.core.rules import OBJECTIVE_NAMES
 from fmnist_search.search.criteria import CRITERIA, MEASURED_ATTR
 from fmnist_search.search.internals import storage_of
 from fmnist_search.search.pruning import population_prunes

@@ -9,8 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.core.config import RECIPE_RULES, SPEC_RULES, StudySpec, TrainConfig, parse_fixed, parse_value
+from fmnist_search.core.config import StudySpec, TrainConfig
 from fmnist_search.core.errors import ConfigError
+from fmnist_search.core.rules import RECIPE_RULES, SPEC_RULES, parse_fixed, parse_value
 
 runner = CliRunner()
 

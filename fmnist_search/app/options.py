@@ -20,20 +20,10 @@ from typing import Annotated, Any, ClassVar, TypeVar, get_type_hints
 
 import typer
 
-from ..core.config import (
-    DEFAULT_STORAGE,
-    GRACE_PERIOD_S,
-    HEARTBEAT_INTERVAL_S,
-    MODEL_NAMES,
-    OBJECTIVE_NAMES,
-    PATIENCE_S,
-    PRUNER_NAMES,
-    SAMPLER_NAMES,
-    SPACE_NAMES,
-    StudySpec,
-)
+from ..core.config import DEFAULT_STORAGE, GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S, StudySpec
 from ..core.errors import FmnistSearchError
 from ..core.presets import BASE_PRESETS, base_recipe
+from ..core.rules import MODEL_NAMES, OBJECTIVE_NAMES, PRUNER_NAMES, SAMPLER_NAMES, SPACE_NAMES
 
 # Help panels: the groups `--help` shows options in.
 STUDY, RECIPE, SEARCH, WORK, STORE, DATA = "Study", "Recipe", "Search", "Work", "Store", "Data"
@@ -266,7 +256,7 @@ class StudyOptions:
 
     def settings(self) -> dict[str, Any]:
         """The study settings these options give (an option left out gives none)."""
-        from ..core.config import parse_fixed
+        from ..core.rules import parse_fixed
 
         given = {k: getattr(self, k) for k in self.SETTINGS if getattr(self, k) is not None}
         fixed = parse_fixed(self.fix)

@@ -17,8 +17,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from .config import RECIPE_SETTINGS, SPEC_FIELDS, StudySpec, check_fixed
+from .config import SPEC_FIELDS, StudySpec
 from .errors import ConfigError
+from .rules import RECIPE_SETTINGS, check_fixed
 
 BASE_PRESETS = {"lenet": "lenet-base"}  # model -> the preset a new study of it starts from (lr space)
 BASE_KEYS = ("lr_min", "lr_max", "momentum", "batch_size", "fixed")  # what a base preset gives a study

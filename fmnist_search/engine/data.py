@@ -4,7 +4,7 @@ Files are looked up (``.gz`` or uncompressed) in: ``--data-dir``/``FMNIST_DATA_D
 the user cache, and Debian's ``dataset-fashion-mnist`` directory. The decompressed
 contents are checked against the official SHA-256 so a corrupt or truncated file is
 an error naming that file, never a silently wrong dataset. Parsing uses
-torchvision's IDX readers, once: the parsed tensors are kept beside the verified file, so a
+torchvision's IDX readers, once: the parsed tensors are kept in the cache (<cache>/parsed/), so a
 later process neither parses nor imports torchvision (~0.9 s of a worker's start-up).
 """
 

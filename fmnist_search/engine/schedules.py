@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..core.config import SCHEDULE_NAMES as SCHEDULES  # the names live with the settings that check them
+from ..core.rules import SCHEDULE_NAMES as SCHEDULES  # the names live with the rules that check them
 
 ONECYCLE_DEFAULT_WARMUP = 0.25  # fraction of steps rising to the peak when warmup_frac is 0
 ONECYCLE_START = 1 / 25  # torch OneCycleLR's div_factor: the first step's lr, of the peak

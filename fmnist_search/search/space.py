@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from ..core.config import SCHEDULE_NAMES
+from ..core.rules import SCHEDULE_NAMES
 
 Suggest = Callable[[optuna.Trial, Any], Any]  # (trial, spec) -> value
 
@@ -35,7 +35,7 @@ PARAMS: dict[str, Suggest] = {
     "erasing": lambda t, s: t.suggest_float("erasing", 0.0, 0.5),  # random-erasing probability
 }
 
-SPACES: dict[str, tuple[str, ...]] = {  # keys: config.SPACE_NAMES
+SPACES: dict[str, tuple[str, ...]] = {  # keys: core.rules.SPACE_NAMES
     "lr": ("lr",),  # the report's question: which learning rate?
     "full": tuple(PARAMS),
 }

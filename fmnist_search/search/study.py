@@ -13,9 +13,10 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
-from ..core.config import DEFAULT_STORAGE, StudySpec, resolve  # noqa: F401
+from ..core.config import StudySpec
 from ..core.errors import StorageError
 from ..core.presets import check_recipe, expand_recipes, with_base_recipe, with_model_recipes
+from ..core.resolution import resolve
 from .criteria import directions, metric_names
 from .storage import make_storage  # noqa: F401 - re-exported
 from .urls import mask_url  # noqa: F401 - re-exported
