@@ -33,7 +33,7 @@ run: install data
 
 # Lint first (fast), so the suite's own summary is the last thing printed.
 test: install data databases lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "slow or not slow"
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -23,7 +23,7 @@ from fmnist_search.core.config import StudySpec
 from fmnist_search.engine import data
 from fmnist_search.engine.devices import device_name, resolve_device, resolve_precision
 from fmnist_search.search.lifecycle import optimize
-from fmnist_search.search.objective import Objective
+from fmnist_search.search.objective import TrialContext
 from fmnist_search.search.study import PRUNERS, SAMPLERS
 
 
@@ -31,7 +31,7 @@ def run_study(spec: StudySpec, splits: data.Splits, device: torch.device, trials
     study = optuna.create_study(
         direction="maximize", sampler=SAMPLERS[spec.sampler](spec, spec.seed), pruner=PRUNERS[spec.pruner](spec)
     )
-    obj = Objective(spec, splits, device, resolve_precision("auto", device))
+    obj = TrialContext(spec, splits, device, resolve_precision("auto", device))
     t0 = time.perf_counter()
     optimize(study, obj, trials)
     wall = time.perf_counter() - t0

@@ -40,7 +40,7 @@ from fmnist_search.engine.batches import MEAN, STD, autocast, epoch_batches
 from fmnist_search.engine.devices import resolve_device, resolve_precision, synchronize
 from fmnist_search.engine.schedules import make_scheduler
 from fmnist_search.engine.train import TrainConfig, build_model, fit
-from fmnist_search.search.objective import Objective
+from fmnist_search.search.objective import TrialContext
 
 BATCH = 256  # the report's batch size
 LR = 0.01  # any stable rate: speed does not depend on it
@@ -57,7 +57,7 @@ def report_loader(raw: dict[str, Path], workers: int) -> DataLoader:
     return DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
 
 
-def baseline_rate(name: str, loader: DataLoader, obj: Objective, batches: int) -> float:
+def baseline_rate(name: str, loader: DataLoader, obj: TrialContext, batches: int) -> float:
     """The report's loop, at our precision: autocast like ours, so the ratio is the pipeline's."""
     model = build_model(name, 0, obj.device, obj.compiled).runnable
     model.train()
@@ -80,7 +80,7 @@ def baseline_rate(name: str, loader: DataLoader, obj: Objective, batches: int) -
     return seen / (time.perf_counter() - t0)
 
 
-def ours_rate(name: str, obj: Objective, batches: int, mode: str | None = None, graphs: bool = False) -> float:
+def ours_rate(name: str, obj: TrialContext, batches: int, mode: str | None = None, graphs: bool = False) -> float:
     n = min(batches * BATCH, len(obj.train[0]))
     train = (obj.train[0][:n], obj.train[1][:n])
     val = (obj.val[0][:BATCH], obj.val[1][:BATCH])
@@ -93,7 +93,7 @@ def ours_rate(name: str, obj: Objective, batches: int, mode: str | None = None, 
     return fit(runnable, train, val, cfg, graphs=graphs).throughput
 
 
-def reference_rate(name: str, obj: Objective, batches: int) -> float:
+def reference_rate(name: str, obj: TrialContext, batches: int) -> float:
     """The single-model step as it was: torch.optim.SGD, LambdaLR per step, F.cross_entropy."""
     model = build_model(name, 0, obj.device, obj.compiled).runnable
     model.train()
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = data.load(allow_download=False)
     _, raw = data.verified_files(allow_download=False)
     splits = data.make_splits(dataset, val_size=10_000, seed=0)
-    obj = Objective(StudySpec(), splits, device, precision, compile=args.compile)
+    obj = TrialContext(StudySpec(), splits, device, precision, compile=args.compile)
     loader = report_loader(raw, args.workers)
 
     results: dict = {}

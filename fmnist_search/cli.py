@@ -35,7 +35,7 @@ from .app.options import (
     WhereOpt,
     WorkOptions,
     artifact_dir,
-    takes,
+    with_option_groups,
 )
 from .console import Group, Panelled, RunProgress, echo, fail, out, print_summary, say, table
 from .core.config import DEFAULT_STORAGE
@@ -114,7 +114,7 @@ def _given(**values: Any) -> dict[str, Any]:
 
 
 @command(stoppable=True)
-@takes(options=StudyOptions)
+@with_option_groups(options=StudyOptions)
 def create(options: StudyOptions) -> None:
     """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
     from .app.studies import create as create_studies
@@ -125,7 +125,7 @@ def create(options: StudyOptions) -> None:
 
 
 @command(stoppable=True)
-@takes(options=StudyOptions, work=WorkOptions)
+@with_option_groups(options=StudyOptions, work=WorkOptions)
 def run(
     options: StudyOptions,
     work: WorkOptions,
@@ -144,7 +144,7 @@ def run(
 
 
 @command(stoppable=True)
-@takes(work=WorkOptions)
+@with_option_groups(work=WorkOptions)
 def worker(
     study: StudyOpt,
     work: WorkOptions,

@@ -38,6 +38,17 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.undo()
 
 
+# Tests that start database servers, mount filesystems or build a wheel are slow by nature; the
+# default `pytest` leaves them out (pyproject.toml), `make test` and CI run them too.
+_SLOW_FIXTURES = {"postgres_url", "database_url", "postgres_server", "database_server", "installed_wheel", "small_disk"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _in_a_folder_of_its_own(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test runs in an empty temporary folder: a relative default (the SQLite store, a

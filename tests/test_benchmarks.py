@@ -135,6 +135,7 @@ def test_startup_script_times_every_stage(tmp_path, real_data):
     assert all(v >= 0 for v in stages.values()) and results["total_s"] == pytest.approx(sum(stages.values()), abs=0.01)
 
 
+@pytest.mark.slow
 def test_pareto_script_runs_both_studies_and_replays_each_pruner(tmp_path, real_data):
     import pareto
 
@@ -217,3 +218,10 @@ def test_pareto_grid_replays_each_rule_and_its_named_pruners_match_the_studys(tm
     assert (preset["met"], preset["near"]) == (0, 1) and results["tolerance_points"] == 0.5
     lines = (tmp_path / "g.csv").read_text().splitlines()
     assert len(lines) == 313 and '"hyperband from 1 eta 3, epoch",0,1,0.6,0.48' in lines
+
+
+def test_the_gpu_scripts_parse():
+    """bash -n on the device scripts (seconds): the whole flow runs under the slow marker."""
+    for script in ("gpu_check.sh", "gpu_prepare.sh"):
+        proc = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr

@@ -322,18 +322,10 @@ def test_run_help_groups_its_options_and_states_per_model_defaults():
 
 
 def test_shell_completion_is_offered(monkeypatch):
-    # Typer's own switch for tests, read when the command is built: `--show-completion SHELL` takes
+    # Typer's own switch for tests, read when the command is built: `--show-completion SHELL` with_option_groups
     # the shell named, rather than one detected from the parent processes (a test run started in
     # the background, whose shell has exited, has none: "Shell  not supported").
     monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     result = invoke("--show-completion", "bash")
     assert result.exit_code == 0, (result.output, repr(result.exception))
     assert "COMPLETE=complete_bash" in result.output and "complete -o default" in result.output
-
-
-def test_the_cli_stays_a_thin_layer():
-    from pathlib import Path
-
-    import fmnist_search.cli as cli
-
-    assert len(Path(cli.__file__).read_text().splitlines()) < 500  # parses, calls app/, prints

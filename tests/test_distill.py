@@ -18,7 +18,7 @@ from fmnist_search.core.presets import check_recipe, load_preset
 from fmnist_search.engine.teachers import cached_teacher
 from fmnist_search.engine.train import TrainConfig, distillation_loss, fit, to_device
 from fmnist_search.search.lifecycle import optimize
-from fmnist_search.search.objective import Objective
+from fmnist_search.search.objective import TrialContext
 
 runner = CliRunner()
 
@@ -138,7 +138,7 @@ def test_a_study_with_a_fixed_teacher_distils_every_trial(tiny_splits):
     for name, fix in (("distilled", fixed), ("plain", {"lr": 0.05})):
         spec = StudySpec(epochs=2, batch_size=64, space="lr", fixed=fix)
         said: list[str] = []
-        objective = Objective(spec, tiny_splits, torch.device("cpu"), say=said.append)
+        objective = TrialContext(spec, tiny_splits, torch.device("cpu"), say=said.append)
         assert set(objective.teachers) == ({"airbench-tuned"} if name == "distilled" else set())
         study = optuna.create_study(direction="maximize")
         optimize(study, objective, 2)
@@ -153,6 +153,7 @@ def test_a_study_with_a_fixed_teacher_distils_every_trial(tiny_splits):
         assert abs(distilled - plain) > 1e-3, losses  # the teacher's term changed what was minimised
 
 
+@pytest.mark.slow
 def test_run_trains_the_studys_teacher_once_then_resumes_with_it(tmp_path, real_data):
     url = f"sqlite:///{tmp_path}/kd.db"
     args = ["run", "--model", "lenet", "--storage", url, "--study", "kd", "--epochs", "1", "--batch-size", "64"]

@@ -46,3 +46,26 @@ def test_no_private_optuna_name_outside_internals(folder):
             if PRIVATE.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not found, "private Optuna names outside search/internals.py:\n" + "\n".join(found)
+
+
+def test_every_private_torch_name_is_where_the_installed_torch_has_it():
+    from fmnist_search.engine import torch_internals
+
+    torch_internals.check()
+
+
+@pytest.mark.parametrize("folder", ["fmnist_search", "tests", "benchmarks"])
+def test_no_private_torch_name_outside_torch_internals(folder):
+    import re
+
+    from fmnist_search.engine.torch_internals import NAMES
+
+    pattern = re.compile(r"torch\.(" + "|".join(NAMES) + r")\b")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path.name not in ("torch_internals.py", "test_internals.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, "private torch names outside engine/torch_internals.py: " + ", ".join(found)

@@ -214,6 +214,7 @@ def test_stop_is_found_behind_optunas_own_error():
 _cli = functools.partial(cli_process, merge_output=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("jobs", "sig"), [("1", signal.SIGTERM), ("2", signal.SIGINT)], ids=["1-SIGTERM", "2-SIGINT"])
 def test_a_real_process_stops_on_a_signal(sig, jobs, tmp_path, real_data):
     """`run` after its first trial: one process, or a parent that relays the signal to 2 workers;

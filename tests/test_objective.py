@@ -11,7 +11,7 @@ from fmnist_search.engine.models import create_model
 from fmnist_search.engine.train import build_model
 from fmnist_search.search import objective as objective_mod
 from fmnist_search.search.lifecycle import optimize
-from fmnist_search.search.objective import Objective
+from fmnist_search.search.objective import TrialContext
 from fmnist_search.search.record import FIELDS, TrialRecord
 
 ATTRS = {
@@ -35,7 +35,7 @@ def _study(pruner=None):
 def test_completed_trial_has_every_attr(tiny_splits):
     spec = StudySpec(epochs=2, batch_size=32, lr_min=0.01, lr_max=0.1)
     study = _study()
-    optimize(study, Objective(spec, tiny_splits, torch.device("cpu")), 2)
+    optimize(study, TrialContext(spec, tiny_splits, torch.device("cpu")), 2)
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
         assert set(t.user_attrs) >= ATTRS
@@ -63,7 +63,7 @@ def test_pruned_trial_keeps_what_it_measured(tiny_splits):
     spec = StudySpec(epochs=3, batch_size=32)
     # Prunes every trial whose accuracy is below 1.01, i.e. all of them, after epoch 1.
     study = _study(pruner=optuna.pruners.ThresholdPruner(lower=1.01))
-    optimize(study, Objective(spec, tiny_splits, torch.device("cpu")), 1)
+    optimize(study, TrialContext(spec, tiny_splits, torch.device("cpu")), 1)
     t = study.trials[0]
     assert t.state == TrialState.PRUNED
     assert t.user_attrs["epochs_completed"] == 1
@@ -74,7 +74,7 @@ def test_pruned_trial_keeps_what_it_measured(tiny_splits):
 def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_splits):
     spec = StudySpec(epochs=2, batch_size=32, lr_min=1e5, lr_max=1e6, momentum=0.0)
     study = _study()
-    optimize(study, Objective(spec, tiny_splits, torch.device("cpu")), 2)
+    optimize(study, TrialContext(spec, tiny_splits, torch.device("cpu")), 2)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     for t in study.trials:
         assert "training loss became" in t.user_attrs["fail_reason"]
@@ -91,7 +91,7 @@ def test_nan_loss_after_some_epochs_keeps_history(tiny_splits, monkeypatch):
 
     monkeypatch.setattr(population._loop, "_epoch_metrics", nan_in_epoch_2)
     study = _study()
-    optimize(study, Objective(StudySpec(epochs=3, batch_size=32), tiny_splits, torch.device("cpu")), 1)
+    optimize(study, TrialContext(StudySpec(epochs=3, batch_size=32), tiny_splits, torch.device("cpu")), 1)
     t = study.trials[0]
     assert t.state == TrialState.FAIL and t.user_attrs["epochs_completed"] == 1
     assert "training loss became nan in epoch 2" in t.user_attrs["fail_reason"]
@@ -102,7 +102,7 @@ def test_data_moves_to_device_once(tiny_splits, monkeypatch):
     real = objective_mod.to_device
     monkeypatch.setattr(objective_mod, "to_device", lambda *a: calls.append(1) or real(*a))
     study = _study()
-    optimize(study, Objective(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu")), 3)
+    optimize(study, TrialContext(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu")), 3)
     assert len(calls) == 3  # train, val, test: once per process, not per trial
 
 
@@ -111,7 +111,7 @@ def test_trials_are_reproducible(tiny_splits):
     runs = []
     for _ in range(2):
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
-        optimize(study, Objective(spec, tiny_splits, torch.device("cpu")), 1)
+        optimize(study, TrialContext(spec, tiny_splits, torch.device("cpu")), 1)
         runs.append((study.trials[0].params["lr"], study.trials[0].value))
     assert runs[0] == runs[1]
 
@@ -134,7 +134,7 @@ def test_compile_once_and_reuse_across_trials(tiny_splits, monkeypatch):
         return real_compile(module, backend="eager")  # the reuse logic, without inductor's C++ build
 
     monkeypatch.setattr(torch, "compile", counting_compile)
-    obj = Objective(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu"), compile=True)
+    obj = TrialContext(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu"), compile=True)
     study = _study()
     optimize(study, obj, 3)
     assert len(compiled) == 1
@@ -154,7 +154,7 @@ def _rss_mb() -> float:
 
 
 def test_memory_stays_flat_over_many_trials(tiny_splits):
-    obj = Objective(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu"))
+    obj = TrialContext(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu"))
     study = _study()
     optimize(study, obj, 5)  # warm up allocator and caches
     before = _rss_mb()

@@ -50,6 +50,7 @@ def test_plan_one_worker_per_gpu_and_packing():
     assert all(p.device is None for p in cpu)
 
 
+@pytest.mark.slow
 def test_jobs_on_the_default_sqlite_store(tmp_path, monkeypatch, real_data):
     """`run --jobs 2` on the default SQLite file: exactly the trials asked for, no lock errors."""
     monkeypatch.chdir(tmp_path)
@@ -67,6 +68,7 @@ def test_jobs_on_the_default_sqlite_store(tmp_path, monkeypatch, real_data):
     assert_consistent("sqlite:///studies/fmnist.db", "lenet", 10)
 
 
+@pytest.mark.slow
 def test_gpus_assign_one_visible_device_per_worker(tmp_path, real_data):
     """--gpus sets CUDA_VISIBLE_DEVICES per worker (checked on the CPU: --device cpu wins)."""
     url = f"sqlite:///{tmp_path}/g.db"
@@ -87,6 +89,7 @@ def test_gpu_flag_errors():
     assert result.exit_code == 2 and "comma-separated GPU numbers" in result.output
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path, real_data):
     url = f"sqlite:///{tmp_path}/k.db"
     beat = ["--heartbeat-interval", "1", "--grace-period", "3"]
@@ -241,6 +244,7 @@ def _wait_until_stopped(proc, timeout: float = 120) -> None:
     raise AssertionError(f"the worker never froze (exit {proc.poll()})")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["after-ask", "before-first-beat"])
 def test_a_worker_killed_right_after_its_ask_leaves_a_trial_that_is_retried(tmp_path, real_data, point):
     url = f"sqlite:///{tmp_path}/f.db"
@@ -282,6 +286,7 @@ def test_one_budget_lock_per_store_however_it_is_spelled(tmp_path, monkeypatch):
     assert _key("postgresql://db/s", "x") != _key("postgresql://db:5433/s", "x") != _key("postgresql://db/t", "x")
 
 
+@pytest.mark.slow
 def test_workers_naming_one_sqlite_file_relatively_and_absolutely_make_exactly_n_trials(tmp_path, real_data):
     absolute = f"sqlite:///{tmp_path}/one.db"
     result = runner.invoke(app, ["create", "--model", "lenet", "--trials", "6", "--storage", absolute, *TINY])

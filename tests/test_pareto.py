@@ -372,7 +372,7 @@ def test_a_comparison_trains_each_model_at_its_own_population_size(tiny_splits):
 
     from fmnist_search.app.studies import check_population
     from fmnist_search.search.lifecycle import run_trials
-    from fmnist_search.search.objective import Objective
+    from fmnist_search.search.objective import TrialContext
 
     cuda = torch.device("cuda")  # only its type is read: the defaults measured on a GPU
     assert check_population(None, "lenet,resnet18", cuda, "fp32", False) == (32, {"lenet": 32, "resnet18": 1})
@@ -391,7 +391,7 @@ def test_a_comparison_trains_each_model_at_its_own_population_size(tiny_splits):
         {"model": "lenet", "lr_lenet": 0.02},
     ):
         study.enqueue_trial(params)
-    objective = Objective(spec, tiny_splits, torch.device("cpu"), population_caps={"lenet": 2, "airbench": 1})
+    objective = TrialContext(spec, tiny_splits, torch.device("cpu"), population_caps={"lenet": 2, "airbench": 1})
     asked = [(t, objective.config(t)) for t in (study.ask() for _ in range(5))]
     run_trials(study, objective, asked)
     trials = study.get_trials(deepcopy=False)
@@ -405,12 +405,12 @@ def test_workers_share_a_networks_measured_figures_through_the_study(tiny_splits
 
     from fmnist_search.engine.devices import device_name
     from fmnist_search.search.internals import study_system_attrs
-    from fmnist_search.search.objective import Objective
+    from fmnist_search.search.objective import TrialContext
 
     spec = StudySpec(model="lenet,airbench", objectives=("accuracy", "throughput"), epochs=1, batch_size=64)
     study = optuna.create_study(directions=["maximize", "maximize"])
     cpu = torch.device("cpu")
-    first, second = (Objective(spec, tiny_splits, cpu) for _ in range(2))  # two workers (their caches apart)
+    first, second = (TrialContext(spec, tiny_splits, cpu) for _ in range(2))  # two workers (their caches apart)
     cfg = first.config(optuna.trial.FixedTrial({"model": "lenet", "lr_lenet": 0.1}))
     measured = first.measure("lenet", cfg, study)["throughput"]
     (key,) = study_system_attrs(study)

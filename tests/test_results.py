@@ -20,7 +20,7 @@ from fmnist_search.engine.train import predict_proba
 from fmnist_search.search import lifecycle as lifecycle_mod
 from fmnist_search.search.artifacts import load_weights, open_store
 from fmnist_search.search.lifecycle import optimize
-from fmnist_search.search.objective import Objective
+from fmnist_search.search.objective import TrialContext
 from fmnist_search.search.plots import curves_data, learning_curves, study_figures
 from fmnist_search.search.record import TrialRecord
 from fmnist_search.search.report import report_frame, to_markdown
@@ -136,7 +136,7 @@ def test_plot_command_writes_every_figure(tmp_path):
 def test_weights_round_trip_through_the_artifact_store(tmp_path, tiny_splits, monkeypatch):
     store = open_store(tmp_path / "artifacts")
     spec = StudySpec(epochs=2, batch_size=32, lr_min=0.02, lr_max=0.1)
-    obj = Objective(spec, tiny_splits, torch.device("cpu"), artifact_store=store)
+    obj = TrialContext(spec, tiny_splits, torch.device("cpu"), artifact_store=store)
     study = optuna.create_study(direction="maximize")
     models = []
     real_build = lifecycle_mod.build_model

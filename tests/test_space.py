@@ -18,7 +18,7 @@ from fmnist_search.engine import augment
 from fmnist_search.engine.schedules import make_scheduler
 from fmnist_search.engine.train import BACKGROUND, TrainConfig, augment_batch
 from fmnist_search.search.lifecycle import optimize
-from fmnist_search.search.objective import Objective
+from fmnist_search.search.objective import TrialContext
 from fmnist_search.search.space import PARAMS
 
 runner = CliRunner()
@@ -140,7 +140,7 @@ def test_full_space_records_every_sampled_param(tiny_splits):
     spec = StudySpec(space="full", epochs=2, fixed={"schedule": "cosine"})
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    optimize(study, Objective(spec, tiny_splits, torch.device("cpu")), 2)
+    optimize(study, TrialContext(spec, tiny_splits, torch.device("cpu")), 2)
     for t in study.trials:
         assert set(t.params) == set(PARAMS) - {"schedule"}  # every sampled one; the fixed one is not sampled
         config = t.user_attrs["config"]
@@ -198,6 +198,7 @@ def test_bad_presets_are_errors(tmp_path: Path, body: str, message: str):
         load_preset(str(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["lenet-tuned", "airbench-tuned"])
 def test_train_with_a_preset_on_a_tiny_subset(tmp_path, real_data, preset):
     weights = tmp_path / "w.pt"

@@ -2,7 +2,7 @@
 
 ``StudyOptions`` (create, run) says which study and the settings it is created with;
 ``WorkOptions`` (run, worker) how a process trains and holds on to its store. The CLI turns
-their fields into options (``cli.takes``); ``run`` hands ``WorkOptions`` to the worker
+their fields into options (``with_option_groups``); ``run`` hands ``WorkOptions`` to the worker
 processes it starts (``studies.as_argv``), from the same declaration. Help texts state
 per-model defaults where a model's base recipe differs (``core.presets.base_recipe``).
 Nothing heavy is imported here: ``--help`` stays fast.
@@ -303,8 +303,8 @@ class WorkOptions:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def takes(**groups: type) -> Callable[[F], F]:
-    """Give a command whole option groups: ``@takes(study=StudyOptions)`` makes every field
+def with_option_groups(**groups: type) -> Callable[[F], F]:
+    """Give a command whole option groups: ``@with_option_groups(study=StudyOptions)`` makes every field
     of StudyOptions an option of the command, and calls it with ``study=StudyOptions(...)``."""
 
     def decorate(fn: F) -> F:

@@ -170,7 +170,7 @@ def _run_trials(
 ) -> None:
     from ..engine import data as data_mod
     from ..search.artifacts import open_store as open_artifacts
-    from ..search.objective import Objective
+    from ..search.objective import TrialContext
     from ..search.urls import mask_url
     from ..search.workers import work as work_loop
 
@@ -187,7 +187,7 @@ def _run_trials(
         + at_a_time(population, caps)
         + artifacts_note(url, work)
     )
-    objective = Objective(
+    objective = TrialContext(
         spec,
         splits,
         dev,

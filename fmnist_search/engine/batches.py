@@ -65,7 +65,7 @@ def augment_batch(xb: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> tor
     return xb
 
 
-def looks_up(cfg: TrainConfig) -> bool:
+def soft_targets_by_index(cfg: TrainConfig) -> bool:
     """Whether a recipe's batches are its images, some mirrored (no crops, no erasing), so a
     teacher's soft targets can be looked up."""
     return cfg.crop == 0 and cfg.erasing == 0

@@ -78,7 +78,7 @@ def soft_targets(
     return plain[idx] if mirrored is None else torch.where(mirrored.view(-1, 1), mirror[idx], plain[idx])
 
 
-def widened(t: torch.Tensor) -> torch.Tensor:
+def in_fp32(t: torch.Tensor) -> torch.Tensor:
     """bf16/fp16 logits to fp32 for a loss, as autocast does for ``F.cross_entropy``; fp32/fp64 as they are."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
@@ -93,7 +93,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     the two terms alike.
     """
     t = temperature
-    log_p_student = F.log_softmax(widened(student) / t, dim=-1)
-    log_p_teacher = F.log_softmax(widened(teacher) / t, dim=-1)
+    log_p_student = F.log_softmax(in_fp32(student) / t, dim=-1)
+    log_p_teacher = F.log_softmax(in_fp32(teacher) / t, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean(-1)
     return kl * (t.reshape(kl.shape) ** 2 if isinstance(t, torch.Tensor) else t * t)

@@ -34,7 +34,7 @@ __all__ = [  # the engine's face for one model: what trials, teachers and `train
     "BACKGROUND",
     "MEAN",
     "STD",
-    "Built",
+    "BuiltModel",
     "Diverged",
     "EpochMetrics",
     "FitResult",
@@ -86,7 +86,7 @@ def fit(
 
 
 @dataclass
-class Built:
+class BuiltModel:
     """A freshly initialised network: ``module`` holds the weights, ``runnable`` trains and
     evaluates (the module itself, or its ``torch.compile`` wrapper)."""
 
@@ -94,7 +94,9 @@ class Built:
     runnable: nn.Module
 
 
-def build_model(name: str, seed: int, device: torch.device, compiled: dict[str, Built] | None = None) -> Built:
+def build_model(
+    name: str, seed: int, device: torch.device, compiled: dict[str, BuiltModel] | None = None
+) -> BuiltModel:
     """Model ``name`` with weights seeded by ``seed``, channels_last, on ``device``.
 
     With a ``compiled`` cache (one per process), the model is compiled once per name and
@@ -106,10 +108,10 @@ def build_model(name: str, seed: int, device: torch.device, compiled: dict[str, 
     fresh = create_model(name).to(memory_format=torch.channels_last)
     if compiled is None:
         module = fresh.to(device)
-        return Built(module, module)
+        return BuiltModel(module, module)
     if name not in compiled:
         module = fresh.to(device)
-        compiled[name] = Built(module, cast(nn.Module, torch.compile(module)))
+        compiled[name] = BuiltModel(module, cast(nn.Module, torch.compile(module)))
     else:
         compiled[name].module.load_state_dict(fresh.state_dict())  # weights and BatchNorm statistics
     return compiled[name]
@@ -121,11 +123,11 @@ def train_recipe(
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor] | None,
     *,
-    built: Built | None = None,
-    compiled: dict[str, Built] | None = None,
+    built: BuiltModel | None = None,
+    compiled: dict[str, BuiltModel] | None = None,
     teacher: nn.Module | Teacher | None = None,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
-) -> tuple[Built, FitResult]:
+) -> tuple[BuiltModel, FitResult]:
     """Train one recipe outside a study: build model ``name`` (seeded by ``cfg.seed``, on the
     data's device) unless ``built`` is given, then ``fit``. Teachers and ``fmnist-search
     train`` use it; a study's trials train through ``search.lifecycle`` on the same loop."""

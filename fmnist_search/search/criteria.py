@@ -3,7 +3,7 @@
 ``accuracy`` (validation accuracy) is what every trial trains toward, reports each epoch and
 is pruned on; every study has it. The others describe the network at the trial's recipe and
 are measured before it trains (``measure``): once per study, device name and what they depend
-on (``key``), shared through the study (``Objective.measure``), so all trials of one model on
+on (``key``), shared through the study (``TrialContext.measure``), so all trials of one model on
 one kind of device share one figure. More than one objective
 makes the study multi-objective: Optuna keeps its Pareto front (``study.best_trials``), and
 pruning compares a trial only with trials at least as good on every other objective
@@ -39,7 +39,7 @@ class Probe:
 
     model: str
     cfg: TrainConfig
-    worker: Any  # search.objective.Objective
+    worker: Any  # search.objective.TrialContext
 
 
 @dataclass(frozen=True)

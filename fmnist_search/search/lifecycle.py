@@ -39,7 +39,7 @@ from ..engine.train import TrainConfig, build_model
 from . import checkpoints
 from .heartbeats import Heartbeats
 from .internals import storage_of, trial_id
-from .objective import RUN_FIELDS, Objective, release_memory, summarize
+from .objective import RUN_FIELDS, TrialContext, release_memory, summarize
 from .pruning import population_prunes
 from .record import TrialRecord
 from .retention import keep_best
@@ -48,7 +48,7 @@ from .storage import write_trials
 Callback = Callable[[optuna.Study, Any], None]
 
 
-class _Slot:
+class _LiveTrial:
     """One trial of the lifecycle: the Optuna trial, its recipe, its record, whether it was told,
     and the snapshot it resumes from (the stopped trial's checkpoint it consumes)."""
 
@@ -60,13 +60,12 @@ class _Slot:
 
     def resume_point(self) -> tuple[Any, ...] | None:
         """Trials resume together only from the same point of one run (the same batches from there)."""
-        r = self.resume
-        return None if r is None else (r.epoch, r.steps, r.device_type, bytes(r.order.numpy()))
+        return None if self.resume is None else self.resume.point
 
 
 def run_trials(
     study: Any,
-    objective: Objective,
+    objective: TrialContext,
     asked: list[tuple[optuna.Trial, TrainConfig]],
     callbacks: list[Callback] | None = None,
 ) -> None:
@@ -76,7 +75,7 @@ def run_trials(
     trials = [trial for trial, _ in asked]
     data_seed = objective.spec.seed + trials[0].number  # one batch order for the population
     slots = [
-        _Slot(t, m, dataclasses.replace(c, data_seed=data_seed), TrialRecord(**objective.extra_attrs, model=m))
+        _LiveTrial(t, m, dataclasses.replace(c, data_seed=data_seed), TrialRecord(**objective.extra_attrs, model=m))
         for t, c in asked
         for m in (objective.model_of(t),)
     ]
@@ -91,7 +90,7 @@ def run_trials(
             write_trials(
                 store, user_attrs={trial_id(s.trial): s.record.attrs() for s in slots}
             )  # who runs them, at the start
-            groups: dict[tuple[Any, ...], list[_Slot]] = {}
+            groups: dict[tuple[Any, ...], list[_LiveTrial]] = {}
             for s in slots:
                 groups.setdefault((s.model, shared_key(s.cfg), s.resume_point()), []).append(s)
             for group in groups.values():
@@ -117,7 +116,7 @@ def run_trials(
             release_memory(objective.device)
 
 
-def optimize(study: Any, objective: Objective, n_trials: int, callbacks: list[Callback] | None = None) -> None:
+def optimize(study: Any, objective: TrialContext, n_trials: int, callbacks: list[Callback] | None = None) -> None:
     """``n_trials`` trials of ``study``, one after another, through this lifecycle: for a plain
     Optuna study (tests, benchmarks, notebooks); workers run theirs with ``workers.work``."""
     for _ in range(n_trials):
@@ -125,7 +124,7 @@ def optimize(study: Any, objective: Objective, n_trials: int, callbacks: list[Ca
         run_trials(study, objective, [(trial, objective.config(trial))], callbacks)
 
 
-def _fail_untold(study: Any, store: Any, slots: list[_Slot], why: str, objective: Objective) -> None:
+def _fail_untold(study: Any, store: Any, slots: list[_LiveTrial], why: str, objective: TrialContext) -> None:
     for s in slots:
         if not s.told:
             s.record.fail_reason = why
@@ -136,7 +135,7 @@ def _fail_untold(study: Any, store: Any, slots: list[_Slot], why: str, objective
             _remove(objective, old)
 
 
-def _drop_checkpoint(s: _Slot) -> list[dict[str, Any] | None]:
+def _drop_checkpoint(s: _LiveTrial) -> list[dict[str, Any] | None]:
     """A trial that ends (told) will not resume: its checkpoint attr is cleared (written with its
     record), and its own and the consumed checkpoints are removed after that."""
     old = [s.record.checkpoint, s.consumed]
@@ -145,12 +144,14 @@ def _drop_checkpoint(s: _Slot) -> list[dict[str, Any] | None]:
     return old
 
 
-def _remove(objective: Objective, attrs: list[dict[str, Any] | None]) -> None:
+def _remove(objective: TrialContext, attrs: list[dict[str, Any] | None]) -> None:
     for attr in attrs:
         checkpoints.remove(objective.checkpoint_store, attr)
 
 
-def _train_group(study: Any, objective: Objective, group: list[_Slot], store: Any, callbacks: list[Callback]) -> None:
+def _train_group(
+    study: Any, objective: TrialContext, group: list[_LiveTrial], store: Any, callbacks: list[Callback]
+) -> None:
     device = objective.device
     # One model trains as itself, compiled when the worker compiles; K are stacked from fresh copies.
     compiled = objective.compiled if len(group) == 1 else None

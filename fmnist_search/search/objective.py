@@ -1,6 +1,6 @@
 """What a study's trials train with: the splits on the device, the teacher, each trial's recipe.
 
-``Objective`` is built once per worker process (data moved to the device once, the teacher
+``TrialContext`` is built once per worker process (data moved to the device once, the teacher
 trained or loaded once); ``search.lifecycle`` runs every trial with it: ``config`` (the
 sampled recipe), ``describe`` (the record of how it runs), ``finish`` (test accuracy and
 weights). ``summarize`` turns what the engine measured into the trial's record.
@@ -23,7 +23,7 @@ from ..engine.devices import device_name, tune_backend
 from ..engine.models import num_params
 from ..engine.teachers import cached_teacher
 from ..engine.train import (
-    Built,
+    BuiltModel,
     EpochMetrics,
     FitResult,
     TrainConfig,
@@ -37,11 +37,12 @@ from .internals import set_study_system_attr, store_folder, study_system_attrs
 from .record import FIELDS, TrialRecord
 from .space import model_of, suggest
 
-EpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None
+TrialEpochHook = Callable[[int, EpochMetrics], None]  # (trial number, metrics) -> None: progress
 
 
-class Objective:
-    """Callable for ``study.optimize``; moves the splits to ``device`` once, at construction."""
+class TrialContext:
+    """What a worker's trials train with: the splits (moved to ``device`` once, at construction),
+    the teachers, the measured objectives, the artifact store, and each trial's recipe and record."""
 
     def __init__(
         self,
@@ -49,7 +50,7 @@ class Objective:
         splits: Splits,
         device: torch.device,
         precision: str = "fp32",
-        on_epoch: EpochHook | None = None,
+        on_epoch: TrialEpochHook | None = None,
         compile: bool = False,
         graphs: bool = False,
         extra_attrs: dict[str, Any] | None = None,
@@ -70,7 +71,7 @@ class Objective:
         self.say = say
         # a comparison's most trials per population, by model (its default: 32 LeNets, 1 ResNet on a GPU)
         self.population_caps = population_caps or {}
-        self.compiled: dict[str, Built] | None = {} if compile else None  # compiled once per process and model
+        self.compiled: dict[str, BuiltModel] | None = {} if compile else None  # compiled once per process and model
         self._measured: dict[tuple[str, Any], float] = {}  # (objective, what it depends on) -> figure
         self.train = to_device(*splits.train, device)
         self.val = to_device(*splits.val, device)

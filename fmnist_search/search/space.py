@@ -1,6 +1,6 @@
 """Search spaces: which training hyperparameters a trial samples, and their ranges.
 
-A space is a list of parameter names from ``PARAMS``; every parameter not sampled takes
+A space is a list of parameter names from ``PARAMS``; every parameter not sampled with_option_groups
 its value from the study's ``fixed`` settings, else from ``TrainConfig``'s default (and
 ``momentum``/``epochs``/``batch_size`` from the study itself). Every sampled value is an
 Optuna trial param, so the dashboard, exports and samplers see all of them.

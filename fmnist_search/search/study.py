@@ -117,7 +117,7 @@ def open_study(
     if not exists:
         with warnings.catch_warnings():  # experimental in name only since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(metric_names(spec.objectives))  # the dashboard's labels, not "Objective 0"
+            study.set_metric_names(metric_names(spec.objectives))  # the dashboard's labels, not "TrialContext 0"
         for key, value in spec.to_attrs().items():
             study.set_user_attr(key, value)
         study.set_user_attr("created_by", f"fmnist-search {_version()}")

@@ -35,7 +35,7 @@ weight and temperature, and the weights' seed.
 
 from ._batches import Batch, GraphedStep, SharedBatches, order_seed
 from ._evaluation import evaluate_all, log_probs
-from ._forwards import Forward, fused_forward, make_forward, own, plain_forward, stack, unstack, vmap_forward
+from ._forwards import Forward, fused_forward, make_forward, plain_forward, stack, unstack, unwrapped, vmap_forward
 from ._loop import DEFAULT_POPULATION, default_population, fit_population, shared_key
 from ._members import Diverged, EpochHook, EpochMetrics, FitResult, Member, PopulationStats, Snapshot, SnapshotHook
 from ._stack import Stack
@@ -67,10 +67,10 @@ __all__ = [
     "lr_table",
     "make_forward",
     "order_seed",
-    "own",
     "plain_forward",
     "shared_key",
     "stack",
     "unstack",
+    "unwrapped",
     "vmap_forward",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ...core.config import TrainConfig
-from ..batches import augmented, epoch_stop, looks_up
+from ..batches import augmented, epoch_stop, soft_targets_by_index
 from ..distill import as_teacher, soft_targets
 from ._members import Snapshot
 
@@ -31,7 +31,7 @@ class SharedBatches:
         self.order = torch.Generator(device=device).manual_seed(order_seed(cfg))
         self.teacher = as_teacher(teacher)
         # soft targets looked up by index where a batch is its images, some mirrored (distill.Teacher)
-        lookup = lookup and self.teacher is not None and looks_up(cfg)
+        lookup = lookup and self.teacher is not None and soft_targets_by_index(cfg)
         self.tables = self.teacher.tables(self.x, cfg.precision, cfg.batch_size) if self.teacher and lookup else None
         # epoch_batches' batches: full ones, then the rest (never a single image: BatchNorm)
         self.full, self.rest = divmod(epoch_stop(len(self.x), cfg.batch_size), cfg.batch_size)

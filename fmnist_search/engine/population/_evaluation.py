@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..distill import widened
+from ..distill import in_fp32
 from ._forwards import Forward
 
 
@@ -19,9 +19,9 @@ def log_probs(
     its mirror's probabilities, in log space (logsumexp - log 2), so a confident wrong
     prediction gives a large finite loss rather than log(0). ``flip``: whether any model has
     ``tta`` (the caller's, once per evaluation: reading it from the device is a sync)."""
-    logp = F.log_softmax(widened(forward(state, xb, False)), dim=-1)
+    logp = F.log_softmax(in_fp32(forward(state, xb, False)), dim=-1)
     if flip:
-        mirrored = F.log_softmax(widened(forward(state, xb.flip(-1), False)), dim=-1)
+        mirrored = F.log_softmax(in_fp32(forward(state, xb.flip(-1), False)), dim=-1)
         averaged = torch.logaddexp(logp, mirrored) - math.log(2)
         logp = torch.where(tta.view(-1, 1, 1), averaged, logp)
     return logp

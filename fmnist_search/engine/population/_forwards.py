@@ -120,7 +120,7 @@ def unstack(state: dict[str, torch.Tensor], row: int, like: nn.Module) -> nn.Mod
     return module.train(False)
 
 
-def own(module: nn.Module) -> nn.Module:
+def unwrapped(module: nn.Module) -> nn.Module:
     """The module itself, under a ``torch.compile`` wrapper (which holds it as ``_orig_mod``)."""
     inner = getattr(module, "_orig_mod", module)
     return inner if isinstance(inner, nn.Module) else module

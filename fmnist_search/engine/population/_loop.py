@@ -15,7 +15,7 @@ from ..batches import autocast
 from ..devices import synchronize
 from ..distill import Teacher
 from ._batches import Batch, GraphedStep, SharedBatches, order_seed
-from ._forwards import own
+from ._forwards import unwrapped
 from ._members import EpochHook, EpochMetrics, Member, PopulationStats, Snapshot, SnapshotHook
 from ._stack import Stack
 
@@ -88,7 +88,7 @@ def fit_population(
     if resume is not None:
         _check_resume(resume, len(members))
         for module, snap in zip(modules, resume, strict=True):
-            own(module).load_state_dict(snap.state_dict)
+            unwrapped(module).load_state_dict(snap.state_dict)
     stack_ = Stack(modules, cfgs, len(train[0]), device)
     batches = SharedBatches(train, base, teacher if any(c.distill > 0 for c in cfgs) else None, lookup)
     stats = stats if stats is not None else PopulationStats()
@@ -140,7 +140,7 @@ def fit_population(
         accs = stack_.evaluate(val, base.eval_batch_size) if val is not None else None
         metrics = _epoch_metrics(members, stack_.alive, epoch, sums, accs, seen, elapsed)
         stop = set(on_epoch_end(epoch, metrics)) if on_epoch_end is not None else set()
-        if not stack_.settle(members, stop, epoch):
+        if not stack_.retire(members, stop, epoch):
             break
         if on_snapshot is not None and snapshot_every > 0 and epoch % snapshot_every == 0:
             on_snapshot(
@@ -150,7 +150,7 @@ def fit_population(
 
 
 def _check_resume(resume: Sequence[Snapshot], k: int) -> None:
-    points = {(s.epoch, s.steps, s.device_type, bytes(s.order.numpy())) for s in resume}
+    points = {s.point for s in resume}
     if len(resume) != k or len(points) != 1:
         raise ValueError("members resumed together must have stopped at the same point of one run")
 

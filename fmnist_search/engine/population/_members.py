@@ -92,6 +92,11 @@ class Snapshot:
     history: list[EpochMetrics]
     loss_scale: list[float] | None = None  # fp16: [scale, growth tracker]
 
+    @property
+    def point(self) -> tuple[int, int, str, bytes]:
+        """Where in one run it was taken: members resume together only from the same point."""
+        return (self.epoch, self.steps, self.device_type, bytes(self.order.numpy()))
+
     def payload(self) -> dict[str, Any]:
         return {
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},

@@ -12,7 +12,7 @@ from ...core.config import TrainConfig
 from ..batches import steps_per_epoch
 from ._batches import SharedBatches
 from ._evaluation import evaluate_all
-from ._forwards import make_forward, own, plain_forward, stack, unstack
+from ._forwards import make_forward, plain_forward, stack, unstack, unwrapped
 from ._members import Member, Snapshot
 from ._update import SGD, LossScale, PerModel, lr_table
 
@@ -46,7 +46,7 @@ class Stack:
         return self.per_model.loss(out, y, soft)
 
     def _param_names(self) -> list[str]:
-        return [n for n, _ in own(self.template).named_parameters()] if self.plain else self.names
+        return [n for n, _ in unwrapped(self.template).named_parameters()] if self.plain else self.names
 
     def snapshot(self, row: int, member: Member, epoch: int, batches: SharedBatches) -> Snapshot:
         """Member ``row``'s training state now (copied to the CPU)."""
@@ -55,7 +55,7 @@ class Stack:
             return t.detach().to("cpu", copy=True)
 
         if self.plain:
-            state = {k: cpu(v) for k, v in own(self.template).state_dict().items()}
+            state = {k: cpu(v) for k, v in unwrapped(self.template).state_dict().items()}
         else:
             state = {k: cpu(v[row]) for k, v in self.state.items()}
         momentum = {n: cpu(self.opt.momentum_of(i, row)) for i, n in enumerate(self._param_names())}
@@ -96,7 +96,7 @@ class Stack:
     def evaluate(self, val: tuple[torch.Tensor, torch.Tensor], batch_size: int) -> list[tuple[float, float]]:
         return evaluate_all(self.forward, self.state, val, batch_size, self.per_model.tta)
 
-    def settle(self, members: Sequence[Member], stop: set[int], epoch: int) -> bool:
+    def retire(self, members: Sequence[Member], stop: set[int], epoch: int) -> bool:
         """After an epoch: members named in ``stop`` are stopped, those at their last epoch done
         (weights taken out); the rest stay. False when none does."""
         for row, m in enumerate(self.alive):

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from ...core.config import TrainConfig
-from ..distill import distillation_loss, widened
+from ..distill import distillation_loss, in_fp32
 from ..schedules import lr_factors
+from ..torch_internals import unscale_, update_scale_
 
 
 def lr_table(
@@ -49,7 +50,7 @@ class PerModel:
     def loss(self, out: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
         """(K,) mean losses: ``F.cross_entropy`` with each model's label smoothing, mixed with
         each model's distillation term (``distill.distillation_loss``) where it has one."""
-        out = widened(out)
+        out = in_fp32(out)
         logp = F.log_softmax(out, dim=-1)
         nll = -logp.gather(-1, y.view(1, -1, 1).expand(len(out), -1, 1)).squeeze(-1)  # (K, B)
         # F.cross_entropy's label smoothing, in its order of operations (the same gradients to the last bit):
@@ -74,8 +75,8 @@ class LossScale:
     def unscale(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """Divide ``grads`` by the scale in place; the step's skip flag (1.0: inf or NaN found), and the next scale."""
         self.found_inf.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_(list(grads), self.found_inf, self.scale.reciprocal())
-        torch._amp_update_scale_(self.scale, self.growth, self.found_inf, 2.0, 0.5, 2000)
+        unscale_(grads, self.found_inf, self.scale.reciprocal())
+        update_scale_(self.scale, self.growth, self.found_inf)
         return self.found_inf
 
 
