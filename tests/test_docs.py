@@ -166,3 +166,28 @@ def test_the_worker_options_listed_are_the_workers():
     worker = typer.main.get_command(app).commands["worker"]
     real = {opt for p in worker.params for opt in p.opts if opt != "--help"}
     assert listed - {"--no-bars"} == real
+
+
+def test_every_trial_attr_is_documented():
+    """docs/commands.md names every trial user attr the project writes (search/record.py)."""
+    from fmnist_search.search.record import FIELDS
+
+    text = (ROOT / "docs" / "commands.md").read_text()
+    missing = sorted(f for f in FIELDS if f"`{f}`" not in text)
+    assert not missing, f"docs/commands.md does not name the trial attrs {missing}"
+
+
+def test_a_presets_stated_time_is_the_same_everywhere():
+    """`train --preset NAME` ... (~N min): one figure per preset across the README, docs/ and the presets."""
+    import re
+
+    pages = [*PAGES, *sorted((ROOT / "fmnist_search" / "presets").glob("*.toml"))]
+    stated: dict[str, set[str]] = {}
+    for page in pages:
+        for line in page.read_text().splitlines():
+            m = re.search(r"train --preset ([a-z0-9-]+)`?\s*(?:#\s*|\()~(\d+) min", line)
+            if m:
+                stated.setdefault(m.group(1), set()).add(m.group(2))
+    assert stated, "no preset states its time: the pattern no longer matches the pages"
+    differing = {name: sorted(times) for name, times in stated.items() if len(times) > 1}
+    assert not differing, f"presets stated with different times: {differing}"

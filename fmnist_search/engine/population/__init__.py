@@ -21,11 +21,8 @@ The state is a dict of tensors with a leading model dimension, keyed like the mo
 ``state_dict`` (``torch.func.stack_module_state``'s layout), so dropping models is indexing
 and a model's weights come back out as a plain module. Two forwards over that state:
 ``fused`` (explicit grouped ops, for ``nn.Sequential`` models of the layer kinds below) and
-``vmap`` (``torch.func.functional_call`` under ``vmap``, any model: the ResNets). Measured
-on the 2-core CPU, K fused LeNets train 1.74x (K=2), 1.53x (K=4), 1.16x (K=8) and 0.9x
-(K=16-32) the samples/s of one after another, fused airbenches 0.92x (K=2) to 0.58x (K=8)
-(benchmarks/results/population-cpu-lenet.json, -airbench.json); on an H200, 32 LeNets 20x
-and 128 51x (benchmarks/results/gpu-h200.md).
+``vmap`` (``torch.func.functional_call`` under ``vmap``, any model: the ResNets). What it
+buys, by K and device: docs/results.md and benchmarks/results/.
 
 What a population shares (the batch, so batch size and augmentation; precision; the teacher
 and the data order) is the caller's to group by: ``shared_key``. Per model: lr, momentum,

@@ -19,10 +19,8 @@ from ._forwards import unwrapped
 from ._members import EpochHook, EpochMetrics, Member, PopulationStats, Snapshot, SnapshotHook
 from ._stack import Stack
 
-# Trials per population when the user gives none (--population): where it pays, measured.
-# CPU: 1 (benchmarks/results/population-cpu-*.json). H200 (benchmarks/results/gpu-h200.md):
-# 32 LeNets train 20x faster than one after another, 128 51x; 32 keeps a 30-trial study in one
-# population while leaving the sampler rounds of feedback on longer ones. airbench: 7x at 32.
+# Trials per population when the user gives none (--population): where it pays, as measured
+# (docs/results.md: on the CPU one at a time is as fast; on an H200 32 LeNets keep a 30-trial study in one).
 DEFAULT_POPULATION = {"cuda": {"lenet": 32, "airbench": 32}}
 
 
