@@ -1,7 +1,7 @@
 """Storage calls that survive a database going away for a moment: a bounded, logged back-off.
 
-A call on a lost, refused or timed-out connection is retried for up to ``patience`` seconds
-(300 by default) with a back-off, saying so once, then raises ``StorageError``: one line,
+A call on a lost, refused or timed-out connection is retried (tenacity) for up to ``patience``
+seconds (300 by default) with a back-off, saying so once, then raises ``StorageError``: one line,
 never a traceback. Errors that waiting cannot fix (SQLite's "database or disk is full", a
 read-only file) raise ``StorageError`` at once, naming the store and the cause. Every call
 runs ``interrupts.shielded()``, so Ctrl-C/SIGTERM never cut a transaction in half.
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import tenacity
 from sqlalchemy import exc as sa_exc
 
 from ..core import interrupts
@@ -22,7 +23,7 @@ from ..core.config import PATIENCE_S
 from ..core.errors import StorageError
 from .urls import mask_url
 
-BACKOFF_S = (0.5, 1, 2, 4, 8, 15)  # waits between attempts; the last one repeats
+BACKOFF_S = (0.5, 15)  # seconds between attempts: the first wait, doubling up to the last, which repeats
 
 T = TypeVar("T")
 Say = Callable[[str], None]
@@ -77,37 +78,51 @@ class Retrier:
             self._local.depth = 0
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
+        """tenacity's loop: transient errors retried with the back-off until ``patience`` runs out
+        (or, while the process stops, at once); each attempt shielded from Ctrl-C."""
         start = time.monotonic()
-        attempt = 0
-        while True:
+
+        def attempt() -> T:
             try:
                 with interrupts.shielded():
-                    result = fn()
-                if attempt:
-                    self.say(f"storage {mask_url(self.url)} reachable again after {time.monotonic() - start:.0f} s")
-                return result
+                    return fn()
             except Exception as e:
                 if _is_fatal_sqlite(e):
                     raise fatal(e, self.url) from None
-                if not transient(e):
-                    raise
-                waited = time.monotonic() - start
-                # While cleaning up after Ctrl-C, do not wait: the heartbeat recovers what we cannot write.
-                if waited >= self.patience or interrupts.cleaning_up():
-                    raise Unreachable(self.url, reason(e), waited) from None
-                delay = min(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)], self.patience - waited)
-                if attempt == 0:
-                    self.say(
-                        f"storage {mask_url(self.url)} unreachable during {what} ({reason(e)}); "
-                        f"retrying for up to {self.patience:g} s"
-                    )
-                attempt += 1
-                if threading.current_thread() is not threading.main_thread():
-                    if interrupts.received() is not None:  # stopping: a thread gives up, never raises Stop
-                        raise Unreachable(self.url, reason(e), waited) from None
-                else:
-                    interrupts.check()  # a Ctrl-C during the failed attempt: stop rather than wait
-                time.sleep(max(delay, 0.05))  # a Ctrl-C here raises Stop: no transaction is open
+                raise
+
+        def stopping(state: tenacity.RetryCallState) -> bool:
+            # While cleaning up after Ctrl-C, or in a thread of a process that is stopping, do not
+            # wait: the heartbeat recovers what cannot be written now.
+            stopping_thread = threading.current_thread() is not threading.main_thread() and interrupts.received()
+            return interrupts.cleaning_up() or bool(stopping_thread)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            if state.attempt_number == 1:
+                e = state.outcome.exception() if state.outcome else None
+                self.say(
+                    f"storage {mask_url(self.url)} unreachable during {what} ({reason(e) if e else '?'}); "
+                    f"retrying for up to {self.patience:g} s"
+                )
+            if threading.current_thread() is threading.main_thread():
+                interrupts.check()  # a Ctrl-C during the failed attempt: stop rather than wait
+
+        backoff = tenacity.wait_exponential(multiplier=BACKOFF_S[0], max=BACKOFF_S[-1])  # never past the patience
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(transient),
+            stop=tenacity.stop_after_delay(self.patience) | stopping,
+            wait=lambda state: max(min(backoff(state), self.patience - state.seconds_since_start), 0.05),
+            before_sleep=before_sleep,
+            reraise=False,
+        )
+        try:
+            result = retrying(attempt)  # a Ctrl-C during the wait raises Stop: no transaction is open
+        except tenacity.RetryError as e:
+            error = e.last_attempt.exception()
+            raise Unreachable(self.url, reason(error) if error else "?", time.monotonic() - start) from None
+        if retrying.statistics.get("attempt_number", 1) > 1:
+            self.say(f"storage {mask_url(self.url)} reachable again after {time.monotonic() - start:.0f} s")
+        return result
 
 
 def _is_fatal_sqlite(e: BaseException) -> bool:
