@@ -110,16 +110,39 @@ def front_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def front_markdown(frame: pd.DataFrame, objectives: tuple[str, ...]) -> str:
-    """The front as Markdown, then the report's Table 1 rows of the same models beside it."""
+def _missing(v: object) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _pct(v: float) -> str:
+    return "—" if _missing(v) else f"{100 * v:.1f}%"
+
+
+def _figure(name: str, v: float) -> str:
+    if _missing(v):
+        return "—"
+    return _pct(v) if name == ACCURACY else f"{v:,.4g}" if name == "latency" else f"{v:,.0f}"
+
+
+def front_table(frame: pd.DataFrame, objectives: tuple[str, ...]) -> pd.DataFrame:
+    """The front as shown (one formatted string per cell, the shown headers): rendered to
+    Markdown by ``report`` and to HTML by ``plot``'s page."""
     others = [n for n in objectives if n not in (ACCURACY, "params")]  # parameters have their own column
-
-    def fig(name: str, v: float) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "—"
-        return f"{100 * v:.1f}%" if name == ACCURACY else f"{v:,.4g}" if name == "latency" else f"{v:,.0f}"
-
-    head = [
+    rows = [
+        {
+            "trial": str(r["trial"]),
+            "model": r["model"],
+            "parameters": _figure("params", r["num_params"]),
+            "lr": f"{r['lr']:.3g}",
+            "val acc": _pct(r["val_accuracy"]),
+            "test acc": _pct(r["test_accuracy"]),
+            **{f"{n} ({CRITERIA[n].unit})": _figure(n, r[n]) for n in others},
+            "trained at (samples/s)": _figure("throughput", r["samples_per_s"]),
+            "device": str(r["device"]),
+        }
+        for r in frame.to_dict("records")
+    ]
+    columns = [
         "trial",
         "model",
         "parameters",
@@ -130,52 +153,69 @@ def front_markdown(frame: pd.DataFrame, objectives: tuple[str, ...]) -> str:
         "trained at (samples/s)",
         "device",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in frame.to_dict("records"):
-        cells = [
-            str(r["trial"]),
-            r["model"],
-            fig("params", r["num_params"]),
-            f"{r['lr']:.3g}",
-            fig(ACCURACY, r["val_accuracy"]),
-            fig(ACCURACY, r["test_accuracy"]),
-            *(fig(n, r[n]) for n in others),
-            fig("throughput", r["samples_per_s"]),
-            str(r["device"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    models = list(dict.fromkeys(frame["model"])) if not frame.empty else []
-    published = [(m, lr, f) for (m, lr), f in sorted(REPORT_TABLE.items()) if m in models]
-    if published:
-        lines += [
-            "",
-            "The report's Table 1 for these models (plain SGD, batch 256, 10 epochs; RTX 4060 Laptop):",
-            "",
-            "| model | lr | train acc | test acc | samples/s |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [f"| {m} | {lr:g} | {100 * f[0]:.1f}% | {100 * f[1]:.1f}% | {f[2]:,.0f} |" for m, lr, f in published]
+    return pd.DataFrame(rows, columns=columns)
+
+
+PUBLISHED_TITLE = "The report's Table 1 for these models (plain SGD, batch 256, 10 epochs; RTX 4060 Laptop):"
+
+
+def published_table(models: list[str]) -> pd.DataFrame:
+    """The report's own Table 1 rows of ``models``, as shown."""
+    rows = [
+        {"model": m, "lr": f"{lr:g}", "train acc": _pct(f[0]), "test acc": _pct(f[1]), "samples/s": f"{f[2]:,.0f}"}
+        for (m, lr), f in sorted(REPORT_TABLE.items())
+        if m in models
+    ]
+    return pd.DataFrame(rows, columns=["model", "lr", "train acc", "test acc", "samples/s"])
+
+
+def report_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The report's table as shown: accuracies in %, speeds rounded, the report's figures beside ours."""
+    speed = _figure  # a speed is shown as throughput is
+    rows = [
+        {
+            "model": r.model,
+            "lr": f"{r.lr:g}",
+            "train acc": _pct(r.train_accuracy),
+            "val acc": _pct(r.val_accuracy),
+            "test acc": _pct(r.test_accuracy),
+            "samples/s": speed("throughput", r.samples_per_s),
+            "device": str(r.device),
+            "report train acc": _pct(r.report_train_accuracy),
+            "report test acc": _pct(r.report_test_accuracy),
+            "report samples/s (RTX 4060 Laptop)": speed("throughput", r.report_samples_per_s),
+        }
+        for r in frame.itertuples()
+    ]
+    columns = [
+        "model",
+        "lr",
+        "train acc",
+        "val acc",
+        "test acc",
+        "samples/s",
+        "device",
+        "report train acc",
+        "report test acc",
+        "report samples/s (RTX 4060 Laptop)",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A shown table as a Markdown pipe table (pandas' own ``to_markdown`` needs tabulate)."""
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in table.astype(str).itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def front_markdown(frame: pd.DataFrame, objectives: tuple[str, ...]) -> str:
+    """The front as Markdown, then the report's Table 1 rows of the same models beside it."""
+    text = markdown(front_table(frame, objectives))
+    published = published_table(list(dict.fromkeys(frame["model"])) if not frame.empty else [])
+    return text + (f"\n{PUBLISHED_TITLE}\n\n{markdown(published)}" if not published.empty else "")
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
-    """The table as Markdown: accuracies in %, speeds rounded, the report's figures beside ours."""
-
-    def pct(v: float) -> str:
-        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
-
-    def speed(v: float) -> str:
-        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.0f}"
-
-    header = (
-        "| model | lr | train acc | val acc | test acc | samples/s | device "
-        "| report train acc | report test acc | report samples/s (RTX 4060 Laptop) |"
-    )
-    lines = [header, "|" + "---|" * 10]
-    for r in frame.itertuples():
-        lines.append(
-            f"| {r.model} | {r.lr:g} | {pct(r.train_accuracy)} | {pct(r.val_accuracy)} | {pct(r.test_accuracy)} "
-            f"| {speed(r.samples_per_s)} | {r.device} | {pct(r.report_train_accuracy)} "
-            f"| {pct(r.report_test_accuracy)} | {speed(r.report_samples_per_s)} |"
-        )
-    return "\n".join(lines) + "\n"
+    """The report's table as Markdown."""
+    return markdown(report_table(frame))

@@ -12,13 +12,14 @@ import math
 from typing import Any
 
 import optuna
+import pandas as pd
 import plotly.graph_objects as go
 
 from .criteria import objectives_of
 from .export import best_trial, state_counts
 from .front import accuracy, describe_objectives
 from .record import TrialRecord
-from .report import front_frame, front_markdown, report_frame, to_markdown
+from .report import PUBLISHED_TITLE, front_frame, front_table, published_table, report_frame, report_table
 from .study import stored_spec
 
 PLOTLY_JS = "plotly.min.js"  # what fig.write_html(include_plotlyjs="directory") writes beside the files
@@ -67,36 +68,26 @@ def _best(study: optuna.Study) -> str:
     return _table(rows, "best")
 
 
-def _html_tables(markdown: str, table_id: str) -> str:
-    """The Markdown tables ``report`` prints, as HTML (rows split into cells); lines between them as text."""
-    out, rows = [], []
-    for line in [*markdown.splitlines(), ""]:
-        if line.startswith("|"):
-            rows.append([c.strip() for c in line.strip("|").split("|")])
-            continue
-        if rows:
-            head, body = rows[0], rows[2:]
-            thead = "".join(f"<th>{html.escape(c)}</th>" for c in head)
-            tbody = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
-            out.append(f'<table id="{table_id}{len(out) or ""}"><tr>{thead}</tr>{tbody}</table>')
-            rows = []
-        if line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
-    return "".join(out)
+def _html(table: pd.DataFrame, table_id: str) -> str:
+    return table.to_html(index=False, table_id=table_id, border=0, na_rep="—")
 
 
 def _report(study: optuna.Study) -> str:
+    """The report's table (or, with several objectives, the front and the report's rows of its
+    models): the same shown tables ``report`` prints as Markdown, rendered as HTML."""
     objectives = objectives_of(study)
     if len(objectives) > 1:
         frame = front_frame(study)
         if frame.empty:
             return "<p>No completed trial yet.</p>"
         intro = f"<p>Objectives: {html.escape(describe_objectives(objectives))}; chosen on validation.</p>"
-        return intro + _html_tables(front_markdown(frame, objectives), "front")
+        published = published_table(list(dict.fromkeys(frame["model"])))
+        rest = f"<p>{html.escape(PUBLISHED_TITLE)}</p>{_html(published, 'front1')}" if not published.empty else ""
+        return intro + _html(front_table(frame, objectives), "front") + rest
     frame = report_frame([study])
     if frame.empty:
         return "<p>No completed trial yet.</p>"
-    return _html_tables(to_markdown(frame), "report")
+    return _html(report_table(frame), "report")
 
 
 def summary_page(study: optuna.Study, figures: dict[str, go.Figure], title: str) -> str:
