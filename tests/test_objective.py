@@ -9,7 +9,6 @@ from fmnist_search.core.config import StudySpec
 from fmnist_search.engine import population
 from fmnist_search.engine.models import create_model
 from fmnist_search.engine.train import build_model
-from fmnist_search.search import objective as objective_mod
 from fmnist_search.search.lifecycle import optimize
 from fmnist_search.search.objective import TrialContext
 from fmnist_search.search.record import FIELDS, TrialRecord
@@ -99,8 +98,10 @@ def test_nan_loss_after_some_epochs_keeps_history(tiny_splits, monkeypatch):
 
 def test_data_moves_to_device_once(tiny_splits, monkeypatch):
     calls = []
-    real = objective_mod.to_device
-    monkeypatch.setattr(objective_mod, "to_device", lambda *a: calls.append(1) or real(*a))
+    from fmnist_search.engine import train as train_mod
+
+    real = train_mod.to_device
+    monkeypatch.setattr(train_mod, "to_device", lambda *a: calls.append(1) or real(*a))  # what on_device calls
     study = _study()
     optimize(study, TrialContext(StudySpec(epochs=1, batch_size=64), tiny_splits, torch.device("cpu")), 3)
     assert len(calls) == 3  # train, val, test: once per process, not per trial

@@ -137,10 +137,9 @@ def train(
     from ..core.config import TrainConfig
     from ..core.presets import check_recipe
     from ..engine import data as data_mod
-    from ..engine.devices import tune_backend
     from ..engine.models import create_model, list_models
     from ..engine.teachers import cached_teacher
-    from ..engine.train import Diverged, evaluate, to_device, train_recipe
+    from ..engine.train import Diverged, evaluate, on_device, train_recipe
     from ..engine.weights import weights_payload
 
     if where and from_study is None:
@@ -160,11 +159,7 @@ def train(
         create_model(name)  # raises the "unknown model ...; choose one of" error before any data is loaded
     ds = load_dataset(data_dir, download)
     splits = data_mod.make_splits(ds, split.get("val_size", 10_000), split.get("train_size"), run_seed)
-    train_xy, val_xy = splits.train, splits.val
-    if full_train:
-        train_xy = (torch.cat([train_xy[0], val_xy[0]]), torch.cat([train_xy[1], val_xy[1]]))
-    tr, va, te = (to_device(*xy, dev) for xy in (train_xy, val_xy, splits.test))
-    tune_backend(dev)  # as every trial gets: `train` is how the best recipe is retrained
+    tr, va, te = on_device(splits, dev, full_train)  # as every trial starts
     teacher = cached_teacher(cfg.teacher, tr, run_seed, prec, say=say) if cfg.teacher else None
     run = Training(name, config, images=len(tr[0]), device=str(dev), precision=prec)
     show(f"train {name} on {run.images} images ({dev}, {prec}): {config}")

@@ -17,6 +17,8 @@ import torch.nn as nn
 
 from ..core.config import TrainConfig
 from .batches import BACKGROUND, MEAN, STD, augment_batch, epoch_batches, to_device
+from .data import Splits
+from .devices import tune_backend
 from .distill import Teacher, distillation_loss, soft_targets
 from .models import create_model
 from .population import (
@@ -46,6 +48,7 @@ __all__ = [  # the engine's face for one model: what trials, teachers and `train
     "epoch_batches",
     "evaluate",
     "fit",
+    "on_device",
     "predict_proba",
     "soft_targets",
     "to_device",
@@ -155,3 +158,17 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, tta
     return torch.cat(
         [log_probs(forward, {}, x[i : i + batch_size], tta, tta_flip)[0].exp() for i in range(0, len(x), batch_size)]
     )
+
+
+XY = tuple[torch.Tensor, torch.Tensor]
+
+
+def on_device(splits: Splits, device: torch.device, full_train: bool = False) -> tuple[XY, XY, XY]:
+    """A run's (train, val, test) normalised on ``device`` (with ``full_train``, train and
+    validation as one training set), and the backend tuned: how a worker's trials and `train`
+    (which retrains the best of them) both start."""
+    train, val = splits.train, splits.val
+    if full_train:
+        train = (torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]]))
+    tune_backend(device)
+    return to_device(*train, device), to_device(*val, device), to_device(*splits.test, device)

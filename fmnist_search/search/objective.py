@@ -19,7 +19,7 @@ import torch
 from ..core.config import StudySpec
 from ..core.errors import StorageError
 from ..engine.data import Splits
-from ..engine.devices import device_name, tune_backend
+from ..engine.devices import device_name
 from ..engine.models import num_params
 from ..engine.teachers import cached_teacher
 from ..engine.train import (
@@ -28,7 +28,7 @@ from ..engine.train import (
     FitResult,
     TrainConfig,
     evaluate,
-    to_device,
+    on_device,
 )
 from . import checkpoints
 from .artifacts import save_model
@@ -73,10 +73,7 @@ class TrialContext:
         self.population_caps = population_caps or {}
         self.compiled: dict[str, BuiltModel] | None = {} if compile else None  # compiled once per process and model
         self._measured: dict[tuple[str, Any], float] = {}  # (objective, what it depends on) -> figure
-        self.train = to_device(*splits.train, device)
-        self.val = to_device(*splits.val, device)
-        self.test = to_device(*splits.test, device)
-        tune_backend(device)
+        self.train, self.val, self.test = on_device(splits, device)
         # Not sampled, so one teacher serves the whole study (or each compared model its own, from
         # its recipe); trained (or loaded) once per process. Its logits of the training images:
         # computed once per teacher and data, kept on disk (distill.Teacher).
