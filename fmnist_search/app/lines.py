@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..search.urls import sqlite_path
+
 
 def space_text(spec: Any) -> str:
     lr = f"lr grid {list(spec.lr_grid)}" if spec.sampler == "grid" else f"lr {spec.lr_min:g}..{spec.lr_max:g}"
@@ -21,7 +23,6 @@ def at_a_time(population: int, caps: dict[str, int]) -> str:
 
 def artifacts_note(url: str, work: Any) -> str:
     """Where a worker on a server store keeps trial files that no other machine can see."""
-    from ..search.urls import sqlite_path
 
     if sqlite_path(url) is not None or work.artifacts is not None or not work.save_weights:
         return ""

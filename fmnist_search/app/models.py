@@ -5,13 +5,30 @@ Each function returns data; the CLI prints it. Progress goes to callables.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..core.config import TrainConfig
 from ..core.errors import FmnistSearchError
+from ..core.presets import TRAIN_RUN_KEYS, check_recipe, load_preset
+from ..engine import data as data_mod
+from ..engine.data import CLASSES
+from ..engine.inference import confusion_matrix, load_image, per_class_accuracy, predict_images
+from ..engine.models import create_model, list_models
+from ..engine.teachers import cached_teacher
+from ..engine.train import to_device
+from ..engine.weights import load_weights_file, weights_payload
+from ..search.artifacts import trial_model
+from ..search.plots import confusion_figure
+from ..search.record import TrialRecord
+from ..search.space import model_of
+from ..search.study import find_trial, load_study, stored_spec
 from .studies import load_dataset, resolve_runtime
 
 Say = Callable[[str], None]
@@ -22,10 +39,6 @@ def chosen_model(
 ) -> tuple[str, str, Any, bool]:
     """(label, model name, model, whether its recipe evaluates with flip TTA) from a study's
     trial (its best, or number ``trial``) or a weights file (no recipe: False)."""
-    from ..engine.weights import load_weights_file
-    from ..search.artifacts import trial_model
-    from ..search.record import TrialRecord
-    from ..search.study import load_study
 
     if (study is None) == (weights is None):
         raise FmnistSearchError("give --study NAME (its best or --trial N weights) or --weights FILE")
@@ -48,12 +61,6 @@ def train_config(
     """What `fmnist-search train` trains: (model, hyperparameters, split settings), from a
     preset or a study's trial < --params (< flags, applied by the caller). ``store`` opens
     the study store, only when a study is named."""
-    import json
-
-    from ..core.presets import TRAIN_RUN_KEYS, load_preset
-    from ..search.record import TrialRecord
-    from ..search.space import model_of
-    from ..search.study import find_trial, load_study, stored_spec
 
     config: dict[str, Any] = {}
     split: dict[str, Any] = {}
@@ -132,15 +139,8 @@ def train(
 ) -> Training:
     """Train one configuration (preset or a study's trial < --params < flags) and test it; ``show``
     gets what it trains and a line per epoch, ``say`` the rest (the teacher's training)."""
-    import torch
 
-    from ..core.config import TrainConfig
-    from ..core.presets import check_recipe
-    from ..engine import data as data_mod
-    from ..engine.models import create_model, list_models
-    from ..engine.teachers import cached_teacher
     from ..engine.train import Diverged, evaluate, on_device, train_recipe
-    from ..engine.weights import weights_payload
 
     if where and from_study is None:
         raise FmnistSearchError("--where picks a trial of --from-study; give the study")
@@ -234,10 +234,6 @@ def evaluate(
     output_dir: Path,
 ) -> Evaluation:
     """A trial's (or a file's) weights on the test set: accuracy, per class, the confusion matrix (and its HTML)."""
-    from ..engine.data import CLASSES
-    from ..engine.inference import confusion_matrix, per_class_accuracy
-    from ..engine.train import to_device
-    from ..search.plots import confusion_figure
 
     label, _, model, recipe_tta = chosen_model(study, trial, weights, store, artifacts)
     tta = recipe_tta if tta_flip is None else tta_flip
@@ -269,10 +265,6 @@ def predict(
     artifacts: Path,
 ) -> tuple[str, list[tuple[Path, str, float, bool]]]:
     """(model label, (file, class, probability, whether it was inverted) per image)."""
-    import torch
-
-    from ..engine.data import CLASSES
-    from ..engine.inference import load_image, predict_images
 
     loaded = [load_image(p) for p in images]  # every file is checked before the model is loaded
     label, _, model, _ = chosen_model(study, trial, weights, store, artifacts)
@@ -286,7 +278,6 @@ def predict(
 
 def survey_data(data_dir: Path | None, verify: bool) -> list[str]:
     """Where Fashion-MNIST was looked for and found, and (``verify``) whether its files check out."""
-    from ..engine import data as data_mod
 
     lines = []
     for loc in data_mod.survey(data_dir):

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.errors import FmnistSearchError
+from ..core.presets import load_preset
+from ..core.resolution import check_settings, with_fixed_settings
 
 
 def plan_studies(
@@ -27,8 +29,6 @@ def plan_studies(
     Settings flow one way: base recipe (new studies without a preset) < preset < flags; a
     resumed study's stored settings must agree.
     """
-    from ..core.presets import load_preset
-    from ..core.resolution import check_settings, with_fixed_settings
 
     plan = _plan(preset, model, models, study, flags, trials, load_preset)
     planned = [(name, with_fixed_settings(requested), n, base) for name, requested, n, base in plan]

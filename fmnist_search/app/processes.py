@@ -8,19 +8,25 @@ them and waits. After a stop, ``finish_command`` is the command that finishes th
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.config import DEFAULT_STORAGE
 from ..core.errors import Stopped
+from ..core.interrupts import Stop, check, cleaning
+from ..search.urls import mask_url
 
 EXIT_FAILED = 1  # the work could not go on (a lost store, a failed worker)
 Say = Callable[[str], None]
 
 
 def signal_name(signum: int) -> str:
-    import signal
 
     return signal.Signals(signum).name
 
@@ -44,8 +50,6 @@ def as_argv(options: Any, changed_only: bool = False) -> list[str]:
 def finish_command(name: str, url: str, work: Any) -> str:
     """The command that finishes study ``name`` (its target, retries first) with the same work
     options: `worker` runs until the study has the trials it was asked for, and adds none."""
-    from ..core.config import DEFAULT_STORAGE
-    from ..search.urls import mask_url
 
     storage = [] if url == DEFAULT_STORAGE else ["--storage", mask_url(url)]
     return " ".join(["fmnist-search", "worker", "--study", name, *storage, *as_argv(work, changed_only=True)])
@@ -60,12 +64,6 @@ def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int,
 
     The storage URL travels in the environment, not argv, so its password never shows in `ps`.
     """
-    import os
-    import subprocess
-    import time
-
-    from ..core.interrupts import Stop, check, cleaning
-    from ..search.urls import mask_url
 
     say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
     # The storage URL and data folder travel in the environment (the password stays out of `ps`).

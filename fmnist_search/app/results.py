@@ -3,15 +3,30 @@ export, report, plot) and the per-trial line a run prints. Data only; the CLI pr
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import optuna
+import optuna_dashboard
+import pandas as pd
+
 from ..core.errors import FmnistSearchError
+from ..search.artifacts import OWNERS, owners
+from ..search.checkpoints import in_use
+from ..search.criteria import objectives_of
+from ..search.export import best_trial, state_counts, trials_frame
+from ..search.front import accuracy, describe_objectives, pick
+from ..search.plots import study_figures, write_html
+from ..search.record import TrialRecord, lr_of
+from ..search.report import front_frame, front_markdown, report_frame, to_markdown
+from ..search.study import load_study
+from ..search.summary import summary_page
+from ..search.urls import store_identity
 
 
 def trial_line(trial: Any, prefix: str = "") -> str:
     """``trial 3 COMPLETE: lr=0.05 val=0.9012 after 10 epochs, 21,000 samples/s test=0.8990``."""
-    from ..search.record import TrialRecord, lr_of
 
     a = TrialRecord.of(trial)
     lr = lr_of(trial)
@@ -28,8 +43,6 @@ def trial_line(trial: Any, prefix: str = "") -> str:
 
 def _accuracy(study: Any, trial: Any) -> float:
     """A trial's validation accuracy (its objective value, whatever else the study optimises)."""
-    from ..search.criteria import objectives_of
-    from ..search.front import accuracy
 
     value = accuracy(trial, objectives_of(study))
     return float("nan") if value is None else value
@@ -37,8 +50,6 @@ def _accuracy(study: Any, trial: Any) -> float:
 
 def study_summary(study: Any) -> tuple[dict[str, int], str | None]:
     """(trials by state, the best trial's line, or None before a trial completes)."""
-    from ..search.export import best_trial, state_counts
-    from ..search.record import TrialRecord
 
     counts = state_counts(study)
     best = best_trial(study)
@@ -57,10 +68,6 @@ STUDY_COLUMNS = ("study", "model", "complete", "pruned", "fail", "running", "bes
 
 def list_studies(store: Any, folder: Path) -> list[tuple[str, ...]]:
     """``STUDY_COLUMNS`` per study in the store (artifacts: its weights and live checkpoints in ``folder``)."""
-    import optuna
-
-    from ..search.export import best_trial, state_counts
-    from ..search.record import TrialRecord
 
     rows, sizes = [], file_sizes(folder)
     for s in optuna.get_all_study_summaries(store, include_best_trial=False):
@@ -86,9 +93,6 @@ def best_of(
     """(settings line, trials by state and its artifacts' space, the best trial's number (or the
     pick ``where`` says: search/front.py) and its (key, value) rows; None and no rows before a
     trial completes)."""
-    from ..search.export import best_trial, state_counts
-    from ..search.front import pick
-    from ..search.study import load_study
 
     s = load_study(store, name)
     settings = ", ".join(f"{k}={v}" for k, v in s.user_attrs.items())
@@ -104,8 +108,6 @@ def best_of(
 
 def export_frame(store: Any, name: str, include_all: bool, top: int | None, front: bool = False) -> Any:
     """The study's trials (or its Pareto front) as a DataFrame, best first (``search.export``)."""
-    from ..search.export import trials_frame
-    from ..search.study import load_study
 
     return trials_frame(load_study(store, name), include_all=include_all, top=top, front_only=front)
 
@@ -113,12 +115,6 @@ def export_frame(store: Any, name: str, include_all: bool, top: int | None, fron
 def report_table(store: Any, names: list[str]) -> tuple[str, str, int]:
     """The report's Table 1 for these studies, and the Pareto front of each study with several
     objectives, the report's rows of its models beside it: (markdown, CSV, rows)."""
-    import pandas as pd
-
-    from ..search.criteria import objectives_of
-    from ..search.front import describe_objectives
-    from ..search.report import front_frame, front_markdown, report_frame, to_markdown
-    from ..search.study import load_study
 
     studies = [load_study(store, name) for name in names]
     single = [s for s in studies if len(objectives_of(s)) == 1]
@@ -138,11 +134,6 @@ def report_table(store: Any, names: list[str]) -> tuple[str, str, int]:
 def plot(store: Any, name: str, output_dir: Path, dashboard: bool) -> tuple[list[Path], str | None]:
     """The study on one page plus each figure, written to ``output_dir``; with ``dashboard`` its
     learning curves attached to the study for optuna-dashboard (not on a read-only store: a note says so)."""
-    import optuna_dashboard
-
-    from ..search.plots import study_figures, write_html
-    from ..search.study import load_study
-    from ..search.summary import summary_page
 
     s = load_study(store, name)
     figures = study_figures(s)
@@ -165,7 +156,6 @@ def file_sizes(folder: Path) -> dict[str, int]:
 
 def artifact_space(study: Any, sizes: dict[str, int]) -> str:
     """``1.3 MB`` (its weights and checkpoints), ``, 0.4 ckpt`` when checkpoints may still resume."""
-    from ..search.checkpoints import in_use
 
     weights, live = in_use(study)
     weights_b, live_b = (sum(sizes.get(a, 0) for a in ids) for ids in (weights, live))
@@ -178,13 +168,6 @@ def prune_artifacts(store: Any, url: str, folder: Path, dry_run: bool, min_age_s
     writes. Never a file younger than ``min_age_s`` seconds (a checkpoint is written before its
     trial's attr names it), nor any file of a folder other stores write into too (they name files
     this store cannot see). Returns (the files, their bytes); with ``dry_run`` nothing is removed."""
-    import time
-
-    import optuna
-
-    from ..search.artifacts import OWNERS, owners
-    from ..search.checkpoints import in_use
-    from ..search.urls import store_identity
 
     if not folder.is_dir():
         raise FmnistSearchError(f"artifact folder {folder} not found; pass --artifacts DIR")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from optuna.artifacts import FileSystemArtifactStore
+from optuna_dashboard import run_server
+
 from ..core.errors import FmnistSearchError
+from ..search.urls import mask_url
 
 
 def serve_dashboard(store: Any, url: str, host: str, port: int, artifacts: Path, say: Callable[[str], None]) -> None:
@@ -16,13 +22,6 @@ def serve_dashboard(store: Any, url: str, host: str, port: int, artifacts: Path,
     server to fail, so the signal never lands inside a request (where one could be
     swallowed, as in the worker loop).
     """
-    import signal
-    import threading
-
-    from optuna.artifacts import FileSystemArtifactStore
-    from optuna_dashboard import run_server
-
-    from ..search.urls import mask_url
 
     stop = threading.Event()
     failed: list[Exception] = []

@@ -8,14 +8,32 @@ nothing: messages go to a ``say`` callable and progress to a ``Progress``, both 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import optuna
+
+from ..core.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
 from ..core.errors import FmnistSearchError, Stopped, StorageError
+from ..core.interrupts import causes, check, cleaning, shielded, stop_in
+from ..engine import data as data_mod
+from ..engine.devices import resolve_device, resolve_precision
+from ..engine.population import default_population
+from ..search.artifacts import open_store as open_artifacts
+from ..search.budget import BudgetedStudy, set_target
+from ..search.locks import study_lock
+from ..search.objective import TrialContext
+from ..search.retention import KEEP_ATTR
+from ..search.storage import make_storage
+from ..search.study import PRUNERS, SAMPLERS, open_study, stored_spec
+from ..search.urls import mask_url
+from ..search.workers import release, wait_for_study, worker_seed
+from ..search.workers import work as work_loop
 from .lines import artifacts_note, at_a_time, space_text
 from .planning import plan_studies
-from .processes import EXIT_FAILED, finish_command, signal_name, spawn_workers, trial_count
+from .processes import EXIT_FAILED, finish_command, plan_workers, signal_name, spawn_workers, trial_count
 
 Say = Callable[[str], None]
 
@@ -31,9 +49,6 @@ class Progress(Protocol):
 
 def open_study_store(url: str, say: Say, **kwargs: Any) -> Any:
     """The study store (storage.make_storage), with Optuna's own log lines silenced."""
-    import optuna
-
-    from ..search.storage import make_storage
 
     # Our own lines say what happens; Optuna's INFO/WARNING logs would repeat it (with tracebacks).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -53,10 +68,6 @@ def open_with_target(
     """Create (with its model's base recipe if ``base``) or resume the study, check its
     settings, raise its target by ``trials`` (and set its ``keep_weights`` bound when given):
     (store, study, spec, target)."""
-    from ..core.interrupts import check, shielded
-    from ..search.budget import set_target
-    from ..search.retention import KEEP_ATTR
-    from ..search.study import open_study
 
     store = open_study_store(storage, say, heartbeat=True, **beat)
     with shielded():  # a study is created with its settings and target, or not at all
@@ -81,7 +92,6 @@ def work_runtime(work: Any) -> tuple[Any, str]:
 
 
 def resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
-    from ..engine.devices import resolve_device, resolve_precision
 
     dev = resolve_device(device)
     return dev, resolve_precision(precision, dev)
@@ -107,14 +117,6 @@ def work_here(
     checkpoints), never left RUNNING, and the message names the command that finishes the
     study. A store that stays unreachable ends it with ``Stopped`` (exit 1).
     """
-    import os
-
-    from ..core.interrupts import causes, cleaning, stop_in
-    from ..search.budget import BudgetedStudy
-    from ..search.locks import study_lock
-    from ..search.study import PRUNERS, SAMPLERS
-    from ..search.urls import mask_url
-    from ..search.workers import worker_seed
 
     prefix = f"[{label}] " if label else ""
     extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
@@ -150,8 +152,6 @@ def work_here(
 
 def _release(budgeted: Any, why: str) -> str:
     """Best effort: FAIL and re-queue this process's interrupted trials; say what happened."""
-    from ..core.errors import StorageError
-    from ..search.workers import release
 
     try:
         done = release(budgeted, why)
@@ -168,11 +168,6 @@ def _release(budgeted: Any, why: str) -> str:
 def _run_trials(
     budgeted: Any, url: str, spec: Any, work: Any, extra: dict[str, Any], prefix: str, progress: Progress, say: Say
 ) -> None:
-    from ..engine import data as data_mod
-    from ..search.artifacts import open_store as open_artifacts
-    from ..search.objective import TrialContext
-    from ..search.urls import mask_url
-    from ..search.workers import work as work_loop
 
     dev, prec = work_runtime(work)
     population, caps = check_population(work.population, spec.model, dev, prec, work.compile)
@@ -217,7 +212,6 @@ def check_population(
     """Trials asked at once, and a comparison's most per population by model: the requested
     number for every model, else each model's measured default on this device (a comparison
     asks its largest and trains each model's trials in populations of at most its own)."""
-    from ..engine.population import default_population
 
     defaults = {m.strip(): default_population(m.strip(), device) for m in model.split(",")}
     population = max(defaults.values()) if requested is None else requested
@@ -234,7 +228,6 @@ def check_population(
 @functools.cache
 def load_dataset(data_dir: Path | None, download: bool):
     """Fashion-MNIST, loaded once per process however many studies it works on."""
-    from ..engine import data as data_mod
 
     return data_mod.load(data_dir, allow_download=download)
 
@@ -245,7 +238,6 @@ ProgressFactory = Callable[[int | None, int], Any]  # (trials or None, epochs) -
 def create(options: Any, say: Say) -> list[tuple[str, str, int]]:
     """Create the studies ``options`` name (or raise their targets) without running trials:
     (study, model, target) each."""
-    from ..core.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
 
     o = options
     beat = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
@@ -269,9 +261,6 @@ def run(
     """Create or resume each study ``options`` name and run its trials: in this process, or in
     ``jobs`` worker processes (one per GPU of ``gpus``, ``workers_per_gpu`` each). ``on_done``
     gets each study when its trials are done."""
-    import os
-
-    from .processes import plan_workers
 
     o = options
     if gpus is None and workers_per_gpu != 1:
@@ -302,8 +291,6 @@ def run(
 
 def join_study(study: str, storage: str, work: Any, label: str | None, progress: ProgressFactory, say: Say) -> None:
     """Work on ``study`` (waiting for its store and for it to exist) until it has its trials."""
-    from ..search.study import stored_spec
-    from ..search.workers import wait_for_study
 
     work_runtime(work)
     store = open_study_store(storage, say, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
