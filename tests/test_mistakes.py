@@ -70,7 +70,8 @@ def test_a_read_of_an_unknown_study_names_the_closest_first(two_studies):
     assert line == "error: no study named 'airbech' in this storage (studies: airbench, lenet-small)"
 
 
-def test_a_chosen_data_folder_without_the_data_is_refused(tmp_path, real_data):
+@pytest.mark.parametrize("jobs", ["1", "2"])  # here, or in worker processes (the parent only finds the data)
+def test_a_chosen_data_folder_without_the_data_is_refused(tmp_path, real_data, jobs):
     url = f"sqlite:///{tmp_path}/d.db"
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -87,6 +88,8 @@ def test_a_chosen_data_folder_without_the_data_is_refused(tmp_path, real_data):
             "--data-dir",
             str(empty),
             "--no-download",
+            "--jobs",
+            jobs,
             *TINY,
         ],
     )

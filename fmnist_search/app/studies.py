@@ -273,9 +273,13 @@ def run(
     plan = plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials)
     workers = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
     here = len(workers) == 1 and gpu_ids is None
+    # A bad --device (or --cuda-graphs without CUDA), or missing data, fails before the store is touched:
+    # this process loads the data it trains on once; for worker processes, which load their own, it is only found.
     if here:
-        work_runtime(work)  # a bad --device (or --cuda-graphs without CUDA) fails before the store is touched
-    load_dataset(work.data_dir, work.download)  # so does missing data (loaded once per process: the workers' too)
+        work_runtime(work)
+        load_dataset(work.data_dir, work.download)
+    else:
+        data_mod.find(work.data_dir, allow_download=work.download)
     beat = {**work.beat, "patience": work.storage_patience}
     for name, requested, n, base in plan:
         store, opt_study, spec, target = open_with_target(

@@ -157,14 +157,10 @@ def download(root: Path | None = None) -> None:
         raise DataError(f"Fashion-MNIST not found and the download failed ({type(e).__name__}); {HOW_TO_GET}") from None
 
 
-def verified_files(
-    data_dir: Path | None = None,
-    *,
-    allow_download: bool = True,
-    checksums: dict[str, tuple[str, int]] = FILES,
-) -> tuple[Location, dict[str, Path]]:
-    """The folder used and an uncompressed, verified path for each of the four files. A folder
-    chosen (``data_dir``, FMNIST_DATA_DIR) must hold them: it is never silently replaced by another."""
+def find(data_dir: Path | None = None, *, allow_download: bool = True) -> Location:
+    """The folder holding all four files (downloaded first if allowed and none does), or a
+    one-line ``DataError``; nothing is read or parsed. A folder chosen (``data_dir``,
+    FMNIST_DATA_DIR) must hold them: it is never silently replaced by another."""
     location = locate(data_dir)
     if location is None and chosen(data_dir):
         folder = survey(data_dir)[0]
@@ -179,6 +175,17 @@ def verified_files(
     if location is None:
         searched = ", ".join(str(d) for d in search_dirs(data_dir))
         raise DataError(f"Fashion-MNIST not found (searched {searched}); {HOW_TO_GET}")
+    return location
+
+
+def verified_files(
+    data_dir: Path | None = None,
+    *,
+    allow_download: bool = True,
+    checksums: dict[str, tuple[str, int]] = FILES,
+) -> tuple[Location, dict[str, Path]]:
+    """The folder used (``find``) and an uncompressed, verified path for each of the four files."""
+    location = find(data_dir, allow_download=allow_download)
     found = {name: path for name, path in location.files.items() if path is not None}  # all four: it is complete
     return location, {name: _verified_raw(path, name, *checksums[name]) for name, path in found.items()}
 

@@ -32,8 +32,10 @@ class Heartbeats:
         self._thread: threading.Thread | None = None
 
     def hold(self, trials: list[Any]) -> None:
-        """Beat for ``trials`` (Optuna trials) now, and every interval until they are dropped."""
-        ids = [trial_id(t) for t in trials]
+        """Beat for ``trials`` (Optuna trials) now, and every interval until they are dropped (a
+        trial already held is not beaten again: the lifecycle holds what the worker's ask held)."""
+        with self._lock:
+            ids = [i for i in (trial_id(t) for t in trials) if i not in self._ids]  # held ones beat already
         if self._store is None or not ids:
             return
         self._store.record_heartbeats(ids)
