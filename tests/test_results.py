@@ -19,6 +19,7 @@ from fmnist_search.engine import data
 from fmnist_search.engine.train import predict_proba
 from fmnist_search.search import lifecycle as lifecycle_mod
 from fmnist_search.search.artifacts import load_weights, open_store
+from fmnist_search.search.export import trials_frame
 from fmnist_search.search.lifecycle import optimize
 from fmnist_search.search.objective import TrialContext
 from fmnist_search.search.plots import curves_data, learning_curves, study_figures
@@ -348,3 +349,35 @@ def test_plot_index_is_the_study_on_one_page_and_works_offline(tmp_path):
     # Offline: the only script is plotly.js, loaded from the folder itself.
     assert page.scripts == ["plotly.min.js"] and (out / "plotly.min.js").stat().st_size > 1_000_000
     assert 'href="learning_curves.html"' in (out / "index.html").read_text()
+
+
+def test_the_trials_table_is_optunas_with_our_column_names():
+    """export's table comes from ``study.trials_dataframe``: one column per param (a comparison's
+    ``model`` param and attr are one column), counts as integers beside a trial that lacks them,
+    the objective of an unfinished trial from what it measured, completed trials first."""
+    study = optuna.create_study(direction="maximize")
+    dist = {"model": optuna.distributions.CategoricalDistribution(["lenet", "airbench"])}
+    for value, state, attrs in [
+        (0.8, TrialState.COMPLETE, {"model": "lenet", "epochs_completed": 3, "num_params": 61706}),
+        (None, TrialState.FAIL, {"fail_reason": "boom"}),
+        (None, TrialState.PRUNED, {"model": "airbench", "val_accuracy": 0.5, "epochs_completed": 1}),
+        (0.9, TrialState.COMPLETE, {"model": "airbench", "epochs_completed": 3}),
+    ]:
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=value,
+                params={"model": attrs.get("model", "lenet")},
+                distributions=dist,
+                user_attrs=attrs,
+            )
+        )
+    frame = trials_frame(study, include_all=True)
+    assert frame["trial"].tolist() == [3, 0, 2, 1]
+    assert frame["val_accuracy"].tolist()[:3] == [0.9, 0.8, 0.5]
+    assert list(frame.columns).count("model") == 1 and frame["model"].tolist()[:3] == ["airbench", "lenet", "airbench"]
+    lines = frame.to_csv(index=False).splitlines()
+    header = lines[0].split(",")
+    assert [line.split(",")[header.index("epochs_completed")] for line in lines[1:]] == ["3", "3", "1", ""]
+    assert lines[-1].split(",")[header.index("fail_reason")] == "boom"
+    assert trials_frame(study)["trial"].tolist() == [3, 0]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..search.urls import sqlite_path
 
+if TYPE_CHECKING:  # annotations only
+    from ..core.config import StudySpec
+    from .options import WorkOptions
 
-def space_text(spec: Any) -> str:
+
+def space_text(spec: StudySpec) -> str:
     lr = f"lr grid {list(spec.lr_grid)}" if spec.sampler == "grid" else f"lr {spec.lr_min:g}..{spec.lr_max:g}"
     fixed = f", fixed {spec.fixed}" if spec.fixed else ""
     own = "".join(f"; {m}: {r}" for m, r in spec.recipes.items())  # a comparison's per-model recipes
@@ -21,7 +25,7 @@ def at_a_time(population: int, caps: dict[str, int]) -> str:
     return f", {population} at a time (--population)" if population > 1 else ""
 
 
-def artifacts_note(url: str, work: Any) -> str:
+def artifacts_note(url: str, work: WorkOptions) -> str:
     """Where a worker on a server store keeps trial files that no other machine can see."""
 
     if sqlite_path(url) is not None or work.artifacts is not None or not work.save_weights:

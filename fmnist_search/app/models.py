@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,11 +31,16 @@ from ..search.space import model_of
 from ..search.study import find_trial, load_study, stored_spec
 from .studies import load_dataset, resolve_runtime
 
+if TYPE_CHECKING:  # annotations only
+    from optuna.storages import RDBStorage
+
+    from ..engine.population import EpochMetrics
+
 Say = Callable[[str], None]
 
 
 def chosen_model(
-    study: str | None, trial: int | None, weights: Path | None, store: Callable[[], Any], artifact_dir: Path
+    study: str | None, trial: int | None, weights: Path | None, store: Callable[[], RDBStorage], artifact_dir: Path
 ) -> tuple[str, str, Any, bool]:
     """(label, model name, model, whether its recipe evaluates with flip TTA) from a study's
     trial (its best, or number ``trial``) or a weights file (no recipe: False)."""
@@ -55,7 +60,7 @@ def train_config(
     params: str | None,
     from_study: str | None,
     trial: int | None,
-    store: Callable[[], Any],
+    store: Callable[[], RDBStorage],
     where: tuple[str, ...] | list[str] = (),
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """What `fmnist-search train` trains: (model, hyperparameters, split settings), from a
@@ -123,7 +128,7 @@ def train(
     params: str | None,
     from_study: str | None,
     trial: int | None,
-    store: Callable[[], Any],
+    store: Callable[[], RDBStorage],
     *,
     where: tuple[str, ...] | list[str] = (),
     epochs: int | None,
@@ -164,7 +169,7 @@ def train(
     run = Training(name, config, images=len(tr[0]), device=str(dev), precision=prec)
     show(f"train {name} on {run.images} images ({dev}, {prec}): {config}")
 
-    def on_epoch(m: Any) -> None:
+    def on_epoch(m: EpochMetrics) -> None:
         val = "" if full_train else f" val_acc={m.val_accuracy:.4f}"
         show(
             f"epoch {m.epoch}/{cfg.epochs}: train_loss={m.train_loss:.4f} train_acc={m.train_accuracy:.4f}{val} "
@@ -224,7 +229,7 @@ def evaluate(
     study: str | None,
     trial: int | None,
     weights: Path | None,
-    store: Callable[[], Any],
+    store: Callable[[], RDBStorage],
     artifacts: Path,
     *,
     tta_flip: bool | None,
@@ -261,7 +266,7 @@ def predict(
     study: str | None,
     trial: int | None,
     weights: Path | None,
-    store: Callable[[], Any],
+    store: Callable[[], RDBStorage],
     artifacts: Path,
 ) -> tuple[str, list[tuple[Path, str, float, bool]]]:
     """(model label, (file, class, probability, whether it was inverted) per image)."""

@@ -15,12 +15,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.config import DEFAULT_STORAGE
 from ..core.errors import Stopped
 from ..core.interrupts import Stop, check, cleaning
 from ..search.urls import mask_url
+
+if TYPE_CHECKING:  # annotations only
+    from .options import StudyOptions, WorkOptions
 
 EXIT_FAILED = 1  # the work could not go on (a lost store, a failed worker)
 Say = Callable[[str], None]
@@ -31,7 +34,7 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def as_argv(options: Any, changed_only: bool = False) -> list[str]:
+def as_argv(options: StudyOptions | WorkOptions, changed_only: bool = False) -> list[str]:
     """An option group back as the command line that gives it: how `run` passes its
     options to the `worker` processes it starts, derived from the one declaration
     (``changed_only``: the options that differ from their defaults, for a command shown to a user)."""
@@ -47,7 +50,7 @@ def as_argv(options: Any, changed_only: bool = False) -> list[str]:
     return argv
 
 
-def finish_command(name: str, url: str, work: Any) -> str:
+def finish_command(name: str, url: str, work: WorkOptions) -> str:
     """The command that finishes study ``name`` (its target, retries first) with the same work
     options: `worker` runs until the study has the trials it was asked for, and adds none."""
 
@@ -59,7 +62,7 @@ def trial_count(n: int) -> str:
     return f"{n} trial" + ("" if n == 1 else "s")
 
 
-def spawn_workers(plans: list[Any], name: str, url: str, work: Any, target: int, say: Say) -> None:
+def spawn_workers(plans: list[WorkerPlan], name: str, url: str, work: WorkOptions, target: int, say: Say) -> None:
     """Start one `fmnist-search worker` process per plan and wait for all of them.
 
     The storage URL travels in the environment, not argv, so its password never shows in `ps`.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import optuna_dashboard
@@ -24,8 +24,12 @@ from ..search.study import load_study
 from ..search.summary import summary_page
 from ..search.urls import store_identity
 
+if TYPE_CHECKING:  # annotations only
+    from optuna.storages import RDBStorage
+    from optuna.trial import FrozenTrial
 
-def trial_line(trial: Any, prefix: str = "") -> str:
+
+def trial_line(trial: FrozenTrial, prefix: str = "") -> str:
     """``trial 3 COMPLETE: lr=0.05 val=0.9012 after 10 epochs, 21,000 samples/s test=0.8990``."""
 
     a = TrialRecord.of(trial)
@@ -41,14 +45,14 @@ def trial_line(trial: Any, prefix: str = "") -> str:
     return line
 
 
-def _accuracy(study: Any, trial: Any) -> float:
+def _accuracy(study: optuna.Study, trial: FrozenTrial) -> float:
     """A trial's validation accuracy (its objective value, whatever else the study optimises)."""
 
     value = accuracy(trial, objectives_of(study))
     return float("nan") if value is None else value
 
 
-def study_summary(study: Any) -> tuple[dict[str, int], str | None]:
+def study_summary(study: optuna.Study) -> tuple[dict[str, int], str | None]:
     """(trials by state, the best trial's line, or None before a trial completes)."""
 
     counts = state_counts(study)
@@ -66,7 +70,7 @@ def study_summary(study: Any) -> tuple[dict[str, int], str | None]:
 STUDY_COLUMNS = ("study", "model", "complete", "pruned", "fail", "running", "best val", "its test", "artifacts")
 
 
-def list_studies(store: Any, folder: Path) -> list[tuple[str, ...]]:
+def list_studies(store: RDBStorage, folder: Path) -> list[tuple[str, ...]]:
     """``STUDY_COLUMNS`` per study in the store (artifacts: its weights and live checkpoints in ``folder``)."""
 
     rows, sizes = [], file_sizes(folder)
@@ -88,7 +92,7 @@ def list_studies(store: Any, folder: Path) -> list[tuple[str, ...]]:
 
 
 def best_of(
-    store: Any, name: str, folder: Path, where: tuple[str, ...] | list[str] = ()
+    store: RDBStorage, name: str, folder: Path, where: tuple[str, ...] | list[str] = ()
 ) -> tuple[str, dict[str, Any], int | None, list[tuple[str, str]]]:
     """(settings line, trials by state and its artifacts' space, the best trial's number (or the
     pick ``where`` says: search/front.py) and its (key, value) rows; None and no rows before a
@@ -106,13 +110,13 @@ def best_of(
     return settings, counts, best.number, rows
 
 
-def export_frame(store: Any, name: str, include_all: bool, top: int | None, front: bool = False) -> Any:
+def export_frame(store: RDBStorage, name: str, include_all: bool, top: int | None, front: bool = False) -> pd.DataFrame:
     """The study's trials (or its Pareto front) as a DataFrame, best first (``search.export``)."""
 
     return trials_frame(load_study(store, name), include_all=include_all, top=top, front_only=front)
 
 
-def report_table(store: Any, names: list[str]) -> tuple[str, str, int]:
+def report_table(store: RDBStorage, names: list[str]) -> tuple[str, str, int]:
     """The report's Table 1 for these studies, and the Pareto front of each study with several
     objectives, the report's rows of its models beside it: (markdown, CSV, rows)."""
 
@@ -131,7 +135,7 @@ def report_table(store: Any, names: list[str]) -> tuple[str, str, int]:
     return "\n".join(parts), frame.to_csv(index=False), len(frame)
 
 
-def plot(store: Any, name: str, output_dir: Path, dashboard: bool) -> tuple[list[Path], str | None]:
+def plot(store: RDBStorage, name: str, output_dir: Path, dashboard: bool) -> tuple[list[Path], str | None]:
     """The study on one page plus each figure, written to ``output_dir``; with ``dashboard`` its
     learning curves attached to the study for optuna-dashboard (not on a read-only store: a note says so)."""
 
@@ -154,7 +158,7 @@ def file_sizes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in folder.iterdir()} if folder.is_dir() else {}
 
 
-def artifact_space(study: Any, sizes: dict[str, int]) -> str:
+def artifact_space(study: optuna.Study, sizes: dict[str, int]) -> str:
     """``1.3 MB`` (its weights and checkpoints), ``, 0.4 ckpt`` when checkpoints may still resume."""
 
     weights, live = in_use(study)
@@ -162,7 +166,9 @@ def artifact_space(study: Any, sizes: dict[str, int]) -> str:
     return f"{(weights_b + live_b) / 1e6:.1f} MB" + (f", {live_b / 1e6:.1f} ckpt" if live_b else "")
 
 
-def prune_artifacts(store: Any, url: str, folder: Path, dry_run: bool, min_age_s: float) -> tuple[list[str], int]:
+def prune_artifacts(
+    store: RDBStorage, url: str, folder: Path, dry_run: bool, min_age_s: float
+) -> tuple[list[str], int]:
     """Remove the files in ``folder`` no study of ``store`` uses (the weights of any trial, the
     checkpoints that may still resume): leftovers of trials that will not resume, interrupted
     writes. Never a file younger than ``min_age_s`` seconds (a checkpoint is written before its

@@ -6,7 +6,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from optuna.artifacts import FileSystemArtifactStore
 from optuna_dashboard import run_server
@@ -14,8 +14,13 @@ from optuna_dashboard import run_server
 from ..core.errors import FmnistSearchError
 from ..search.urls import mask_url
 
+if TYPE_CHECKING:  # annotations only
+    from optuna.storages import RDBStorage
 
-def serve_dashboard(store: Any, url: str, host: str, port: int, artifacts: Path, say: Callable[[str], None]) -> None:
+
+def serve_dashboard(
+    store: RDBStorage, url: str, host: str, port: int, artifacts: Path, say: Callable[[str], None]
+) -> None:
     """Serve until Ctrl-C or SIGTERM (then return) or until the server fails (one-line error).
 
     The server runs in a thread, and the main thread only waits for a signal or for the

@@ -11,7 +11,7 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 
@@ -35,19 +35,30 @@ from .lines import artifacts_note, at_a_time, space_text
 from .planning import plan_studies
 from .processes import EXIT_FAILED, finish_command, plan_workers, signal_name, spawn_workers, trial_count
 
+if TYPE_CHECKING:  # annotations only
+    import torch
+    from optuna.trial import FrozenTrial
+
+    from ..core.config import StudySpec
+    from ..engine.data import FashionMNIST
+    from ..engine.population import EpochMetrics
+    from ..search.budget import Census
+    from ..search.storage import ResilientStorage
+    from .options import StudyOptions, WorkOptions
+
 Say = Callable[[str], None]
 
 
 class Progress(Protocol):
     """What a worker reports while it runs (the CLI draws it)."""
 
-    def on_epoch(self, number: int, metrics: Any) -> None: ...
-    def on_trial(self, study: Any, trial: Any) -> None: ...
-    def on_wait(self, census: Any) -> None: ...
+    def on_epoch(self, number: int, metrics: EpochMetrics) -> None: ...
+    def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None: ...
+    def on_wait(self, census: Census) -> None: ...
     def stop(self) -> None: ...
 
 
-def open_study_store(url: str, say: Say, **kwargs: Any) -> Any:
+def open_study_store(url: str, say: Say, **kwargs: Any) -> ResilientStorage:
     """The study store (storage.make_storage), with Optuna's own log lines silenced."""
 
     # Our own lines say what happens; Optuna's INFO/WARNING logs would repeat it (with tracebacks).
@@ -64,7 +75,7 @@ def open_with_target(
     say: Say,
     base: bool = False,
     keep_weights: int | None = None,
-) -> tuple[Any, Any, Any, int]:
+) -> tuple[ResilientStorage, optuna.Study, StudySpec, int]:
     """Create (with its model's base recipe if ``base``) or resume the study, check its
     settings, raise its target by ``trials`` (and set its ``keep_weights`` bound when given):
     (store, study, spec, target)."""
@@ -79,7 +90,7 @@ def open_with_target(
     return store, opt_study, spec, target
 
 
-def work_runtime(work: Any) -> tuple[Any, str]:
+def work_runtime(work: WorkOptions) -> tuple[torch.device, str]:
     """A worker's device and precision, and whether its options suit them."""
     dev, prec = resolve_runtime(work.device, work.precision)
     if work.cuda_graphs and dev.type != "cuda":
@@ -91,18 +102,18 @@ def work_runtime(work: Any) -> tuple[Any, str]:
     return dev, prec
 
 
-def resolve_runtime(device: str, precision: str) -> tuple[Any, str]:
+def resolve_runtime(device: str, precision: str) -> tuple[torch.device, str]:
 
     dev = resolve_device(device)
     return dev, resolve_precision(precision, dev)
 
 
 def work_here(
-    store: Any,
+    store: ResilientStorage,
     url: str,
     name: str,
-    spec: Any,
-    work: Any,
+    spec: StudySpec,
+    work: WorkOptions,
     progress: Progress,
     say: Say,
     label: str | None = None,
@@ -150,7 +161,7 @@ def work_here(
         ) from None
 
 
-def _release(budgeted: Any, why: str) -> str:
+def _release(budgeted: BudgetedStudy, why: str) -> str:
     """Best effort: FAIL and re-queue this process's interrupted trials; say what happened."""
 
     try:
@@ -166,7 +177,14 @@ def _release(budgeted: Any, why: str) -> str:
 
 
 def _run_trials(
-    budgeted: Any, url: str, spec: Any, work: Any, extra: dict[str, Any], prefix: str, progress: Progress, say: Say
+    budgeted: BudgetedStudy,
+    url: str,
+    spec: StudySpec,
+    work: WorkOptions,
+    extra: dict[str, Any],
+    prefix: str,
+    progress: Progress,
+    say: Say,
 ) -> None:
 
     dev, prec = work_runtime(work)
@@ -207,7 +225,7 @@ def _run_trials(
 
 
 def check_population(
-    requested: int | None, model: str, device: Any, precision: str, compile: bool
+    requested: int | None, model: str, device: torch.device, precision: str, compile: bool
 ) -> tuple[int, dict[str, int]]:
     """Trials asked at once, and a comparison's most per population by model: the requested
     number for every model, else each model's measured default on this device (a comparison
@@ -226,7 +244,7 @@ def check_population(
 
 
 @functools.cache
-def load_dataset(data_dir: Path | None, download: bool):
+def load_dataset(data_dir: Path | None, download: bool) -> FashionMNIST:
     """Fashion-MNIST, loaded once per process however many studies it works on."""
 
     return data_mod.load(data_dir, allow_download=download)
@@ -235,7 +253,7 @@ def load_dataset(data_dir: Path | None, download: bool):
 ProgressFactory = Callable[[int | None, int], Any]  # (trials or None, epochs) -> a context manager giving a Progress
 
 
-def create(options: Any, say: Say) -> list[tuple[str, str, int]]:
+def create(options: StudyOptions, say: Say) -> list[tuple[str, str, int]]:
     """Create the studies ``options`` name (or raise their targets) without running trials:
     (study, model, target) each."""
 
@@ -249,8 +267,8 @@ def create(options: Any, say: Say) -> list[tuple[str, str, int]]:
 
 
 def run(
-    options: Any,
-    work: Any,
+    options: StudyOptions,
+    work: WorkOptions,
     jobs: int,
     gpus: str | None,
     workers_per_gpu: int,
@@ -293,7 +311,9 @@ def run(
         on_done(opt_study)
 
 
-def join_study(study: str, storage: str, work: Any, label: str | None, progress: ProgressFactory, say: Say) -> None:
+def join_study(
+    study: str, storage: str, work: WorkOptions, label: str | None, progress: ProgressFactory, say: Say
+) -> None:
     """Work on ``study`` (waiting for its store and for it to exist) until it has its trials."""
 
     work_runtime(work)

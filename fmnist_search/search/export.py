@@ -8,7 +8,6 @@ from optuna.trial import TrialState
 
 from .budget import census
 from .criteria import ACCURACY, objectives_of, values_of
-from .record import TrialRecord
 
 ATTR_COLUMNS = (
     "test_accuracy",
@@ -24,40 +23,50 @@ ATTR_COLUMNS = (
     "population",
     "fail_reason",
 )  # TrialRecord fields
+INT_COLUMNS = ("epochs_completed", "num_params", "population")
 
 
 def trials_frame(
     study: optuna.Study, *, include_all: bool = False, top: int | None = None, front_only: bool = False
 ) -> pd.DataFrame:
     """Completed trials (or every trial with ``include_all``, or the Pareto front with
-    ``front_only``), best validation accuracy first. A study with several objectives adds a
-    column per other objective (``objective_NAME``) and ``on_front``."""
+    ``front_only``), best validation accuracy first: Optuna's ``trials_dataframe`` with its
+    columns named as the CLI prints them. A study with several objectives adds a column per other
+    objective (``objective_NAME``) and ``on_front``."""
     from .front import front
 
     objectives = objectives_of(study)
     others = [n for n in objectives if n != ACCURACY]
     states = None if include_all else (TrialState.COMPLETE,)
     on_front = {t.number for t in front(study)} if others or front_only else set()
-    rows = []
-    for t in study.get_trials(deepcopy=False, states=states):
-        if front_only and t.number not in on_front:
-            continue
-        duration = t.duration.total_seconds() if t.duration is not None else None
-        record = TrialRecord.of(t)
-        values = values_of(t, objectives)
-        # The objective value of a completed trial; the last measured one otherwise.
-        row = {"trial": t.number, "state": t.state.name, "val_accuracy": values.get(ACCURACY, record.val_accuracy)}
-        if others:
-            row["model"] = record.model
-            row.update({f"objective_{n}": values.get(n) for n in others})
-            row["on_front"] = t.number in on_front
-        row.update({k: getattr(record, k) for k in ATTR_COLUMNS})
-        row["duration_s"] = duration
-        row.update(t.params)
-        rows.append(row)
-    extra = ["model", *(f"objective_{n}" for n in others), "on_front"] if others else []
+    kept = [t for t in study.get_trials(deepcopy=False, states=states) if not front_only or t.number in on_front]
+    # The objective values of a completed trial; what it last measured otherwise (values_of).
+    values = pd.DataFrame(
+        [{"trial": t.number, **{_column(n): v for n, v in values_of(t, objectives).items()}} for t in kept],
+        columns=["trial", *(_column(n) for n in objectives)],
+    )
+    table = study.trials_dataframe(attrs=("number", "state", "duration", "params", "user_attrs"), multi_index=False)
+    for name in ("number", "state", "duration", *(f"user_attrs_{k}" for k in ("model", *ATTR_COLUMNS))):
+        if name not in table:  # an empty study has no columns; a trial's attrs may all be missing
+            table[name] = None
+    table = table.rename(columns={"number": "trial"})
+    table = table[table["trial"].isin(values["trial"])]
+    params = sorted(c for c in table.columns if c.startswith("params_"))
+    table = table.assign(
+        duration_s=pd.to_timedelta(table["duration"]).dt.total_seconds(),
+        on_front=table["trial"].isin(on_front),
+    ).rename(columns={c: c.removeprefix("user_attrs_") for c in table.columns if c.startswith("user_attrs_")})
+    for param in params:  # a comparison's "model" param is also a user attr: one column, the param's value
+        name = param.removeprefix("params_")
+        table[name] = table[param].combine_first(table[name]) if name in table else table[param]
+    table = table.drop(columns=params)
+    extra = ["model", *(_column(n) for n in others), "on_front"] if others else []
     columns = ["trial", "state", "val_accuracy", *extra, *ATTR_COLUMNS, "duration_s"]
-    frame = pd.DataFrame(rows, columns=columns + sorted({p for r in rows for p in r} - set(columns)))
+    frame = values.merge(table.drop(columns="val_accuracy", errors="ignore"), on="trial", how="left")
+    frame = frame.rename(columns={_column(ACCURACY): "val_accuracy"})
+    frame = frame[columns + sorted({p.removeprefix("params_") for p in params} - set(columns))]
+    # Counts stay integers where a trial lacks them (pandas' nullable Int64: 7, not 7.0).
+    frame = frame.astype({name: "Int64" for name in INT_COLUMNS})
     complete_first = frame["state"].ne("COMPLETE")
     frame = (
         frame.assign(_incomplete=complete_first)
@@ -66,6 +75,10 @@ def trials_frame(
         .reset_index(drop=True)
     )
     return frame.head(top) if top is not None else frame
+
+
+def _column(objective: str) -> str:
+    return f"objective_{objective}"
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
