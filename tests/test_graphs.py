@@ -29,7 +29,7 @@ CUDA = torch.cuda.is_available()
 def test_the_index_table_gives_epoch_batches_batches_in_static_buffers(n, batch):
     x, y = to_device(*synthetic(n), torch.device("cpu"))
     cfg = TrainConfig(lr=0.1, batch_size=batch, data_seed=5)
-    batches = pop.SharedBatches((x, y), cfg, None, lookup=False)
+    batches = pop.SharedBatches((x, y), [cfg], None, lookup=False)
     order = torch.Generator().manual_seed(5)
     pointers = (batches.table.data_ptr(), batches.tail.data_ptr(), batches.pos.data_ptr())
     for _ in range(2):  # two epochs: new orders, the same storage

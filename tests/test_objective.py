@@ -83,10 +83,10 @@ def test_nan_loss_after_some_epochs_keeps_history(tiny_splits, monkeypatch):
     """A trial that diverges in epoch 2 keeps epoch 1's measurements."""
     real = population._loop._epoch_metrics
 
-    def nan_in_epoch_2(members, alive, epoch, sums, *rest):
-        if epoch == 2:  # the epoch's summed loss, as a NaN loss would leave it
+    def nan_in_epoch_2(members, alive, sums, *rest):
+        if len(members[alive[0]].result.history) == 1:  # epoch 2's summed loss, as a NaN loss would leave it
             sums = [[math.nan] * len(sums[0]), sums[1]]
-        return real(members, alive, epoch, sums, *rest)
+        return real(members, alive, sums, *rest)
 
     monkeypatch.setattr(population._loop, "_epoch_metrics", nan_in_epoch_2)
     study = _study()

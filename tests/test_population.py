@@ -229,3 +229,132 @@ def test_distilled_members_match_distillation_alone(tiny_splits):
         result = fit(model, train, val, cfg, teacher=teacher)
         _same_weights(member.module, model)
         _same_history(member.result, result)
+
+
+# --- populations that stay full: per-member augmentation, refills at epoch boundaries ---
+
+AUGMENTED = [  # three views of the same images: crop, flip + erasing, none
+    dataclasses.replace(BASE, crop=2),
+    dataclasses.replace(BASE, lr=0.02, flip=True, erasing=0.3),
+    dataclasses.replace(BASE, lr=0.08, momentum=0.5),
+]
+
+
+def test_members_with_their_own_augmentation_train_as_they_would_alone(tiny_splits):
+    """Augmentation is per member (a view of each batch with its own generator), so recipes that
+    differ in crop, flip and erasing share a population instead of splitting it."""
+    train, val = _data(tiny_splits)
+    assert len({pop.shared_key(c) for c in AUGMENTED}) == 1
+    members, census = _together("lenet", [0, 1, 2], AUGMENTED, train, val)
+    assert census.kind == "fused"
+    for seed, cfg, member in zip([0, 1, 2], AUGMENTED, members, strict=True):
+        model, result = _alone("lenet", seed, cfg, train, val)
+        _same_weights(member.module, model)
+        _same_history(member.result, result)
+
+
+def _refilling(recipes_by_round, seeds):
+    """A refill that hands out the recipes given for each population epoch, fresh models seeded in order."""
+    joined = []
+
+    def refill(left, free):
+        at = len(refill.rounds)
+        refill.rounds.append((sorted(left), free))
+        out = []
+        for cfg in recipes_by_round.get(at + 1, [])[:free]:
+            seed = seeds[len(joined)]
+            joined.append((at + 1, seed, cfg))
+            out.append((_model("lenet", seed), Member(cfg)))
+        return out
+
+    refill.rounds = []
+    return refill, joined
+
+
+def _fresh_start(seed, cfg, after: pop.Snapshot):
+    """The snapshot of a fresh model at a population's point: how a member that joined there
+    would train alone on the same batches (the data order from there, its view's generator)."""
+    model = _model("lenet", seed)
+    zeros = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    return model, pop.Snapshot(0, 0, model.state_dict(), zeros, after.order, "cpu", [], round=after.at_round)
+
+
+def test_a_member_that_joins_later_trains_as_it_would_alone_on_the_same_batches(tiny_splits):
+    """Rows freed after epoch 1 are refilled: the new members start at their epoch 1 beside a
+    member at its epoch 2, each with its own lr position, fresh weights and zero momentum."""
+    train, val = _data(tiny_splits)
+    first = [dataclasses.replace(AUGMENTED[0], epochs=3), dataclasses.replace(BASE, epochs=1), AUGMENTED[2]]
+    late = [dataclasses.replace(RECIPES[1], epochs=2, flip=True), dataclasses.replace(AUGMENTED[2], lr=0.1)]
+    refill, joined = _refilling({1: late[:1], 2: late[1:]}, seeds=[7, 8])
+    members = [Member(c) for c in first]
+    taken = {}
+    stats = fit_population(
+        [_model("lenet", s) for s in (0, 1, 2)],
+        members,
+        train,
+        val,
+        refill=refill,
+        snapshot_every=1,
+        on_snapshot=lambda r, snaps: taken.setdefault(r, snaps),
+    )
+    # round 1: member 1 (1 epoch) leaves -> 3 joins; round 2: member 2 leaves -> 4 joins;
+    # round 3: 0 and 3 leave (nothing left to hand out); round 4: 4 leaves.
+    assert refill.rounds == [([1], 1), ([2], 1), ([0, 3], 2), ([4], 1)]
+    assert [m.status for m in members] == ["done"] * 5
+    assert stats.refills == 2 and stats.capacity == 3
+    assert stats.occupancy == pytest.approx((3 * 3 + 1) / (4 * 3))  # full for 3 epochs, one row in the 4th
+    for at_round, seed, cfg in joined:
+        member = next(m for m in members[3:] if m.cfg == cfg)
+        point = next(iter(taken[at_round].values()))
+        model, start = _fresh_start(seed, cfg, point)
+        alone = [Member(cfg)]
+        fit_population([model], alone, train, val, resume=[start])
+        _same_weights(member.module, model)
+        _same_history(member.result, alone[0].result)
+        assert [e.epoch for e in member.result.history] == [1, 2]
+    for seed, cfg, member in zip([0, 2], [first[0], first[2]], [members[0], members[2]], strict=True):
+        model, result = _alone("lenet", seed, cfg, train, val)  # the members around them do not change them
+        _same_weights(member.module, model)
+
+
+def test_a_population_with_members_at_different_epochs_resumes_bit_for_bit(tiny_splits):
+    train, val = _data(tiny_splits)
+    first = [dataclasses.replace(c, epochs=e) for c, e in zip(AUGMENTED, (3, 1, 3), strict=True)]
+    late = {1: [dataclasses.replace(RECIPES[1], epochs=3, crop=4)]}
+
+    def run(resume=None, members=None, seeds=(0, 1, 2), stop_after=None):
+        refill, _ = _refilling(late if resume is None else {}, seeds=[7])
+        members = members or [Member(c) for c in first]
+        taken = {}
+
+        def on_epoch_end(at_round, metrics):
+            if stop_after is not None and at_round == stop_after:
+                raise KeyboardInterrupt
+            return []
+
+        try:
+            fit_population(
+                [_model("lenet", s) for s in seeds],
+                members,
+                train,
+                val,
+                on_epoch_end,
+                refill=refill,
+                resume=resume,
+                snapshot_every=1,
+                on_snapshot=lambda r, snaps: taken.setdefault(r, snaps),
+            )
+        except KeyboardInterrupt:
+            pass
+        return members, taken
+
+    whole, taken = run()
+    snaps = taken[2]  # after the population's epoch 2: members 0 and 2 at epoch 2, member 3 at epoch 1
+    assert {m: s.epoch for m, s in snaps.items()} == {0: 2, 2: 2, 3: 1}
+    from tests.test_checkpoints import _identical, _through_a_file
+
+    order = sorted(snaps)
+    resumed = [Member(whole[m].cfg) for m in order]
+    run(resume=[_through_a_file(snaps[m]) for m in order], members=resumed, seeds=[0, 2, 7])
+    for m, member in zip(order, resumed, strict=True):
+        _identical(whole[m], member)

@@ -71,12 +71,17 @@ def test_population_trials_are_ordinary_trials(studies):
         r = TrialRecord.of(t)
         assert r.epochs_completed == 2 and sorted(t.intermediate_values) == [1, 2]
         assert t.value == r.val_accuracy and 0.5 < r.val_accuracy <= 1 and 0.5 < r.test_accuracy <= 1
-        assert r.throughput > 0 and r.population_throughput >= r.throughput
+        assert r.throughput > 0 and r.population_throughput > 0
         assert r.weights_artifact
     assert all(TrialRecord.of(t).population_throughput > 0 for t in together)  # pruned ones too
-    # 6 trials, 4 at a time: a population of 4, then one of 2; one batch order per population.
-    assert [TrialRecord.of(t).population for t in together] == [4, 4, 4, 4, 2, 2]
-    assert {TrialRecord.of(t).config["data_seed"] for t in together} == {0, 4}
+    # 6 trials, 4 at a time: one population of 4 whose freed rows took the last 2 (refills, asked
+    # once the first ones had ended and been told); one batch order.
+    records = [TrialRecord.of(t) for t in together]
+    assert [r.population for r in records] == [4] * 6 and {r.population_id for r in records} == {0}
+    assert [r.joined_epoch for r in records[:4]] == [1] * 4 and all(r.joined_epoch > 1 for r in records[4:])
+    told_before = {t.number for t in together[:4] if t.datetime_complete < together[4].datetime_start}
+    assert told_before, "a refill is sampled after earlier results were told"
+    assert {r.config["data_seed"] for r in records} == {0}
     assert {TrialRecord.of(t).config["seed"] for t in together} == set(range(6))  # weights: one seed each
     assert all(TrialRecord.of(t).population == 1 for t in alone)
 
@@ -170,3 +175,65 @@ def test_a_population_on_a_database_server(database_url, real_data):
     assert all(sorted(t.intermediate_values)[0] == 1 for t in trials)
     assert all("completed_rung_0" in t.system_attrs for t in trials)  # every peer's rung value, recorded first
     assert all(TrialRecord.of(t).population == 4 and TrialRecord.of(t).history for t in trials)
+
+
+def test_a_full_space_population_stays_whole_and_its_refills_are_sampled_after_results(
+    tmp_path, monkeypatch, real_data
+):
+    """The `full` space samples batch size, crop, flip and erasing: a population samples the
+    batch size once (its members and refills take it) and each member augments its own view,
+    so 4 asked trials train as one population of 4, not as groups of one; the refills' params
+    are sampled when the study already holds finished trials."""
+    from fmnist_search.search import study as study_mod
+
+    seen: dict[int, int] = {}  # trial number -> finished trials the sampler saw when it sampled it
+
+    class Recording(optuna.samplers.TPESampler):
+        def sample_independent(self, study, trial, name, distribution):
+            finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            seen.setdefault(trial.number, len(finished))
+            return super().sample_independent(study, trial, name, distribution)
+
+    monkeypatch.setitem(study_mod.SAMPLERS, "tpe", lambda spec, seed: Recording(seed=seed, constant_liar=True))
+    url = f"sqlite:///{tmp_path}/full.db"
+    args = ["--model", "lenet", "--trials", "8", "--population", "4", "--space", "full", "--storage", url]
+    result = invoke("run", *args, "--epochs", "3", "--train-size", "1024", "--val-size", "500")
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="lenet", storage=url).trials
+    records = [TrialRecord.of(t) for t in trials]
+    assert len(trials) == 8 and all(r.population == 4 for r in records)
+    assert {r.population_id for r in records} == {0}  # one population, refilled
+    assert len({t.params["batch_size"] for t in trials}) == 1  # sampled once
+    assert len({(t.params["crop"], t.params["flip"], t.params["erasing"]) for t in trials}) > 1  # own views
+    refills = [t.number for t, r in zip(trials, records, strict=True) if r.joined_epoch > 1]
+    assert refills and all(seen[n] >= 1 for n in refills)
+    assert re.search(r"populations of 4: \d+% of their rows filled over all steps, \d+ trials joined", result.output)
+
+
+def test_a_refilled_population_stops_cleanly_and_its_trials_resume(tmp_path, monkeypatch, real_data):
+    """Ctrl-C after refills joined (members at different epochs): every trial is re-queued, the
+    named command finishes exactly the trials asked for, the one with a checkpoint resumes from it
+    (bit for bit: test_population.py)."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    original = lifecycle._Population.on_epoch_end
+    joined = []
+
+    def on_epoch_end(self, at_round, metrics):
+        if at_round == 2 and any(s.record.joined_epoch > 1 for s in self.group):
+            joined.extend(s.trial.number for s in self.group if s.record.joined_epoch > 1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, at_round, metrics)
+
+    args = ["--model", "lenet", "--trials", "5", "--population", "3", "--pruner", "sha", "--storage", url]
+    with monkeypatch.context() as mp:
+        mp.setattr(lifecycle._Population, "on_epoch_end", on_epoch_end)
+        result = invoke("run", *args, "--epochs", "3", "--train-size", "1024", "--val-size", "500")
+    assert result.exit_code == 130, result.output
+    assert joined, "SHA prunes 2 of 3 at epoch 1 (top 1/4 promoted): their rows were refilled"
+    study = optuna.load_study(study_name="lenet", storage=url)
+    assert TrialState.RUNNING not in {t.state for t in study.trials}
+    result = invoke(*finish_command(result.output))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"trial \d+ resumes trial \d+ from epoch 1", result.output)  # the one SHA promoted
+    after = census(optuna.load_study(study_name="lenet", storage=url))
+    assert after.running == after.waiting == 0 and after.complete + after.pruned == 5

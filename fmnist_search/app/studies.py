@@ -24,7 +24,7 @@ from ..engine.population import default_population
 from ..search.artifacts import open_store as open_artifacts
 from ..search.budget import BudgetedStudy, set_target
 from ..search.locks import study_lock
-from ..search.objective import TrialContext
+from ..search.objective import TrialContext, occupancy
 from ..search.retention import KEEP_ATTR
 from ..search.storage import make_storage
 from ..search.study import PRUNERS, SAMPLERS, open_study, stored_spec
@@ -222,6 +222,12 @@ def _run_trials(
         on_wait=progress.on_wait,
         population=population,
     )
+    if population > 1 and objective.populations:
+        filled, refills = occupancy(objective.populations)
+        say(
+            f"{prefix}populations of {population}: {filled:.0%} of their rows filled over all steps, "
+            f"{refills} trials joined as refills"
+        )
 
 
 def check_population(

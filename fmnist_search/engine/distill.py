@@ -88,7 +88,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     averaged over the batch.
 
     ``student`` is (B, C) for one model, a scalar; or (K, B, C) for K models with a (K, 1, 1)
-    ``temperature`` each, (K,). ``teacher`` is (B, C), the same for all. The T^2 keeps its
+    ``temperature`` each, (K,). ``teacher`` is (B, C) or (1, B, C), the same for all, or
+    (K, B, C), one per model. The T^2 keeps its
     gradients the size of the cross-entropy's whatever the temperature, so ``distill`` weighs
     the two terms alike.
     """

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
@@ -23,6 +23,7 @@ from .heartbeats import Heartbeats
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
 T = TypeVar("T")
+Shared = Callable[[optuna.Trial], dict[str, Any]]  # a trial -> the params its population shares
 
 
 @dataclass(frozen=True)
@@ -103,22 +104,58 @@ class BudgetedStudy(optuna.Study):
         self.heartbeats.hold([trial])
         return trial
 
-    def ask_many(self, k: int, prepare: Callable[[optuna.Trial], T]) -> list[tuple[optuna.Trial, T]]:
+    def ask_many(
+        self, k: int, prepare: Callable[[optuna.Trial], T], shared: Shared | None = None
+    ) -> list[tuple[optuna.Trial, T]]:
         """Up to ``k`` trials at once (retries first), each ``prepare``d (its params sampled)
         before the next is asked, so samplers see the earlier ones as RUNNING (TPE's constant
-        liar); all under one hold of the budget lock and one census."""
+        liar); all under one hold of the budget lock and one census. ``shared``: the params
+        (of the first new trial) that the others take as they are (a population's batch size)."""
         with self._budget_lock:
             c = census(self)
             n = min(k, c.waiting + max(self.target - c.counted, 0))
             if n <= 0:
                 raise BudgetExhausted
-            out = []
+            out: list[tuple[optuna.Trial, T]] = []
+            fixed: dict[str, Any] = {}
+            waiting = c.waiting  # Optuna's ask takes these first; a retry keeps its own params
             for _ in range(n):
                 interrupts.check()
-                trial = self._ask()
-                self.asked.append(trial.number)
-                out.append((trial, prepare(trial)))
+                out.append(self._ask_prepared(prepare, {} if waiting else fixed))
+                if not waiting and shared is not None and not fixed:
+                    fixed = shared(out[-1][0])
+                waiting = max(waiting - 1, 0)
             return out
+
+    def ask_more(
+        self, k: int, prepare: Callable[[optuna.Trial], T], fixed: dict[str, Any]
+    ) -> list[tuple[optuna.Trial, T]]:
+        """Up to ``k`` new trials (none while a retry waits: the worker's next ask takes it),
+        sampled with every result told so far and with ``fixed`` params as they are: a
+        population's refills."""
+        with self._budget_lock:
+            c = census(self)
+            if c.waiting:
+                return []
+            out = []
+            for _ in range(min(k, max(self.target - c.counted, 0))):
+                interrupts.check()
+                out.append(self._ask_prepared(prepare, fixed))
+            return out
+
+    def _ask_prepared(self, prepare: Callable[[optuna.Trial], T], fixed: dict[str, Any]) -> tuple[optuna.Trial, T]:
+        """One trial asked and prepared, its ``fixed`` params held (Optuna's PartialFixedSampler)."""
+        base = self.sampler
+        if fixed:
+            with warnings.catch_warnings():  # experimental since v2.4 in name only
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.sampler = optuna.samplers.PartialFixedSampler(fixed, base)
+        try:
+            trial = self._ask()
+            self.asked.append(trial.number)
+            return trial, prepare(trial)
+        finally:
+            self.sampler = base
 
 
 def set_target(study: optuna.Study, more: int) -> int:

@@ -13,18 +13,21 @@ tell; TPE's ``constant_liar`` spreads them out) and hands them here:
       release() marks it FAIL and re-queues it; a dead worker's trials go stale and are retried
 
 A worker's trials beat from their ask on, one thread for all of them (search/heartbeats.py).
-What a population must share (batch size, augmentation) splits it: trials are grouped by
-``shared_key`` and each group trains as one. Trials of a group share one batch order
-(``data_seed``: the study's seed plus the first trial's number, recorded in each trial's
-``config``). A pruned or finished model leaves the population; it shrinks (it is not
-refilled) and the worker asks the next K once all have left.
+What a population must share (batch size: sampled once per population, the others take it)
+groups it: trials are grouped by ``shared_key`` and each group trains as one. Trials of a
+group share one batch order (``data_seed``: the study's seed plus the first trial's number,
+recorded in each trial's ``config``); augmentation is each trial's own. A pruned, finished or
+failed trial leaves its row at the end of an epoch and a newly asked trial takes it (a refill:
+sampled with every result told so far, it starts at its own epoch 1), so the population stays
+full until the study's budget is handed out; then it drains. A comparison's populations (one
+model each) drain without refills: a refill would pick its model for the sampler.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,8 +37,8 @@ from optuna.trial import TrialState
 
 from ..core import interrupts
 from ..core.errors import FmnistSearchError, StorageError
-from ..engine.population import Member, PopulationStats, Snapshot, fit_population, shared_key
-from ..engine.train import TrainConfig, build_model
+from ..engine.population import EpochMetrics, Member, PopulationStats, Snapshot, fit_population, shared_key
+from ..engine.train import BuiltModel, TrainConfig, build_model
 from . import checkpoints
 from .heartbeats import Heartbeats
 from .internals import storage_of, trial_id
@@ -43,6 +46,7 @@ from .objective import RUN_FIELDS, TrialContext, release_memory, summarize
 from .pruning import population_prunes
 from .record import TrialRecord
 from .retention import keep_best
+from .space import shared_params
 from .storage import write_trials
 
 Callback = Callable[[optuna.Study, Any], None]
@@ -63,27 +67,42 @@ class _LiveTrial:
         return None if self.resume is None else self.resume.point
 
 
+# (free rows, the params the population shares) -> up to that many new trials with their recipes
+More = Callable[[int, dict[str, Any]], list[tuple[optuna.Trial, TrainConfig]]]
+
+
 def run_trials(
     study: Any,
     objective: TrialContext,
     asked: list[tuple[optuna.Trial, TrainConfig]],
     callbacks: list[Callback] | None = None,
+    more: More | None = None,
 ) -> None:
     """Train the ``asked`` trials (RUNNING, with their sampled recipes; one, or a population)
-    as populations grouped by what they must share, and tell each how it ended."""
+    as populations grouped by what they must share, and tell each how it ended. ``more`` asks
+    new trials for rows that members leave (none: the population drains)."""
     store = storage_of(study)  # each write_trials call below is one transaction
     trials = [trial for trial, _ in asked]
-    data_seed = objective.spec.seed + trials[0].number  # one batch order for the population
+    population_id = trials[0].number
+    data_seed = objective.spec.seed + population_id  # one batch order for the population
     slots = [
-        _LiveTrial(t, m, dataclasses.replace(c, data_seed=data_seed), TrialRecord(**objective.extra_attrs, model=m))
+        _LiveTrial(
+            t,
+            m,
+            dataclasses.replace(c, data_seed=data_seed),
+            TrialRecord(**objective.extra_attrs, model=m, population_id=population_id, joined_epoch=1),
+        )
         for t, c in asked
         for m in (objective.model_of(t),)
     ]
+    if len(objective.spec.models) > 1:
+        more = None
     for s in slots:  # a retry of a stopped trial continues from its checkpoint
         found = checkpoints.resumable(study, objective.checkpoint_store, s.trial, s.model, s.cfg, objective.say)
         if found is not None:
             s.resume, s.cfg, stopped, s.consumed = found
             s.record.resumed_from = {"trial": stopped, "epoch": s.resume.epoch}
+            s.record.joined_epoch = s.resume.at_round - s.resume.epoch + 1
             objective.say(f"trial {s.trial.number} resumes trial {stopped} from epoch {s.resume.epoch}")
     with _heartbeats(study, trials):
         try:
@@ -96,7 +115,8 @@ def run_trials(
             for group in groups.values():
                 cap = objective.population_caps.get(group[0].model) or len(group)  # a comparison's per-model size
                 for start in range(0, len(group), cap):
-                    _train_group(study, objective, group[start : start + cap], store, callbacks or [])
+                    population = _Population(study, objective, group[start : start + cap], slots, trials, store)
+                    population.train(callbacks or [], more if cap > 1 else None)
         except (interrupts.Stop, StorageError) as e:
             for s in slots:
                 if not s.told:  # left RUNNING: the worker's release() fails and re-queues them
@@ -149,106 +169,191 @@ def _remove(objective: TrialContext, attrs: list[dict[str, Any] | None]) -> None
         checkpoints.remove(objective.checkpoint_store, attr)
 
 
-def _train_group(
-    study: Any, objective: TrialContext, group: list[_LiveTrial], store: Any, callbacks: list[Callback]
-) -> None:
-    device = objective.device
-    # One model trains as itself, compiled when the worker compiles; K are stacked from fresh copies.
-    compiled = objective.compiled if len(group) == 1 else None
-    for s in group:  # its other objectives, before it trains (and before its weights are seeded)
-        s.record.measured = objective.measure(s.model, s.cfg, study) or None
-    if any(s.record.measured for s in group):  # what pruning compares them by, stored before the first report
-        write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs("measured") for s in group})
-    built = [build_model(s.model, s.cfg.seed, device, compiled) for s in group]
-    for s, b in zip(group, built, strict=True):
-        s.record = objective.describe(s.record, s.cfg, b.module, population=len(group))
-    members = [Member(s.cfg) for s in group]
-    stats = PopulationStats()  # filled epoch by epoch: pruned trials record it too
-    # a group shares one resume point (run_trials groups by it): all resume, or none
-    resume = [s.resume for s in group if s.resume is not None] or None
-    if resume is not None:  # the epochs before: reported again, so the trial shows one unbroken curve
-        before = [
-            (trial_id(s.trial), m.epoch, m.val_accuracy) for s, r in zip(group, resume, strict=True) for m in r.history
-        ]
-        write_trials(store, intermediate=before)
+class _Population:
+    """One group of trials trained as one population: its members, what the engine calls back
+    (each epoch's reports and pruning, snapshots, refills) and the tells."""
 
-    def tell(i: int, state: TrialState, value: float | list[float] | None = None) -> None:
-        s = group[i]
-        summarize(members[i].result, s.record)
-        s.record.population_throughput = stats.throughput
+    def __init__(
+        self,
+        study: Any,
+        objective: TrialContext,
+        group: list[_LiveTrial],
+        slots: list[_LiveTrial],
+        trials: list[optuna.Trial],
+        store: Any,
+    ) -> None:
+        self.study, self.objective, self.group, self.store = study, objective, group, store
+        self.slots, self.trials = slots, trials  # the call's: refills join them (interrupts, heartbeats)
+        self.capacity = len(group)
+        self.built: list[BuiltModel] = []
+        self.members: list[Member] = []
+        self.stats = PopulationStats()  # filled epoch by epoch: pruned trials record it too
+        self.callbacks: list[Callback] = []
+        self.at_round = 0  # the population's epochs so far
+
+    def train(self, callbacks: list[Callback], more: More | None) -> None:
+        objective, group = self.objective, self.group
+        self.callbacks = callbacks
+        # One model trains as itself, compiled when the worker compiles; K are stacked from fresh copies.
+        compiled = objective.compiled if len(group) == 1 else None
+        self.built = self._start(group, compiled)
+        self.members = [Member(s.cfg) for s in group]
+        # a group shares one resume point (run_trials groups by it): all resume, or none
+        resume = [s.resume for s in group if s.resume is not None] or None
+        if resume is not None:  # the epochs before: reported again, so the trial shows one unbroken curve
+            before = [
+                (trial_id(s.trial), m.epoch, m.val_accuracy)
+                for s, r in zip(group, resume, strict=True)
+                for m in r.history
+            ]
+            write_trials(self.store, intermediate=before)
+        self.more = more
+        self.shared = shared_params(group[0].trial)
+        try:
+            every = objective.checkpoint_every if objective.checkpoint_store is not None else 0
+            fit_population(
+                [b.runnable for b in self.built],
+                self.members,
+                objective.train,
+                objective.val,
+                self.on_epoch_end,
+                objective.teacher(group[0].cfg),
+                self.stats,
+                resume=resume,
+                on_snapshot=self.on_snapshot,
+                snapshot_every=every,
+                graphs=objective.graphs and compiled is None,
+                refill=self.refill,
+            )
+        finally:  # an interrupt too: every trial keeps what it measured
+            for s, m in zip(group, self.members, strict=True):
+                if not s.told:
+                    summarize(m.result, s.record)
+            objective.populations.append(self.stats)
+        self.finish(range(len(self.members)))
+
+    def _start(self, new: list[_LiveTrial], compiled: Any = None) -> list[BuiltModel]:
+        """Measure the trials' other objectives (before their weights are seeded), build their models."""
+        study, objective = self.study, self.objective
+        for s in new:
+            s.record.measured = objective.measure(s.model, s.cfg, study) or None
+        if any(s.record.measured for s in new):  # what pruning compares them by, stored before the first report
+            write_trials(self.store, user_attrs={trial_id(s.trial): s.record.attrs("measured") for s in new})
+        built = [build_model(s.model, s.cfg.seed, objective.device, compiled) for s in new]
+        for s, b in zip(new, built, strict=True):
+            s.record = objective.describe(s.record, s.cfg, b.module, population=self.capacity)
+        return built
+
+    def tell(self, i: int, state: TrialState, value: float | list[float] | None = None) -> None:
+        s = self.group[i]
+        summarize(self.members[i].result, s.record)
+        s.record.population_throughput = self.stats.throughput
         old = _drop_checkpoint(s)
-        write_trials(store, user_attrs={trial_id(s.trial): s.record.attrs(*RUN_FIELDS)})
-        frozen = study.tell(s.trial, state=state, values=value)
+        write_trials(self.store, user_attrs={trial_id(s.trial): s.record.attrs(*RUN_FIELDS)})
+        frozen = self.study.tell(s.trial, state=state, values=value)
         s.told = True
-        _remove(objective, old)
-        for cb in callbacks:
-            cb(study, frozen)
+        _remove(self.objective, old)
+        for cb in self.callbacks:
+            cb(self.study, frozen)
 
-    def on_snapshot(epoch: int, snaps: dict[int, Snapshot]) -> None:
+    def finish(self, indices: Iterable[int]) -> None:
+        """Tell the members among ``indices`` that ended: COMPLETE (test accuracy, weights) or FAIL (diverged)."""
+        completed = False
+        for i in indices:
+            m, s = self.members[i], self.group[i]
+            if s.told:
+                continue
+            if m.status == "diverged":
+                s.record.fail_reason = m.error
+                self.tell(i, TrialState.FAIL)
+            elif m.status == "done":
+                assert m.module is not None
+                weights = self.built[i].module if len(self.members) == 1 else m.module  # a compiled one's own module
+                self.objective.finish(s.trial, s.record, m.module, weights, m.cfg)
+                self.tell(i, TrialState.COMPLETE, self.objective.values(s.record, m.result.history[-1].val_accuracy))
+                m.module = None  # its weights are stored; free them
+                completed = True
+        if completed and self.objective.artifact_store is not None:
+            keep_best(self.study, self.objective.artifact_store)  # the study's --keep-weights bound, if it has one
+
+    def refill(self, left: list[int], free: int) -> list[tuple[torch.nn.Module, Member]]:
+        """After an epoch: tell the members that finished (so the sampler learns from them), then
+        ask trials for the ``free`` rows, which start at their epoch 1 beside the others."""
+        self.finish(left)
+        if not free or self.more is None:
+            return []
+        asked = self.more(free, self.shared)
+        if not asked:
+            return []
+        data_seed, population_id = self.group[0].cfg.data_seed, self.group[0].record.population_id
+        joined_epoch = self.at_round + 1
+        new = [
+            _LiveTrial(
+                t,
+                self.group[0].model,
+                dataclasses.replace(c, data_seed=data_seed),
+                TrialRecord(
+                    **self.objective.extra_attrs,
+                    model=self.group[0].model,
+                    population_id=population_id,
+                    joined_epoch=joined_epoch,
+                ),
+            )
+            for t, c in asked
+        ]
+        self.trials.extend(t for t, _ in asked)
+        self.slots.extend(new)
+        self.group.extend(new)
+        write_trials(self.store, user_attrs={trial_id(s.trial): s.record.attrs() for s in new})  # who runs them
+        built = self._start(new)
+        self.built.extend(built)
+        return [(b.runnable, Member(s.cfg)) for s, b in zip(new, built, strict=True)]
+
+    def on_snapshot(self, at_round: int, snaps: dict[int, Snapshot]) -> None:
         """Each training trial's new checkpoint, then the attrs that name them (one transaction),
         then the ones they replace: a stopped write never leaves an attr naming half a file."""
         old, attrs = [], {}
         for i, snap in snaps.items():
-            s = group[i]
+            s = self.group[i]
             old.append(s.record.checkpoint)
-            s.record.checkpoint = objective.save_checkpoint(s.trial, s.cfg, snap)
+            s.record.checkpoint = self.objective.save_checkpoint(s.trial, s.cfg, snap)
             attrs[trial_id(s.trial)] = {"checkpoint": s.record.checkpoint}
-        write_trials(store, user_attrs=attrs)
-        _remove(objective, old)
+        write_trials(self.store, user_attrs=attrs)
+        _remove(self.objective, old)
 
-    def on_epoch_end(epoch: int, metrics: dict[int, Any]) -> set[int]:
+    def on_epoch_end(self, at_round: int, metrics: dict[int, EpochMetrics]) -> set[int]:
+        """Report every member's epoch (one transaction), then prune: each member at its own
+        epoch, against the same snapshot as the members at that epoch (search/pruning.py)."""
         interrupts.check()  # a signal swallowed mid-epoch stops the population here
+        group, members = self.group, self.members
+        self.at_round = at_round
         for i, m in enumerate(members):
             if m.status == "diverged" and not group[i].told:
                 group[i].record.fail_reason = m.error
-                tell(i, TrialState.FAIL)
+                self.tell(i, TrialState.FAIL)
         write_trials(
-            store, intermediate=[(trial_id(group[i].trial), epoch, m.val_accuracy) for i, m in metrics.items()]
+            self.store, intermediate=[(trial_id(group[i].trial), m.epoch, m.val_accuracy) for i, m in metrics.items()]
         )
-        if objective.on_epoch is not None:
+        if self.objective.on_epoch is not None:
             for i, m in metrics.items():
-                objective.on_epoch(group[i].trial.number, m)
-        values = {group[i].trial.number: _history(members[i]) for i in metrics}
-        pruned = population_prunes(
-            study, epoch, values, lambda items: write_trials(store, system_attrs=items), objective.spec.objectives
-        )
+                self.objective.on_epoch(group[i].trial.number, m)
+        by_epoch: dict[int, dict[int, dict[int, float]]] = {}
+        for i, m in metrics.items():
+            by_epoch.setdefault(m.epoch, {})[group[i].trial.number] = _history(members[i])
+        pruned: set[int] = set()
+        for epoch, values in sorted(by_epoch.items()):
+            pruned |= population_prunes(
+                self.study,
+                epoch,
+                values,
+                lambda items: write_trials(self.store, system_attrs=items),
+                self.objective.spec.objectives,
+            )
         stop = {i for i in metrics if group[i].trial.number in pruned}
         for i in sorted(stop):
-            tell(i, TrialState.PRUNED)
+            self.tell(i, TrialState.PRUNED)
         interrupts.check()  # one deferred while the reports were written
         return stop
-
-    try:
-        every = objective.checkpoint_every if objective.checkpoint_store is not None else 0
-        fit_population(
-            [b.runnable for b in built],
-            members,
-            objective.train,
-            objective.val,
-            on_epoch_end,
-            objective.teacher(group[0].cfg),
-            stats,
-            resume=resume,
-            on_snapshot=on_snapshot,
-            snapshot_every=every,
-            graphs=objective.graphs and compiled is None,
-        )
-    finally:  # an interrupt too: every trial keeps what it measured
-        for s, m in zip(group, members, strict=True):
-            if not s.told:
-                summarize(m.result, s.record)
-    for i, m in enumerate(members):
-        if m.status == "diverged" and not group[i].told:
-            group[i].record.fail_reason = m.error
-            tell(i, TrialState.FAIL)
-        elif m.status == "done":
-            assert m.module is not None
-            weights = built[i].module if len(group) == 1 else m.module  # a compiled one's own module
-            objective.finish(group[i].trial, group[i].record, m.module, weights, m.cfg)
-            tell(i, TrialState.COMPLETE, objective.values(group[i].record, m.result.history[-1].val_accuracy))
-            m.module = None  # its weights are stored; free them
-    if objective.artifact_store is not None and any(m.status == "done" for m in members):
-        keep_best(study, objective.artifact_store)  # the study's --keep-weights bound, if it has one
 
 
 def _history(member: Member) -> dict[int, float]:

@@ -21,6 +21,7 @@ from ..core.errors import StorageError
 from ..engine.data import Splits
 from ..engine.devices import device_name
 from ..engine.models import num_params
+from ..engine.population import PopulationStats
 from ..engine.teachers import cached_teacher
 from ..engine.train import (
     BuiltModel,
@@ -72,6 +73,7 @@ class TrialContext:
         # a comparison's most trials per population, by model (its default: 32 LeNets, 1 ResNet on a GPU)
         self.population_caps = population_caps or {}
         self.compiled: dict[str, BuiltModel] | None = {} if compile else None  # compiled once per process and model
+        self.populations: list[PopulationStats] = []  # each population this worker trained: its occupancy
         self._measured: dict[tuple[str, Any], float] = {}  # (objective, what it depends on) -> figure
         self.train, self.val, self.test = on_device(splits, device)
         # Not sampled, so one teacher serves the whole study (or each compared model its own, from
@@ -169,6 +171,13 @@ class TrialContext:
         record.test_accuracy, _ = evaluate(runnable, *self.test, tta_flip=cfg.tta_flip)
         if self.artifact_store is not None:
             record.weights_artifact = save_model(self.artifact_store, trial, module, self.model_of(trial))
+
+
+def occupancy(populations: list[PopulationStats]) -> tuple[float, int]:
+    """Over ``populations``: mean filled rows / K over all their steps, and the trials that joined as refills."""
+    capacity_steps = sum(p.steps * p.capacity for p in populations)
+    rows = sum(p.row_steps for p in populations)
+    return (rows / capacity_steps if capacity_steps else 0.0), sum(p.refills for p in populations)
 
 
 def summarize(result: FitResult, record: TrialRecord) -> None:

@@ -28,7 +28,9 @@ class TrialRecord:
     precision: str | None = None
     compiled: bool | None = None
     num_params: int | None = None
-    population: int | None = None  # models trained together with this one (1: alone)
+    population: int | None = None  # rows of the population it trained in (1: alone)
+    population_id: int | None = None  # that population: the number of its first trial
+    joined_epoch: int | None = None  # the population's epoch it started at (1: with the first; later: a refill)
     population_throughput: float | None = None  # all those models' training samples/s together
     config: dict[str, Any] | None = None  # the full TrainConfig: what `train --from-study` replays
     model: str | None = None  # the network it trains (a comparison study samples it)

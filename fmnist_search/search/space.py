@@ -75,6 +75,17 @@ def suggest(trial: optuna.Trial, spec: Any) -> dict[str, Any]:
     return values
 
 
+# Sampled params that every member of a population must share (their batches are one), so a
+# population samples them once: its other members and refills take the first one's values.
+SHARED_PARAMS = ("batch_size",)
+
+
+def shared_params(trial: optuna.Trial) -> dict[str, Any]:
+    """The params of ``trial`` that the rest of its population takes as they are (a comparison's
+    per-model names too: ``batch_size_lenet``)."""
+    return {n: v for n, v in trial.params.items() if n in SHARED_PARAMS or n.rsplit("_", 1)[0] in SHARED_PARAMS}
+
+
 def model_of(params: dict[str, Any], spec: Any) -> str:
     """The network a trial trains: its sampled ``model`` in a comparison study, else the study's."""
     return str(params.get(MODEL_PARAM, spec.model)) if len(spec.models) > 1 else spec.model

@@ -31,6 +31,7 @@ from .budget import TARGET_ATTR, BudgetedStudy, BudgetExhausted, Census, census
 from .internals import storage_of, study_id, trial_id
 from .record import TrialRecord
 from .requeue import requeue
+from .space import shared_params
 
 
 def wait_for_study(
@@ -83,7 +84,8 @@ def work(
     population: int = 1,
 ) -> None:
     """Run trials until the study reaches its target (or ``timeout`` seconds pass), one at a
-    time or ``population`` at a time (trained as one), each through ``lifecycle.run_trials``.
+    time or ``population`` at a time (trained as one, its freed rows refilled with new trials
+    until the budget is handed out), each through ``lifecycle.run_trials``.
 
     When the budget is spent but trials are still RUNNING, wait: they finish, or their
     worker died and they come back as WAITING retries, which this worker then runs.
@@ -104,11 +106,19 @@ def _work(
     from .lifecycle import run_trials
 
     deadline = None if timeout is None else time.monotonic() + timeout
+
+    def more(n: int, fixed: dict[str, Any]) -> list[tuple[optuna.Trial, Any]]:
+        """A population's refills: new trials while the budget, the time and the sampler allow."""
+        if (deadline is not None and time.monotonic() >= deadline) or study.stopped:
+            return []
+        return study.ask_more(n, objective.config, fixed)
+
     while deadline is None or time.monotonic() < deadline:
         interrupts.check()  # a signal whose exception was swallowed (gc, finalizers) stops us here
         _fail_stale(study)  # as Optuna's optimize() does before each trial: dead workers' trials come back
         try:
-            run_trials(study, objective, study.ask_many(population, objective.config), callbacks)
+            asked = study.ask_many(population, objective.config, shared_params)
+            run_trials(study, objective, asked, callbacks, more if population > 1 else None)
             gc.collect()  # as optimize(gc_after_trial=True)
             if getattr(study, "stopped", False):
                 return

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-Forward = Callable[[dict[str, torch.Tensor], torch.Tensor, bool], torch.Tensor]  # (state, x, training) -> (K, N, C)
+# (state, x: (N, ...) for every model or (K, N, ...) one per model, training) -> (K, N, classes)
+Forward = Callable[[dict[str, torch.Tensor], torch.Tensor, bool], torch.Tensor]
 
 
 _FUSABLE = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.GELU, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
@@ -23,7 +24,9 @@ def fused_forward(template: nn.Module) -> Forward | None:
 
     def forward(state: dict[str, torch.Tensor], x: torch.Tensor, training: bool) -> torch.Tensor:
         k_models = next(iter(state.values())).shape[0]
-        shared = True  # x is the batch every model sees, until the first convolution
+        shared = x.dim() == 4  # x is the batch every model sees, until the first convolution
+        if not shared:  # (K, N, C, H, W): each model's own view -> (N, K * C, H, W), grouped from the start
+            x = x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
         for name, m in layers:
             if isinstance(m, nn.Conv2d):
                 w = state[f"{name}.weight"]
@@ -77,11 +80,11 @@ def vmap_forward(template: nn.Module) -> Forward:
         out: torch.Tensor = functional_call(base, state, (x,))
         return out
 
-    stacked = vmap(one, in_dims=(0, None))
+    shared, own = vmap(one, in_dims=(0, None)), vmap(one, in_dims=(0, 0))  # one batch, or one view per model
 
     def forward(state: dict[str, torch.Tensor], x: torch.Tensor, training: bool) -> torch.Tensor:
         base.train(training)
-        return stacked(state, x)
+        return (shared if x.dim() == 4 else own)(state, x)
 
     return forward
 

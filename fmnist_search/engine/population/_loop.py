@@ -29,22 +29,19 @@ def default_population(model: str, device: torch.device) -> int:
 
 
 def shared_key(cfg: TrainConfig) -> tuple[Any, ...]:
-    """Configs with the same key can train in one population: they make the same batches."""
-    return (
-        cfg.batch_size,
-        cfg.crop,
-        cfg.flip,
-        cfg.erasing,
-        cfg.teacher,
-        cfg.precision,
-        order_seed(cfg),
-        cfg.eval_batch_size,
-    )
+    """Configs with the same key can train in one population: they take the same images at
+    each step (augmentation is each member's own: ``SharedBatches``' views)."""
+    return (cfg.batch_size, cfg.teacher, cfg.precision, order_seed(cfg), cfg.eval_batch_size)
+
+
+# (members that left after this epoch, free rows) -> up to that many new members, each a fresh
+# module and its Member (a recipe with the population's shared_key), to train from their epoch 1
+Refill = Callable[[list[int], int], list[tuple[nn.Module, Member]]]
 
 
 def fit_population(
     modules: Sequence[nn.Module],
-    members: Sequence[Member],
+    members: list[Member],
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor] | None,
     on_epoch_end: EpochHook | None = None,
@@ -55,28 +52,35 @@ def fit_population(
     on_snapshot: SnapshotHook | None = None,
     snapshot_every: int = 0,
     graphs: bool = False,
+    refill: Refill | None = None,
 ) -> PopulationStats:
     """Train ``modules[k]`` with ``members[k].cfg`` for every k at once; each leaves when its
     epochs are done, when it diverges, or when ``on_epoch_end`` names it. ``members`` carry
     the results, also when an exception (an interrupt) ends the population early, and
-    ``stats`` (returned) the population's throughput so far, epoch by epoch.
+    ``stats`` (returned) the population's throughput and occupancy so far, epoch by epoch.
 
     ``modules`` are freshly built models of one architecture on the data's device (each
     seeded by its caller); the configs must share ``shared_key``. One module trains as itself
     (in place; it may be a ``torch.compile`` wrapper): that is ``train.fit``. fp16 (a shared
     loss scale) only for one. ``lookup=False`` runs the teacher on every batch (benchmarks).
 
-    Every ``snapshot_every`` epochs (0: never) ``on_snapshot`` gets each member still training
-    as a ``Snapshot``; ``resume`` (one per member, all taken at the same point of one run)
-    continues from there: the same weights, momentum, lr position, data order and history,
-    so a resumed run ends as the uninterrupted one would (tested bit for bit in float64).
+    ``refill`` (K > 1): after each epoch it hears which members left and may return new ones
+    for the freed rows (appended to ``members``); each trains from its own epoch 1, on the
+    population's batches from there, beside members at later epochs. Rows it leaves free are
+    dropped. The population ends when no member is left.
 
-    ``graphs`` (CUDA, fp32 or bf16): each full-batch step is captured once per population size
-    as a CUDA graph and replayed (``GraphedStep``); the eager step is the reference and the CPU's.
+    Every ``snapshot_every`` epochs of the population (0: never) ``on_snapshot`` gets each
+    member still training as a ``Snapshot``; ``resume`` (one per member, all taken at the same
+    point of one run) continues from there: the same weights, momentum, lr position, data order,
+    augmentation and history, so a resumed run ends as the uninterrupted one would (tested bit
+    for bit in float64).
+
+    ``graphs`` (CUDA, fp32 or bf16): each full-batch step is captured once per shape as a CUDA
+    graph and replayed (``GraphedStep``); the eager step is the reference and the CPU's.
     """
     cfgs = [mb.cfg for mb in members]
     if len({shared_key(c) for c in cfgs}) != 1:
-        raise ValueError("a population shares batch size, augmentation, teacher, precision and data order")
+        raise ValueError("a population shares batch size, teacher, precision and data order")
     base = cfgs[0]
     if base.precision == "fp16" and len(cfgs) > 1:
         raise ValueError("population training runs in fp32 or bf16 (fp16 needs a loss scale per model)")
@@ -88,21 +92,23 @@ def fit_population(
         for module, snap in zip(modules, resume, strict=True):
             unwrapped(module).load_state_dict(snap.state_dict)
     stack_ = Stack(modules, cfgs, len(train[0]), device)
-    batches = SharedBatches(train, base, teacher if any(c.distill > 0 for c in cfgs) else None, lookup)
+    batches = SharedBatches(train, cfgs, teacher if any(c.distill > 0 for c in cfgs) else None, lookup)
     stats = stats if stats is not None else PopulationStats()
-    stats.kind = stack_.kind
-    first = 1
+    stats.kind, stats.capacity = stack_.kind, len(cfgs)
+    at_round = 0  # the population's epochs: one data order each, whatever its members' own epochs
     if resume is not None:
         stack_.restore(resume)
-        batches.restore(resume[0], order_seed(base))
+        batches.restore(resume, cfgs)
         for member, snap in zip(members, resume, strict=True):
             member.result.history = list(snap.history)
-        first = resume[0].epoch + 1
+        at_round = resume[0].at_round
     graphed = GraphedStep(batches) if graphs and device.type == "cuda" and base.precision != "fp16" else None
-    sums_of: dict[int, torch.Tensor] = {}  # static per population size: a captured step adds into it
-    for epoch in range(first, max(c.epochs for c in cfgs) + 1):
+    sums_of: dict[Any, torch.Tensor] = {}  # static per shape: a captured step adds into it
+    while stack_.alive:
+        at_round += 1
         k = len(stack_.alive)
-        sums_t = sums_of.setdefault(k, torch.zeros(2, k, device=device))  # each model's loss and correct, summed
+        shape = (k, stack_.version, batches.version)
+        sums_t = sums_of.setdefault(shape, torch.zeros(2, k, device=device))  # each model's loss and correct, summed
         sums_t.zero_()
         batches.shuffle()
         synchronize(device)
@@ -113,7 +119,7 @@ def fit_population(
             xb, yb, soft = batch()
             with autocast(device, base.precision, cache=graphed is None):
                 out = stack_.forward(stack_.state, xb, True)  # (K, B, classes)
-                losses = stack_.losses(out, yb, soft(xb))  # (K,)
+                losses = stack_.losses(out, yb, soft())  # (K,)
             stack_.step(losses)
             sums_t[0].add_(losses.detach().float() * len(yb))
             sums_t[1].add_((out.argmax(-1) == yb).sum(1))
@@ -122,29 +128,49 @@ def fit_population(
             if graphed is None:
                 step(batches.next_full)
             else:
-                graphed.run(k, lambda: step(batches.next_full))
-            stack_.steps += 1
+                graphed.run(shape, lambda: step(batches.next_full))
         if batches.rest:  # the shorter last batch: eager, as its shape differs
             step(batches.last)
-            stack_.steps += 1
+        n_steps = batches.full + (1 if batches.rest else 0)
+        stack_.stepped(n_steps)
         seen = batches.full * base.batch_size + batches.rest
         synchronize(device)
         elapsed = time.perf_counter() - t0
         stats.samples += seen * k
         stats.train_time_s += elapsed
+        stats.steps += n_steps
+        stats.row_steps += n_steps * k
         sums = sums_t.tolist()  # the epoch's one sync
         # Evaluation runs in fp32 whatever the training precision: it costs little, and the
         # stored accuracies are then exactly what `fmnist-search evaluate` (fp32) reproduces.
         accs = stack_.evaluate(val, base.eval_batch_size) if val is not None else None
-        metrics = _epoch_metrics(members, stack_.alive, epoch, sums, accs, seen, elapsed)
-        stop = set(on_epoch_end(epoch, metrics)) if on_epoch_end is not None else set()
-        if not stack_.retire(members, stop, epoch):
-            break
-        if on_snapshot is not None and snapshot_every > 0 and epoch % snapshot_every == 0:
-            on_snapshot(
-                epoch, {m: stack_.snapshot(row, members[m], epoch, batches) for row, m in enumerate(stack_.alive)}
-            )
+        metrics = _epoch_metrics(members, stack_.alive, sums, accs, seen, elapsed)
+        stop = set(on_epoch_end(at_round, metrics)) if on_epoch_end is not None else set()
+        freed = stack_.retire(members, stop)
+        if freed and refill is not None:
+            joined = refill([stack_.alive[row] for row in freed], 0 if stack_.plain else len(freed))
+            for row, (module, member) in zip(freed, joined, strict=False):
+                _check_joins(member.cfg, base, batches)
+                members.append(member)
+                stack_.put(row, len(members) - 1, module, member.cfg)
+            stats.refills += len(joined)
+            freed = freed[len(joined) :]
+        if freed:
+            stack_.drop(freed)
+        if stack_.alive:  # rows that changed hands may bring another augmentation
+            batches.assign(stack_.cfgs)
+        if on_snapshot is not None and snapshot_every > 0 and at_round % snapshot_every == 0:
+            trained = [(row, m) for row, m in enumerate(stack_.alive) if members[m].result.history]  # not new ones
+            if trained:
+                on_snapshot(at_round, {m: stack_.snapshot(row, members[m], at_round, batches) for row, m in trained})
     return stats
+
+
+def _check_joins(cfg: TrainConfig, base: TrainConfig, batches: SharedBatches) -> None:
+    if shared_key(cfg) != shared_key(base):
+        raise ValueError("a member joining a population shares its batch size, teacher, precision and data order")
+    if cfg.distill > 0 and batches.teacher is None:
+        raise ValueError("a distilled member joins only a population that started with its teacher")
 
 
 def _check_resume(resume: Sequence[Snapshot], k: int) -> None:
@@ -156,16 +182,17 @@ def _check_resume(resume: Sequence[Snapshot], k: int) -> None:
 def _epoch_metrics(
     members: Sequence[Member],
     alive: list[int],
-    epoch: int,
     sums: list[list[float]],
     accs: list[tuple[float, float]] | None,
     seen: int,
     elapsed: float,
 ) -> dict[int, EpochMetrics]:
-    """Each training member's epoch, appended to its history; members whose loss is not finite diverge."""
+    """Each training member's epoch (its own count), appended to its history; members whose
+    loss is not finite diverge."""
     losses, corrects = sums
     metrics: dict[int, EpochMetrics] = {}
     for row, m in enumerate(alive):
+        epoch = len(members[m].result.history) + 1
         train_loss = losses[row] / seen
         if not math.isfinite(train_loss):
             members[m].status = "diverged"

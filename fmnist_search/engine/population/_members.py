@@ -59,18 +59,29 @@ class Member:
 
 @dataclass
 class PopulationStats:
-    """The population's own throughput: every member's training samples over the epochs' time."""
+    """The population's own throughput (every member's training samples over the epochs' time)
+    and how full it stayed: rows trained per step out of its ``capacity``, members that joined."""
 
     samples: int = 0
     train_time_s: float = 0.0
     kind: str = ""  # plain | fused | vmap: how the models were stacked
+    capacity: int = 0  # rows it started with (K)
+    steps: int = 0  # SGD steps taken
+    row_steps: int = 0  # rows trained, summed over those steps
+    refills: int = 0  # members that joined after the first epoch
 
     @property
     def throughput(self) -> float:
         return self.samples / self.train_time_s if self.train_time_s > 0 else 0.0
 
+    @property
+    def occupancy(self) -> float:
+        """Mean filled rows / K over all steps (1.0: full throughout)."""
+        return self.row_steps / (self.steps * self.capacity) if self.steps and self.capacity else 0.0
 
-EpochHook = Callable[[int, dict[int, EpochMetrics]], Iterable[int]]  # (epoch, metrics by member) -> members to stop
+
+# (the population's epoch, metrics by member: each at its own epoch) -> members to stop
+EpochHook = Callable[[int, dict[int, EpochMetrics]], Iterable[int]]
 
 
 @dataclass
@@ -83,19 +94,26 @@ class Snapshot:
     ``payload`` is plain tensors and values (``torch.load(weights_only=True)`` reads it).
     """
 
-    epoch: int
-    steps: int  # SGD steps taken: the lr table's position
+    epoch: int  # the member's own epochs trained
+    steps: int  # the member's own SGD steps: its lr table's position
     state_dict: dict[str, torch.Tensor]
     momentum: dict[str, torch.Tensor]
-    order: torch.Tensor  # torch.Generator state
+    order: torch.Tensor  # the population's data-order generator state
     device_type: str  # where that generator ran (a CPU state cannot drive a CUDA generator)
     history: list[EpochMetrics]
     loss_scale: list[float] | None = None  # fp16: [scale, growth tracker]
+    round: int | None = None  # the population's epochs so far (None: written before refills, = epoch)
+    augment: torch.Tensor | None = None  # the generator state of the member's augmentation (its view)
 
     @property
-    def point(self) -> tuple[int, int, str, bytes]:
-        """Where in one run it was taken: members resume together only from the same point."""
-        return (self.epoch, self.steps, self.device_type, bytes(self.order.numpy()))
+    def at_round(self) -> int:
+        return self.epoch if self.round is None else self.round
+
+    @property
+    def point(self) -> tuple[int, str, bytes]:
+        """Where in one run it was taken: members resume together only from the same point
+        (the same population epoch and data order; each at its own epoch)."""
+        return (self.at_round, self.device_type, bytes(self.order.numpy()))
 
     def payload(self) -> dict[str, Any]:
         return {

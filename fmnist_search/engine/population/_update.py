@@ -47,6 +47,13 @@ class PerModel:
             t[rows] for t in (self.smooth, self.distill, self.temp, self.tta)
         )
 
+    def put(self, row: int, cfg: TrainConfig) -> None:
+        """Row ``row`` takes ``cfg``'s settings, in place (a captured step reads these tensors)."""
+        self.smooth[row] = cfg.label_smoothing
+        self.distill[row] = cfg.distill
+        self.temp[row] = cfg.distill_temp
+        self.tta[row] = cfg.tta_flip
+
     def loss(self, out: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
         """(K,) mean losses: ``F.cross_entropy`` with each model's label smoothing, mixed with
         each model's distillation term (``distill.distillation_loss``) where it has one."""
@@ -60,7 +67,8 @@ class PerModel:
         if soft is None:
             return ce
         w = self.distill.view(-1)
-        return (1 - w) * ce + w * distillation_loss(out, soft.unsqueeze(0), self.temp)
+        soft = soft if soft.dim() == 3 else soft.unsqueeze(0)  # one view per model, or one for all
+        return (1 - w) * ce + w * distillation_loss(out, soft, self.temp)
 
 
 class LossScale:
@@ -103,7 +111,9 @@ class SGD:
         self.momentum = col([c.momentum for c in cfgs])
         self.wd = col([c.weight_decay for c in cfgs])
         self.nesterov = col([float(c.nesterov and c.momentum > 0) for c in cfgs])  # torch: none without momentum
-        self.decaying = any(c.weight_decay > 0 for c in cfgs)
+        # Weight decay is skipped when no model has it; stacked rows always apply it (0 for some),
+        # so a member joining with decay changes nothing a captured step has baked in.
+        self.decaying = stacked or any(c.weight_decay > 0 for c in cfgs)
         self._adopt(params)
         self.buf = torch.zeros_like(self.flat)
 
@@ -141,6 +151,19 @@ class SGD:
         self.momentum, self.wd, self.nesterov = (t[rows] for t in (self.momentum, self.wd, self.nesterov))
         self._adopt(params)
         self.buf = torch.cat(blocks)
+
+    def put(self, row: int, cfg: TrainConfig) -> None:
+        """Row ``row`` takes ``cfg``'s momentum, Nesterov and weight decay, with zeroed momentum
+        buffers: a new model in the row, in place (the same tensors, for a captured step)."""
+        assert self.model_of is not None, "one model is replaced by building a new population"
+        values = (cfg.momentum, cfg.weight_decay, float(cfg.nesterov and cfg.momentum > 0))
+        mine = self.model_of == row
+        for per_model, spread, value in zip(
+            (self.momentum, self.wd, self.nesterov), (self.mom, self.decay, self.nest), values, strict=True
+        ):
+            per_model[row] = value
+            spread.masked_fill_(mine, value)
+        self.buf.masked_fill_(mine, 0.0)
 
     def momentum_of(self, i: int, row: int) -> torch.Tensor:
         """Parameter ``i``'s momentum for model ``row``: a view of the flat buffer, in the parameter's shape."""
