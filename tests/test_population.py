@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -313,7 +314,7 @@ def test_a_member_that_joins_later_trains_as_it_would_alone_on_the_same_batches(
         _same_history(member.result, alone[0].result)
         assert [e.epoch for e in member.result.history] == [1, 2]
     for seed, cfg, member in zip([0, 2], [first[0], first[2]], [members[0], members[2]], strict=True):
-        model, result = _alone("lenet", seed, cfg, train, val)  # the members around them do not change them
+        model, _result = _alone("lenet", seed, cfg, train, val)  # the members around them do not change them
         _same_weights(member.module, model)
 
 
@@ -332,7 +333,7 @@ def test_a_population_with_members_at_different_epochs_resumes_bit_for_bit(tiny_
                 raise KeyboardInterrupt
             return []
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             fit_population(
                 [_model("lenet", s) for s in seeds],
                 members,
@@ -344,8 +345,6 @@ def test_a_population_with_members_at_different_epochs_resumes_bit_for_bit(tiny_
                 snapshot_every=1,
                 on_snapshot=lambda r, snaps: taken.setdefault(r, snaps),
             )
-        except KeyboardInterrupt:
-            pass
         return members, taken
 
     whole, taken = run()
