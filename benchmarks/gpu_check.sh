@@ -9,7 +9,8 @@
 #
 # The order is the order of what is missing: (1) the report's whole table (`run --preset
 # seed-report`, all three models, then `report`): its ResNet rows have never been measured;
-# (2) the main job end to end; (3) the ResNet presets' accuracy; (4) the speed table, with
+# (2) the main job end to end at the default population (refilled; its time in steps.txt, its
+# occupancy line in gpu_check.log); (3) the ResNet presets' accuracy; (4) the speed table, with
 # the training step as a CUDA graph (`--cuda-graphs`: its replay-equals-eager tests first);
 # (5) where start-up goes; (6) the `compare` preset's front, if time is left.
 # Each step runs under its own `timeout`, capped by what is left of the whole budget

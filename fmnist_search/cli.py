@@ -314,8 +314,8 @@ def evaluate(
     tta_flip: Annotated[
         bool | None,
         typer.Option(
-            help="Average each image's and its mirror image's predictions [default: as the trial's recipe, "
-            "so its stored test accuracy is reproduced; off for --weights]."
+            help="Average each image's and its mirror image's predictions [default: as the trial's recipe or "
+            "the weights file was measured, so its test accuracy is reproduced]."
         ),
     ] = None,
     device: DeviceOpt = "auto",
@@ -380,7 +380,13 @@ def train(
     epochs: Annotated[
         int | None, typer.Option(help="Override the configuration's epochs.", rich_help_panel=RECIPE)
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Weights, batch order and split seed [default: 0].")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Weights, batch order and split seed [default: 0; with --from-study the trial's seeds, on the "
+            "study's split, which --seed leaves as it is]."
+        ),
+    ] = None,
     full_train: Annotated[
         bool | None,
         typer.Option(help="Train on train+validation (no validation metrics) [default: the preset's, else no]."),

@@ -155,7 +155,7 @@ def _signal_in_epoch(monkeypatch, epoch: int, sig: int = signal.SIGTERM) -> None
 def _weights(url: str, trial) -> dict:
     from fmnist_search.search.artifacts import default_dir, load_weights
 
-    _, model = load_weights(open_store(default_dir(url)), trial.user_attrs["weights_artifact"])
+    _, model, _ = load_weights(open_store(default_dir(url)), trial.user_attrs["weights_artifact"])
     return model.state_dict()
 
 

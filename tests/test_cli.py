@@ -329,3 +329,28 @@ def test_shell_completion_is_offered(monkeypatch):
     result = invoke("--show-completion", "bash")
     assert result.exit_code == 0, (result.output, repr(result.exception))
     assert "COMPLETE=complete_bash" in result.output and "complete -o default" in result.output
+
+
+def test_a_pick_retrains_to_what_it_was_and_its_weights_evaluate_as_train_measured(smoke_db, tmp_path):
+    """`train --from-study` retrains the trial as it ran (its seeds, on the study's split; printed),
+    so its curve is the trial's; the saved file carries flip TTA, so `evaluate --weights` prints
+    the figure `train` printed; `--seed N` retrains with other seeds on the same split."""
+    study = optuna.load_study(study_name="lenet", storage=smoke_db)
+    best = study.best_trial
+    saved = tmp_path / "pick.pt"
+    result = invoke("train", "--from-study", "lenet", "--storage", smoke_db, "--save", str(saved))
+    assert result.exit_code == 0, result.output
+    seed, order = best.user_attrs["config"]["seed"], best.user_attrs["config"]["data_seed"]
+    assert seed == study.user_attrs["seed"] + best.number  # the study's seed plus the trial's number
+    assert f"trial {best.number} of 'lenet' as it ran: weights seed {seed}, batch order seed {order}" in result.output
+    assert "--seed N retrains it with other seeds" in result.output
+    last_epoch = [line for line in result.output.splitlines() if line.startswith("epoch 2/2")][0]
+    assert f"val_acc={best.value:.4f}" in last_epoch  # the trial's own last validation accuracy
+    trained = result.output.strip().splitlines()[-1]
+    assert trained == f"test_accuracy={best.user_attrs['test_accuracy']:.4f}"
+    evaluated = invoke("evaluate", "--weights", str(saved), "--output-dir", str(tmp_path))
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "with flip TTA" in evaluated.output and trained in evaluated.output.splitlines()
+    other = invoke("train", "--from-study", "lenet", "--storage", smoke_db, "--seed", "1", "--epochs", "1")
+    assert other.exit_code == 0, other.output
+    assert "retrained with other seeds: weights seed 1, batch order seed 1, the study's split (seed 0)" in other.output

@@ -379,6 +379,11 @@ def test_a_comparison_trains_each_model_at_its_own_population_size(tiny_splits):
     assert check_population(4, "lenet,resnet18", cuda, "fp32", False) == (4, {})  # asked for: every model
     assert check_population(None, "lenet,airbench", cuda, "fp32", False) == (32, {})  # the same size
     assert check_population(None, "lenet", torch.device("cpu"), "fp32", False) == (1, {})
+    # At most a third of a run's trials are sampled before the first result: the 30-trial main job
+    # on a GPU trains populations of 10 (refilled), a 300-trial study of 32, a 2-trial run one at a time.
+    assert [check_population(None, "lenet", cuda, "fp32", False, n)[0] for n in (30, 300, 2)] == [10, 32, 1]
+    assert check_population(None, "lenet,resnet18", cuda, "fp32", False, 30) == (10, {"lenet": 10, "resnet18": 1})
+    assert check_population(16, "lenet", cuda, "fp32", False, 30) == (16, {})  # asked for: as asked
 
     spec = StudySpec(model="lenet,airbench", objectives=("accuracy", "params"), epochs=1, batch_size=64)
     study = optuna.create_study(directions=["maximize", "minimize"], pruner=optuna.pruners.NopPruner())

@@ -150,7 +150,7 @@ def test_weights_round_trip_through_the_artifact_store(tmp_path, tiny_splits, mo
     monkeypatch.setattr(lifecycle_mod, "build_model", spy)
     optimize(study, obj, 1)
     t = study.trials[0]
-    name, loaded = load_weights(store, TrialRecord.of(t).weights_artifact)
+    name, loaded, _ = load_weights(store, TrialRecord.of(t).weights_artifact)
     assert name == "lenet"
     x = obj.val[0]
     assert torch.allclose(predict_proba(loaded, x), predict_proba(models[0], x), atol=1e-6)

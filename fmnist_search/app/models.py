@@ -21,6 +21,7 @@ from ..engine import data as data_mod
 from ..engine.data import CLASSES
 from ..engine.inference import confusion_matrix, load_image, per_class_accuracy, predict_images
 from ..engine.models import create_model, list_models
+from ..engine.population import order_seed
 from ..engine.teachers import cached_teacher
 from ..engine.train import to_device
 from ..engine.weights import load_weights_file, weights_payload
@@ -48,10 +49,22 @@ def chosen_model(
     if (study is None) == (weights is None):
         raise FmnistSearchError("give --study NAME (its best or --trial N weights) or --weights FILE")
     if weights is not None:
-        name, model = load_weights_file(weights)
-        return weights.stem, name, model, False
+        loaded = load_weights_file(weights)
+        return weights.stem, loaded.model_name, loaded.module, loaded.tta_flip
     t, name, model = trial_model(load_study(store(), study), artifact_dir, trial)
     return f"{study} trial {t.number}", name, model, bool((TrialRecord.of(t).config or {}).get("tta_flip"))
+
+
+@dataclass
+class Pick:
+    """The study trial `train --from-study` retrains: its seeds, and how it trained."""
+
+    study: str
+    number: int
+    seed: int  # its weights' seed
+    data_seed: int | None  # its batch order's (None: the weights' seed)
+    split_seed: int  # the study's split
+    joined_epoch: int  # > 1: it joined its population later, on batches from the population's order
 
 
 def train_config(
@@ -62,13 +75,14 @@ def train_config(
     trial: int | None,
     store: Callable[[], RDBStorage],
     where: tuple[str, ...] | list[str] = (),
-) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """What `fmnist-search train` trains: (model, hyperparameters, split settings), from a
-    preset or a study's trial < --params (< flags, applied by the caller). ``store`` opens
-    the study store, only when a study is named."""
+) -> tuple[str, dict[str, Any], dict[str, Any], Pick | None]:
+    """What `fmnist-search train` trains: (model, hyperparameters, split settings, the study
+    trial it retrains), from a preset or a study's trial < --params (< flags, applied by the
+    caller). ``store`` opens the study store, only when a study is named."""
 
     config: dict[str, Any] = {}
     split: dict[str, Any] = {}
+    pick: Pick | None = None
     if preset is not None and from_study is not None:
         raise FmnistSearchError("give --preset or --from-study, not both")
     if preset is not None:
@@ -93,8 +107,15 @@ def train_config(
                 **t.params,
             }
         )
-        config.pop("seed", None)
-        config.pop("data_seed", None)  # `train` seeds its own run
+        record = TrialRecord.of(t)
+        pick = Pick(  # the trial as it ran: its seeds, on the study's split
+            from_study,
+            t.number,
+            int(config.pop("seed", spec.seed + t.number)),
+            config.pop("data_seed", None),
+            spec.seed,
+            record.joined_epoch or 1,
+        )
         split = {"val_size": spec.val_size, "train_size": spec.train_size, "seed": spec.seed}
     if params is not None:
         try:
@@ -106,7 +127,7 @@ def train_config(
         config.update(extra)
     if model is None:
         raise FmnistSearchError("give --model (or a --preset / --from-study that names one)")
-    return model, config, split
+    return model, config, split, pick
 
 
 @dataclass
@@ -149,9 +170,12 @@ def train(
 
     if where and from_study is None:
         raise FmnistSearchError("--where picks a trial of --from-study; give the study")
-    name, config, split = train_config(model, preset, params, from_study, trial, store, where)
+    name, config, split, pick = train_config(model, preset, params, from_study, trial, store, where)
     if epochs is not None:
         config["epochs"] = epochs
+    reseed = split_flags.get("seed")
+    if pick is not None:  # the trial was chosen on the study's split: --seed reseeds the training only
+        split_flags = {k: v for k, v in split_flags.items() if k != "seed"}
     split.update(split_flags)
     full_train = bool(split.get("full_train", False))
     check_recipe(config)
@@ -159,7 +183,12 @@ def train(
         raise FmnistSearchError("no learning rate: give --params '{\"lr\": 0.05}', a preset with one, or --from-study")
     dev, prec = resolve_runtime(device, precision)
     run_seed = split.get("seed", 0)
-    cfg = TrainConfig(**config, seed=run_seed, precision=prec)
+    if pick is None:
+        cfg = TrainConfig(**config, seed=run_seed, precision=prec)
+    elif reseed is None:
+        cfg = TrainConfig(**config, seed=pick.seed, data_seed=pick.data_seed, precision=prec)
+    else:
+        cfg = TrainConfig(**config, seed=reseed, precision=prec)
     if name not in list_models():
         create_model(name)  # raises the "unknown model ...; choose one of" error before any data is loaded
     ds = load_dataset(data_dir, download)
@@ -168,6 +197,8 @@ def train(
     teacher = cached_teacher(cfg.teacher, tr, run_seed, prec, say=say) if cfg.teacher else None
     run = Training(name, config, images=len(tr[0]), device=str(dev), precision=prec)
     show(f"train {name} on {run.images} images ({dev}, {prec}): {config}")
+    if pick is not None:
+        show(seeds_line(pick, cfg))
 
     def on_epoch(m: EpochMetrics) -> None:
         val = "" if full_train else f" val_acc={m.val_accuracy:.4f}"
@@ -191,9 +222,23 @@ def train(
     run.test_accuracy, _ = evaluate(built.runnable, *te, tta_flip=cfg.tta_flip)  # fp32, as `evaluate` reproduces it
     if save is not None:
         save.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(weights_payload(built.module, name), save)
+        torch.save(weights_payload(built.module, name, tta_flip=cfg.tta_flip), save)
         run.saved = save
     return run
+
+
+def seeds_line(pick: Pick, cfg: TrainConfig) -> str:
+    """What a retrained pick is seeded with, and how to change it."""
+    seeds = f"weights seed {cfg.seed}, batch order seed {order_seed(cfg)}, the study's split (seed {pick.split_seed})"
+    if cfg.seed != pick.seed or cfg.data_seed != pick.data_seed:
+        return f"trial {pick.number} of {pick.study!r} retrained with other seeds: {seeds}"
+    line = f"trial {pick.number} of {pick.study!r} as it ran: {seeds}; --seed N retrains it with other seeds"
+    if pick.joined_epoch > 1:
+        line += (
+            f" (it joined its population at epoch {pick.joined_epoch}, on the population's batch order from "
+            "there: alone, the order starts afresh)"
+        )
+    return line
 
 
 @dataclass

@@ -22,7 +22,7 @@ from ..engine import data as data_mod
 from ..engine.devices import resolve_device, resolve_precision
 from ..engine.population import default_population
 from ..search.artifacts import open_store as open_artifacts
-from ..search.budget import BudgetedStudy, set_target
+from ..search.budget import BudgetedStudy, census, set_target
 from ..search.locks import study_lock
 from ..search.objective import TrialContext, occupancy
 from ..search.retention import KEEP_ATTR
@@ -188,7 +188,8 @@ def _run_trials(
 ) -> None:
 
     dev, prec = work_runtime(work)
-    population, caps = check_population(work.population, spec.model, dev, prec, work.compile)
+    left = max(budgeted.target - census(budgeted).counted, 0)  # this run's trials, for the default population
+    population, caps = check_population(work.population, spec.model, dev, prec, work.compile, left)
     dataset = load_dataset(work.data_dir, work.download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
     say(
@@ -231,13 +232,19 @@ def _run_trials(
 
 
 def check_population(
-    requested: int | None, model: str, device: torch.device, precision: str, compile: bool
+    requested: int | None,
+    model: str,
+    device: torch.device,
+    precision: str,
+    compile: bool,
+    trials: int | None = None,
 ) -> tuple[int, dict[str, int]]:
     """Trials asked at once, and a comparison's most per population by model: the requested
-    number for every model, else each model's measured default on this device (a comparison
-    asks its largest and trains each model's trials in populations of at most its own)."""
+    number for every model, else each model's measured default on this device, at most a third
+    of the ``trials`` this run has left (a comparison asks its largest and trains each model's
+    trials in populations of at most its own)."""
 
-    defaults = {m.strip(): default_population(m.strip(), device) for m in model.split(",")}
+    defaults = {m.strip(): default_population(m.strip(), device, trials) for m in model.split(",")}
     population = max(defaults.values()) if requested is None else requested
     caps = defaults if requested is None and len(set(defaults.values())) > 1 else {}
     if population > 1 and precision == "fp16":

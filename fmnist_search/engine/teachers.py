@@ -64,7 +64,7 @@ def cached_teacher(
     with FileLock(f"{path}.lock"):  # the workers of one study wait for the first to train it
         if path.is_file():
             say(f"teacher {name}: loaded from {path}")
-            _, net = load_weights_file(path)
+            net = load_weights_file(path).module
         else:
             net = _train(name, model_name, recipe, seed, precision, train, say)
             write_whole(path, lambda tmp: torch.save(weights_payload(net, model_name), tmp))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -17,18 +17,26 @@ from .models import create_model
 from .train import MEAN, STD
 
 
-def weights_payload(module: nn.Module, model_name: str) -> dict[str, Any]:
-    """What a weights file holds: tensors and plain values only (loadable with weights_only=True)."""
+def weights_payload(module: nn.Module, model_name: str, tta_flip: bool = False) -> dict[str, Any]:
+    """What a weights file holds: tensors and plain values only (loadable with weights_only=True),
+    with how its accuracy was measured (``tta_flip``), so `evaluate --weights` measures it alike."""
     return {
         "model": model_name,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
         "mean": MEAN,
         "std": STD,
+        "tta_flip": tta_flip,
     }
 
 
-def load_weights_file(path: Path) -> tuple[str, nn.Module]:
-    """(model name, model with the saved weights, on the CPU, in eval mode)."""
+class Weights(NamedTuple):
+    model_name: str
+    module: nn.Module  # on the CPU, in eval mode
+    tta_flip: bool  # evaluated with flip TTA when trained (files written before it was recorded: False)
+
+
+def load_weights_file(path: Path) -> Weights:
+    """The model with the saved weights, and its evaluation settings."""
     try:
         payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
         model = create_model(payload["model"])
@@ -37,4 +45,4 @@ def load_weights_file(path: Path) -> tuple[str, nn.Module]:
         raise FmnistSearchError(f"weights file {path} not found") from None
     except (KeyError, RuntimeError, pickle.UnpicklingError, EOFError, TypeError) as e:
         raise FmnistSearchError(f"{path} is not an fmnist-search weights file ({type(e).__name__})") from None
-    return payload["model"], model.eval()
+    return Weights(payload["model"], model.eval(), bool(payload.get("tta_flip", False)))

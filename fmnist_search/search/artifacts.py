@@ -17,7 +17,7 @@ import torch.nn as nn
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
 from ..core.errors import FmnistSearchError, StorageError
-from ..engine.weights import load_weights_file, weights_payload
+from ..engine.weights import Weights, load_weights_file, weights_payload
 from .internals import store_folder
 from .record import TrialRecord
 from .urls import sqlite_path, store_identity
@@ -80,9 +80,12 @@ def removing(folder: Path) -> Iterator[bool]:
         yield True
 
 
-def save_model(store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.Module, model_name: str) -> str:
-    """Upload ``module``'s weights, attached to ``trial`` (the dashboard lists them); return the id."""
-    payload = weights_payload(module, model_name)
+def save_model(
+    store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.Module, model_name: str, tta_flip: bool = False
+) -> str:
+    """Upload ``module``'s weights (with how they were evaluated), attached to ``trial`` (the
+    dashboard lists them); return the id."""
+    payload = weights_payload(module, model_name, tta_flip)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"trial-{trial.number}-{model_name}.pt"
@@ -94,8 +97,8 @@ def save_model(store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.M
         ) from None
 
 
-def load_weights(store: FileSystemArtifactStore, artifact_id: str) -> tuple[str, nn.Module]:
-    """(model name, model) from the artifact store."""
+def load_weights(store: FileSystemArtifactStore, artifact_id: str) -> Weights:
+    """The model (and its name and evaluation settings) from the artifact store."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.pt"
         try:
@@ -124,5 +127,5 @@ def trial_model(study: optuna.Study, store_dir: Path, trial_number: int | None =
                 f"trial {trial.number}'s weights were removed: study {study.study_name!r} keeps those of its best "
                 f"{study.user_attrs['keep_weights']} trials (--keep-weights)"
             )
-        name, model = load_weights(FileSystemArtifactStore(str(store_dir)), artifact_id)
+        name, model, _ = load_weights(FileSystemArtifactStore(str(store_dir)), artifact_id)
     return trial, name, model

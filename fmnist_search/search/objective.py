@@ -170,7 +170,7 @@ class TrialContext:
         """Test accuracy (fp32, as ``fmnist-search evaluate`` computes it) and the weights artifact."""
         record.test_accuracy, _ = evaluate(runnable, *self.test, tta_flip=cfg.tta_flip)
         if self.artifact_store is not None:
-            record.weights_artifact = save_model(self.artifact_store, trial, module, self.model_of(trial))
+            record.weights_artifact = save_model(self.artifact_store, trial, module, self.model_of(trial), cfg.tta_flip)
 
 
 def occupancy(populations: list[PopulationStats]) -> tuple[float, int]:

@@ -19,13 +19,19 @@ from ._forwards import unwrapped
 from ._members import EpochHook, EpochMetrics, Member, PopulationStats, Snapshot, SnapshotHook
 from ._stack import Stack
 
-# Trials per population when the user gives none (--population): where it pays, as measured
-# (docs/results.md: on the CPU one at a time is as fast; on an H200 32 LeNets keep a 30-trial study in one).
+# Rows per population when the user gives none (--population): where it pays, as measured
+# (docs/results.md: LeNets on an H200; on the CPU, populations of 4 refilled).
 DEFAULT_POPULATION = {"cuda": {"lenet": 32, "airbench": 32}}
+# A population's first K trials are sampled before any result is told (refills come after): at
+# most this share of a run's trials, so the sampler learns from results for the rest.
+BLIND_SHARE = 1 / 3
 
 
-def default_population(model: str, device: torch.device) -> int:
-    return DEFAULT_POPULATION.get(device.type, {}).get(model, 1)
+def default_population(model: str, device: torch.device, trials: int | None = None) -> int:
+    """The rows of a population of ``model`` on ``device``, for a run of ``trials`` (None: any):
+    the measured size, at most a third of the trials."""
+    measured = DEFAULT_POPULATION.get(device.type, {}).get(model, 1)
+    return measured if trials is None else max(1, min(measured, int(trials * BLIND_SHARE)))
 
 
 def shared_key(cfg: TrainConfig) -> tuple[Any, ...]:
