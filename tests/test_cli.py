@@ -344,7 +344,7 @@ def test_a_pick_retrains_to_what_it_was_and_its_weights_evaluate_as_train_measur
     assert seed == study.user_attrs["seed"] + best.number  # the study's seed plus the trial's number
     assert f"trial {best.number} of 'lenet' as it ran: weights seed {seed}, batch order seed {order}" in result.output
     assert "--seed N retrains it with other seeds" in result.output
-    last_epoch = [line for line in result.output.splitlines() if line.startswith("epoch 2/2")][0]
+    last_epoch = next(line for line in result.output.splitlines() if line.startswith("epoch 2/2"))
     assert f"val_acc={best.value:.4f}" in last_epoch  # the trial's own last validation accuracy
     trained = result.output.strip().splitlines()[-1]
     assert trained == f"test_accuracy={best.user_attrs['test_accuracy']:.4f}"
