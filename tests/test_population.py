@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from fmnist_search.core.config import TrainConfig
+from fmnist_search.engine import data
 from fmnist_search.engine import population as pop
 from fmnist_search.engine.batches import epoch_batches, steps_per_epoch
+from fmnist_search.engine.batchnorm import fit_momentum, momentum_for
 from fmnist_search.engine.population import Member, fit_population, lr_table
 from fmnist_search.engine.schedules import make_scheduler
 from fmnist_search.engine.train import build_model, fit, to_device
@@ -70,6 +72,7 @@ def _reference(name, seed, cfg, train):
     the recipe's torch scheduler and F.cross_entropy, batch by batch in the engine's order."""
     model = _model(name, seed).train()
     x, y = train
+    fit_momentum(model, steps_per_epoch(len(x), cfg.batch_size))  # the recipe's BatchNorm momentum (engine.batchnorm)
     opt = torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,
@@ -357,3 +360,17 @@ def test_a_population_with_members_at_different_epochs_resumes_bit_for_bit(tiny_
     run(resume=[_through_a_file(snaps[m]) for m in order], members=resumed, seeds=[0, 2, 7])
     for m, member in zip(order, resumed, strict=True):
         _identical(whole[m], member)
+
+
+def test_batchnorm_statistics_fit_a_short_epoch_and_full_data_trains_as_before(real_data):
+    """A quick look (few steps an epoch) evaluates on running statistics that fit the data: airbench
+    on 2,048 real images, 8 steps of 256, is judged on what it learnt (near its training accuracy),
+    not on its initial statistics (chance, 0.1000, with PyTorch's momentum)."""
+    assert momentum_for(8) == pytest.approx(1 - 0.01 ** (1 / 8)) and 0.9**8 > 0.4 > (1 - momentum_for(8)) ** 8
+    assert momentum_for(44) == 0.1 and momentum_for(390) == 0.1  # the full split: PyTorch's default
+    splits = data.make_splits(real_data, 1000, 2048, 0)
+    train, val = to_device(*splits.train, CPU), to_device(*splits.val, CPU)
+    cfg = TrainConfig(lr=0.05, epochs=2, batch_size=256, momentum=0.9, nesterov=True, data_seed=1)
+    result = fit(build_model("airbench", 0, CPU).module, train, val, cfg)
+    last = result.history[-1]
+    assert last.train_accuracy > 0.5 and last.val_accuracy > last.train_accuracy - 0.15

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from ...core.config import TrainConfig
-from ..batches import autocast
+from ..batches import autocast, steps_per_epoch
+from ..batchnorm import fit_momentum
 from ..devices import synchronize
 from ..distill import Teacher
 from ._batches import Batch, GraphedStep, SharedBatches, order_seed
@@ -97,6 +98,8 @@ def fit_population(
         _check_resume(resume, len(members))
         for module, snap in zip(modules, resume, strict=True):
             unwrapped(module).load_state_dict(snap.state_dict)
+    for module in modules:  # running statistics that fit the data after one epoch, however short
+        fit_momentum(module, steps_per_epoch(len(train[0]), base.batch_size))
     stack_ = Stack(modules, cfgs, len(train[0]), device)
     batches = SharedBatches(train, cfgs, teacher if any(c.distill > 0 for c in cfgs) else None, lookup)
     stats = stats if stats is not None else PopulationStats()
