@@ -19,7 +19,7 @@ RESIDUE = 0.01  # the initial statistics' weight left after one epoch
 
 
 def momentum_for(steps_per_epoch: int, default: float = 0.1) -> float:
-    return max(default, 1 - RESIDUE ** (1 / max(steps_per_epoch, 1)))
+    return max(default, 1.0 - float(RESIDUE ** (1 / max(steps_per_epoch, 1))))
 
 
 def fit_momentum(module: nn.Module, steps_per_epoch: int) -> None:
