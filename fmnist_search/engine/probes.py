@@ -8,8 +8,12 @@ network).
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -46,6 +50,40 @@ def training_throughput(
 def fastest_pass(result: FitResult) -> float:
     """Samples/s of the fastest epoch after the first (which pays one-time costs)."""
     return max(m.samples / m.train_time_s for m in result.history[1:] or result.history)
+
+
+@dataclasses.dataclass
+class Load:
+    others: float = 0.0  # the share of the machine's CPU other processes used (0..1)
+
+
+@contextmanager
+def machine_load(stat: Path = Path("/proc/stat")) -> Iterator[Load]:
+    """How busy other processes kept this machine's CPUs during the block: (all CPUs' busy time
+    - this process's CPU time) / (wall time x CPUs), from the kernel's counters. 0 where there
+    are none to read (not Linux). Timed figures taken beside such work are slower than the network."""
+    load = Load()
+    start = _busy_s(stat)
+    ours, wall = time.process_time(), time.perf_counter()
+    yield load
+    end = _busy_s(stat)
+    if start is None or end is None:
+        return
+    elapsed = time.perf_counter() - wall
+    if elapsed > 0:
+        others = (end - start) - (time.process_time() - ours)
+        load.others = min(max(others / (elapsed * (os.cpu_count() or 1)), 0.0), 1.0)
+
+
+def _busy_s(stat: Path) -> float | None:
+    """Seconds all CPUs spent busy since boot (``/proc/stat``'s first line: all but idle and iowait)."""
+    try:
+        fields = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 @torch.inference_mode()
