@@ -37,7 +37,20 @@ from .app.options import (
     artifact_dir,
     with_option_groups,
 )
-from .console import Group, Panelled, RunProgress, echo, fail, out, print_summary, say, table
+from .console import (
+    LOG_ENV,
+    Group,
+    Panelled,
+    RunProgress,
+    echo,
+    fail,
+    log_to,
+    out,
+    print_summary,
+    quiet_warnings,
+    say,
+    table,
+)
 from .core.config import DEFAULT_STORAGE
 from .core.errors import FmnistSearchError
 
@@ -52,6 +65,19 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+BarsOpt = Annotated[
+    bool,
+    typer.Option(help="Progress bars: trials, pruned, best, ETA (off: one line per trial).", rich_help_panel="Work"),
+]
+LogFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=LOG_ENV,
+        dir_okay=False,
+        help="Also append every line shown, timestamped, to this file (the workers of --jobs too).",
+        rich_help_panel="Work",
+    ),
+]
 
 
 def _user_error(e: BaseException) -> FmnistSearchError | None:
@@ -75,6 +101,7 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
             from .app.processes import EXIT_FAILED, signal_name
             from .core.interrupts import handled, stop_in
 
+            quiet_warnings()
             with handled() if stoppable else contextlib.nullcontext():
                 try:
                     return fn(*a, **kw)
@@ -136,11 +163,16 @@ def run(
     workers_per_gpu: Annotated[
         int, typer.Option(min=1, help="Workers packed on each GPU of --gpus.", rich_help_panel="Work")
     ] = 1,
+    bars: BarsOpt = True,
+    log_file: LogFileOpt = None,
 ) -> None:
     """Create or resume a study and run TRIALS more trials in it (in one or many processes)."""
     from .app.studies import run as run_studies
 
-    run_studies(options, work, jobs, gpus, workers_per_gpu, RunProgress, print_summary, say)
+    if log_file is not None:
+        log_to(log_file)
+    progress = functools.partial(RunProgress, bars=bars)
+    run_studies(options, work, jobs, gpus, workers_per_gpu, progress, print_summary, say)
 
 
 @command(stoppable=True)
@@ -150,12 +182,15 @@ def worker(
     work: WorkOptions,
     storage: StorageOpt = DEFAULT_STORAGE,
     label: Annotated[str | None, typer.Option(help="Name shown on this worker's lines and trials.")] = None,
-    bars: Annotated[bool, typer.Option(help="Progress bars (off: one line per trial).")] = True,
+    bars: BarsOpt = True,
+    log_file: LogFileOpt = None,
 ) -> None:
     """Join a study (on any machine that reaches its storage) and work until it has its trials; one started
     before its database or study (containers, Kubernetes) waits for both, up to --storage-patience seconds."""
     from .app.studies import join_study
 
+    if log_file is not None:
+        log_to(log_file)
     prefix = f"[{label}] " if label else ""
     join_study(study, storage, work, label, lambda trials, epochs: RunProgress(trials, epochs, bars, prefix), say)
 
@@ -426,6 +461,29 @@ def train(
     if done.saved is not None:
         say(f"saved weights to {done.saved}")
     echo(f"test_accuracy={done.test_accuracy:.4f}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .app.about import versions
+
+        echo(versions())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Show the version, the libraries' and the device's, then exit.",
+        ),
+    ] = False,
+) -> None:
+    """Hyperparameter search for Fashion-MNIST classifiers on Optuna."""
 
 
 def main() -> None:

@@ -5,7 +5,12 @@ cli.py; like it, it imports nothing from the engine or the search layer."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import datetime
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any, TextIO
 
 import typer
 from rich.console import Console
@@ -14,11 +19,53 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer's own
 from typer.core import TyperCommand, TyperGroup
 
 from .app.options import PANELS
+from .core.errors import FmnistSearchError
 
 EXIT_USAGE = 2  # bad input, as click uses for usage errors
+LOG_ENV = "FMNIST_LOG_FILE"  # --log-file's environment variable (how `run --jobs` hands it to its workers)
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+_log: list[TextIO] = []  # --log-file: every line the console shows, timestamped
+
+
+def log_to(path: Path) -> None:
+    """Also write every line the console shows to ``path`` (appended, each with its time): a long
+    study on a remote machine leaves a record. Worker processes started by `run --jobs` inherit it."""
+    try:
+        _log[:] = [path.open("a", buffering=1, encoding="utf-8")]  # a line at a time: a killed run keeps its lines
+    except OSError as e:
+        raise FmnistSearchError(f"cannot write the log file {path}: {e.strerror}") from None
+    os.environ[LOG_ENV] = str(path.absolute())
+
+
+def quiet_warnings() -> None:
+    """Libraries' warnings (Optuna's importance estimates, torch's deprecations) go to the
+    ``py.warnings`` logger at debug level: the console shows the tool's lines, not a library's
+    site-packages paths; ``--log-file`` keeps them."""
+    logging.captureWarnings(True)
+    logger = logging.getLogger("py.warnings")
+    logger.propagate = False  # not to logging's last-resort handler (stderr)
+    if not logger.handlers:
+        logger.addHandler(_WarningsToLog())
+
+
+class _WarningsToLog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        _logged(f"debug: {record.getMessage().strip()}")
+
+
+def _logged(text: str) -> None:
+    if _log:
+        stamp = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
+        _log[0].write("".join(f"{stamp} {line}\n" for line in text.splitlines() or [""]))
+
+
+def _text(renderable: Any) -> str:
+    """A rich renderable (a table) as the plain text a 100-column terminal shows."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=100, color_system=None).print(renderable)
+    return buffer.getvalue().rstrip("\n")
 
 
 class UsageLine(UsageError):
@@ -61,6 +108,7 @@ class Group(TyperGroup):
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     err.print(f"error: {message}", markup=False, highlight=False)
+    _logged(f"error: {message}")
     return typer.Exit(code)
 
 
@@ -80,10 +128,12 @@ class Panelled(TyperCommand):
 
 def say(message: str) -> None:
     err.print(message, markup=False, highlight=False)
+    _logged(message)
 
 
 def echo(text: str, **kwargs: Any) -> None:
     out.print(text, markup=False, highlight=False, **kwargs)
+    _logged(text)
 
 
 def table(columns: tuple[str, ...], rows: list[tuple[str, ...]], **kwargs: Any) -> Table:
@@ -94,25 +144,42 @@ def table(columns: tuple[str, ...], rows: list[tuple[str, ...]], **kwargs: Any) 
 
 
 class RunProgress:
-    """Rich progress: the study's trials and the current trial's epochs, plus a line per trial."""
+    """Rich progress: the study's trials (done/target, pruned, the best validation accuracy so far,
+    time run and an ETA from the trials' own pace) and the latest epoch with its accuracy, plus
+    a line per trial. Off when stderr is not a terminal (rich's own rule) or with --no-bars."""
 
     def __init__(self, trials: int | None, epochs: int, bars: bool = True, prefix: str = "") -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.epochs = epochs
         self.prefix = prefix
         self.waited = False
+        self.pruned = 0
+        self.best: float | None = None
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),  # rich's estimate from the trials' completion pace
             console=err,
             transient=True,  # the bars go when done; the per-trial lines stay
             disable=not bars,
         )
         self.study_task = self.progress.add_task("trials", total=trials)
         self.epoch_task = self.progress.add_task("epochs", total=epochs)
+
+    def study_line(self) -> str:
+        best = "" if self.best is None else f", best val {self.best:.4f}"
+        return f"trials ({self.pruned} pruned{best})"
 
     def __enter__(self) -> RunProgress:
         self.progress.start()
@@ -132,13 +199,19 @@ class RunProgress:
         )
 
     def on_trial(self, study: Any, trial: Any) -> None:
-        from .app.results import trial_line
+        from .app.results import trial_accuracy, trial_line
 
         line = trial_line(trial, self.prefix)
+        self.pruned += trial.state.name == "PRUNED"
+        if trial.state.name == "COMPLETE":
+            accuracy = trial_accuracy(study, trial)
+            self.best = accuracy if self.best is None else max(self.best, accuracy)
+        self.progress.update(self.study_task, description=self.study_line())
         if self.progress.disable:
             say(line)
         else:
             self.progress.console.print(line, markup=False, highlight=False)
+            _logged(line)
         self.progress.advance(self.study_task)
         self.progress.reset(self.epoch_task, description="epochs")
 
@@ -152,11 +225,11 @@ def print_summary(study: Any) -> None:
     from .app.results import study_summary
 
     counts, best = study_summary(study)
-    out.print(
-        table(
-            ("trials", *counts),
-            [(str(sum(counts.values())), *map(str, counts.values()))],
-            title=f"study {study.study_name}",
-        )
+    summary = table(
+        ("trials", *counts),
+        [(str(sum(counts.values())), *map(str, counts.values()))],
+        title=f"study {study.study_name}",
     )
+    out.print(summary)
+    _logged(_text(summary))
     echo(best or "no completed trial yet")

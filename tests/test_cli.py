@@ -6,6 +6,8 @@ import csv
 import dataclasses
 import functools
 import io
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -354,3 +356,54 @@ def test_a_pick_retrains_to_what_it_was_and_its_weights_evaluate_as_train_measur
     other = invoke("train", "--from-study", "lenet", "--storage", smoke_db, "--seed", "1", "--epochs", "1")
     assert other.exit_code == 0, other.output
     assert "retrained with other seeds: weights seed 1, batch order seed 1, the study's split (seed 0)" in other.output
+
+
+def test_version_names_the_package_its_libraries_and_the_device():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    line = result.output.strip()
+    assert line.startswith("fmnist-search 0.") and "torch 2." in line and "optuna " in line and "device cpu" in line
+
+
+def test_run_without_bars_and_with_a_log_file_keeps_every_line(tmp_path, real_data, monkeypatch):
+    """`run --no-bars --log-file`: the lines the console shows, each timestamped, in the file (the
+    environment variable hands it to the workers of --jobs)."""
+    from fmnist_search import console
+
+    monkeypatch.setenv("FMNIST_LOG_FILE", "-")
+    monkeypatch.delenv("FMNIST_LOG_FILE")  # absent now, and again after the test (log_to sets it)
+    monkeypatch.setattr(console, "_log", [])  # the process's log file: this test's only
+    log = tmp_path / "run.log"
+    url = f"sqlite:///{tmp_path}/s.db"
+    args = ["run", "--model", "lenet", "--trials", "2", "--storage", url, "--no-bars", "--log-file", str(log), *TINY]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    lines = log.read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+    assert all(re.match(stamp, line) for line in lines)
+    text = "\n".join(line[20:] for line in lines)
+    assert "study 'lenet' in" in text and "trial 0 " in text and "trial 1 " in text
+    assert "best trial" in text and "│ trials │ COMPLETE │" in text.replace("┃", "│")
+    assert os.environ.get("FMNIST_LOG_FILE") == str(log.absolute())  # for worker processes
+    bad = invoke(*args[:-4], "--log-file", str(tmp_path / "no" / "such" / "dir.log"), *TINY)
+    assert bad.exit_code == 2 and "cannot write the log file" in bad.output
+
+
+def test_the_study_bar_says_pruned_best_and_the_stop_reason_says_it_once():
+    """The progress's study line counts pruned trials and the best validation accuracy so far
+    (its ETA is rich's TimeRemainingColumn); a stopped trial's reason names the signal once."""
+    from fmnist_search.console import RunProgress
+    from fmnist_search.core.interrupts import stopped_reason
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"lr": optuna.distributions.FloatDistribution(0.01, 1.0)}
+    bars = RunProgress(3, 2, bars=False)
+    assert bars.study_line() == "trials (0 pruned)"
+    for state, value in ((TrialState.PRUNED, None), (TrialState.COMPLETE, 0.8), (TrialState.COMPLETE, 0.9)):
+        t = optuna.trial.create_trial(state=state, value=value, params={"lr": 0.1}, distributions=dist)
+        study.add_trial(t)
+        bars.on_trial(study, study.trials[-1])
+    assert bars.study_line() == "trials (1 pruned, best val 0.9000)"
+    assert bars.progress.tasks[0].description == bars.study_line() and bars.progress.tasks[0].completed == 3
+    assert stopped_reason("interrupted by SIGINT") == "interrupted by SIGINT"
+    assert stopped_reason("the database went away") == "interrupted: the database went away"

@@ -10,6 +10,7 @@ these 4,096 images, at lr 0.0101 it is some 20 points above.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 import optuna
@@ -484,7 +485,6 @@ def test_three_workers_beside_busy_loops_agree_or_say_the_figure_is_unreliable(t
     """Both cores busy (a spinning process per CPU): three workers' throughput figures for one
     network are within 15% of each other, or the study says they were taken under load."""
     import multiprocessing
-    import os
 
     import torch
 
@@ -510,3 +510,17 @@ def test_three_workers_beside_busy_loops_agree_or_say_the_figure_is_unreliable(t
 def _spin():
     while True:
         pass
+
+
+def test_plot_shows_no_library_warnings(compared, tmp_path):
+    """A real process (pytest would catch the warnings itself): Optuna's importance estimate warns
+    about a comparison's per-model parameters; the console shows none of it."""
+    import subprocess
+    import sys
+
+    url, _ = compared
+    args = ["plot", "--study", NAME, "--storage", url, "--output-dir", str(tmp_path), "--no-dashboard"]
+    done = subprocess.run([sys.executable, "-m", "fmnist_search", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "site-packages" not in done.stderr
+    assert "wrote" in done.stdout + done.stderr

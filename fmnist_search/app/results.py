@@ -45,7 +45,7 @@ def trial_line(trial: FrozenTrial, prefix: str = "") -> str:
     return line
 
 
-def _accuracy(study: optuna.Study, trial: FrozenTrial) -> float:
+def trial_accuracy(study: optuna.Study, trial: FrozenTrial) -> float:
     """A trial's validation accuracy (its objective value, whatever else the study optimises)."""
 
     value = accuracy(trial, objectives_of(study))
@@ -62,7 +62,7 @@ def study_summary(study: optuna.Study) -> tuple[dict[str, int], str | None]:
     a = TrialRecord.of(best)
     test = a.test_accuracy if a.test_accuracy is not None else float("nan")
     return counts, (
-        f"best trial {best.number}: val_accuracy={_accuracy(study, best):.4f} test_accuracy={test:.4f} "
+        f"best trial {best.number}: val_accuracy={trial_accuracy(study, best):.4f} test_accuracy={test:.4f} "
         f"params={best.params} throughput={a.throughput or 0:,.0f} samples/s on {a.device}"
     )
 
@@ -83,7 +83,7 @@ def list_studies(store: RDBStorage, folder: Path) -> list[tuple[str, ...]]:
                 s.study_name,
                 str(study.user_attrs.get("model", "?")),
                 *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
-                f"{_accuracy(study, best):.4f}" if best else "-",
+                f"{trial_accuracy(study, best):.4f}" if best else "-",
                 f"{TrialRecord.of(best).test_accuracy or float('nan'):.4f}" if best else "-",
                 artifact_space(study, sizes),
             )
@@ -104,7 +104,7 @@ def best_of(
     counts: dict[str, Any] = {**state_counts(s), "artifacts": artifact_space(s, file_sizes(folder))}
     if best is None:
         return settings, counts, None, []
-    rows = [("val_accuracy", f"{_accuracy(s, best):.4f}")]
+    rows = [("val_accuracy", f"{trial_accuracy(s, best):.4f}")]
     rows += [(k, f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in best.params.items()]
     rows += [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in best.user_attrs.items() if k != "history"]
     return settings, counts, best.number, rows

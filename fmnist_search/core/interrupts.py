@@ -28,6 +28,12 @@ EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + 
 INTERRUPTED = "interrupted"  # fail_reason prefix of a trial stopped from outside (objective -> workers.release)
 
 
+def stopped_reason(why: str) -> str:
+    """A stopped trial's fail_reason: ``why`` under the ``INTERRUPTED`` prefix, said once
+    ("interrupted by SIGINT", not "interrupted: interrupted by SIGINT")."""
+    return why if why.startswith(INTERRUPTED) else f"{INTERRUPTED}: {why}"
+
+
 class Stop(KeyboardInterrupt):
     """Raised in the main thread when this process was asked to stop by ``signum``."""
 

@@ -120,7 +120,7 @@ def run_trials(
         except (interrupts.Stop, StorageError) as e:
             for s in slots:
                 if not s.told:  # left RUNNING: the worker's release() fails and re-queues them
-                    s.record.fail_reason = f"{interrupts.INTERRUPTED}: {e}"
+                    s.record.fail_reason = interrupts.stopped_reason(str(e))
             raise
         except torch.OutOfMemoryError:
             why = f"out of device memory with a population of {len(slots)}; use a smaller --population"

@@ -165,7 +165,7 @@ def release(study: BudgetedStudy, why: str) -> list[str]:
     done = []
     for tid, t in sorted(candidates.items(), key=lambda item: item[1].number):
         if t.state == TrialState.RUNNING:
-            storage.set_trial_user_attr(tid, "fail_reason", f"{interrupts.INTERRUPTED}: {why}")  # TrialRecord field
+            storage.set_trial_user_attr(tid, "fail_reason", interrupts.stopped_reason(why))  # TrialRecord field
             storage.set_trial_state_values(tid, TrialState.FAIL)
         requeue(study, storage.get_trial(tid))
         done.append(t.number)
