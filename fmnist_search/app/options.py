@@ -109,8 +109,9 @@ PopulationOpt = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="Trials trained together as one fused model, each with its own hyperparameters "
-        "[default: auto: 32 LeNets or airbenches on a GPU, 1 otherwise].",
+        help="Trials trained together as one fused model, each with its own hyperparameters; rows that members "
+        "leave are refilled with new trials [default: auto: 32 LeNets or airbenches on a GPU, 1 otherwise; at "
+        "most a third of the run's trials].",
         rich_help_panel=WORK,
     ),
 ]
