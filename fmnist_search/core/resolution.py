@@ -77,9 +77,30 @@ def resolve(requested: dict[str, Any], stored: dict[str, Any] | None, study_name
         if key == "recipes":  # likewise per model (a model's base recipe was added to the stored ones)
             value = {**spec.recipes, **value}
         if getattr(spec, key) != value:
+            stored_values, asked = zip(*_differences(key, getattr(spec, key), value), strict=True)
             raise ConfigError(
-                f"study {study_name!r} was created with {key}={getattr(spec, key)!r}, "
-                f"this run asks for {key}={value!r}; drop that option to resume, "
+                f"study {study_name!r} was created with {', '.join(stored_values)}, "
+                f"this run asks for {', '.join(asked)}; drop that option to resume, "
                 f"or use --study NEW_NAME for a new study"
             )
     return spec
+
+
+def _differences(key: str, stored: Any, asked: Any) -> list[tuple[str, str]]:
+    """The settings that differ, stored and asked (``fixed.weight_decay=0.00018``), down into the
+    tables (fixed values, per-model recipes) rather than the whole table."""
+    if isinstance(stored, dict) and isinstance(asked, dict):
+        out = []
+        for k in sorted(set(stored) | set(asked), key=str):
+            if stored.get(k, _MISSING) != asked.get(k, _MISSING):
+                out += _differences(f"{key}.{k}", stored.get(k, _MISSING), asked.get(k, _MISSING))
+        return out
+    return [(f"{key}={stored!r}", f"{key}={asked!r}")]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+_MISSING = _Missing()
