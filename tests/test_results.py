@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -152,6 +153,9 @@ def test_weights_round_trip_through_the_artifact_store(tmp_path, tiny_splits, mo
     t = study.trials[0]
     name, loaded, _ = load_weights(store, TrialRecord.of(t).weights_artifact)
     assert name == "lenet"
+    # optuna-dashboard serves it as a download: binary, not the ".pt" guess ("snesdev-page-table")
+    (meta,) = [json.loads(v) for k, v in t.system_attrs.items() if k.startswith("artifacts:")]
+    assert meta["mimetype"] == "application/octet-stream" and meta["filename"].endswith(".pt")
     x = obj.val[0]
     assert torch.allclose(predict_proba(loaded, x), predict_proba(models[0], x), atol=1e-6)
 

@@ -80,6 +80,9 @@ def removing(folder: Path) -> Iterator[bool]:
         yield True
 
 
+WEIGHTS_MIMETYPE = "application/octet-stream"  # how optuna-dashboard serves a trial's weights: a download
+
+
 def save_model(
     store: FileSystemArtifactStore, trial: optuna.Trial, module: nn.Module, model_name: str, tta_flip: bool = False
 ) -> str:
@@ -90,7 +93,10 @@ def save_model(
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"trial-{trial.number}-{model_name}.pt"
             torch.save(payload, path)
-            return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+            # a weights file is binary: guessed from ".pt", the type would be Debian's "snesdev-page-table"
+            return upload_artifact(
+                artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype=WEIGHTS_MIMETYPE
+            )
     except OSError as e:  # a full disk or a lost mount: the trial cannot keep its weights
         raise StorageError(
             f"cannot save trial {trial.number}'s weights in {store_folder(store)}: {e.strerror}"
