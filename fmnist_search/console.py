@@ -105,6 +105,18 @@ class Group(TyperGroup):
         with one_line_usage():
             return super().invoke(ctx)
 
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """Each command with its whole summary (its help's first paragraph), wrapped, not cut at
+        the terminal's width with "..." as click does."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, " ".join((cmd.help or "").split("\n\n")[0].split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     err.print(f"error: {message}", markup=False, highlight=False)

@@ -407,3 +407,12 @@ def test_the_study_bar_says_pruned_best_and_the_stop_reason_says_it_once():
     assert bars.progress.tasks[0].description == bars.study_line() and bars.progress.tasks[0].completed == 3
     assert stopped_reason("interrupted by SIGINT") == "interrupted by SIGINT"
     assert stopped_reason("the database went away") == "interrupted: the database went away"
+
+
+def test_top_level_help_shows_each_commands_whole_summary():
+    result = runner.invoke(app, ["--help"], terminal_width=80)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    commands = result.output.split("Commands:")[1]
+    assert "…" not in commands and "..." not in commands.replace("test_accuracy=...", "")
+    assert "work until it has its trials; one started before its database or study" in text  # `worker`, wrapped
