@@ -380,7 +380,9 @@ def test_a_comparison_trains_each_model_at_its_own_population_size(tiny_splits):
     assert check_population(None, "lenet,resnet18", cuda, "fp32", False) == (32, {"lenet": 32, "resnet18": 1})
     assert check_population(4, "lenet,resnet18", cuda, "fp32", False) == (4, {})  # asked for: every model
     assert check_population(None, "lenet,airbench", cuda, "fp32", False) == (32, {})  # the same size
-    assert check_population(None, "lenet", torch.device("cpu"), "fp32", False) == (1, {})
+    assert check_population(None, "lenet", torch.device("cpu"), "fp32", False) == (4, {})  # measured: it pays
+    assert check_population(None, "lenet", torch.device("cpu"), "fp32", False, 6) == (2, {})  # a third of 6
+    assert check_population(None, "airbench", torch.device("cpu"), "fp32", False) == (1, {})  # compute-bound
     # At most a third of a run's trials are sampled before the first result: the 30-trial main job
     # on a GPU trains populations of 10 (refilled), a 300-trial study of 32, a 2-trial run one at a time.
     assert [check_population(None, "lenet", cuda, "fp32", False, n)[0] for n in (30, 300, 2)] == [10, 32, 1]

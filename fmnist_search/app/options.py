@@ -110,8 +110,8 @@ PopulationOpt = Annotated[
     typer.Option(
         min=1,
         help="Trials trained together as one fused model, each with its own hyperparameters; rows that members "
-        "leave are refilled with new trials [default: auto: 32 LeNets or airbenches on a GPU, 1 otherwise; at "
-        "most a third of the run's trials].",
+        "leave are refilled with new trials [default: auto: 32 LeNets or airbenches on a GPU, 4 LeNets on a CPU, "
+        "1 otherwise; at most a third of the run's trials].",
         rich_help_panel=WORK,
     ),
 ]

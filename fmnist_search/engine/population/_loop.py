@@ -21,8 +21,8 @@ from ._members import EpochHook, EpochMetrics, Member, PopulationStats, Snapshot
 from ._stack import Stack
 
 # Rows per population when the user gives none (--population): where it pays, as measured
-# (docs/results.md: LeNets on an H200; on the CPU, populations of 4 refilled).
-DEFAULT_POPULATION = {"cuda": {"lenet": 32, "airbench": 32}}
+# (docs/results.md: LeNets on an H200; on 2 CPU cores the main job in refilled populations of 4).
+DEFAULT_POPULATION = {"cuda": {"lenet": 32, "airbench": 32}, "cpu": {"lenet": 4}}
 # A population's first K trials are sampled before any result is told (refills come after): at
 # most this share of a run's trials, so the sampler learns from results for the rest.
 BLIND_SHARE = 1 / 3
