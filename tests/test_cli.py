@@ -416,4 +416,3 @@ def test_top_level_help_shows_each_commands_whole_summary():
     commands = result.output.split("Commands:")[1]
     assert "…" not in commands and "..." not in commands.replace("test_accuracy=...", "")
     assert "work until it has its trials; one started before its database or study" in text  # `worker`, wrapped
-
