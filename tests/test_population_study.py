@@ -235,5 +235,6 @@ def test_a_refilled_population_stops_cleanly_and_its_trials_resume(tmp_path, mon
     result = invoke(*finish_command(result.output))
     assert result.exit_code == 0, result.output
     assert re.search(r"trial \d+ resumes trial \d+ from epoch 1", result.output)  # the one SHA promoted
+    assert "train as a population of their own: a population resumes together only the trials" in result.output
     after = census(optuna.load_study(study_name="lenet", storage=url))
     assert after.running == after.waiting == 0 and after.complete + after.pruned == 5

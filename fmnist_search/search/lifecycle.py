@@ -112,6 +112,16 @@ def run_trials(
             groups: dict[tuple[Any, ...], list[_LiveTrial]] = {}
             for s in slots:
                 groups.setdefault((s.model, shared_key(s.cfg), s.resume_point()), []).append(s)
+            if len(groups) > 1 and len(objective.spec.models) == 1:  # a comparison splits by model, by design
+                (first, *others) = groups
+                for key in others:
+                    why = (
+                        "a population resumes together only the trials stopped at one point of one run"
+                        if key[2] != first[2]
+                        else "its batch size, teacher or precision differs from the others'"
+                    )
+                    numbers = ", ".join(str(s.trial.number) for s in groups[key])
+                    objective.say(f"trial(s) {numbers} train as a population of their own: {why}")
             for group in groups.values():
                 cap = objective.population_caps.get(group[0].model) or len(group)  # a comparison's per-model size
                 for start in range(0, len(group), cap):
