@@ -230,11 +230,19 @@ def export(
     top: Annotated[int | None, typer.Option(min=1, help="Only the best N trials.")] = None,
     all_states: Annotated[bool, typer.Option("--all", help="Every trial, not just completed ones.")] = False,
     front: Annotated[bool, typer.Option("--front", help="Only the Pareto front (several objectives).")] = False,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history",
+            help="Every trial's learning curve instead: a row per trial and epoch (train loss and accuracy, "
+            "validation accuracy and loss, the lr at the epoch's end, its training time).",
+        ),
+    ] = False,
 ) -> None:
-    """Write the study's trials as CSV, best first."""
+    """Write the study's trials as CSV, best first (or, with --history, every trial's epochs)."""
     from .app.results import export_frame
 
-    frame = export_frame(_reader(storage), study, all_states, top, front)
+    frame = export_frame(_reader(storage), study, all_states, top, front, history)
     if output is None:
         frame.to_csv(sys.stdout, index=False)
         return
@@ -242,7 +250,7 @@ def export(
         frame.to_csv(output, index=False)
     except OSError as e:
         raise FmnistSearchError(f"cannot write {output}: {e.strerror}") from None
-    say(f"wrote {len(frame)} trials to {output}")
+    say(f"wrote {len(frame)} {'epochs' if history else 'trials'} to {output}")
 
 
 @command()

@@ -416,3 +416,37 @@ def test_top_level_help_shows_each_commands_whole_summary():
     commands = result.output.split("Commands:")[1]
     assert "…" not in commands and "..." not in commands.replace("test_accuracy=...", "")
     assert "work until it has its trials; one started before its database or study" in text  # `worker`, wrapped
+
+
+def test_export_history_is_every_trials_learning_curve(smoke_db):
+    """`export --history`: a row per trial and epoch, the curve the trial reported, the lr its
+    schedule gave the epoch's last step."""
+    from fmnist_search.engine.schedules import lr_factors
+
+    study = optuna.load_study(study_name="lenet", storage=smoke_db)
+    result = invoke("export", "--study", "lenet", "--storage", smoke_db, "--history")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == [
+        "trial",
+        "state",
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "val_loss",
+        "lr",
+        "train_time_s",
+    ]
+    for t in study.trials:
+        mine = [r for r in rows if int(r["trial"]) == t.number]
+        assert [int(r["epoch"]) for r in mine] == sorted(t.intermediate_values)
+        assert [round(float(r["val_accuracy"]), 6) for r in mine] == [
+            round(v, 6) for _, v in sorted(t.intermediate_values.items())
+        ]
+        cfg = t.user_attrs["config"]
+        steps = -(-4096 // cfg["batch_size"])  # TINY: 4,096 training images
+        table = lr_factors(cfg["schedule"], cfg["epochs"] * steps, cfg["warmup_frac"])
+        assert float(mine[0]["lr"]) == pytest.approx(cfg["lr"] * table[steps - 1])
+    refused = invoke("export", "--study", "lenet", "--storage", smoke_db, "--history", "--top", "2")
+    assert refused.exit_code == 2 and "drop --top/--front" in refused.output

@@ -15,7 +15,7 @@ from ..core.errors import FmnistSearchError
 from ..search.artifacts import OWNERS, owners
 from ..search.checkpoints import in_use
 from ..search.criteria import objectives_of
-from ..search.export import best_trial, state_counts, trials_frame
+from ..search.export import best_trial, history_frame, state_counts, trials_frame
 from ..search.front import accuracy, describe_objectives, pick
 from ..search.plots import study_figures, write_html
 from ..search.record import TrialRecord, lr_of
@@ -110,10 +110,16 @@ def best_of(
     return settings, counts, best.number, rows
 
 
-def export_frame(store: RDBStorage, name: str, include_all: bool, top: int | None, front: bool = False) -> pd.DataFrame:
-    """The study's trials (or its Pareto front) as a DataFrame, best first (``search.export``)."""
+def export_frame(
+    store: RDBStorage, name: str, include_all: bool, top: int | None, front: bool = False, history: bool = False
+) -> pd.DataFrame:
+    """The study's trials (or its Pareto front) as a DataFrame, best first; with ``history`` every
+    trial's epochs instead, a row each (``search.export``)."""
 
-    return trials_frame(load_study(store, name), include_all=include_all, top=top, front_only=front)
+    if history and (top is not None or front):
+        raise FmnistSearchError("--history exports every trial's epochs; drop --top/--front")
+    study = load_study(store, name)
+    return history_frame(study) if history else trials_frame(study, include_all=include_all, top=top, front_only=front)
 
 
 def report_table(store: RDBStorage, names: list[str]) -> tuple[str, str, int]:

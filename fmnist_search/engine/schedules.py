@@ -65,6 +65,11 @@ def lr_factors(schedule: str, total_steps: int, warmup_frac: float) -> list[floa
     return [factor(step) for step in range(total_steps)]
 
 
+def lr_factor_at(schedule: str, total_steps: int, warmup_frac: float, step: int) -> float:
+    """Step ``step``'s lr as a factor of the peak lr (one value of ``lr_factors``)."""
+    return _factor(schedule, total_steps, warmup_frac)(step)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_frac: float) -> LambdaLR:
     """``constant`` (optional linear warm-up), ``cosine`` (warm-up, then cosine decay to 0),
     ``onecycle`` (torch's OneCycleLR's curve: cosine warm-up to ``lr``, cosine annealing far below

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from ..engine.schedules import lr_factor_at
 from .budget import census
 from .criteria import ACCURACY, objectives_of, values_of
+from .record import TrialRecord
 
 ATTR_COLUMNS = (
     "test_accuracy",
@@ -79,6 +84,50 @@ def trials_frame(
 
 def _column(objective: str) -> str:
     return f"objective_{objective}"
+
+
+HISTORY_COLUMNS = (
+    "trial",
+    "state",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_accuracy",
+    "val_loss",
+    "lr",
+    "train_time_s",
+)
+
+
+def history_frame(study: optuna.Study) -> pd.DataFrame:
+    """Every trial's learning curve: one row per trial and epoch (``HISTORY_COLUMNS``), with the lr
+    its schedule gave the epoch's last step (from the trial's recipe, ``config``)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        record = TrialRecord.of(t)
+        cfg = record.config or {}
+        for h in record.history:
+            rows.append(
+                {
+                    "trial": t.number,
+                    "state": t.state.name,
+                    **{k: h.get(k) for k in HISTORY_COLUMNS[2:] if k != "lr"},
+                    "lr": _lr_after(cfg, h),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+
+
+def _lr_after(cfg: dict[str, Any], epoch: dict[str, Any]) -> float | None:
+    """The lr of the epoch's last SGD step, as the recipe's schedule gives it."""
+    if not {"lr", "epochs", "batch_size"} <= set(cfg) or not epoch.get("samples"):
+        return None
+    steps = math.ceil(epoch["samples"] / cfg["batch_size"])
+    total = cfg["epochs"] * steps
+    factor = lr_factor_at(
+        cfg.get("schedule", "constant"), total, cfg.get("warmup_frac", 0.0), epoch["epoch"] * steps - 1
+    )
+    return float(cfg["lr"]) * factor
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
