@@ -284,6 +284,26 @@ def prune_artifacts(
     say(f"{'would remove' if dry_run else 'removed'} {len(names)} files, {size / 1e6:.1f} MB")
 
 
+@command()
+def delete(
+    study: StudyOpt,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    artifacts: ArtifactsOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    force: Annotated[bool, typer.Option(help="Delete it even with RUNNING trials (its workers stopped).")] = False,
+) -> None:
+    """Delete a study and its artifact files (every trial's weights and checkpoints); asks first."""
+    from .app.results import delete_study, deletion
+
+    store = _storage(storage, existing=True)
+    trials, paths, size = deletion(store, study, artifact_dir(storage, artifacts), force)
+    what = f"study {study!r} ({trials} trials) and its {len(paths)} artifact files ({size / 1e6:.1f} MB)"
+    if not yes and not typer.confirm(f"delete {what}?", default=False, err=True):
+        raise fail("nothing deleted", 1)
+    delete_study(store, study, paths)
+    say(f"deleted {what}")
+
+
 @command("data")
 def data_cmd(
     data_dir: Annotated[Path | None, typer.Option(envvar="FMNIST_DATA_DIR", help="Folder with the data.")] = None,

@@ -450,3 +450,29 @@ def test_export_history_is_every_trials_learning_curve(smoke_db):
         assert float(mine[0]["lr"]) == pytest.approx(cfg["lr"] * table[steps - 1])
     refused = invoke("export", "--study", "lenet", "--storage", smoke_db, "--history", "--top", "2")
     assert refused.exit_code == 2 and "drop --top/--front" in refused.output
+
+
+def test_delete_asks_removes_the_study_and_only_its_files_and_refuses_a_running_one(tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/s.db"
+    small = ["--trials", "2", "--epochs", "1", "--train-size", "1024", "--val-size", "500", "--storage", url]
+    for name in ("gone", "kept"):
+        assert invoke("run", "--model", "lenet", "--study", name, *small).exit_code == 0
+    folder = tmp_path / "s-artifacts"  # beside the SQLite file, named for it
+    files = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+    mine = {optuna.load_study(study_name="gone", storage=url).trials[i].user_attrs["weights_artifact"] for i in (0, 1)}
+    assert mine < files
+    declined = runner.invoke(app, ["delete", "--study", "gone", "--storage", url], input="n\n")
+    assert declined.exit_code == 1 and "delete study 'gone' (2 trials) and its 2 artifact files" in declined.output
+    assert "nothing deleted" in declined.output and "gone" in optuna.get_all_study_names(url)
+    done = invoke("delete", "--study", "gone", "--storage", url, "--yes")
+    assert done.exit_code == 0 and "deleted study 'gone'" in done.output
+    assert optuna.get_all_study_names(url) == ["kept"]
+    assert {p.name for p in folder.iterdir() if not p.name.startswith(".")} == files - mine
+    kept = optuna.load_study(study_name="kept", storage=url)
+    kept.ask()  # a trial a worker would be training
+    refused = invoke("delete", "--study", "kept", "--storage", url, "--yes")
+    assert refused.exit_code == 2 and "has 1 RUNNING trial(s) (2)" in refused.output and "--force" in refused.output
+    assert invoke("delete", "--study", "kept", "--storage", url, "--yes", "--force").exit_code == 0
+    assert optuna.get_all_study_names(url) == []
+    missing = invoke("delete", "--study", "kept", "--storage", url, "--yes")
+    assert missing.exit_code == 2 and "no study named 'kept'" in missing.output

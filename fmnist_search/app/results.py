@@ -172,6 +172,34 @@ def artifact_space(study: optuna.Study, sizes: dict[str, int]) -> str:
     return f"{(weights_b + live_b) / 1e6:.1f} MB" + (f", {live_b / 1e6:.1f} ckpt" if live_b else "")
 
 
+def deletion(store: RDBStorage, name: str, folder: Path, force: bool) -> tuple[int, list[Path], int]:
+    """What deleting study ``name`` removes: (its trials, its artifact files in ``folder`` — every
+    trial's weights and checkpoints — and their bytes). A study with RUNNING trials is refused
+    unless ``force``: a worker may be training them (their results would have nowhere to go)."""
+
+    study = load_study(store, name)
+    trials = study.get_trials(deepcopy=False)
+    running = [t.number for t in trials if t.state.name == "RUNNING"]
+    if running and not force:
+        raise FmnistSearchError(
+            f"study {name!r} has {len(running)} RUNNING trial(s) ({', '.join(map(str, running[:5]))}): a worker may "
+            "be training them; stop its workers first, or give --force"
+        )
+    files = set(in_use(study)[0])
+    files |= {c["artifact"] for t in trials if (c := TrialRecord.of(t).checkpoint) and c.get("artifact")}
+    paths = sorted(p for p in (folder / f for f in files) if p.is_file())
+    return len(trials), paths, sum(p.stat().st_size for p in paths)
+
+
+def delete_study(store: RDBStorage, name: str, paths: list[Path]) -> None:
+    """Delete the study, then its files: a stop in between leaves files (`prune-artifacts` removes
+    them), never a study that names missing ones."""
+
+    optuna.delete_study(study_name=name, storage=store)
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
 def prune_artifacts(
     store: RDBStorage, url: str, folder: Path, dry_run: bool, min_age_s: float
 ) -> tuple[list[str], int]:
