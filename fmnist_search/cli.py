@@ -65,6 +65,8 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+TrialOpt = Annotated[int | None, typer.Option(help="Trial number [default: the best trial].")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
 BarsOpt = Annotated[
     bool,
     typer.Option(help="Progress bars: trials, pruned, best, ETA (off: one line per trial).", rich_help_panel="Work"),
@@ -136,6 +138,23 @@ def _reader(url: str):
     return _storage(url, read_only=True, existing=True)
 
 
+def _json(value: Any) -> None:
+    """A command's output for scripts: JSON on stdout (non-finite numbers as null)."""
+    import json
+    import math
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    sys.stdout.write(json.dumps(clean(value), indent=2, default=str) + "\n")
+
+
 def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -196,10 +215,13 @@ def worker(
 
 
 @command()
-def studies(storage: StorageOpt = DEFAULT_STORAGE, artifacts: ArtifactsOpt = None) -> None:
+def studies(storage: StorageOpt = DEFAULT_STORAGE, artifacts: ArtifactsOpt = None, json_out: JsonOpt = False) -> None:
     """List studies: name, model, trials by state, best validation and test accuracy, artifacts' space."""
-    from .app.results import STUDY_COLUMNS, list_studies
+    from .app.results import STUDY_COLUMNS, list_studies, study_records
 
+    if json_out:
+        _json(study_records(_reader(storage), artifact_dir(storage, artifacts)))
+        return
     rows = list_studies(_reader(storage), artifact_dir(storage, artifacts))
     if not rows:
         out.print("no studies yet; start one with: fmnist-search run --model lenet")
@@ -209,17 +231,37 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE, artifacts: ArtifactsOpt = Non
 
 @command()
 def show(
-    study: StudyOpt, storage: StorageOpt = DEFAULT_STORAGE, artifacts: ArtifactsOpt = None, where: WhereOpt = None
+    study: StudyOpt,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    artifacts: ArtifactsOpt = None,
+    where: WhereOpt = None,
+    trial: TrialOpt = None,
+    curve: Annotated[
+        bool, typer.Option(help="Draw the trial's learning curve (validation accuracy by epoch).")
+    ] = False,
+    json_out: JsonOpt = False,
 ) -> None:
-    """The best trial of a study (or its pick --where): params, accuracies, throughput, device; artifacts' space."""
-    from .app.results import best_of
+    """A study's best trial (or --trial N, or its pick --where): params, accuracies, throughput, device; its
+    settings, trials by state and artifacts' space."""
+    from .app.results import curve_rows, shown_trial, trial_rows
 
-    settings, counts, number, rows = best_of(_reader(storage), study, artifact_dir(storage, artifacts), where or ())
-    echo(f"study {study}: {settings}")
-    echo(f"trials: {counts}")
-    if number is None:
+    if trial is not None and where:
+        raise FmnistSearchError("give --trial N or --where conditions, not both")
+    shown = shown_trial(_reader(storage), study, artifact_dir(storage, artifacts), where or (), trial)
+    if json_out:
+        _json(shown)
+        return
+    out.print(table(("setting", "value"), [(k, str(v)) for k, v in shown["settings"].items()], title=f"study {study}"))
+    echo("trials: " + ", ".join(f"{n} {k}" for k, n in shown["trials"].items()) + f"; artifacts {shown['artifacts']}")
+    if shown["trial"] is None:
         raise FmnistSearchError(f"study {study!r} has no completed trial yet")
-    out.print(table(("key", "value"), rows, title=f"best trial {number}", show_header=False))
+    t = shown["trial"]
+    title = f"trial {t['number']}" if trial is not None else f"best trial {t['number']}"
+    out.print(table(("key", "value"), trial_rows(t), title=title, show_header=False))
+    if curve:
+        out.print(
+            table(("epoch", "train loss", "val acc", ""), curve_rows(t), title=f"trial {t['number']}: learning curve")
+        )
 
 
 @command()
@@ -322,11 +364,15 @@ def report(
     storage: StorageOpt = DEFAULT_STORAGE,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Markdown file [default: stdout].")] = None,
     csv: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """The report's Table 1 for these studies, with the report's figures alongside."""
     from .app.results import report_table
 
-    markdown, table_csv, rows = report_table(_reader(storage), study)
+    markdown, table_csv, rows, records = report_table(_reader(storage), study)
+    if json_out:
+        _write(output, records + "\n", what=f"{rows} rows")
+        return
     _write(output, markdown, what=f"{rows} rows")
     if csv is not None:
         _write(csv, table_csv, what=f"{rows} rows")
@@ -363,7 +409,6 @@ def plot(
 
 
 WeightsOpt = Annotated[Path | None, typer.Option(help="A weights file saved by `train --save` (instead of --study).")]
-TrialOpt = Annotated[int | None, typer.Option(help="Trial number [default: the best trial].")]
 
 
 @command()

@@ -245,7 +245,7 @@ def test_a_studys_space_is_shown_and_only_leftovers_are_pruned(tmp_path, real_da
     assert listed.exit_code == 0 and "MB" in listed.output and "ckpt" in listed.output  # (a narrow table)
     shown = runner.invoke(app, ["show", "--study", "lenet", "--storage", url])
     space = sum(p.stat().st_size for p in folder.iterdir() if p.name in kept)
-    assert shown.exit_code == 0 and f"'artifacts': '{space / 1e6:.1f} MB, " in shown.output and " ckpt'" in shown.output
+    assert shown.exit_code == 0 and f"; artifacts {space / 1e6:.1f} MB, " in shown.output and " ckpt" in shown.output
 
     dry = runner.invoke(app, ["prune-artifacts", "--storage", url, "--dry-run"])
     assert dry.exit_code == 0 and "would remove 0 files" in dry.output  # younger than the grace age (1 h)

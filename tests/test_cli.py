@@ -476,3 +476,40 @@ def test_delete_asks_removes_the_study_and_only_its_files_and_refuses_a_running_
     assert optuna.get_all_study_names(url) == []
     missing = invoke("delete", "--study", "kept", "--storage", url, "--yes")
     assert missing.exit_code == 2 and "no study named 'kept'" in missing.output
+
+
+def test_json_for_scripts_and_show_of_any_trial_with_its_curve(smoke_db):
+    """`studies`, `show` (best or --trial N) and `report` print JSON that parses, with the fields
+    docs/commands.md names; `show` lists each value once; `--curve` draws the trial's curve."""
+    import json
+
+    study = optuna.load_study(study_name="lenet", storage=smoke_db)
+    best, other = study.best_trial, next(t for t in study.trials if t.number != study.best_trial.number)
+    listed = json.loads(invoke("studies", "--storage", smoke_db, "--json").stdout)
+    (row,) = [r for r in listed if r["study"] == "lenet"]
+    assert set(row) == {
+        "study",
+        "model",
+        "trials",
+        "best_trial",
+        "best_val_accuracy",
+        "its_test_accuracy",
+        "artifacts_bytes",
+        "checkpoint_bytes",
+    }
+    assert row["best_trial"] == best.number and row["best_val_accuracy"] == best.value
+    assert row["trials"]["complete"] == sum(t.state == TrialState.COMPLETE for t in study.trials)
+    shown = json.loads(
+        invoke("show", "--study", "lenet", "--storage", smoke_db, "--trial", str(other.number), "--json").stdout
+    )
+    assert set(shown) == {"study", "settings", "trials", "artifacts", "trial"}
+    t = shown["trial"]
+    assert t["number"] == other.number and t["params"] == other.params and "history" not in t["attrs"]
+    assert [p["epoch"] for p in t["curve"]] == sorted(other.intermediate_values)
+    assert [p["val_accuracy"] for p in t["curve"]] == [v for _, v in sorted(other.intermediate_values.items())]
+    text = invoke("show", "--study", "lenet", "--storage", smoke_db, "--trial", str(other.number), "--curve")
+    assert text.exit_code == 0 and f"trial {other.number}: learning curve" in text.stdout and "█" in text.stdout
+    keys = [line.strip("│ ").split("│")[0].strip() for line in text.stdout.splitlines() if line.startswith("│")]
+    assert keys.count("val_accuracy") == 1 and keys.count("lr") == 1  # each value once
+    report = json.loads(invoke("report", "--study", "lenet", "--storage", smoke_db, "--json").stdout)
+    assert report and {"model", "lr"} <= set(report[0])

@@ -20,7 +20,7 @@ from ..search.front import accuracy, describe_objectives, pick
 from ..search.plots import study_figures, write_html
 from ..search.record import TrialRecord, lr_of
 from ..search.report import front_frame, front_markdown, report_frame, to_markdown
-from ..search.study import load_study
+from ..search.study import find_trial, load_study
 from ..search.summary import summary_page
 from ..search.urls import store_identity
 
@@ -70,44 +70,115 @@ def study_summary(study: optuna.Study) -> tuple[dict[str, int], str | None]:
 STUDY_COLUMNS = ("study", "model", "complete", "pruned", "fail", "running", "best val", "its test", "artifacts")
 
 
+def study_records(store: RDBStorage, folder: Path) -> list[dict[str, Any]]:
+    """One record per study in the store (``studies --json``): its name, model, trials by state,
+    the best trial's validation and test accuracy, its artifacts' bytes in ``folder``."""
+
+    records, sizes = [], file_sizes(folder)
+    for s in optuna.get_all_study_summaries(store, include_best_trial=False):
+        study = optuna.load_study(study_name=s.study_name, storage=store)
+        best = best_trial(study)
+        weights, live = in_use(study)
+        records.append(
+            {
+                "study": s.study_name,
+                "model": study.user_attrs.get("model"),
+                "trials": {k.lower(): v for k, v in state_counts(study).items()},
+                "best_trial": None if best is None else best.number,
+                "best_val_accuracy": None if best is None else trial_accuracy(study, best),
+                "its_test_accuracy": None if best is None else TrialRecord.of(best).test_accuracy,
+                "artifacts_bytes": sum(sizes.get(a, 0) for a in weights | live),
+                "checkpoint_bytes": sum(sizes.get(a, 0) for a in live),
+            }
+        )
+    return records
+
+
 def list_studies(store: RDBStorage, folder: Path) -> list[tuple[str, ...]]:
     """``STUDY_COLUMNS`` per study in the store (artifacts: its weights and live checkpoints in ``folder``)."""
 
-    rows, sizes = [], file_sizes(folder)
-    for s in optuna.get_all_study_summaries(store, include_best_trial=False):
-        study = optuna.load_study(study_name=s.study_name, storage=store)
-        counts = state_counts(study)
-        best = best_trial(study)
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = []
+    for r in study_records(store, folder):
+        checkpoints = f", {r['checkpoint_bytes'] / 1e6:.1f} ckpt" if r["checkpoint_bytes"] else ""
+        counts = r["trials"]
         rows.append(
             (
-                s.study_name,
-                str(study.user_attrs.get("model", "?")),
-                *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
-                f"{trial_accuracy(study, best):.4f}" if best else "-",
-                f"{TrialRecord.of(best).test_accuracy or float('nan'):.4f}" if best else "-",
-                artifact_space(study, sizes),
+                r["study"],
+                str(r["model"] or "?"),
+                *(str(counts.get(k, 0)) for k in ("complete", "pruned", "fail", "running")),
+                cell(r["best_val_accuracy"]),
+                cell(r["its_test_accuracy"]) if r["best_trial"] is not None else "-",
+                f"{r['artifacts_bytes'] / 1e6:.1f} MB{checkpoints}",
             )
         )
     return rows
 
 
-def best_of(
-    store: RDBStorage, name: str, folder: Path, where: tuple[str, ...] | list[str] = ()
-) -> tuple[str, dict[str, Any], int | None, list[tuple[str, str]]]:
-    """(settings line, trials by state and its artifacts' space, the best trial's number (or the
-    pick ``where`` says: search/front.py) and its (key, value) rows; None and no rows before a
-    trial completes)."""
+def shown_trial(
+    store: RDBStorage, name: str, folder: Path, where: tuple[str, ...] | list[str] = (), number: int | None = None
+) -> dict[str, Any]:
+    """What `show` shows (``--json`` as it is): the study's settings, its trials by state and its
+    artifacts' space, and one trial — number ``number``, else the best (or the pick ``where`` says:
+    search/front.py; None before a trial completes) — with its params, attrs and curve."""
 
     s = load_study(store, name)
-    settings = ", ".join(f"{k}={v}" for k, v in s.user_attrs.items())
-    best = pick(s, where) if where else best_trial(s)
-    counts: dict[str, Any] = {**state_counts(s), "artifacts": artifact_space(s, file_sizes(folder))}
-    if best is None:
-        return settings, counts, None, []
-    rows = [("val_accuracy", f"{trial_accuracy(s, best):.4f}")]
-    rows += [(k, f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in best.params.items()]
-    rows += [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in best.user_attrs.items() if k != "history"]
-    return settings, counts, best.number, rows
+    t = find_trial(s, number) if number is not None else (pick(s, where) if where else best_trial(s))
+    shown: dict[str, Any] = {
+        "study": name,
+        "settings": dict(s.user_attrs),
+        "trials": {k.lower(): v for k, v in state_counts(s).items()},
+        "artifacts": artifact_space(s, file_sizes(folder)),
+        "trial": None,
+    }
+    if t is not None:
+        record = TrialRecord.of(t)
+        shown["trial"] = {
+            "number": t.number,
+            "state": t.state.name,
+            "val_accuracy": trial_accuracy(s, t) if t.state.name == "COMPLETE" else record.val_accuracy,
+            "params": dict(t.params),
+            "attrs": {k: v for k, v in t.user_attrs.items() if k not in ("history", "val_accuracy")},
+            "curve": [
+                {k: h.get(k) for k in ("epoch", "train_loss", "train_accuracy", "val_accuracy")} for h in record.history
+            ],
+        }
+    return shown
+
+
+def trial_rows(trial: dict[str, Any]) -> list[tuple[str, str]]:
+    """The trial of ``shown_trial`` as (key, value) rows, each value once."""
+
+    def text(v: Any) -> str:
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    rows = [
+        ("state", trial["state"]),
+        ("val_accuracy", "-" if trial["val_accuracy"] is None else f"{trial['val_accuracy']:.4f}"),
+    ]
+    rows += [(k, text(v)) for k, v in trial["params"].items()]
+    rows += [(k, text(v)) for k, v in trial["attrs"].items() if k not in trial["params"]]
+    return rows
+
+
+def curve_rows(trial: dict[str, Any], width: int = 40) -> list[tuple[str, str, str, str]]:
+    """The trial's learning curve as text rows: epoch, train loss, validation accuracy and a bar
+    of it (scaled from the curve's lowest value to 1), for the terminal."""
+
+    points = [p for p in trial["curve"] if p.get("val_accuracy") is not None]
+    low = min((p["val_accuracy"] for p in points), default=0.0)
+    span = max(1.0 - low, 1e-9)
+    return [
+        (
+            str(p["epoch"]),
+            f"{p['train_loss']:.4f}",
+            f"{p['val_accuracy']:.4f}",
+            "█" * max(1, round(width * (p["val_accuracy"] - low) / span)),
+        )
+        for p in points
+    ]
 
 
 def export_frame(
@@ -122,9 +193,9 @@ def export_frame(
     return history_frame(study) if history else trials_frame(study, include_all=include_all, top=top, front_only=front)
 
 
-def report_table(store: RDBStorage, names: list[str]) -> tuple[str, str, int]:
+def report_table(store: RDBStorage, names: list[str]) -> tuple[str, str, int, str]:
     """The report's Table 1 for these studies, and the Pareto front of each study with several
-    objectives, the report's rows of its models beside it: (markdown, CSV, rows)."""
+    objectives, the report's rows of its models beside it: (markdown, CSV, rows, JSON records)."""
 
     studies = [load_study(store, name) for name in names]
     single = [s for s in studies if len(objectives_of(s)) == 1]
@@ -138,7 +209,7 @@ def report_table(store: RDBStorage, names: list[str]) -> tuple[str, str, int]:
             title = f"Pareto front of {s.study_name}: {describe_objectives(objectives_of(s))}; chosen on validation"
             parts.append(f"{title}\n\n{front_markdown(frames[-1], objectives_of(s))}")
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return "\n".join(parts), frame.to_csv(index=False), len(frame)
+    return "\n".join(parts), frame.to_csv(index=False), len(frame), frame.to_json(orient="records", indent=2)
 
 
 def plot(store: RDBStorage, name: str, output_dir: Path, dashboard: bool) -> tuple[list[Path], str | None]:
