@@ -71,6 +71,7 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 def _cli(*args: str) -> None:
     env = {"OMP_NUM_THREADS": str(os.cpu_count() or 1), **os.environ}  # (a given OMP_NUM_THREADS wins)
+    env["FMNIST_UNDER_LOAD"] = "1"  # one figure per network for the study's life: the runs compare on the same
     done = subprocess.run([sys.executable, "-m", "fmnist_search", *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"fmnist-search {' '.join(args)} failed:\n{done.stderr[-2000:]}")
@@ -452,8 +453,8 @@ def _enqueued_run(
     _cli("create", *_study_args(args, pruner, url, len(configurations)), "--study", name)
     study = optuna.load_study(study_name=name, storage=url)
     for key, value in study_system_attrs(figures_of).items() if figures_of is not None else ():
-        if key.startswith(SHARED_PREFIX):
-            set_study_system_attr(study, key, value)
+        if key.startswith(SHARED_PREFIX):  # the same figures, taken as final: the studies must compare alike
+            set_study_system_attr(study, key, {**value, "load": 0.0} if isinstance(value, dict) else value)
     for params in configurations:
         study.enqueue_trial(params)
     _cli("worker", "--study", name, "--storage", url, "--no-bars", "--no-save-weights")

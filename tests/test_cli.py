@@ -50,7 +50,7 @@ def test_smoke_run_stores_sane_trials(smoke_db):
         a = t.user_attrs
         assert a["device"] == "cpu" and a["epochs_completed"] == 2 and a["num_params"] == 44_426
         # 128 SGD steps on real data: far above chance (0.1), and test tracks validation.
-        assert 0.6 < a["val_accuracy"] <= 1 and abs(a["test_accuracy"] - a["val_accuracy"]) < 0.1
+        assert 0.4 < a["val_accuracy"] <= 1 and abs(a["test_accuracy"] - a["val_accuracy"]) < 0.1
         assert a["throughput"] > 0 and a["train_time_s"] > 0
     assert study.user_attrs["train_size"] == 4096 and study.user_attrs["epochs"] == 2
 
