@@ -233,6 +233,7 @@ def test_module_entry_point_help():
         "predict",
         "train",
         "prune-artifacts",
+        "delete",
     }
     assert registered <= listed, out.stdout
 
