@@ -78,7 +78,7 @@ def study_records(store: RDBStorage, folder: Path) -> list[dict[str, Any]]:
     for s in optuna.get_all_study_summaries(store, include_best_trial=False):
         study = optuna.load_study(study_name=s.study_name, storage=store)
         best = best_trial(study)
-        weights, live = in_use(study)
+        total_b, live_b = artifact_bytes(study, sizes)
         records.append(
             {
                 "study": s.study_name,
@@ -87,8 +87,8 @@ def study_records(store: RDBStorage, folder: Path) -> list[dict[str, Any]]:
                 "best_trial": None if best is None else best.number,
                 "best_val_accuracy": None if best is None else trial_accuracy(study, best),
                 "its_test_accuracy": None if best is None else TrialRecord.of(best).test_accuracy,
-                "artifacts_bytes": sum(sizes.get(a, 0) for a in weights | live),
-                "checkpoint_bytes": sum(sizes.get(a, 0) for a in live),
+                "artifacts_bytes": total_b,
+                "checkpoint_bytes": live_b,
             }
         )
     return records
@@ -102,7 +102,6 @@ def list_studies(store: RDBStorage, folder: Path) -> list[tuple[str, ...]]:
 
     rows = []
     for r in study_records(store, folder):
-        checkpoints = f", {r['checkpoint_bytes'] / 1e6:.1f} ckpt" if r["checkpoint_bytes"] else ""
         counts = r["trials"]
         rows.append(
             (
@@ -111,7 +110,7 @@ def list_studies(store: RDBStorage, folder: Path) -> list[tuple[str, ...]]:
                 *(str(counts.get(k, 0)) for k in ("complete", "pruned", "fail", "running")),
                 cell(r["best_val_accuracy"]),
                 cell(r["its_test_accuracy"]) if r["best_trial"] is not None else "-",
-                f"{r['artifacts_bytes'] / 1e6:.1f} MB{checkpoints}",
+                space_text(r["artifacts_bytes"], r["checkpoint_bytes"]),
             )
         )
     return rows
@@ -235,12 +234,21 @@ def file_sizes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in folder.iterdir()} if folder.is_dir() else {}
 
 
-def artifact_space(study: optuna.Study, sizes: dict[str, int]) -> str:
-    """``1.3 MB`` (its weights and checkpoints), ``, 0.4 ckpt`` when checkpoints may still resume."""
+def artifact_bytes(study: optuna.Study, sizes: dict[str, int]) -> tuple[int, int]:
+    """(bytes of its weights and live checkpoints, bytes of those checkpoints) among ``sizes``."""
 
     weights, live = in_use(study)
     weights_b, live_b = (sum(sizes.get(a, 0) for a in ids) for ids in (weights, live))
-    return f"{(weights_b + live_b) / 1e6:.1f} MB" + (f", {live_b / 1e6:.1f} ckpt" if live_b else "")
+    return weights_b + live_b, live_b
+
+
+def space_text(total_b: int, live_b: int) -> str:
+    """``1.3 MB`` (weights and checkpoints), ``, 0.4 ckpt`` when checkpoints may still resume."""
+    return f"{total_b / 1e6:.1f} MB" + (f", {live_b / 1e6:.1f} ckpt" if live_b else "")
+
+
+def artifact_space(study: optuna.Study, sizes: dict[str, int]) -> str:
+    return space_text(*artifact_bytes(study, sizes))
 
 
 def deletion(store: RDBStorage, name: str, folder: Path, force: bool) -> tuple[int, list[Path], int]:
