@@ -28,13 +28,19 @@ configuration is a near-tie no pruning rule can be sure to keep.
 
     python benchmarks/pareto.py --reseed benchmarks/results/pareto-cpu-recorded-seed1.json
 
-Which rule could keep the front: ``--grid FILE...`` replays each rule of ``grid_rules()`` (pruner
-settings x who competes x what is ranked) on every recording, through the same code, and counts
-the recordings where it trained at most 60% of the epochs and lost no point (and where no
-point ended more than ``--tolerance`` points behind); ``--csv`` keeps one line per rule.
+Whether a rule keeps the front, judged against the front's own noise (docs/pareto.md):
+``--judge FILE...`` replays the study's pruners (``JUDGED``; ``--rule NAME`` adds a rule of
+``grid_rules()``) on each recording and says, per recording, the share of the unpruned epochs it
+trained, its front's hypervolume against the unpruned front's (and in the unpruned study's
+seed-to-seed sds, taken over the recordings of one setting), how far each unpruned front point is
+behind beyond its configuration's spread (``--spreads``: ``--reseed`` results; 0.5 points where
+unmeasured), and whether it kept the front; met: kept at most 60% of the epochs. ``--grid FILE...``
+judges every rule of ``grid_rules()`` (pruner settings, MOASHA's among them, x who competes x what
+is ranked) the same way; ``--csv`` keeps one line per rule.
 
     python benchmarks/pareto.py --grid benchmarks/results/pareto-cpu-{compare,recorded}-seed?.json \
-        --csv benchmarks/results/pareto-cpu-grid.csv
+        --spreads benchmarks/results/pareto-cpu-*reseed*.json --csv benchmarks/results/pareto-cpu-grid.csv
+    python benchmarks/pareto.py --judge benchmarks/results/pareto-cpu-fresh-seed?.json
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import argparse
 import csv
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -59,13 +66,24 @@ from results_io import hardware, write_json  # benchmarks/ is on sys.path when a
 
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine.devices import resolve_device
-from fmnist_search.search.criteria import MEASURED_ATTR, SHARED_PREFIX, directions, objectives_of
+from fmnist_search.search.criteria import (
+    MEASURED_ATTR,
+    SHARED_PREFIX,
+    at_least_as_good,
+    directions,
+    hypervolume,
+    objectives_of,
+)
 from fmnist_search.search.internals import set_study_system_attr, storage_of, study_system_attrs, trial_id
-from fmnist_search.search.pruning import competitors, population_prunes
+from fmnist_search.search.pruning import ParetoHalvingPruner, competitors, population_prunes
 from fmnist_search.search.study import PRUNERS
 
 NAME = "lenet+airbench"
-REPLAYED = ("median", "sha", "hyperband")  # the pruners replayed on the recorded curves
+GOAL = 0.6  # a rule must keep the front within this share of the unpruned epochs
+REFERENCE = {"accuracy": 0.8, "throughput": 0.0, "params": 1e8, "latency": 1e3}  # the hypervolume's (docs/pareto.md)
+UNMEASURED_SD = 0.005  # a configuration's seed-to-seed sd where --reseed did not measure it (accuracy)
+REPLAYED = ("median", "sha", "hyperband", "moasha")
+JUDGED = ("hyperband", "moasha", "sha", "median")  # --judge: the study's pruners, as `run --pruner` builds them
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
@@ -249,36 +267,131 @@ def grid_rules() -> dict[str, dict]:
     for (name, make), ratio, signal in itertools.product(pruners.items(), (None, 1.0, 2.0, 3.0), SIGNALS):
         within = "" if ratio is None else f", lr >= own/{ratio:g}"
         rules[f"{name}{within}, {signal}"] = {"pruner": make, "lr_ratio": ratio, "signal": signal}
+    for r, eta, signal in itertools.product((1, 2, 3), (2, 3, 4), SIGNALS):  # every trial competes: no lr sets
+        rules[f"moasha from {r} eta {eta}, {signal}"] = {
+            "pruner": lambda spec, r=r, eta=eta: ParetoHalvingPruner(r, eta),
+            "lr_ratio": None,
+            "signal": signal,
+        }
     return rules
 
 
-def grid(files: list[Path], goal: float = 0.6, tolerance: float = 0.5) -> dict:
-    """Every ``grid_rules`` rule replayed on every recording: its share of the unpruned epochs and
-    how far behind the unpruned point its worst model ends; met: at most ``goal`` and 0 behind;
-    near: at most ``goal`` and at most ``tolerance`` points behind (a configuration's seed-to-seed
-    spread, ``--reseed``, is 0.3-1.6 points)."""
+def grid(files: list[Path], spreads: list[Path] = (), goal: float = GOAL) -> dict:
+    """Every ``grid_rules`` rule replayed on every recording, judged as ``judge`` judges (docs/pareto.md);
+    met: the front kept at most ``goal`` of the epochs."""
+    return judge(files, grid_rules(), spreads, goal)
+
+
+def judge(files: list[Path], rules: dict[str, dict], spreads: list[Path] = (), goal: float = GOAL) -> dict:
+    """Each rule replayed on each recording and judged by the criterion of docs/pareto.md: the front
+    is kept when (a) its hypervolume is at most one seed-to-seed sd of the unpruned study's below the
+    unpruned front's (the sd over the recordings of the same settings: at least two), and (b) every
+    unpruned front point has a pruned front point at most that configuration's spread (``--spreads``:
+    ``--reseed`` results; 0.5 points where unmeasured) less accurate and no worse on the other
+    objectives. Hypervolumes are taken at ``REFERENCE`` with each model's figures replaced by their
+    median over the recordings (a figure is the machine's, measured once per recording under its
+    own load, and the same in a recording's pruned and unpruned runs)."""
     saved = {f.name: json.loads(f.read_text()) for f in files}
+    sd_of = _configuration_spreads(spreads)
+    groups: dict[tuple, list[str]] = {}
+    for name, d in saved.items():
+        groups.setdefault(_settings_key(d), []).append(name)
+    figures, spread_hv, unpruned_hv = {}, {}, {}
+    for names in groups.values():
+        common = _common_figures([saved[n] for n in names])
+        hvs = {n: _hypervolume(saved[n]["trials"], common, _settings(saved[n])[0]) for n in names}
+        sd = statistics.stdev(hvs.values()) if len(hvs) > 1 else math.nan
+        for n in names:
+            figures[n], unpruned_hv[n], spread_hv[n] = common, hvs[n], sd
     rows = []
-    for name, rule in grid_rules().items():
+    for rule_name, rule in rules.items():
         cells = {}
-        for file, d in saved.items():
+        for name, d in saved.items():
             objectives, epochs = _settings(d)
-            r = replay(d["trials"], rule["pruner"], epochs, objectives, rule["lr_ratio"], rule["signal"])
+            signal = rule.get("signal", "epoch")
+            r = replay(d["trials"], rule["pruner"], epochs, objectives, rule.get("lr_ratio"), signal)
+            done = [t for t in d["trials"] if t["trial"] not in set(r["pruned"])]
+            hv = _hypervolume(done, figures[name], objectives)
+            behind = _points_behind(d["trials"], done, figures[name], objectives, sd_of.get(name, {}))
             share = r["epochs_trained"] / d["unpruned"]["epochs_trained"]
-            cells[file] = {"share": round(share, 3), "behind_points": max(r["behind_points"].values())}
-        within = [c for c in cells.values() if c["share"] <= goal]
-        met, near = (sum(c["behind_points"] <= points for c in within) for points in (0, tolerance))
-        rows.append({"rule": name, "met": met, "near": near, "recordings": cells})
+            cells[name] = {
+                "share": round(share, 3),
+                "hv_ratio": round(hv / unpruned_hv[name], 4),
+                "hv_below_sd": round((unpruned_hv[name] - hv) / spread_hv[name], 2),  # in the unpruned study's sds
+                "points_behind": behind,  # per unpruned front point: its nearest pruned one, beyond its spread
+                "behind_points": max(r["behind_points"].values()),  # each model's best, as before
+                "kept": bool(unpruned_hv[name] - hv <= spread_hv[name] and all(b <= 0 for b in behind.values())),
+            }
+        met = sum(c["kept"] and c["share"] <= goal for c in cells.values())
+        kept = sum(c["kept"] for c in cells.values())
+        rows.append({"rule": rule_name, "met": met, "kept": kept, "recordings": cells})
     mean_share = {row["rule"]: statistics.mean(c["share"] for c in row["recordings"].values()) for row in rows}
-    rows.sort(key=lambda row: (-row["met"], -row["near"], mean_share[row["rule"]]))
+    rows.sort(key=lambda row: (-row["met"], -row["kept"], mean_share[row["rule"]]))
     print(
-        f"{len(rows)} rules on {len(saved)} recordings: met (at most {goal:.0%} of the epochs, no point behind), "
-        f"near (at most {tolerance} points behind); each recording's share / points behind"
+        f"{len(rows)} rules on {len(saved)} recordings: met (front kept at most {goal:.0%} of the epochs), "
+        "kept (front kept); each recording's share of the epochs / hypervolume ratio / kept"
     )
     for row in rows[:25]:
-        cells = " ".join(f"{c['share']:.0%}/{c['behind_points']:.2f}" for c in row["recordings"].values())
-        print(f"met {row['met']}/{len(saved)} near {row['near']}/{len(saved)} {row['rule']:45s} {cells}")
-    return {"goal": goal, "tolerance_points": tolerance, "recordings": list(saved), "rules": rows}
+        cells = " ".join(
+            f"{c['share']:.0%}/{c['hv_ratio']:.3f}/{'y' if c['kept'] else 'n'}" for c in row["recordings"].values()
+        )
+        print(f"met {row['met']}/{len(saved)} kept {row['kept']}/{len(saved)} {row['rule']:40s} {cells}")
+    hv = {n: {"unpruned": round(unpruned_hv[n], 2), "sd": round(spread_hv[n], 2)} for n in saved}
+    return {"goal": goal, "reference": REFERENCE, "recordings": list(saved), "hypervolume": hv, "rules": rows}
+
+
+def _settings_key(d: dict) -> tuple:
+    """Recordings of one study setting (their seeds apart): what a hypervolume's spread is taken over."""
+    h = d["hardware"]
+    return tuple(str(h.get(k)) for k in ("preset", "objectives", "epochs", "train_size", "val_size", "trials"))
+
+
+def _common_figures(recordings: list[dict]) -> dict[str, dict[str, float]]:
+    """Each model's measured figures: their median over ``recordings``."""
+    seen: dict[str, dict[str, list[float]]] = {}
+    for d in recordings:
+        for t in d["trials"]:
+            for k, v in t["measured"].items():
+                seen.setdefault(t["params"]["model"], {}).setdefault(k, []).append(v)
+    return {m: {k: statistics.median(v) for k, v in figures.items()} for m, figures in seen.items()}
+
+
+def _point(t: dict, figures: dict, objectives: list[str]) -> dict[str, float]:
+    return {**figures[t["params"]["model"]], "accuracy": t["values"][0]}
+
+
+def _hypervolume(trials: list[dict], figures: dict, objectives: list[str]) -> float:
+    return hypervolume([_point(t, figures, objectives) for t in trials], tuple(objectives), REFERENCE)
+
+
+def _points_behind(
+    trials: list[dict], done: list[dict], figures: dict, objectives: list[str], spreads: dict[int, float]
+) -> dict[str, float]:
+    """Each unpruned front point (trial number): how many accuracy points the best completed trial
+    no worse on the other objectives ends below it, beyond the point's own seed-to-seed spread
+    (0 or less: kept)."""
+    others = tuple(objectives[1:])
+    points = {t["trial"]: _point(t, figures, objectives) for t in trials}
+    out = {}
+    front = _front([{**t, "values": [points[t["trial"]][n] for n in objectives]} for t in trials], objectives)
+    for number in (trials[u.number]["trial"] for u in front):  # (_front numbers the trials as listed)
+        mine = points[number]
+        rivals = [points[t["trial"]]["accuracy"] for t in done if at_least_as_good(points[t["trial"]], mine, others)]
+        gap = mine["accuracy"] - max(rivals, default=0.0)
+        out[str(number)] = round(100 * (gap - spreads.get(number, UNMEASURED_SD)), 2)
+    return out
+
+
+def _configuration_spreads(files: list[Path]) -> dict[str, dict[int, float]]:
+    """``--reseed`` results: recording name -> {trial: its accuracy's sd over the seeds tried}."""
+    out: dict[str, dict[int, float]] = {}
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        sds = out.setdefault(d["hardware"]["recording"], {})
+        for m in d["models"].values():
+            for c in m["configurations"]:
+                sds[c["trial"]] = statistics.stdev(c["val_accuracy"])
+    return out
 
 
 def _models(trials: list[dict]) -> list[str]:
@@ -330,18 +443,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reseed", type=Path, help="retrain this recording's best configurations under other seeds")
     p.add_argument("--top", type=int, default=3, help="--reseed: configurations per model")
     p.add_argument("--repeats", type=int, default=2, help="--reseed: trainings per configuration")
-    p.add_argument("--grid", type=Path, nargs="+", help="replay every rule of grid_rules() on these recordings")
-    p.add_argument("--tolerance", type=float, default=0.5, help="--grid: points behind counted as near")
+    p.add_argument("--grid", type=Path, nargs="+", help="judge every rule of grid_rules() on these recordings")
+    p.add_argument("--judge", type=Path, nargs="+", help="judge the study's pruners (and --rule) on these recordings")
+    p.add_argument("--rule", action="append", default=[], help="--judge: also this rule of grid_rules() (repeatable)")
+    p.add_argument("--spreads", type=Path, nargs="*", default=[], help="--reseed results: configurations' spreads")
     p.add_argument("--json", type=Path)
-    p.add_argument("--csv", type=Path, help="--grid: one line per rule (its share and points behind per recording)")
+    p.add_argument("--csv", type=Path, help="--grid/--judge: one line per rule (per recording: share, hv ratio, kept)")
     args = p.parse_args(argv)
     objectives = args.objectives.split(",")
     if objectives[0] != "accuracy":
         raise SystemExit("--objectives: accuracy first (the recordings read it as the first value)")
     if args.reseed is not None:
         return _reseeded(args)
-    if args.grid is not None:
-        results = grid(args.grid, tolerance=args.tolerance)
+    if args.grid is not None or args.judge is not None:
+        if args.grid is not None:
+            results = grid(args.grid, args.spreads)
+        else:
+            every = grid_rules()
+            rules = {name: {"pruner": name} for name in JUDGED} | {name: every[name] for name in args.rule}
+            results = judge(args.judge, rules, args.spreads)
         # a replay trains nothing: the recordings carry their own machine and settings
         results["hardware"] = hardware(resolve_device("cpu"), "fp32", date=time.strftime("%Y-%m-%d"))
         write_json(args.json, results)
@@ -395,13 +515,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _grid_csv(path: Path, results: dict) -> None:
     names = [Path(f).stem for f in results["recordings"]]
-    header = ["rule", "met", "near"] + [f"{n} {what}" for n in names for what in ("share", "points behind")]
+    header = ["rule", "met", "kept"] + [f"{n} {what}" for n in names for what in ("share", "hv ratio", "kept")]
     with path.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(header)
         for row in results["rules"]:
-            cells = [v for c in row["recordings"].values() for v in (c["share"], c["behind_points"])]
-            out.writerow([row["rule"], row["met"], row["near"], *cells])
+            cells = [v for c in row["recordings"].values() for v in (c["share"], c["hv_ratio"], int(c["kept"]))]
+            out.writerow([row["rule"], row["met"], row["kept"], *cells])
 
 
 def _print_replays(replayed: dict, total: int) -> None:

@@ -149,7 +149,15 @@ def echo(text: str, **kwargs: Any) -> None:
 
 
 def table(columns: tuple[str, ...], rows: list[tuple[str, ...]], **kwargs: Any) -> Table:
-    table = Table(*columns, **kwargs)
+    """A table that wraps rather than cuts: the first column (the names a user types next) and
+    columns of single words (figures) stay whole on one line; the others' text wraps at spaces
+    (a word wider than its column folds) when the terminal is narrow."""
+    table = Table(**kwargs)
+    for i, name in enumerate(columns):
+        cells = [row[i] for row in rows]
+        whole = i == 0 or all(" " not in cell for cell in cells)
+        widest = max((len(cell) for cell in cells), default=0)
+        table.add_column(name, no_wrap=whole, min_width=widest if whole else None, overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table
@@ -157,41 +165,43 @@ def table(columns: tuple[str, ...], rows: list[tuple[str, ...]], **kwargs: Any) 
 
 class RunProgress:
     """Rich progress: the study's trials (done/target, pruned, the best validation accuracy so far,
-    time run and an ETA from the trials' own pace) and the latest epoch with its accuracy, plus
-    a line per trial. Off when stderr is not a terminal (rich's own rule) or with --no-bars."""
+    time run and an ETA) and the latest epoch with its accuracy, plus a line per trial. Off when
+    stderr is not a terminal (rich's own rule) or with --no-bars.
+
+    The study bar counts work in trial-epochs, not trials: its total is the target's trials times
+    their epochs, less the epochs a trial did not train here (pruned, or resumed from a
+    checkpoint), and every member of a population advances it each epoch. Its ETA (rich's, from
+    the recent pace) is then the epochs left over the rows' pace: a population of K finishing K
+    trials at once, or trials pruned early, do not throw it off as a count of trials would."""
 
     def __init__(self, trials: int | None, epochs: int, bars: bool = True, prefix: str = "") -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        self.trials = trials
         self.epochs = epochs
         self.prefix = prefix
         self.waited = False
+        self.done = 0
         self.pruned = 0
         self.best: float | None = None
+        self.trained: dict[int, int] = {}  # trial number -> epochs trained in this run
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("eta"),
-            TimeRemainingColumn(),  # rich's estimate from the trials' completion pace
+            TimeRemainingColumn(),
             console=err,
             transient=True,  # the bars go when done; the per-trial lines stay
             disable=not bars,
         )
-        self.study_task = self.progress.add_task("trials", total=trials)
+        self.study_task = self.progress.add_task(self.study_line(), total=None if trials is None else trials * epochs)
         self.epoch_task = self.progress.add_task("epochs", total=epochs)
 
     def study_line(self) -> str:
         best = "" if self.best is None else f", best val {self.best:.4f}"
-        return f"trials ({self.pruned} pruned{best})"
+        target = "" if self.trials is None else f"/{self.trials}"
+        return f"trials {self.done}{target} ({self.pruned} pruned{best})"
 
     def __enter__(self) -> RunProgress:
         self.progress.start()
@@ -204,6 +214,8 @@ class RunProgress:
         self.progress.stop()
 
     def on_epoch(self, number: int, m: Any) -> None:
+        self.trained[number] = self.trained.get(number, 0) + 1
+        self.progress.advance(self.study_task)
         self.progress.update(
             self.epoch_task,
             completed=m.epoch,
@@ -214,6 +226,7 @@ class RunProgress:
         from .app.results import trial_accuracy, trial_line
 
         line = trial_line(trial, self.prefix)
+        self.done += 1
         self.pruned += trial.state.name == "PRUNED"
         if trial.state.name == "COMPLETE":
             accuracy = trial_accuracy(study, trial)
@@ -224,7 +237,10 @@ class RunProgress:
         else:
             self.progress.console.print(line, markup=False, highlight=False)
             _logged(line)
-        self.progress.advance(self.study_task)
+        total = self.progress.tasks[self.study_task].total
+        if total is not None:  # the epochs it did not train here are no longer to come
+            untrained = self.epochs - self.trained.pop(trial.number, 0)
+            self.progress.update(self.study_task, total=max(total - untrained, 0))
         self.progress.reset(self.epoch_task, description="epochs")
 
     def on_wait(self, census: Any) -> None:

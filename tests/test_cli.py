@@ -82,8 +82,9 @@ def test_studies_and_show(smoke_db):
     assert result.exit_code == 0
     row = next(line for line in result.stdout.splitlines() if "lenet" in line)
     cells = [c.strip() for c in row.strip("│| ").split("│")]
-    assert cells[:6] == ["lenet", "lenet", *(str(counts[k]) for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING"))]
-    assert cells[6] == f"{best.value:.4f}" and cells[7] == f"{best.user_attrs['test_accuracy']:.4f}"
+    states = ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)  # the states it has
+    assert cells[:3] == ["lenet", "lenet", states] and "complete" in states
+    assert cells[3] == f"{best.value:.4f}" and cells[4] == f"{best.user_attrs['test_accuracy']:.4f}"
     result = invoke("show", "--study", "lenet", "--storage", smoke_db)
     assert result.exit_code == 0
     assert f"best trial {best.number}" in result.stdout
@@ -391,21 +392,35 @@ def test_run_without_bars_and_with_a_log_file_keeps_every_line(tmp_path, real_da
 
 
 def test_the_study_bar_says_pruned_best_and_the_stop_reason_says_it_once():
-    """The progress's study line counts pruned trials and the best validation accuracy so far
-    (its ETA is rich's TimeRemainingColumn); a stopped trial's reason names the signal once."""
+    """The progress's study line counts trials, pruned ones and the best validation accuracy so far;
+    its bar counts trial-epochs (the ETA's work: every population row's epoch, less what a pruned
+    trial will not train); a stopped trial's reason names the signal once."""
+    from types import SimpleNamespace
+
     from fmnist_search.console import RunProgress
     from fmnist_search.core.interrupts import stopped_reason
 
     study = optuna.create_study(direction="maximize")
     dist = {"lr": optuna.distributions.FloatDistribution(0.01, 1.0)}
     bars = RunProgress(3, 2, bars=False)
-    assert bars.study_line() == "trials (0 pruned)"
+    work = bars.progress.tasks[0]
+    assert bars.study_line() == "trials 0/3 (0 pruned)" and work.total == 6  # 3 trials x 2 epochs
+    for number in (0, 1, 2):  # a population of three: each row's first epoch
+        bars.on_epoch(number, SimpleNamespace(epoch=1, val_accuracy=0.5))
+    assert work.completed == 3
     for state, value in ((TrialState.PRUNED, None), (TrialState.COMPLETE, 0.8), (TrialState.COMPLETE, 0.9)):
         t = optuna.trial.create_trial(state=state, value=value, params={"lr": 0.1}, distributions=dist)
         study.add_trial(t)
-        bars.on_trial(study, study.trials[-1])
-    assert bars.study_line() == "trials (1 pruned, best val 0.9000)"
-    assert bars.progress.tasks[0].description == bars.study_line() and bars.progress.tasks[0].completed == 3
+        if state == TrialState.PRUNED:  # trial 0, pruned after its first epoch: one epoch fewer to come
+            bars.on_trial(study, study.trials[-1])
+            assert (work.total, work.completed) == (5, 3)
+            for number in (1, 2):
+                bars.on_epoch(number, SimpleNamespace(epoch=2, val_accuracy=0.6))
+        else:
+            bars.on_trial(study, study.trials[-1])
+    assert bars.study_line() == "trials 3/3 (1 pruned, best val 0.9000)"
+    assert work.description == bars.study_line() and work.completed == work.total == 5 and work.finished
+    assert RunProgress(None, 2, bars=False).study_line() == "trials 0 (0 pruned)"  # a worker: no target, no ETA
     assert stopped_reason("interrupted by SIGINT") == "interrupted by SIGINT"
     assert stopped_reason("the database went away") == "interrupted: the database went away"
 
@@ -417,6 +432,24 @@ def test_top_level_help_shows_each_commands_whole_summary():
     commands = result.output.split("Commands:")[1]
     assert "…" not in commands and "..." not in commands.replace("test_accuracy=...", "")
     assert "work until it has its trials; one started before its database or study" in text  # `worker`, wrapped
+
+
+def test_studies_fit_80_columns_by_wrapping_never_cutting_a_name(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    names = {"lenet+airbench+resnet18": "lenet,airbench,resnet18", "airbench-tuned-lr-sweep": "airbench"}
+    for name, model in names.items():
+        study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+        study.set_user_attr("model", model)
+        study.add_trial(optuna.trial.create_trial(value=0.91234, user_attrs={"test_accuracy": 0.9}))
+        study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED))
+    shown = cli_process("studies", "--storage", url, env={"COLUMNS": "80"})
+    text, _ = shown.communicate(timeout=120)
+    assert shown.returncode == 0, text
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in text
+    for name in names:  # whole, on one line, as `show --study NAME` needs it
+        assert any(f"│ {name} │" in line for line in lines)
+    assert "complete," in text and "1 pruned" in text and "0.9123" in text and "resnet18" in text  # wrapped, all there
 
 
 def test_export_history_is_every_trials_learning_curve(smoke_db):

@@ -136,6 +136,50 @@ def test_the_option_tables_defaults_are_the_clis():
     assert checked >= 15  # the table was read
 
 
+def _sections() -> dict[str, str]:
+    """docs/commands.md by command: each `## `name`` section (a title may name two commands)."""
+    out = {}
+    for part in re.split(r"^## ", (ROOT / "docs" / "commands.md").read_text(), flags=re.M)[1:]:
+        for name in re.findall(r"`([a-z-]+)`", part.splitlines()[0]):
+            out[name] = part
+    return out
+
+
+# the command line's newer options: each documented with its default where the command is
+NEW_OPTIONS = {
+    "studies": ("--json",),
+    "show": ("--json", "--trial", "--curve"),
+    "report": ("--json",),
+    "export": ("--history",),
+    "delete": ("--yes", "--force"),
+    "run": ("--bars", "--log-file"),
+}
+
+
+def test_every_commands_options_are_documented_and_the_new_ones_with_their_default():
+    """Every option of every command is in its section of docs/commands.md, or in `run`'s (the
+    options shared with it; `worker`'s: tested against docs/scale-out.md)."""
+    import typer.main
+
+    from fmnist_search.cli import app
+
+    sections = _sections()
+    commands = typer.main.get_command(app).commands
+    assert "`fmnist-search --version` names" in (ROOT / "docs/commands.md").read_text()
+    for name, command in commands.items():
+        if name == "worker":
+            continue
+        page = sections.get(name, "") + sections["run"]
+        options = [[*p.opts, *p.secondary_opts] for p in command.params if p.opts[0] != "--help"]
+        missing = [o[0] for o in options if not any(re.search(re.escape(x) + r"(?![\w-])", page) for x in o)]
+        assert not missing, f"docs/commands.md does not document {name}'s {', '.join(missing)}"
+    for name, options in NEW_OPTIONS.items():
+        text = " ".join(sections[name].split())
+        for option in options:
+            said = [s for s in re.split(r"(?<=[.;|])\s", text) if re.search(re.escape(option) + r"\b", s)]
+            assert any("default" in s or "|" in s for s in said), f"{name} {option}: no default stated"
+
+
 def test_the_export_columns_are_the_codes():
     from fmnist_search.search.export import ATTR_COLUMNS
 

@@ -209,6 +209,40 @@ def test_halving_promotes_within_the_trials_as_small():
     assert len(written) == 4 and all(key == "completed_rung_0" for _, key, _ in written)
 
 
+def test_moashas_rank_is_each_trials_position_fronts_first_then_farthest_first():
+    import numpy as np
+
+    from fmnist_search.search.pruning import pareto_ranks
+
+    # costs (minimised): -accuracy, -samples/s; three on one front, one behind all
+    costs = np.array([[-0.85, -9000], [-0.90, -2000], [-0.80, -16000], [-0.70, -1000]])
+    # the front in epsilon-net order: the most accurate (row 1), the farthest from it (row 2), then row 0;
+    # the dominated row last. Ranks are positions in that order: row 0 is third
+    assert pareto_ranks(costs).tolist() == [2, 0, 1, 3]
+    # (Syne Tune's NonDominatedPriority returns the order [1, 2, 0, 3], which its bracket reads as ranks:
+    # the most accurate trial would then be ranked second to last)
+    assert pareto_ranks(np.array([[0.0, 1.0]])).tolist() == [0]
+
+
+def test_moasha_ranks_every_trial_at_a_rung_on_every_objective():
+    study = _study("moasha")
+    study.set_user_attr("objectives", ["accuracy", "params"])
+
+    def arrives(params: float, accuracy: float) -> bool:
+        """Whether a trial reaching epoch 1 (MOASHA's first rung) goes on."""
+        number = _running(study, params)
+        return not population_prunes(study, 1, {number: {1: accuracy}}, _write(study))
+
+    assert arrives(1e6, 0.90)  # the first at its rung
+    # smaller, far less accurate: both on the first front, the more accurate ranked first; rank 1 of 2 is
+    # outside the best third (the front rule would keep it: nothing as small competes with it)
+    assert not arrives(5e4, 0.50)
+    assert arrives(1e6, 0.95)  # dominates the first
+    assert arrives(5e4, 0.60)  # on the first front beside it, ranked second of four: within the best third
+    assert not arrives(1e6, 0.92)  # second front (behind the 0.95), ranked third of five
+    assert not population_prunes(study, 2, {0: {1: 0.9, 2: 0.91}}, _write(study))  # no rung at epoch 2
+
+
 # --- end to end, through the CLI ---
 
 

@@ -67,7 +67,8 @@ def study_summary(study: optuna.Study) -> tuple[dict[str, int], str | None]:
     )
 
 
-STUDY_COLUMNS = ("study", "model", "complete", "pruned", "fail", "running", "best val", "its test", "artifacts")
+# the trials by state in one column that wraps (an 80-column terminal fits every study name whole)
+STUDY_COLUMNS = ("study", "model", "trials", "best\nval", "its\ntest", "disk")
 
 
 def study_records(store: RDBStorage, folder: Path) -> list[dict[str, Any]]:
@@ -102,12 +103,12 @@ def list_studies(store: RDBStorage, folder: Path) -> list[tuple[str, ...]]:
 
     rows = []
     for r in study_records(store, folder):
-        counts = r["trials"]
+        counts = {state: n for state, n in r["trials"].items() if n}
         rows.append(
             (
                 r["study"],
-                str(r["model"] or "?"),
-                *(str(counts.get(k, 0)) for k in ("complete", "pruned", "fail", "running")),
+                ", ".join(str(r["model"] or "?").split(",")),  # (a comparison's models wrap at their commas)
+                ", ".join(f"{n} {state}" for state, n in counts.items()) or "0",
                 cell(r["best_val_accuracy"]),
                 cell(r["its_test_accuracy"]) if r["best_trial"] is not None else "-",
                 space_text(r["artifacts_bytes"], r["checkpoint_bytes"]),

@@ -29,7 +29,7 @@ MODEL_NAMES = ("airbench", "lenet", "resnet18", "resnet34")  # engine.models
 SAMPLER_NAMES = ("cmaes", "gp", "grid", "qmc", "random", "tpe")  # search.study.SAMPLERS
 
 
-PRUNER_NAMES = ("hyperband", "median", "none", "sha")  # search.study.PRUNERS
+PRUNER_NAMES = ("hyperband", "median", "moasha", "none", "sha")  # search.study.PRUNERS
 
 
 SPACE_NAMES = ("full", "lr")  # search.space.SPACES

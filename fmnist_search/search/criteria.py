@@ -16,11 +16,13 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 
 from ..core.config import TrainConfig
 from ..engine.models import create_model, num_params
 from ..engine.probes import latency_ms, training_throughput
+from . import internals
 
 ACCURACY = "accuracy"
 MEASURED_ATTR = "measured"  # trial user attr: {objective: value} measured before training (TrialRecord.measured)
@@ -120,3 +122,14 @@ def at_least_as_good(b: dict[str, float], a: dict[str, float], names: tuple[str,
         if (b[name] < a[name]) if CRITERIA[name].maximize else (b[name] > a[name]):
             return False
     return True
+
+
+def hypervolume(points: list[dict[str, float]], objectives: tuple[str, ...], reference: dict[str, float]) -> float:
+    """The front's hypervolume: the region of objective space ``points`` dominate, bounded by
+    ``reference`` (its units: the product of the objectives'; a point not better than the
+    reference on every objective adds nothing)."""
+    sign = np.array([-1.0 if CRITERIA[n].maximize else 1.0 for n in objectives])  # Optuna's: all minimised
+    ref = sign * np.array([reference[n] for n in objectives])
+    losses = np.array([[p[n] for n in objectives] for p in points], dtype=float).reshape(-1, len(objectives)) * sign
+    inside = losses[(losses < ref).all(axis=1)]
+    return internals.hypervolume(inside, ref) if len(inside) else 0.0

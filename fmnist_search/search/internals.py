@@ -118,6 +118,24 @@ def hyperband_bracket(
     return bracket, p._pruners[bracket], p._create_bracket_study(study, bracket)
 
 
+# --- fronts: non-dominated sorting and hypervolume (Optuna computes both for its own
+# samplers and plots, and exports neither) ---
+
+
+def nondomination_ranks(losses: Any) -> Any:
+    """Each row's front (0: non-dominated), every column minimised: Optuna's NSGA-II sorting."""
+    from optuna.study._multi_objective import _fast_non_domination_rank
+
+    return _fast_non_domination_rank(losses)
+
+
+def hypervolume(losses: Any, reference: Any) -> float:
+    """The volume dominated by ``losses`` (rows, every column minimised) up to ``reference``."""
+    from optuna._hypervolume import compute_hypervolume
+
+    return float(compute_hypervolume(losses, reference))
+
+
 # --- the check an upgrade runs into ---
 
 _ATTRS: dict[str, tuple[str, ...]] = {  # object kind -> private attributes read above
@@ -143,6 +161,8 @@ def check(url: str = "sqlite:///:memory:") -> None:
     for module, name in (
         ("optuna.storages._rdb.models", "TrialModel"),
         ("optuna.storages._rdb.storage", "_create_scoped_session"),
+        ("optuna.study._multi_objective", "_fast_non_domination_rank"),
+        ("optuna._hypervolume", "compute_hypervolume"),
     ):
         try:
             getattr(importlib.import_module(module), name)

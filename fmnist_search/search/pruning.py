@@ -27,6 +27,12 @@ with none and is never stopped. When the other objectives depend on the model al
 the pruner run per model (plus faster and smaller models); when they vary within a model (a
 searched batch size) it still compares only trials that could dominate. With one objective
 every trial competes with every other: exactly the rules above.
+
+**MOASHA** (``ParetoHalvingPruner``, ``--pruner moasha``): the multi-objective anchor
+(Schmucker et al. 2021, Syne Tune's ``MOASHA``), the same rungs and records as successive
+halving, but every trial at a rung competes with every other on all objectives at once: ranked
+by non-dominated sorting, a front's ties broken by an epsilon-net, it goes on when its rank is in
+the best 1/eta of the rung (``pareto_ranks``).
 """
 
 from __future__ import annotations
@@ -40,12 +46,22 @@ import optuna
 from optuna.pruners import HyperbandPruner, NopPruner, PercentilePruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
-from .criteria import ACCURACY, MEASURED_ATTR, at_least_as_good, objectives_of
-from .internals import halving_settings, hyperband_bracket, percentile_settings, trial_id
+from .criteria import ACCURACY, CRITERIA, MEASURED_ATTR, at_least_as_good, objectives_of
+from .internals import halving_settings, hyperband_bracket, nondomination_ranks, percentile_settings, trial_id
 
 Values = dict[int, dict[int, float]]  # trial number -> {epoch: validation accuracy}
 Write = Callable[[list[tuple[int, str, Any]]], None]  # (trial_id, system attr key, value) in one transaction
 Competes = Callable[[FrozenTrial, FrozenTrial], bool]  # (other, trial): whether other counts against trial
+
+
+class ParetoHalvingPruner(SuccessiveHalvingPruner):
+    """MOASHA: asynchronous successive halving ranking each rung on every objective (module
+    docstring). Rungs at ``min_resource * reduction_factor**k`` epochs, as Optuna's halving; the
+    first trial at a rung always goes on. Decided by ``population_prunes`` (Optuna's ``prune``
+    would rank accuracy alone)."""
+
+    def __init__(self, min_resource: int = 1, reduction_factor: int = 3) -> None:
+        super().__init__(min_resource=min_resource, reduction_factor=reduction_factor)
 
 
 def population_prunes(
@@ -61,11 +77,12 @@ def population_prunes(
     ``competes``: who counts against whom, the objectives' rule unless a caller, such as the
     Pareto benchmark trying other rules, gives its own)."""
     pruner = study.pruner
+    objectives = objectives_of(study) if objectives is None else objectives
     if competes is None:
-        competes = competitors(objectives_of(study) if objectives is None else objectives)
+        competes = competitors(objectives)
     for kind, decide in _RULES:
         if isinstance(pruner, kind):
-            return decide(pruner, study, step, values, write, competes)
+            return decide(pruner, study, step, values, write, competes, objectives)
     # one trial of a single-objective study: any other pruner decides as Optuna asks it, on the stored trial
     if len(values) == 1 and len(study.directions) == 1:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -92,12 +109,12 @@ def _maximize(study: optuna.Study) -> bool:
     return len(study.directions) > 1 or study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
-def _none(pruner: Any, study: Any, step: int, values: Values, write: Write, competes: Competes) -> set[int]:
+def _none(pruner: Any, study: Any, step: int, values: Values, write: Write, *_: Any) -> set[int]:
     return set()
 
 
 def _percentile(
-    pruner: PercentilePruner, study: Any, step: int, values: Values, write: Write, competes: Competes
+    pruner: PercentilePruner, study: Any, step: int, values: Values, write: Write, competes: Competes, *_: Any
 ) -> set[int]:
     p = percentile_settings(pruner)
     warmup, interval = p["warmup"], p["interval"]
@@ -141,7 +158,7 @@ def _promotable(value: float, competing: list[float], eta: int, maximize: bool) 
 
 
 def _halving(
-    pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Values, write: Write, competes: Competes
+    pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Values, write: Write, competes: Competes, *_: Any
 ) -> set[int]:
     p = halving_settings(pruner)
     if p["min_resource"] is None:  # "auto": Optuna estimates it from finished trials; ours set it
@@ -175,7 +192,7 @@ def _halving(
 
 
 def _hyperband(
-    pruner: HyperbandPruner, study: Any, step: int, values: Values, write: Write, competes: Competes
+    pruner: HyperbandPruner, study: Any, step: int, values: Values, write: Write, competes: Competes, *_: Any
 ) -> set[int]:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     brackets: dict[int, tuple[Any, Any, Values]] = {}
@@ -188,8 +205,82 @@ def _hyperband(
     return pruned
 
 
+def pareto_ranks(costs: np.ndarray) -> np.ndarray:
+    """MOASHA's rank of each row of ``costs`` (one column per objective, each minimised; 0: the
+    best): the rows of the first non-dominated front first, then the second front's, and so on;
+    within a front, an epsilon-net order: the row best on the first column (accuracy), then
+    always the row farthest from those already taken (Clarkson's farthest-first traversal, as
+    Syne Tune's ``compute_epsilon_net``). Distances are taken with each column scaled to its
+    range (else samples/s alone would decide). The rank of a row is its position in that order
+    (Syne Tune's ``NonDominatedPriority`` hands the order itself to code that reads it as ranks)."""
+    n = len(costs)
+    low, span = costs.min(axis=0), np.ptp(costs, axis=0)
+    scaled = (costs - low) / np.where(span > 0, span, 1.0)
+    fronts = nondomination_ranks(costs)
+    order: list[int] = []
+    for front in range(int(fronts.max()) + 1 if n else 0):
+        rows = np.flatnonzero(fronts == front)
+        points = scaled[rows]
+        first = int(np.argmin(points[:, 0]))
+        taken, distance = [first], np.linalg.norm(points - points[first], axis=1)
+        while len(taken) < len(rows):
+            distance[taken] = -1.0  # (ties: the lowest row)
+            nxt = int(np.argmax(distance))
+            taken.append(nxt)
+            distance = np.minimum(distance, np.linalg.norm(points - points[nxt], axis=1))
+        order += [int(rows[i]) for i in taken]
+    ranks = np.empty(n, dtype=int)
+    ranks[order] = np.arange(n)
+    return ranks
+
+
+def _costs(accuracy: float, trial: FrozenTrial, objectives: tuple[str, ...]) -> list[float]:
+    """A trial's point at a rung, each objective as a cost (minimised): its accuracy at the rung and
+    what it measured (nan when not measured: filled with the rung's worst)."""
+    measured = {**(trial.user_attrs.get(MEASURED_ATTR) or {}), ACCURACY: accuracy}
+    return [(-1.0 if CRITERIA[name].maximize else 1.0) * float(measured.get(name, math.nan)) for name in objectives]
+
+
+def _pareto_halving(
+    pruner: ParetoHalvingPruner,
+    study: Any,
+    step: int,
+    values: Values,
+    write: Write,
+    competes: Competes,  # (unused: every trial at a rung is ranked against every other, on every objective)
+    objectives: tuple[str, ...],
+) -> set[int]:
+    p = halving_settings(pruner)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    pruned, reached = set(), {}
+    for number, own in values.items():
+        t = trials[number]
+        rung = next(r for r in range(len(t.system_attrs) + 1) if _rung_key(r) not in t.system_attrs)
+        if step < p["min_resource"] * p["reduction_factor"] ** (p["min_early_stopping_rate"] + rung):
+            continue
+        if math.isnan(own[step]):
+            pruned.add(number)
+        else:
+            reached[number] = (_rung_key(rung), own[step])
+    write([(trial_id(trials[n]), key, value) for n, (key, value) in reached.items()])
+    for number, (key, value) in reached.items():
+        # the rung as MOASHA sees it when this trial arrives: the trials recorded there, and its peers
+        at_rung = [n for n, t in trials.items() if n not in reached and key in t.system_attrs]
+        at_rung += [n for n, (k, _) in reached.items() if k == key and n != number]
+        rung_values = {n: trials[n].system_attrs[key] for n in at_rung if n not in reached}
+        rung_values |= {n: reached[n][1] for n in at_rung if n in reached}
+        rows = [_costs(value, trials[number], objectives)]
+        rows += [_costs(rung_values[n], trials[n], objectives) for n in at_rung]
+        costs = np.array(rows, dtype=float)
+        costs = np.where(np.isnan(costs), np.nanmax(costs, axis=0, initial=0.0), costs)
+        if pareto_ranks(costs)[0] / len(costs) > 1 / p["reduction_factor"]:
+            pruned.add(number)
+    return pruned
+
+
 _RULES: list[tuple[type, Callable[..., set[int]]]] = [
     (NopPruner, _none),
+    (ParetoHalvingPruner, _pareto_halving),  # (before its base class)
     (HyperbandPruner, _hyperband),
     (SuccessiveHalvingPruner, _halving),
     (PercentilePruner, _percentile),  # MedianPruner is its 50th percentile

@@ -18,6 +18,7 @@ from ..core.errors import StorageError
 from ..core.presets import check_recipe, expand_recipes, with_base_recipe, with_model_recipes
 from ..core.resolution import resolve
 from .criteria import directions, metric_names
+from .pruning import ParetoHalvingPruner
 from .storage import make_storage  # noqa: F401 - re-exported
 from .urls import mask_url  # noqa: F401 - re-exported
 
@@ -39,6 +40,8 @@ PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
     "median": lambda spec: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
     "sha": lambda spec: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
     "hyperband": lambda spec: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
+    # Several objectives: Syne Tune's MOASHA (its defaults, grace period 1 and eta 3), search/pruning.py
+    "moasha": lambda spec: ParetoHalvingPruner(min_resource=1, reduction_factor=3),
     "none": lambda spec: optuna.pruners.NopPruner(),
 }
 
