@@ -39,7 +39,7 @@ judges every rule of ``grid_rules()`` (pruner settings, MOASHA's among them, x w
 is ranked) the same way; ``--csv`` keeps one line per rule.
 
     python benchmarks/pareto.py --grid benchmarks/results/pareto-cpu-{compare,recorded}-seed?.json \
-        --spreads benchmarks/results/pareto-cpu-*reseed*.json --csv benchmarks/results/pareto-cpu-grid.csv
+        --spreads benchmarks/results/pareto-cpu-*reseed*.json --csv benchmarks/results/pareto-cpu-grid-hv.csv
     python benchmarks/pareto.py --judge benchmarks/results/pareto-cpu-fresh-seed?.json
 """
 
