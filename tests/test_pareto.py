@@ -443,6 +443,28 @@ def test_a_comparison_trains_each_model_at_its_own_population_size(tiny_splits):
     assert [t.user_attrs["population"] for t in trials] == [2, 1, 2, 1, 1]
 
 
+def test_a_population_is_pruned_by_moasha_through_the_lifecycle(tiny_splits):
+    """`--pruner moasha` in a real population: four LeNets (equal on parameters: ranked on
+    accuracy) reach the rung at epoch 1 together; the best 1/3 by rank (ranks 0 and 1 of 4) go on,
+    then at epoch 3 the second of the two at that rung stops."""
+    import torch
+
+    from fmnist_search.search.lifecycle import run_trials
+    from fmnist_search.search.objective import TrialContext
+
+    spec = StudySpec(model="lenet", objectives=("accuracy", "params"), epochs=3, batch_size=64, pruner="moasha")
+    study = optuna.create_study(directions=["maximize", "minimize"], pruner=PRUNERS["moasha"](spec))
+    study.set_user_attr("objectives", list(spec.objectives))
+    objective = TrialContext(spec, tiny_splits, torch.device("cpu"))
+    asked = [(t, objective.config(t)) for t in (study.ask() for _ in range(4))]
+    run_trials(study, objective, asked)
+    trials = study.get_trials(deepcopy=False)
+    assert {t.user_attrs["population"] for t in trials} == {4}
+    stopped = sorted(max(t.intermediate_values) for t in trials if t.state == TrialState.PRUNED)
+    assert stopped == [1, 1, 3] and sum(t.state == TrialState.COMPLETE for t in trials) == 1
+    assert all("completed_rung_0" in t.system_attrs for t in trials)
+
+
 def test_workers_share_a_networks_measured_figures_through_the_study(tiny_splits, monkeypatch):
     import torch
 

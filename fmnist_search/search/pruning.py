@@ -269,11 +269,11 @@ def _pareto_halving(
         at_rung += [n for n, (k, _) in reached.items() if k == key and n != number]
         rung_values = {n: trials[n].system_attrs[key] for n in at_rung if n not in reached}
         rung_values |= {n: reached[n][1] for n in at_rung if n in reached}
-        rows = [_costs(value, trials[number], objectives)]
-        rows += [_costs(rung_values[n], trials[n], objectives) for n in at_rung]
-        costs = np.array(rows, dtype=float)
+        rung_values[number] = value
+        ranked = sorted(rung_values)  # by trial number: ties go to the earlier trial, whoever is checked
+        costs = np.array([_costs(rung_values[n], trials[n], objectives) for n in ranked], dtype=float)
         costs = np.where(np.isnan(costs), np.nanmax(costs, axis=0, initial=0.0), costs)
-        if pareto_ranks(costs)[0] / len(costs) > 1 / p["reduction_factor"]:
+        if pareto_ranks(costs)[ranked.index(number)] / len(costs) > 1 / p["reduction_factor"]:
             pruned.add(number)
     return pruned
 
