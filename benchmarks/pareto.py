@@ -356,12 +356,13 @@ def _common_figures(recordings: list[dict]) -> dict[str, dict[str, float]]:
     return {m: {k: statistics.median(v) for k, v in figures.items()} for m, figures in seen.items()}
 
 
-def _point(t: dict, figures: dict, objectives: list[str]) -> dict[str, float]:
+def _judged(t: dict, figures: dict) -> dict[str, float]:
+    """A recorded trial's objectives as judged: its final accuracy, its model's common figures."""
     return {**figures[t["params"]["model"]], "accuracy": t["values"][0]}
 
 
 def _hypervolume(trials: list[dict], figures: dict, objectives: list[str]) -> float:
-    return hypervolume([_point(t, figures, objectives) for t in trials], tuple(objectives), REFERENCE)
+    return hypervolume([_judged(t, figures) for t in trials], tuple(objectives), REFERENCE)
 
 
 def _points_behind(
@@ -371,7 +372,7 @@ def _points_behind(
     no worse on the other objectives ends below it, beyond the point's own seed-to-seed spread
     (0 or less: kept)."""
     others = tuple(objectives[1:])
-    points = {t["trial"]: _point(t, figures, objectives) for t in trials}
+    points = {t["trial"]: _judged(t, figures) for t in trials}
     out = {}
     front = _front([{**t, "values": [points[t["trial"]][n] for n in objectives]} for t in trials], objectives)
     for number in (trials[u.number]["trial"] for u in front):  # (_front numbers the trials as listed)
