@@ -208,10 +208,10 @@ def replay(
                 study.tell(trial, state=TrialState.PRUNED)
                 pruned.append(trial.number)
                 break
-        else:
-            study.tell(trial, old["values"])
+        else:  # (a trial that diverged in the run fails here too, after the same epochs)
+            study.tell(trial, old["values"], state=None if old["values"] else TrialState.FAIL)
     kept = {t.number for t in study.best_trials}
-    front = {t.number for t in _front(trials, objectives)}
+    front = {t["trial"] for t in _front(trials, objectives)}
     done = [
         old for old, t in zip(trials, study.get_trials(deepcopy=False), strict=True) if t.state == TrialState.COMPLETE
     ]
@@ -310,7 +310,7 @@ def judge(files: list[Path], rules: dict[str, dict], spreads: list[Path] = (), g
             objectives, epochs = _settings(d)
             signal = rule.get("signal", "epoch")
             r = replay(d["trials"], rule["pruner"], epochs, objectives, rule.get("lr_ratio"), signal)
-            done = [t for t in d["trials"] if t["trial"] not in set(r["pruned"])]
+            done = [t for t in _finished(d["trials"]) if t["trial"] not in set(r["pruned"])]
             hv = _hypervolume(done, figures[name], objectives)
             behind = _points_behind(d["trials"], done, figures[name], objectives, sd_of.get(name, {}))
             share = r["epochs_trained"] / d["unpruned"]["epochs_trained"]
@@ -361,8 +361,13 @@ def _judged(t: dict, figures: dict) -> dict[str, float]:
     return {**figures[t["params"]["model"]], "accuracy": t["values"][0]}
 
 
+def _finished(trials: list[dict]) -> list[dict]:
+    """The recorded trials that completed (a diverged one failed: it has no values)."""
+    return [t for t in trials if t["values"] is not None]
+
+
 def _hypervolume(trials: list[dict], figures: dict, objectives: list[str]) -> float:
-    return hypervolume([_judged(t, figures) for t in trials], tuple(objectives), REFERENCE)
+    return hypervolume([_judged(t, figures) for t in _finished(trials)], tuple(objectives), REFERENCE)
 
 
 def _points_behind(
@@ -372,10 +377,11 @@ def _points_behind(
     no worse on the other objectives ends below it, beyond the point's own seed-to-seed spread
     (0 or less: kept)."""
     others = tuple(objectives[1:])
-    points = {t["trial"]: _judged(t, figures) for t in trials}
+    points = {t["trial"]: _judged(t, figures) for t in _finished(trials)}
     out = {}
-    front = _front([{**t, "values": [points[t["trial"]][n] for n in objectives]} for t in trials], objectives)
-    for number in (trials[u.number]["trial"] for u in front):  # (_front numbers the trials as listed)
+    judged = [{**t, "values": [points[t["trial"]][n] for n in objectives]} for t in _finished(trials)]
+    front = _front(judged, objectives)
+    for number in (u["trial"] for u in front):
         mine = points[number]
         rivals = [points[t["trial"]]["accuracy"] for t in done if at_least_as_good(points[t["trial"]], mine, others)]
         gap = mine["accuracy"] - max(rivals, default=0.0)
@@ -401,7 +407,7 @@ def _models(trials: list[dict]) -> list[str]:
 
 def _best(trials: list[dict], model: str) -> float:
     """The best final validation accuracy among ``trials`` of ``model`` (0 if none completed)."""
-    return max((t["values"][0] for t in trials if t["params"]["model"] == model), default=0.0)
+    return max((t["values"][0] for t in _finished(trials) if t["params"]["model"] == model), default=0.0)
 
 
 def winner_ranks(trials: list[dict]) -> dict:
@@ -415,18 +421,20 @@ def winner_ranks(trials: list[dict]) -> dict:
             for t in trials
             if t["params"]["model"] == m
         }
-        winner = max((t for t in trials if t["params"]["model"] == m), key=lambda t: t["values"][0])["trial"]
+        winner = max((t for t in _finished(trials) if t["params"]["model"] == m), key=lambda t: t["values"][0])["trial"]
         mine = curves[winner]
         ranks = [1 + sum(len(c) > e and c[e] > mine[e] for c in curves.values()) for e in range(len(mine))]
         out[m] = {"winner": winner, "of": len(curves), "rank_by_epoch": ranks}
     return out
 
 
-def _front(trials: list[dict], objectives: list[str]) -> list[optuna.trial.FrozenTrial]:
+def _front(trials: list[dict], objectives: list[str]) -> list[dict]:
+    """The recorded trials on the front of ``trials`` (of those that completed)."""
+    finished = _finished(trials)
     study = optuna.create_study(directions=directions(tuple(objectives)))
-    for t in trials:
+    for t in finished:
         study.add_trial(optuna.create_trial(values=t["values"]))
-    return study.best_trials
+    return [finished[t.number] for t in study.best_trials]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -551,7 +559,7 @@ def _pruned_run(args: argparse.Namespace, url: str, unpruned: optuna.Study) -> d
     same = [
         t.number
         for t in pruned.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE and t.values[0] == unpruned.trials[t.number].values[0]
+        if t.state == TrialState.COMPLETE and t.values == unpruned.trials[t.number].values
     ]
     result["same_accuracy_as_unpruned"] = f"{len(same)} of {result['complete']}"
     figures = {t.number: t.user_attrs.get(MEASURED_ATTR) for t in unpruned.get_trials(deepcopy=False)}
@@ -592,7 +600,7 @@ def _reseeded(args: argparse.Namespace) -> dict:
     args.objectives = ",".join(_settings(saved)[0])
     args.preset = settings.get("preset")
     models = sorted({t["params"]["model"] for t in saved["trials"]})
-    ranked = sorted(saved["trials"], key=lambda t: -t["values"][0])
+    ranked = sorted(_finished(saved["trials"]), key=lambda t: -t["values"][0])
     top = {m: [t for t in ranked if t["params"]["model"] == m][: args.top] for m in models}
     chosen = [t for m in models for t in top[m]]
     # a trial's seed is the study's plus its number: no configuration may get its recorded number again

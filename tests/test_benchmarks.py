@@ -241,6 +241,17 @@ def test_pareto_judge_keeps_a_front_within_its_own_noise(tmp_path):
     assert rows["hyperband"]["recordings"][files[0].name]["points_behind"]["1"] == pytest.approx(-2.69)
     lines = (tmp_path / "j.csv").read_text().splitlines()
     assert len(lines) == 1 + len(rows) and lines[0].startswith("rule,met,kept,")
+    # a trial that diverged in the run (failed: no values) fails in the replay too, after the same epochs
+    saved = json.loads(files[0].read_text())
+    lenet = [t for t in saved["trials"] if t["params"]["model"] == "lenet"]
+    best = max(lenet, key=lambda t: t["values"][0])
+    best["values"], best["curve"] = None, {"1": 0.35, "2": 0.1}
+    diverged = tmp_path / files[0].name  # (the same name: the same setting as seed 1's)
+    diverged.write_text(json.dumps(saved))
+    r = pareto.replay(saved["trials"], "none", 10, ["accuracy", "throughput"])
+    assert r["epochs_trained"] == saved["unpruned"]["epochs_trained"] - 8 and best["trial"] not in r["front"]
+    judged = pareto.judge([diverged, files[1]], {"hyperband": {"pruner": "hyperband"}})
+    assert judged["hypervolume"][files[0].name]["unpruned"] < hv[files[0].name]["unpruned"]  # its point gone
 
 
 def test_the_gpu_scripts_parse():
