@@ -157,6 +157,26 @@ def _promotable(value: float, competing: list[float], eta: int, maximize: bool) 
     return value >= ranked[-(index + 1)] if maximize else value <= ranked[index]
 
 
+def _reach_rungs(
+    p: dict[str, Any], trials: dict[int, FrozenTrial], step: int, values: Values, write: Write
+) -> tuple[set[int], dict[int, tuple[str, float]]]:
+    """Successive halving's records (Optuna's rungs and ``completed_rung_N`` attrs): the trials of
+    ``values`` that reach their next rung at ``step``, with its key and their value, written for
+    every worker to see first; and those whose value there is nan (stopped)."""
+    stopped, reached = set(), {}
+    for number, own in values.items():
+        t = trials[number]
+        rung = next(r for r in range(len(t.system_attrs) + 1) if _rung_key(r) not in t.system_attrs)
+        if step < p["min_resource"] * p["reduction_factor"] ** (p["min_early_stopping_rate"] + rung):
+            continue
+        if math.isnan(own[step]):
+            stopped.add(number)
+        else:
+            reached[number] = (_rung_key(rung), own[step])
+    write([(trial_id(trials[n]), key, value) for n, (key, value) in reached.items()])
+    return stopped, reached
+
+
 def _halving(
     pruner: SuccessiveHalvingPruner, study: Any, step: int, values: Values, write: Write, competes: Competes, *_: Any
 ) -> set[int]:
@@ -165,17 +185,7 @@ def _halving(
         raise ValueError("population pruning needs a SuccessiveHalvingPruner with a min_resource")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     maximize = _maximize(study)
-    pruned, reached = set(), {}
-    for number, own in values.items():
-        t = trials[number]
-        rung = next(r for r in range(len(t.system_attrs) + 1) if _rung_key(r) not in t.system_attrs)
-        if step < p["min_resource"] * p["reduction_factor"] ** (p["min_early_stopping_rate"] + rung):
-            continue
-        if math.isnan(own[step]):
-            pruned.add(number)
-        else:
-            reached[number] = (_rung_key(rung), own[step])
-    write([(trial_id(trials[n]), key, value) for n, (key, value) in reached.items()])
+    pruned, reached = _reach_rungs(p, trials, step, values, write)
     for number, (key, value) in reached.items():
         me = trials[number]
         others = [
@@ -252,17 +262,7 @@ def _pareto_halving(
 ) -> set[int]:
     p = halving_settings(pruner)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    pruned, reached = set(), {}
-    for number, own in values.items():
-        t = trials[number]
-        rung = next(r for r in range(len(t.system_attrs) + 1) if _rung_key(r) not in t.system_attrs)
-        if step < p["min_resource"] * p["reduction_factor"] ** (p["min_early_stopping_rate"] + rung):
-            continue
-        if math.isnan(own[step]):
-            pruned.add(number)
-        else:
-            reached[number] = (_rung_key(rung), own[step])
-    write([(trial_id(trials[n]), key, value) for n, (key, value) in reached.items()])
+    pruned, reached = _reach_rungs(p, trials, step, values, write)
     for number, (key, value) in reached.items():
         # the rung as MOASHA sees it when this trial arrives: the trials recorded there, and its peers
         at_rung = [n for n, t in trials.items() if n not in reached and key in t.system_attrs]
