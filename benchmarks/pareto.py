@@ -40,7 +40,10 @@ is ranked) the same way; ``--csv`` keeps one line per rule.
 
     python benchmarks/pareto.py --grid benchmarks/results/pareto-cpu-{compare,recorded}-seed?.json \
         --spreads benchmarks/results/pareto-cpu-*reseed*.json --csv benchmarks/results/pareto-cpu-grid-hv.csv
-    python benchmarks/pareto.py --judge benchmarks/results/pareto-cpu-fresh-seed?.json
+    python benchmarks/pareto.py --reseed benchmarks/results/pareto-cpu-fresh-seed5.json --top 1 --repeats 3 \
+        --json benchmarks/results/pareto-cpu-fresh-reseed-seed5.json
+    python benchmarks/pareto.py --judge benchmarks/results/pareto-cpu-fresh-seed?.json \
+        --spreads benchmarks/results/pareto-cpu-fresh-reseed-seed?.json
 """
 
 from __future__ import annotations
