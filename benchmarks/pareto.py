@@ -380,9 +380,10 @@ def _points_behind(
     no worse on the other objectives ends below it, beyond the point's own seed-to-seed spread
     (0 or less: kept)."""
     others = tuple(objectives[1:])
-    points = {t["trial"]: _judged(t, figures) for t in _finished(trials)}
+    finished = _finished(trials)
+    points = {t["trial"]: _judged(t, figures) for t in finished}
     out = {}
-    judged = [{**t, "values": [points[t["trial"]][n] for n in objectives]} for t in _finished(trials)]
+    judged = [{**t, "values": [points[t["trial"]][n] for n in objectives]} for t in finished]
     front = _front(judged, objectives)
     for number in (u["trial"] for u in front):
         mine = points[number]
