@@ -218,14 +218,18 @@ def replay(
     done = [
         old for old, t in zip(trials, study.get_trials(deepcopy=False), strict=True) if t.state == TrialState.COMPLETE
     ]
-    behind = {m: round(100 * (_best(trials, m) - _best(done, m)), 2) for m in _models(trials)}  # the model's point
     return {
         "epochs_trained": trained,
         "front": sorted(kept),
         "lost": sorted(front - kept),
-        "behind_points": behind,
+        "behind_points": _model_behind(trials, done),
         "pruned": pruned,
     }
+
+
+def _model_behind(trials: list[dict], done: list[dict]) -> dict[str, float]:
+    """Per model: how many accuracy points its best completed trial of ``done`` ends below its best recorded one."""
+    return {m: round(100 * (_best(trials, m) - _best(done, m)), 2) for m in _models(trials)}
 
 
 def _smoothed(curve: dict[int, float], k: int) -> dict[int, float]:
@@ -286,7 +290,9 @@ def grid(files: list[Path], spreads: list[Path] = (), goal: float = GOAL) -> dic
 
 
 def judge(files: list[Path], rules: dict[str, dict], spreads: list[Path] = (), goal: float = GOAL) -> dict:
-    """Each rule replayed on each recording and judged by the criterion of docs/pareto.md: the front
+    """Each rule replayed on each recording (a rule: ``pruner`` and ``replay``'s options, or its own
+    ``replay(trials, epochs, objectives)`` giving ``epochs_trained`` and ``pruned``) and judged by the
+    criterion of docs/pareto.md: the front
     is kept when (a) its hypervolume is at most one seed-to-seed sd of the unpruned study's below the
     unpruned front's (the sd over the recordings of the same settings: at least two), and (b) every
     unpruned front point has a pruned front point at most that configuration's spread (``--spreads``:
@@ -311,8 +317,11 @@ def judge(files: list[Path], rules: dict[str, dict], spreads: list[Path] = (), g
         cells = {}
         for name, d in saved.items():
             objectives, epochs = _settings(d)
-            signal = rule.get("signal", "epoch")
-            r = replay(d["trials"], rule["pruner"], epochs, objectives, rule.get("lr_ratio"), signal)
+            if "replay" in rule:  # a scheduler the lifecycle does not have (pareto_families.py)
+                r = rule["replay"](d["trials"], epochs, objectives)
+            else:
+                signal = rule.get("signal", "epoch")
+                r = replay(d["trials"], rule["pruner"], epochs, objectives, rule.get("lr_ratio"), signal)
             done = [t for t in _finished(d["trials"]) if t["trial"] not in set(r["pruned"])]
             hv = _hypervolume(done, figures[name], objectives)
             behind = _points_behind(d["trials"], done, figures[name], objectives, sd_of.get(name, {}))
@@ -322,7 +331,7 @@ def judge(files: list[Path], rules: dict[str, dict], spreads: list[Path] = (), g
                 "hv_ratio": round(hv / unpruned_hv[name], 4),
                 "hv_below_sd": round((unpruned_hv[name] - hv) / spread_hv[name], 2),  # in the unpruned study's sds
                 "points_behind": behind,  # per unpruned front point: its nearest pruned one, beyond its spread
-                "behind_points": max(r["behind_points"].values()),  # each model's best, as before
+                "behind_points": max(_model_behind(d["trials"], done).values()),  # each model's best, as before
                 "kept": bool(unpruned_hv[name] - hv <= spread_hv[name] and all(b <= 0 for b in behind.values())),
             }
         met = sum(c["kept"] and c["share"] <= goal for c in cells.values())

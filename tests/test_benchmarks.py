@@ -254,6 +254,56 @@ def test_pareto_judge_keeps_a_front_within_its_own_noise(tmp_path):
     assert judged["hypervolume"][files[0].name]["unpruned"] < hv[files[0].name]["unpruned"]  # its point gone
 
 
+def test_pareto_families_stop_as_optunas_halving_and_promote_as_asha(tmp_path):
+    """The simulated families (benchmarks/pareto_families.py): with no margin and no pausing, the
+    lifecycle's successive halving on a recording; a margin keeps near-ties; promotion pauses the
+    first trials at a rung until eta have reached it."""
+    import pareto
+    import pareto_families as families
+    from optuna.pruners import SuccessiveHalvingPruner
+
+    recording = ROOT / "benchmarks/results/pareto-cpu-compare-seed0.json"
+    saved = json.loads(recording.read_text())
+    objectives = ["accuracy", "throughput"]
+    for r, eta, signal in ((1, 3, "epoch"), (2, 2, "mean2"), (1, 4, "best")):
+        ours = families.halving(saved["trials"], 10, objectives, r, eta, signal)
+        optunas = pareto.replay(
+            saved["trials"], lambda spec, r=r, eta=eta: SuccessiveHalvingPruner(r, eta), 10, objectives, signal=signal
+        )
+        assert (ours["epochs_trained"], ours["pruned"]) == (optunas["epochs_trained"], optunas["pruned"])
+    plain = families.halving(saved["trials"], 10, objectives, 1, 3)
+    lenient = families.halving(saved["trials"], 10, objectives, 1, 3, margin=0.01)
+    assert set(lenient["pruned"]) < set(plain["pruned"]) and lenient["epochs_trained"] > plain["epochs_trained"]
+
+    # three trials of one model (the same throughput), rungs at 1 and 3 of 4 epochs, eta 3
+    def trial(n: int, curve: list[float]) -> dict:
+        return {
+            "trial": n,
+            "params": {"model": "lenet", "lr_lenet": 0.1},
+            "curve": {str(e + 1): v for e, v in enumerate(curve)},
+            "measured": {"throughput": 1000.0},
+            "values": [curve[-1], 1000.0],
+        }
+
+    trials = [trial(0, [0.5, 0.6, 0.7, 0.8]), trial(1, [0.6, 0.7, 0.8, 0.9]), trial(2, [0.4, 0.5, 0.6, 0.7])]
+    stopping = families.halving(trials, 4, objectives, 1, 3)
+    assert stopping["pruned"] == [2] and stopping["epochs_trained"] == 4 + 4 + 1  # the first at a rung goes on
+    promotion = families.halving(trials, 4, objectives, 1, 3, pause=True)
+    # all three wait at epoch 1 until the third arrives; then only the best of three (trial 1) goes on, and
+    # at epoch 3 it is alone, so it waits there: none completes, 1 + 3 + 1 epochs
+    assert promotion == {"epochs_trained": 5, "pruned": [0, 1, 2]}
+    rules = families.family_rules()
+    assert len(rules) == 2 * 3 * 3 * len(families.MARGINS) * len(pareto.SIGNALS)
+    files = [ROOT / f"benchmarks/results/pareto-cpu-compare-seed{s}.json" for s in (0, 1)]
+    out = tmp_path / "f.csv"
+    rows = families.main(
+        ["--recordings", *map(str, files), "--rule", "hyperband from 1 eta 3, epoch", "--csv", str(out)]
+    )
+    hyperband = next(row for row in rows if row["rule"] == "hyperband from 1 eta 3, epoch")
+    assert hyperband["met"] == 2  # as pareto.py --judge finds it on these two recordings
+    assert len(out.read_text().splitlines()) == 1 + len(rules) + 1
+
+
 def test_the_gpu_scripts_parse():
     """bash -n on the device scripts (seconds): the whole flow runs under the slow marker."""
     for script in ("gpu_check.sh", "gpu_prepare.sh"):
