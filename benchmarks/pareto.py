@@ -482,6 +482,8 @@ def main(argv: list[str] | None = None) -> dict:
             results = grid(args.grid, args.spreads)
         else:
             every = grid_rules()
+            if unknown := [name for name in args.rule if name not in every]:
+                raise SystemExit(f"--rule: no rule named {unknown[0]!r} in --grid's (e.g. {next(iter(every))!r})")
             rules = {name: {"pruner": name} for name in JUDGED} | {name: every[name] for name in args.rule}
             results = judge(args.judge, rules, args.spreads)
         # a replay trains nothing: the recordings carry their own machine and settings

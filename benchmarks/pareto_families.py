@@ -29,11 +29,14 @@ import csv
 import itertools
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pareto  # benchmarks/ is on sys.path when a script runs
+from results_io import hardware, write_json
 
+from fmnist_search.engine.devices import resolve_device
 from fmnist_search.search.criteria import at_least_as_good
 
 MARGINS = (0.0, 0.0025, 0.005, 0.01)  # accuracy (0.005: half a point, the criterion's unmeasured spread)
@@ -137,10 +140,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--recordings", type=Path, nargs="+", action="append", required=True, help="one set (repeatable)")
     p.add_argument("--spreads", type=Path, nargs="*", default=[], help="--reseed results: configurations' spreads")
     p.add_argument("--rule", action="append", default=[], help="also this rule of pareto.py's grid (repeatable)")
+    p.add_argument("--only", action="append", default=[], help="of the families, only this rule (repeatable)")
     p.add_argument("--csv", type=Path, help="one line per rule: met, kept, mean share of the epochs, per set")
+    p.add_argument("--json", type=Path, help="each set's judgment, recording by recording (as pareto.py --judge's)")
     args = p.parse_args(argv)
-    every = pareto.grid_rules()
-    rules = family_rules() | {name: every[name] for name in args.rule}
+    every, ours = pareto.grid_rules(), family_rules()
+    for flag, names, known in (("--only", args.only, ours), ("--rule", args.rule, every)):
+        if unknown := [name for name in names if name not in known]:
+            raise SystemExit(f"{flag}: no rule named {unknown[0]!r} (e.g. {next(iter(known))!r})")
+    rules = {name: ours[name] for name in args.only or ours} | {name: every[name] for name in args.rule}
     judged = [pareto.judge(files, rules, args.spreads) for files in args.recordings]
     rows = []
     for name in rules:
@@ -160,6 +168,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{len(rows)} rules on {total} recordings in {len(judged)} sets (met: front kept at most {pareto.GOAL:.0%})")
     for row in rows[:20]:
         print(f"met {row['met']:2d} kept {row['kept']:2d} share {row['share']:.0%}  {row['rule']}")
+    if args.json is not None:
+        machine = hardware(resolve_device("cpu"), "fp32", date=time.strftime("%Y-%m-%d"))
+        write_json(args.json, {"sets": judged, "hardware": machine})
     if args.csv is not None:
         with args.csv.open("w", newline="") as f:
             out = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -302,6 +302,13 @@ def test_pareto_families_stop_as_optunas_halving_and_promote_as_asha(tmp_path):
     hyperband = next(row for row in rows if row["rule"] == "hyperband from 1 eta 3, epoch")
     assert hyperband["met"] == 2  # as pareto.py --judge finds it on these two recordings
     assert len(out.read_text().splitlines()) == 1 + len(rules) + 1
+    pick = "promotion from 2 eta 3, margin 0.5, epoch"
+    rows = families.main(["--recordings", *map(str, files), "--only", pick, "--json", str(tmp_path / "f.json")])
+    (judged,) = json.loads((tmp_path / "f.json").read_text())["sets"]
+    assert [row["rule"] for row in rows] == [row["rule"] for row in judged["rules"]] == [pick]
+    assert set(judged["rules"][0]["recordings"]) == {f.name for f in files}
+    with pytest.raises(SystemExit, match="--only: no rule named 'promotion from 9'"):
+        families.main(["--recordings", str(files[0]), "--only", "promotion from 9"])
 
 
 def test_the_gpu_scripts_parse():
