@@ -38,6 +38,7 @@ from results_io import hardware, write_json
 
 from fmnist_search.engine.devices import resolve_device
 from fmnist_search.search.criteria import at_least_as_good
+from fmnist_search.search.pruning import promotable
 
 MARGINS = (0.0, 0.0025, 0.005, 0.01)  # accuracy (0.005: half a point, the criterion's unmeasured spread)
 
@@ -64,11 +65,9 @@ def halving(
     def goes_on(n: int, k: int) -> bool:
         mine = trials[n]["measured"]
         pool = [v for o, v in at_rung[k].items() if o == n or at_least_as_good(trials[o]["measured"], mine, others)]
-        top = len(pool) // eta
-        if pause and top < 1:  # ASHA: none goes on from a rung until eta have reached it
+        if pause and len(pool) < eta:  # ASHA: none goes on from a rung until eta have reached it
             return False
-        threshold = sorted(pool, reverse=True)[max(top - 1, 0)]  # Optuna's: the best while fewer than eta
-        return at_rung[k][n] >= threshold - margin
+        return promotable(at_rung[k][n] + margin, pool, eta, maximize=True)  # the lifecycle's rule
 
     trained = [0] * len(trials)
     if not pause:
@@ -105,9 +104,9 @@ def halving(
 
     started = 0
     while True:
-        promotable = [n for n in sorted(waiting, key=lambda n: (-level[n], n)) if goes_on(n, level[n])]
-        if promotable:
-            train_to(promotable[0], level[promotable[0]] + 1)
+        ready = [n for n in sorted(waiting, key=lambda n: (-level[n], n)) if goes_on(n, level[n])]
+        if ready:
+            train_to(ready[0], level[ready[0]] + 1)
         elif started < len(trials):
             train_to(started, 0)
             started += 1

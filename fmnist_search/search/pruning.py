@@ -150,7 +150,7 @@ def _rung_key(rung: int) -> str:
     return f"completed_rung_{rung}"  # Optuna's SuccessiveHalvingPruner's system attr
 
 
-def _promotable(value: float, competing: list[float], eta: int, maximize: bool) -> bool:
+def promotable(value: float, competing: list[float], eta: int, maximize: bool) -> bool:
     """Optuna's rule: in the top 1/eta of the rung (the best one while fewer than eta competed)."""
     index = max(len(competing) // eta - 1, 0)
     ranked = sorted(competing)
@@ -196,7 +196,7 @@ def _halving(
         competing = others + [
             v for n, (k, v) in reached.items() if k == key and (n == number or competes(trials[n], me))
         ]
-        if len(competing) <= p["bootstrap_count"] or not _promotable(value, competing, p["reduction_factor"], maximize):
+        if len(competing) <= p["bootstrap_count"] or not promotable(value, competing, p["reduction_factor"], maximize):
             pruned.add(number)
     return pruned
 
