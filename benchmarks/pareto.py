@@ -291,15 +291,15 @@ def grid(files: list[Path], spreads: list[Path] = (), goal: float = GOAL) -> dic
 
 def judge(files: list[Path], rules: dict[str, dict], spreads: list[Path] = (), goal: float = GOAL) -> dict:
     """Each rule replayed on each recording (a rule: ``pruner`` and ``replay``'s options, or its own
-    ``replay(trials, epochs, objectives)`` giving ``epochs_trained`` and ``pruned``) and judged by the
-    criterion of docs/pareto.md: the front
-    is kept when (a) its hypervolume is at most one seed-to-seed sd of the unpruned study's below the
-    unpruned front's (the sd over the recordings of the same settings: at least two), and (b) every
-    unpruned front point has a pruned front point at most that configuration's spread (``--spreads``:
-    ``--reseed`` results; 0.5 points where unmeasured) less accurate and no worse on the other
-    objectives. Hypervolumes are taken at ``REFERENCE`` with each model's figures replaced by their
-    median over the recordings (a figure is the machine's, measured once per recording under its
-    own load, and the same in a recording's pruned and unpruned runs)."""
+    ``replay(trials, epochs, objectives)`` giving ``epochs_trained`` and ``pruned``) and judged by
+    the criterion of docs/pareto.md: the front is kept when (a) its hypervolume is at most one
+    seed-to-seed sd of the unpruned study's below the unpruned front's (the sd over the recordings
+    of the same settings: at least two), and (b) every unpruned front point has a pruned front
+    point at most that configuration's spread (``--spreads``: ``--reseed`` results; 0.5 points
+    where unmeasured) less accurate and no worse on the other objectives. Hypervolumes are taken
+    at ``REFERENCE`` with each model's figures replaced by their median over the recordings (a
+    figure is the machine's, measured once per recording under its own load, and the same in a
+    recording's pruned and unpruned runs)."""
     saved = {f.name: json.loads(f.read_text()) for f in files}
     sd_of = _configuration_spreads(spreads)
     groups: dict[tuple, list[str]] = {}
@@ -322,7 +322,8 @@ def judge(files: list[Path], rules: dict[str, dict], spreads: list[Path] = (), g
             else:
                 signal = rule.get("signal", "epoch")
                 r = replay(d["trials"], rule["pruner"], epochs, objectives, rule.get("lr_ratio"), signal)
-            done = [t for t in _finished(d["trials"]) if t["trial"] not in set(r["pruned"])]
+            stopped = set(r["pruned"])
+            done = [t for t in _finished(d["trials"]) if t["trial"] not in stopped]
             hv = _hypervolume(done, figures[name], objectives)
             behind = _points_behind(d["trials"], done, figures[name], objectives, sd_of.get(name, {}))
             share = r["epochs_trained"] / d["unpruned"]["epochs_trained"]

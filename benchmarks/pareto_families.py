@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import itertools
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pareto  # benchmarks/ is on sys.path when a script runs
@@ -85,18 +85,16 @@ def halving(
         return {"epochs_trained": sum(trained), "pruned": sorted(stopped)}
     stops = [r for r in rungs if r < epochs] + [epochs]  # a paused trial waits at each rung below the end
     level = [-1] * len(trials)  # the rung a trial waits at (-1: not started)
-    waiting, done, failed = set(), set(), set()
+    waiting, done = set(), set()
 
     def train_to(n: int, k: int) -> None:
         target = stops[k]
         last = max(curves[n])
         trained[n] = min(target, last)
-        if last < target:  # the trial diverged before the rung (it failed in the recording)
+        if last < target or k == len(stops) - 1:  # diverged before the rung (failed in the recording), or done
             waiting.discard(n)
-            failed.add(n)
-        elif k == len(stops) - 1:
-            waiting.discard(n)
-            done.add(n)
+            if last >= target:
+                done.add(n)
         else:
             level[n] = k
             at_rung[k][n] = curves[n][target]
@@ -123,15 +121,10 @@ def family_rules() -> dict[str, dict]:
     ):
         kind = "promotion" if pause else "halving"
         name = f"{kind} from {r} eta {eta}, margin {100 * margin:g}, {signal}"
-        rules[name] = {"replay": _bound(r, eta, signal, margin, pause)}
+        rules[name] = {
+            "replay": functools.partial(halving, min_resource=r, eta=eta, signal=signal, margin=margin, pause=pause)
+        }
     return rules
-
-
-def _bound(r: int, eta: int, signal: str, margin: float, pause: bool) -> Callable[..., dict]:
-    def run(trials: list[dict], epochs: int, objectives: list[str]) -> dict:
-        return halving(trials, epochs, objectives, r, eta, signal, margin, pause)
-
-    return run
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
