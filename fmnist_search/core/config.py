@@ -57,6 +57,11 @@ class TrainConfig:
     flip: bool = False  # random horizontal flips
     erasing: float = 0.0  # random-erasing probability per sample
     tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the probabilities
+    # Half-life, in epochs, of an exponential moving average of the weights (and BatchNorm
+    # statistics) that is what the trial evaluates, reports, is pruned on and saves (0: the raw
+    # weights). benchmarks/fidelity.py measured how well each half-life's mid-run accuracy ranks
+    # trials as they end (docs/results.md).
+    ema: float = 0.0
     teacher: str = ""  # preset whose network, trained on the same images, gives soft targets ("": none)
     distill: float = 0.0  # weight of the teacher's soft targets in the loss (0: labels only, 1: teacher only)
     distill_temp: float = 4.0  # softmax temperature of both networks in the distillation term

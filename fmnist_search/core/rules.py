@@ -123,6 +123,7 @@ RECIPE_RULES: dict[str, Rule] = {
     "flip": _BOOL,
     "erasing": _PROBABILITY,
     "tta_flip": _BOOL,
+    "ema": _num(0, 100),
     "teacher": Rule(str, "a preset name (or empty: none)"),
     "distill": _PROBABILITY,
     "distill_temp": _num(0, low_open=True),

@@ -38,7 +38,7 @@ def default_population(model: str, device: torch.device, trials: int | None = No
 def shared_key(cfg: TrainConfig) -> tuple[Any, ...]:
     """Configs with the same key can train in one population: they take the same images at
     each step (augmentation is each member's own: ``SharedBatches``' views)."""
-    return (cfg.batch_size, cfg.teacher, cfg.precision, order_seed(cfg), cfg.eval_batch_size)
+    return (cfg.batch_size, cfg.teacher, cfg.precision, order_seed(cfg), cfg.eval_batch_size, cfg.ema > 0)
 
 
 # (members that left after this epoch, free rows) -> up to that many new members, each a fresh
@@ -60,6 +60,7 @@ def fit_population(
     snapshot_every: int = 0,
     graphs: bool = False,
     refill: Refill | None = None,
+    halflives: Sequence[float] = (),
 ) -> PopulationStats:
     """Train ``modules[k]`` with ``members[k].cfg`` for every k at once; each leaves when its
     epochs are done, when it diverges, or when ``on_epoch_end`` names it. ``members`` carry
@@ -82,6 +83,9 @@ def fit_population(
     augmentation and history, so a resumed run ends as the uninterrupted one would (tested bit
     for bit in float64).
 
+    ``halflives`` (epochs): averages of the weights measured beside the judged figure, each
+    epoch's validation accuracy of each in ``EpochMetrics.figures`` (benchmarks/fidelity.py).
+
     ``graphs`` (CUDA, fp32 or bf16): each full-batch step is captured once per shape as a CUDA
     graph and replayed (``GraphedStep``); the eager step is the reference and the CPU's.
     """
@@ -100,7 +104,7 @@ def fit_population(
             unwrapped(module).load_state_dict(snap.state_dict)
     for module in modules:  # running statistics that fit the data after one epoch, however short
         fit_momentum(module, steps_per_epoch(len(train[0]), base.batch_size))
-    stack_ = Stack(modules, cfgs, len(train[0]), device)
+    stack_ = Stack(modules, cfgs, len(train[0]), device, halflives)
     batches = SharedBatches(train, cfgs, teacher if any(c.distill > 0 for c in cfgs) else None, lookup)
     stats = stats if stats is not None else PopulationStats()
     stats.kind, stats.capacity = stack_.kind, len(cfgs)
@@ -153,7 +157,8 @@ def fit_population(
         # Evaluation runs in fp32 whatever the training precision: it costs little, and the
         # stored accuracies are then exactly what `fmnist-search evaluate` (fp32) reproduces.
         accs = stack_.evaluate(val, base.eval_batch_size) if val is not None else None
-        metrics = _epoch_metrics(members, stack_.alive, sums, accs, seen, elapsed)
+        figures = stack_.averaged_figures(val, base.eval_batch_size) if val is not None and halflives else None
+        metrics = _epoch_metrics(members, stack_.alive, sums, accs, seen, elapsed, figures)
         stop = set(on_epoch_end(at_round, metrics)) if on_epoch_end is not None else set()
         freed = stack_.retire(members, stop)
         if freed and refill is not None:
@@ -195,6 +200,7 @@ def _epoch_metrics(
     accs: list[tuple[float, float]] | None,
     seen: int,
     elapsed: float,
+    figures: list[dict[str, float]] | None = None,
 ) -> dict[int, EpochMetrics]:
     """Each training member's epoch (its own count), appended to its history; members whose
     loss is not finite diverge."""
@@ -208,6 +214,8 @@ def _epoch_metrics(
             members[m].error = f"training loss became {train_loss} in epoch {epoch} (lr={members[m].cfg.lr:.4g})"
             continue
         val_acc, val_loss = accs[row] if accs is not None else (math.nan, math.nan)
-        metrics[m] = EpochMetrics(epoch, train_loss, corrects[row] / seen, val_acc, val_loss, elapsed, seen)
+        metrics[m] = EpochMetrics(
+            epoch, train_loss, corrects[row] / seen, val_acc, val_loss, elapsed, seen, figures[row] if figures else {}
+        )
         members[m].result.history.append(metrics[m])
     return metrics

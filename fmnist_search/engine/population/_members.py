@@ -22,6 +22,9 @@ class EpochMetrics:
     val_loss: float
     train_time_s: float  # this epoch's training steps only (no evaluation), device-synchronised
     samples: int  # training samples seen this epoch
+    # validation accuracy of other figures measured beside val_accuracy (benchmarks/fidelity.py):
+    # "ema0.5" is the weights' average with a half-life of 0.5 epochs
+    figures: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +107,7 @@ class Snapshot:
     loss_scale: list[float] | None = None  # fp16: [scale, growth tracker]
     round: int | None = None  # the population's epochs so far (None: written before refills, = epoch)
     augment: torch.Tensor | None = None  # the generator state of the member's augmentation (its view)
+    average: dict[str, torch.Tensor] | None = None  # the weights' average (recipes with ema), as a state dict
 
     @property
     def at_round(self) -> int:

@@ -99,7 +99,12 @@ class SGD:
     (benchmarks/results/gpu-h200.md)."""
 
     def __init__(
-        self, params: list[torch.Tensor], cfgs: Sequence[TrainConfig], device: torch.device, stacked: bool
+        self,
+        params: list[torch.Tensor],
+        cfgs: Sequence[TrainConfig],
+        device: torch.device,
+        stacked: bool,
+        decays: Sequence[Sequence[float]] = (),
     ) -> None:
         dtype = params[0].dtype
         self.stacked = stacked  # params have a leading model dimension
@@ -116,6 +121,10 @@ class SGD:
         self.decaying = stacked or any(c.weight_decay > 0 for c in cfgs)
         self._adopt(params)
         self.buf = torch.zeros_like(self.flat)
+        # Exponential moving averages of the weights, each a flat buffer in the weights' layout;
+        # decays[a][k]: average a's per-step decay for model k (0: the weights themselves).
+        self.decays = torch.tensor(decays, device=device, dtype=dtype).view(len(decays), len(cfgs))
+        self.averages = [self.flat.detach().clone() for _ in decays]
 
     def _adopt(self, params: list[torch.Tensor]) -> None:
         """Copy ``params`` into one flat buffer and make each one's data a view of it (same
@@ -144,17 +153,24 @@ class SGD:
 
     def keep(self, params: list[torch.Tensor], rows: torch.Tensor) -> None:
         """Keep the models in ``rows``; ``params`` already hold their rows."""
-        blocks, at = [], 0
-        for p in self.params:  # the momentum buffer, block by block: (K, n) -> kept rows
-            blocks.append(self.buf[at : at + p.numel()].view(len(p), -1)[rows].reshape(-1))
-            at += p.numel()
         self.momentum, self.wd, self.nesterov = (t[rows] for t in (self.momentum, self.wd, self.nesterov))
+        self.averages = [self._kept_rows(avg, rows) for avg in self.averages]
+        self.decays = self.decays[:, rows]
+        self.buf = self._kept_rows(self.buf, rows)
         self._adopt(params)
-        self.buf = torch.cat(blocks)
 
-    def put(self, row: int, cfg: TrainConfig) -> None:
+    def _kept_rows(self, flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """A flat buffer in the (stacked) weights' layout, keeping the models in ``rows``."""
+        blocks, at = [], 0
+        for p in self.params:  # block by block: (K, n) -> kept rows
+            blocks.append(flat[at : at + p.numel()].view(len(p), -1)[rows].reshape(-1))
+            at += p.numel()
+        return torch.cat(blocks)
+
+    def put(self, row: int, cfg: TrainConfig, decays: Sequence[float] = ()) -> None:
         """Row ``row`` takes ``cfg``'s momentum, Nesterov and weight decay, with zeroed momentum
-        buffers: a new model in the row, in place (the same tensors, for a captured step)."""
+        buffers and averages that start at its (already written) weights, each with its decay
+        in ``decays``: a new model in the row, in place (the same tensors, for a captured step)."""
         assert self.model_of is not None, "one model is replaced by building a new population"
         values = (cfg.momentum, cfg.weight_decay, float(cfg.nesterov and cfg.momentum > 0))
         mine = self.model_of == row
@@ -164,6 +180,9 @@ class SGD:
             per_model[row] = value
             spread.masked_fill_(mine, value)
         self.buf.masked_fill_(mine, 0.0)
+        for avg, decay, column in zip(self.averages, decays, self.decays, strict=True):
+            avg.copy_(torch.where(mine, self.flat, avg))
+            column[row] = decay
 
     def momentum_of(self, i: int, row: int) -> torch.Tensor:
         """Parameter ``i``'s momentum for model ``row``: a view of the flat buffer, in the parameter's shape."""
@@ -173,13 +192,36 @@ class SGD:
             return self.buf[at : at + p.numel()].view(len(p), -1)[row].view(p.shape[1:])
         return self.buf.as_strided(p.shape, p.stride(), at)
 
+    def view_of(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Each parameter as a view of ``flat`` (a buffer in the weights' layout: an average)."""
+        views, at = [], 0
+        for p in self.params:
+            views.append(flat.as_strided(p.shape, p.stride(), at))
+            at += p.numel()
+        return views
+
+    def average_rates(self, steps: torch.Tensor) -> torch.Tensor:
+        """(averages, K) weights of this step's weights in each average: 1 - decay, where a
+        model's decay is at most t / (t + 1) after t steps, so an average is the plain mean of
+        the weights so far until its half-life is reached (it is never anchored at the
+        initialisation, which a fixed decay would keep for several half-lives)."""
+        t = steps.to(self.decays.dtype)
+        return 1 - torch.minimum(self.decays, (t / (t + 1)).unsqueeze(0))
+
     @staticmethod
     def _in_memory_order(t: torch.Tensor, order: list[int]) -> torch.Tensor:
         return t.permute(order).reshape(-1)
 
     @torch.no_grad()
-    def step(self, grads: Sequence[torch.Tensor], lr: torch.Tensor, skip: torch.Tensor | None = None) -> None:
-        """One update with each model's ``lr`` (K,); with ``skip`` (1.0: fp16 overflow) none at all."""
+    def step(
+        self,
+        grads: Sequence[torch.Tensor],
+        lr: torch.Tensor,
+        skip: torch.Tensor | None = None,
+        rates: torch.Tensor | None = None,
+    ) -> None:
+        """One update with each model's ``lr`` (K,); with ``skip`` (1.0: fp16 overflow) none at
+        all. Then each average moves towards the new weights by its ``rates`` (``average_rates``)."""
         g = torch.cat([self._in_memory_order(g, o) for g, o in zip(grads, self.orders, strict=True)])
         if self.decaying:
             g = torch.addcmul(g, self.decay, self.flat)
@@ -193,6 +235,9 @@ class SGD:
         self.flat.addcmul_(lr, d, value=-1)
         if skip is not None:
             self.buf.copy_(torch.where(skip.bool(), previous, self.buf))
+        if rates is not None:
+            for avg, rate in zip(self.averages, rates, strict=True):
+                avg.lerp_(self.flat, rate if self.model_of is None else rate[self.model_of])
 
 
 def _memory_order(t: torch.Tensor) -> list[int]:
