@@ -26,7 +26,7 @@ from fmnist_search.engine import data
 from fmnist_search.engine.devices import resolve_device, resolve_precision, synchronize
 from fmnist_search.engine.population import Member, fit_population
 from fmnist_search.engine.train import build_model, to_device
-from fmnist_search.search import checkpoints
+from fmnist_search.search.trials import checkpoints
 
 
 def measure(name: str, n: int, epochs: int, device, precision: str, store) -> dict:

@@ -89,7 +89,8 @@ def record(model: str, seed: int, args: argparse.Namespace) -> dict:
         "train_time_s": round(stats.train_time_s, 1),
         "kind": stats.kind,
         "trials": [
-            {"lr": c.lr, "status": mb.status, "curves": curve} for c, mb, curve in zip(cfgs, members, curves, strict=True)
+            {"lr": c.lr, "status": mb.status, "curves": curve}
+            for c, mb, curve in zip(cfgs, members, curves, strict=True)
         ],
         "hardware": hardware(
             device,
@@ -149,7 +150,9 @@ def summary(paths: list[Path]) -> str:
         epochs = len(mine[0]["trials"][0]["curves"]["raw"])
         seeds = ",".join(str(r["seed"]) for r in mine)
         finals = {
-            f: statistics.mean(statistics.mean(t["curves"][f][-1] for t in r["trials"] if t["status"] == "done") for r in mine)
+            f: statistics.mean(
+                statistics.mean(t["curves"][f][-1] for t in r["trials"] if t["status"] == "done") for r in mine
+            )
             for f in figures
         }
         best = {

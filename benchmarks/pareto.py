@@ -69,7 +69,9 @@ from results_io import hardware, write_json  # benchmarks/ is on sys.path when a
 
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine.devices import resolve_device
-from fmnist_search.search.criteria import (
+from fmnist_search.search.store.internals import set_study_system_attr, storage_of, study_system_attrs, trial_id
+from fmnist_search.search.study import PRUNERS
+from fmnist_search.search.trials.objectives import (
     MEASURED_ATTR,
     SHARED_PREFIX,
     at_least_as_good,
@@ -77,9 +79,7 @@ from fmnist_search.search.criteria import (
     hypervolume,
     objectives_of,
 )
-from fmnist_search.search.internals import set_study_system_attr, storage_of, study_system_attrs, trial_id
-from fmnist_search.search.pruning import ParetoHalvingPruner, competitors, population_prunes
-from fmnist_search.search.study import PRUNERS
+from fmnist_search.search.trials.pruning import ParetoHalvingPruner, competitors, population_prunes
 
 NAME = "lenet+airbench"
 GOAL = 0.6  # a rule must keep the front within this share of the unpruned epochs

@@ -37,8 +37,8 @@ import pareto  # benchmarks/ is on sys.path when a script runs
 from results_io import hardware, write_json
 
 from fmnist_search.engine.devices import resolve_device
-from fmnist_search.search.criteria import at_least_as_good
-from fmnist_search.search.pruning import promotable
+from fmnist_search.search.trials.objectives import at_least_as_good
+from fmnist_search.search.trials.pruning import promotable
 
 MARGINS = (0.0, 0.0025, 0.005, 0.01)  # accuracy (0.005: half a point, the criterion's unmeasured spread)
 

@@ -24,7 +24,7 @@ import optuna
 from results_io import hardware, write_json  # benchmarks/ is on sys.path when a script runs
 
 from fmnist_search.engine.devices import resolve_device
-from fmnist_search.search.record import TrialRecord
+from fmnist_search.search.trials.record import TrialRecord
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:

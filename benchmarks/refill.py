@@ -28,8 +28,8 @@ from typer.testing import CliRunner
 
 from fmnist_search.cli import app
 from fmnist_search.engine.devices import resolve_device
-from fmnist_search.search.budget import BudgetedStudy
-from fmnist_search.search.record import TrialRecord
+from fmnist_search.search.trials.coordination import BudgetedStudy
+from fmnist_search.search.trials.record import TrialRecord
 
 CONFIGS = {  # name -> (population, extra run options, refills)
     "K=1": (1, [], True),

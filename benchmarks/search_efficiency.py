@@ -22,9 +22,9 @@ from results_io import write_json  # benchmarks/ is on sys.path when a script ru
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine import data
 from fmnist_search.engine.devices import device_name, resolve_device, resolve_precision
-from fmnist_search.search.lifecycle import optimize
-from fmnist_search.search.objective import TrialContext
 from fmnist_search.search.study import PRUNERS, SAMPLERS
+from fmnist_search.search.trials.context import TrialContext
+from fmnist_search.search.trials.lifecycle import optimize
 
 
 def run_study(spec: StudySpec, splits: data.Splits, device: torch.device, trials: int) -> dict:

@@ -30,7 +30,8 @@ import torch; mark("import torch")
 import optuna, sqlalchemy; mark("import optuna + sqlalchemy")
 from fmnist_search.engine import data, train; from fmnist_search.engine.devices import resolve_device, synchronize
 mark("import fmnist_search.engine")
-from fmnist_search.search import lifecycle, storage; mark("import fmnist_search.search")
+from fmnist_search.search.trials import lifecycle; from fmnist_search.search.store import storage
+mark("import fmnist_search.search")
 ds = data.load(allow_download=False); splits = data.make_splits(ds, 10_000, None, 0); mark("load + verify + split data")
 device = resolve_device(sys.argv[1])
 x, y = train.to_device(*splits.train, device); synchronize(device); mark("data to the device")

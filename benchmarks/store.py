@@ -28,12 +28,12 @@ from pathlib import Path
 import optuna
 from results_io import write_json  # benchmarks/ is on sys.path when a script runs
 
-from fmnist_search.search.budget import BudgetedStudy, set_target
-from fmnist_search.search.internals import backend, storage_of, trial_id
-from fmnist_search.search.locks import study_lock
-from fmnist_search.search.record import TrialRecord
-from fmnist_search.search.storage import make_storage
+from fmnist_search.search.store.internals import backend, storage_of, trial_id
+from fmnist_search.search.store.locks import study_lock
+from fmnist_search.search.store.storage import make_storage
 from fmnist_search.search.study import PRUNERS, SAMPLERS, open_study
+from fmnist_search.search.trials.coordination import BudgetedStudy, raise_target
+from fmnist_search.search.trials.record import TrialRecord
 
 EPOCHS = 10
 
@@ -78,7 +78,7 @@ def _study(url: str, name: str, trials: int) -> BudgetedStudy:
     storage = make_storage(url)
     _, spec = open_study(storage, name, {"model": "lenet"})
     study = BudgetedStudy(name, storage, SAMPLERS["tpe"](spec, 0), PRUNERS["none"](spec), study_lock(url, name))
-    set_target(study, trials)
+    raise_target(study, trials, contextlib.nullcontext())
     return study
 
 

@@ -40,7 +40,7 @@ from fmnist_search.engine.batches import MEAN, STD, autocast, epoch_batches
 from fmnist_search.engine.devices import resolve_device, resolve_precision, synchronize
 from fmnist_search.engine.schedules import make_scheduler
 from fmnist_search.engine.train import TrainConfig, build_model, fit
-from fmnist_search.search.objective import TrialContext
+from fmnist_search.search.trials.context import TrialContext
 
 BATCH = 256  # the report's batch size
 LR = 0.01  # any stable rate: speed does not depend on it

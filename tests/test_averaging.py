@@ -84,7 +84,9 @@ def test_the_saved_weights_are_what_was_reported(tiny_splits, name):
         fit_population([_model(name, s) for s in range(k)], raw, train, val)
         for member, plain in zip(members, raw, strict=True):
             acc, loss = evaluate(member.module, *val, tta_flip=True)
-            assert (acc, loss) == pytest.approx((member.result.history[-1].val_accuracy, member.result.history[-1].val_loss))
+            assert (acc, loss) == pytest.approx(
+                (member.result.history[-1].val_accuracy, member.result.history[-1].val_loss)
+            )
             assert not torch.equal(next(member.module.parameters()), next(plain.module.parameters()))
 
 
@@ -142,7 +144,7 @@ def test_a_refilled_row_averages_its_own_weights_from_its_start(tiny_splits):
     train, val = _data(tiny_splits)
     first = [dataclasses.replace(EMA[0], epochs=2), dataclasses.replace(BASE, epochs=1, ema=1.0)]
     late = dataclasses.replace(EMA[2], epochs=2)
-    refill, joined = _refilling({1: [late]}, seeds=[7])
+    refill, _ = _refilling({1: [late]}, seeds=[7])
     members = [Member(c) for c in first]
     taken = {}
     fit_population(

@@ -112,7 +112,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from fmnist_search.cli import app  # noqa: E402
 from fmnist_search.engine import population  # noqa: E402
-from fmnist_search.search.artifacts import open_store  # noqa: E402
+from fmnist_search.search.artifacts.weights import open_store  # noqa: E402
 from tests.conftest import finish_command  # noqa: E402
 
 STUDY = [
@@ -153,7 +153,7 @@ def _signal_in_epoch(monkeypatch, epoch: int, sig: int = signal.SIGTERM) -> None
 
 
 def _weights(url: str, trial) -> dict:
-    from fmnist_search.search.artifacts import default_dir, load_weights
+    from fmnist_search.search.artifacts.weights import default_dir, load_weights
 
     _, model, _ = load_weights(open_store(default_dir(url)), trial.user_attrs["weights_artifact"])
     return model.state_dict()
@@ -268,8 +268,8 @@ def test_prune_during_a_live_run_keeps_the_checkpoint_the_retry_resumes(tmp_path
     """prune-artifacts at the worst moment: epoch 2's checkpoint written, its attr not yet (the run
     then stopped in epoch 3). The file is young, so it stays, and the retry resumes from epoch 2."""
     from fmnist_search.app.results import prune_artifacts
-    from fmnist_search.search import checkpoints
-    from fmnist_search.search.storage import make_storage
+    from fmnist_search.search.store.storage import make_storage
+    from fmnist_search.search.trials import checkpoints
 
     runner = CliRunner()
     url = f"sqlite:///{tmp_path}/live.db"
@@ -315,7 +315,7 @@ def test_prune_refuses_a_folder_other_stores_write_into(tmp_path, real_data):
 def test_a_checkpoint_of_another_model_or_recipe_is_refused(tmp_path, tiny_splits):
     from optuna.artifacts import FileSystemArtifactStore
 
-    from fmnist_search.search import checkpoints
+    from fmnist_search.search.trials import checkpoints
 
     store = FileSystemArtifactStore(str(tmp_path))
     train, val = _data(tiny_splits)

@@ -17,8 +17,8 @@ from fmnist_search.core.errors import ConfigError
 from fmnist_search.core.presets import check_recipe, load_preset
 from fmnist_search.engine.teachers import cached_teacher
 from fmnist_search.engine.train import TrainConfig, distillation_loss, fit, to_device
-from fmnist_search.search.lifecycle import optimize
-from fmnist_search.search.objective import TrialContext
+from fmnist_search.search.trials.context import TrialContext
+from fmnist_search.search.trials.lifecycle import optimize
 
 runner = CliRunner()
 

@@ -142,7 +142,7 @@ def test_the_dashboard_role_reads_but_cannot_delete(postgres_url, tmp_path):
 
     import optuna
 
-    from fmnist_search.search.storage import make_storage
+    from fmnist_search.search.store.storage import make_storage
 
     owner = urlsplit(postgres_url)
     env = {

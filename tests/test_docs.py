@@ -181,7 +181,7 @@ def test_every_commands_options_are_documented_and_the_new_ones_with_their_defau
 
 
 def test_the_export_columns_are_the_codes():
-    from fmnist_search.search.export import ATTR_COLUMNS
+    from fmnist_search.search.results.export import ATTR_COLUMNS
 
     text = " ".join((ROOT / "docs" / "commands.md").read_text().split("## `export`")[1].split())
     stated = re.search(r"Columns: `([^`]+)`", text).group(1)
@@ -214,7 +214,7 @@ def test_the_worker_options_listed_are_the_workers():
 
 def test_every_trial_attr_is_documented():
     """docs/commands.md names every trial user attr the project writes (search/record.py)."""
-    from fmnist_search.search.record import FIELDS
+    from fmnist_search.search.trials.record import FIELDS
 
     text = (ROOT / "docs" / "commands.md").read_text()
     missing = sorted(f for f in FIELDS if f"`{f}`" not in text)

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from fmnist_search.search.budget import census
+from fmnist_search.search.trials.coordination import census
 from tests.conftest import Lines, cli_process
 
 TINY = ["--epochs", "2", "--train-size", "512", "--val-size", "500", "--batch-size", "128", "--pruner", "none"]
@@ -177,7 +177,7 @@ def test_a_heartbeat_during_an_outage_after_a_signal_gives_up_without_a_tracebac
 
     from fmnist_search.core import interrupts
     from fmnist_search.core.errors import StorageError
-    from fmnist_search.search.retry import Retrier
+    from fmnist_search.search.store.retry import Retrier
 
     def lost() -> None:
         raise sa_exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))

@@ -1,4 +1,4 @@
-"""Optuna's private names live in search/internals.py only, and are all there in the installed Optuna."""
+"""Optuna's private names live in search/store/internals.py only, and are all there in the installed Optuna."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from fmnist_search.search import internals
+from fmnist_search.search.store import internals
 
 ROOT = Path(__file__).resolve().parents[1]
 # A private attribute of an Optuna object, or a private Optuna module, as this project would spell it.
@@ -45,7 +45,7 @@ def test_no_private_optuna_name_outside_internals(folder):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if PRIVATE.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
-    assert not found, "private Optuna names outside search/internals.py:\n" + "\n".join(found)
+    assert not found, "private Optuna names outside search/store/internals.py:\n" + "\n".join(found)
 
 
 def test_every_private_torch_name_is_where_the_installed_torch_has_it():

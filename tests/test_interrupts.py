@@ -25,8 +25,10 @@ from typer.testing import CliRunner
 from fmnist_search.cli import app
 from fmnist_search.core import interrupts
 from fmnist_search.engine import population
-from fmnist_search.search import artifacts, budget, objective, workers
-from fmnist_search.search.budget import Census, census
+from fmnist_search.search.artifacts import weights as artifacts
+from fmnist_search.search.trials import context as objective
+from fmnist_search.search.trials import coordination as budget
+from fmnist_search.search.trials.coordination import Census, census
 from tests.conftest import Lines, cli_process, finish_command
 
 runner = CliRunner()
@@ -110,13 +112,15 @@ def _kill_in_finalizer(monkeypatch, sig: int) -> None:
 
 def _kill_twice(monkeypatch, sig: int) -> None:
     """A second signal while the stopped run cleans up."""
-    original = workers.release
+    from fmnist_search.app import studies
+
+    original = studies.release
 
     def release(*args, **kwargs):
         os.kill(os.getpid(), sig)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(workers, "release", release)
+    monkeypatch.setattr(studies, "release", release)
     _kill_on_call(monkeypatch, population._stack, "evaluate_all", 1, sig)
 
 

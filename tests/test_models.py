@@ -19,8 +19,8 @@ def test_registry_lists_the_models():
 
 def test_registries_have_exactly_the_names_settings_check():
     from fmnist_search.core.rules import PRUNER_NAMES, SAMPLER_NAMES, SPACE_NAMES
-    from fmnist_search.search.space import SPACES
     from fmnist_search.search.study import PRUNERS, SAMPLERS
+    from fmnist_search.search.trials.space import SPACES
 
     assert sorted(SAMPLERS) == list(SAMPLER_NAMES)
     assert sorted(PRUNERS) == list(PRUNER_NAMES)
@@ -31,7 +31,7 @@ def test_the_core_knows_the_engines_schedules_and_precisions():
     from fmnist_search.core.rules import PRECISION_NAMES, SCHEDULE_NAMES
     from fmnist_search.engine.devices import PRECISIONS
     from fmnist_search.engine.schedules import make_scheduler
-    from fmnist_search.search.space import PARAMS
+    from fmnist_search.search.trials.space import PARAMS
 
     assert sorted(PRECISIONS) == list(PRECISION_NAMES)
     for name in SCHEDULE_NAMES:  # each name a recipe may hold builds a schedule

@@ -9,9 +9,9 @@ from fmnist_search.core.config import StudySpec
 from fmnist_search.engine import population
 from fmnist_search.engine.models import create_model
 from fmnist_search.engine.train import build_model
-from fmnist_search.search.lifecycle import optimize
-from fmnist_search.search.objective import TrialContext
-from fmnist_search.search.record import FIELDS, TrialRecord
+from fmnist_search.search.trials.context import TrialContext
+from fmnist_search.search.trials.lifecycle import optimize
+from fmnist_search.search.trials.record import FIELDS, TrialRecord
 
 ATTRS = {
     "test_accuracy",

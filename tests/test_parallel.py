@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from fmnist_search.app.processes import plan_workers
 from fmnist_search.cli import app
-from fmnist_search.search.budget import census
+from fmnist_search.search.trials.coordination import census
 from tests.conftest import cli_process
 
 TINY = ["--epochs", "1", "--train-size", "1024", "--val-size", "1000", "--batch-size", "128"]
@@ -198,7 +198,7 @@ def test_the_budget_lock_is_really_held_on_the_database_server(database_url):
     (MariaDB reads GET_LOCK's "-1 = forever" as an error: no lock was taken at all.)"""
     from sqlalchemy import create_engine, text
 
-    from fmnist_search.search.locks import _lock_key, study_lock
+    from fmnist_search.search.store.locks import _lock_key, study_lock
 
     key = {"k": _lock_key(database_url, "s")}
     postgres = database_url.startswith("postgresql")
@@ -218,7 +218,8 @@ def test_the_budget_lock_is_really_held_on_the_database_server(database_url):
 
 _FROZEN = """
 import os, signal, sys
-from fmnist_search.search import budget, heartbeats
+from fmnist_search.search.store import heartbeats
+from fmnist_search.search.trials import coordination as budget
 if sys.argv[1] == "after-ask":  # its trial asked and its first heartbeat recorded, nothing loaded yet
     ask_many = budget.BudgetedStudy.ask_many
     def frozen(self, *args, **kwargs):
@@ -273,7 +274,7 @@ def test_a_worker_killed_right_after_its_ask_leaves_a_trial_that_is_retried(tmp_
 
 
 def test_one_budget_lock_per_store_however_it_is_spelled(tmp_path, monkeypatch):
-    from fmnist_search.search.locks import _file_lock, _key
+    from fmnist_search.search.store.locks import _file_lock, _key
 
     monkeypatch.chdir(tmp_path)
     relative, absolute = "sqlite:///studies/s.db", f"sqlite:///{tmp_path}/studies/./s.db"

@@ -23,11 +23,11 @@ from fmnist_search.core.config import StudySpec
 from fmnist_search.core.errors import ConfigError
 from fmnist_search.core.presets import base_recipe, load_preset, with_model_recipes
 from fmnist_search.core.rules import OBJECTIVE_NAMES
-from fmnist_search.search.criteria import CRITERIA, MEASURED_ATTR
-from fmnist_search.search.internals import storage_of
-from fmnist_search.search.pruning import population_prunes
-from fmnist_search.search.space import suggest
+from fmnist_search.search.store.internals import storage_of
 from fmnist_search.search.study import PRUNERS
+from fmnist_search.search.trials.objectives import CRITERIA, MEASURED_ATTR
+from fmnist_search.search.trials.pruning import population_prunes
+from fmnist_search.search.trials.space import suggest
 from tests.conftest import get_json, serving_dashboard
 
 runner = CliRunner()
@@ -212,7 +212,7 @@ def test_halving_promotes_within_the_trials_as_small():
 def test_moashas_rank_is_each_trials_position_fronts_first_then_farthest_first():
     import numpy as np
 
-    from fmnist_search.search.pruning import pareto_ranks
+    from fmnist_search.search.trials.pruning import pareto_ranks
 
     # costs (minimised): -accuracy, -samples/s; three on one front, one behind all
     costs = np.array([[-0.85, -9000], [-0.90, -2000], [-0.80, -16000], [-0.70, -1000]])
@@ -407,8 +407,8 @@ def test_a_comparison_trains_each_model_at_its_own_population_size(tiny_splits):
     import torch
 
     from fmnist_search.app.studies import check_population
-    from fmnist_search.search.lifecycle import run_trials
-    from fmnist_search.search.objective import TrialContext
+    from fmnist_search.search.trials.context import TrialContext
+    from fmnist_search.search.trials.lifecycle import run_trials
 
     cuda = torch.device("cuda")  # only its type is read: the defaults measured on a GPU
     assert check_population(None, "lenet,resnet18", cuda, "fp32", False) == (32, {"lenet": 32, "resnet18": 1})
@@ -449,8 +449,8 @@ def test_a_population_is_pruned_by_moasha_through_the_lifecycle(tiny_splits):
     then at epoch 3 the second of the two at that rung stops."""
     import torch
 
-    from fmnist_search.search.lifecycle import run_trials
-    from fmnist_search.search.objective import TrialContext
+    from fmnist_search.search.trials.context import TrialContext
+    from fmnist_search.search.trials.lifecycle import run_trials
 
     spec = StudySpec(model="lenet", objectives=("accuracy", "params"), epochs=3, batch_size=64, pruner="moasha")
     study = optuna.create_study(directions=["maximize", "minimize"], pruner=PRUNERS["moasha"](spec))
@@ -469,9 +469,9 @@ def test_workers_share_a_networks_measured_figures_through_the_study(tiny_splits
     import torch
 
     from fmnist_search.engine.devices import device_name
-    from fmnist_search.search import objective as objective_mod
-    from fmnist_search.search.internals import study_system_attrs
-    from fmnist_search.search.objective import TrialContext
+    from fmnist_search.search.store.internals import study_system_attrs
+    from fmnist_search.search.trials import context as objective_mod
+    from fmnist_search.search.trials.context import TrialContext
 
     monkeypatch.setattr(objective_mod, "machine_load", _load_of([0.0]))  # a quiet machine: the figure stands
 
@@ -508,9 +508,9 @@ def test_a_figure_measured_under_load_is_said_kept_as_the_best_and_measured_agai
     machine replaces it and is then read, not measured."""
     import torch
 
-    from fmnist_search.search import criteria
-    from fmnist_search.search import objective as objective_mod
-    from fmnist_search.search.objective import TrialContext
+    from fmnist_search.search.trials import context as objective_mod
+    from fmnist_search.search.trials import objectives as criteria
+    from fmnist_search.search.trials.context import TrialContext
 
     figures = [500.0, 800.0, 2000.0, 1.0]  # timed throughputs, in measurement order
     timed = []
@@ -546,7 +546,7 @@ def test_three_workers_beside_busy_loops_agree_or_say_the_figure_is_unreliable(t
 
     import torch
 
-    from fmnist_search.search.objective import TrialContext
+    from fmnist_search.search.trials.context import TrialContext
 
     spec = StudySpec(model="lenet,airbench", objectives=("accuracy", "throughput"), epochs=1, batch_size=64)
     study = optuna.create_study(directions=["maximize", "maximize"])

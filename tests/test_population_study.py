@@ -13,10 +13,10 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.search import lifecycle
-from fmnist_search.search.budget import census
-from fmnist_search.search.internals import trial_id
-from fmnist_search.search.record import FIELDS, TrialRecord
+from fmnist_search.search.store.internals import trial_id
+from fmnist_search.search.trials import lifecycle
+from fmnist_search.search.trials.coordination import census
+from fmnist_search.search.trials.record import FIELDS, TrialRecord
 from tests.conftest import finish_command
 
 TINY = ["--epochs", "2", "--train-size", "2048", "--val-size", "1000", "--batch-size", "64"]

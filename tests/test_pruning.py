@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from fmnist_search.search.internals import storage_of, study_id, trial_id
-from fmnist_search.search.pruning import population_prunes
+from fmnist_search.search.store.internals import storage_of, study_id, trial_id
+from fmnist_search.search.trials.pruning import population_prunes
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

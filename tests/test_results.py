@@ -18,15 +18,15 @@ from fmnist_search.cli import app
 from fmnist_search.core.config import StudySpec
 from fmnist_search.engine import data
 from fmnist_search.engine.train import predict_proba
-from fmnist_search.search import lifecycle as lifecycle_mod
-from fmnist_search.search.artifacts import load_weights, open_store
-from fmnist_search.search.export import trials_frame
-from fmnist_search.search.lifecycle import optimize
-from fmnist_search.search.objective import TrialContext
-from fmnist_search.search.plots import curves_data, learning_curves, study_figures
-from fmnist_search.search.record import TrialRecord
-from fmnist_search.search.report import report_frame, to_markdown
+from fmnist_search.search.artifacts.weights import load_weights, open_store
+from fmnist_search.search.results.export import trials_frame
+from fmnist_search.search.results.plots import curves_data, learning_curves, study_figures
+from fmnist_search.search.results.report import report_frame, to_markdown
 from fmnist_search.search.study import make_storage, open_study
+from fmnist_search.search.trials import lifecycle as lifecycle_mod
+from fmnist_search.search.trials.context import TrialContext
+from fmnist_search.search.trials.lifecycle import optimize
+from fmnist_search.search.trials.record import TrialRecord
 
 runner = CliRunner()
 

@@ -8,9 +8,9 @@ from optuna.distributions import FloatDistribution
 from typer.testing import CliRunner
 
 from fmnist_search.cli import app
-from fmnist_search.search import artifacts
-from fmnist_search.search.front import ranked
-from fmnist_search.search.retention import keep_best
+from fmnist_search.search.artifacts import weights as artifacts
+from fmnist_search.search.artifacts.retention import keep_best
+from fmnist_search.search.results.front import ranked
 
 runner = CliRunner()
 TINY = [

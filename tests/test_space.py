@@ -17,9 +17,9 @@ from fmnist_search.core.presets import load_preset, preset_names
 from fmnist_search.engine import augment
 from fmnist_search.engine.schedules import make_scheduler
 from fmnist_search.engine.train import BACKGROUND, TrainConfig, augment_batch
-from fmnist_search.search.lifecycle import optimize
-from fmnist_search.search.objective import TrialContext
-from fmnist_search.search.space import PARAMS
+from fmnist_search.search.trials.context import TrialContext
+from fmnist_search.search.trials.lifecycle import optimize
+from fmnist_search.search.trials.space import PARAMS
 
 runner = CliRunner()
 

@@ -134,7 +134,21 @@ ObjectivesOpt = Annotated[
 ]
 TrialsOpt = Annotated[
     int | None,
-    typer.Option(min=1, help="Trials to add to the study [default: 30, or the preset's].", rich_help_panel=STUDY),
+    typer.Option(
+        min=1,
+        help="Raise the study's trial target by N over what it already is (two runs of --trials N add 2N) "
+        "[default: 30, or the preset's].",
+        rich_help_panel=STUDY,
+    ),
+]
+TargetOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Set the study's trial target to N in all, instead of raising it: the same command run again (a "
+        "restart, a retried job) adds no trials.",
+        rich_help_panel=STUDY,
+    ),
 ]
 NewStudyOpt = Annotated[
     str | None, typer.Option("--study", help="Study name [default: the model name].", rich_help_panel=STUDY)
@@ -210,7 +224,7 @@ WhereOpt = Annotated[
 
 
 def artifact_dir(storage: str, artifacts: Path | None) -> Path:
-    from ..search.artifacts import default_dir
+    from ..search.artifacts.weights import default_dir
 
     return artifacts if artifacts is not None else default_dir(storage)
 
@@ -221,6 +235,7 @@ class StudyOptions:
 
     model: ModelOpt = None
     trials: TrialsOpt = None
+    target: TargetOpt = None
     study: NewStudyOpt = None
     storage: StorageOpt = DEFAULT_STORAGE
     preset: PresetOpt = None

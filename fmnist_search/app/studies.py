@@ -21,16 +21,24 @@ from ..core.interrupts import causes, check, cleaning, shielded, stop_in
 from ..engine import data as data_mod
 from ..engine.devices import resolve_device, resolve_precision
 from ..engine.population import default_population
-from ..search.artifacts import open_store as open_artifacts
-from ..search.budget import BudgetedStudy, census, set_target
-from ..search.locks import study_lock
-from ..search.objective import TrialContext, occupancy
-from ..search.retention import KEEP_ATTR
-from ..search.storage import make_storage
+from ..search.artifacts.retention import KEEP_ATTR
+from ..search.artifacts.weights import open_store as open_artifacts
+from ..search.store.locks import study_lock
+from ..search.store.storage import make_storage
+from ..search.store.urls import mask_url
 from ..search.study import PRUNERS, SAMPLERS, open_study, stored_spec
-from ..search.urls import mask_url
-from ..search.workers import release, wait_for_study, worker_seed
-from ..search.workers import work as work_loop
+from ..search.trials.context import TrialContext, occupancy
+from ..search.trials.coordination import (
+    BudgetedStudy,
+    census,
+    claim_stream,
+    raise_target,
+    release,
+    set_target,
+    stream_seed,
+)
+from ..search.trials.workers import wait_for_study
+from ..search.trials.workers import work as work_loop
 from .lines import artifacts_note, at_a_time, space_text
 from .planning import plan_studies
 from .processes import EXIT_FAILED, finish_command, plan_workers, signal_name, spawn_workers, trial_count
@@ -42,8 +50,8 @@ if TYPE_CHECKING:  # annotations only
     from ..core.config import StudySpec
     from ..engine.data import FashionMNIST
     from ..engine.population import EpochMetrics
-    from ..search.budget import Census
-    from ..search.storage import ResilientStorage
+    from ..search.store.storage import ResilientStorage
+    from ..search.trials.coordination import Census
     from .options import StudyOptions, WorkOptions
 
 Say = Callable[[str], None]
@@ -75,19 +83,28 @@ def open_with_target(
     say: Say,
     base: bool = False,
     keep_weights: int | None = None,
+    total: int | None = None,
 ) -> tuple[ResilientStorage, optuna.Study, StudySpec, int]:
     """Create (with its model's base recipe if ``base``) or resume the study, check its
-    settings, raise its target by ``trials`` (and set its ``keep_weights`` bound when given):
-    (store, study, spec, target)."""
+    settings, raise its target by ``trials`` (or set it to ``total``), under the study's lock,
+    and set its ``keep_weights`` bound when given: (store, study, spec, target)."""
 
     store = open_study_store(storage, say, heartbeat=True, **beat)
     with shielded():  # a study is created with its settings and target, or not at all
         opt_study, spec = open_study(store, name, requested, base=base)
-        target = set_target(opt_study, trials)
+        lock = study_lock(storage, name, store.retrier)
+        target = raise_target(opt_study, trials, lock) if total is None else set_target(opt_study, total, lock)
         if keep_weights is not None:
             opt_study.set_user_attr(KEEP_ATTR, keep_weights)
     check()
     return store, opt_study, spec, target
+
+
+def planned_trials(options: StudyOptions) -> int | None:
+    """The trials ``--trials`` adds (None: the default or the preset's); refused with ``--target``."""
+    if options.target is not None and options.trials is not None:
+        raise FmnistSearchError("give --trials N (raise the target by N) or --target N (the total), not both")
+    return options.trials
 
 
 def work_runtime(work: WorkOptions) -> tuple[torch.device, str]:
@@ -117,11 +134,10 @@ def work_here(
     progress: Progress,
     say: Say,
     label: str | None = None,
-    joined: bool = False,
 ) -> None:
     """Load the data (once per process), then run this process's share of the study's trials.
-    A ``joined`` worker (`worker`) seeds its sampler with its name (its label, else its pid), so
-    workers started together on a fresh study do not sample the same parameters in lockstep.
+    Each process samples from its own stream (``coordination.claim_stream``, counted in the
+    store): processes started together, and a resumed run, never replay the same draws.
 
     Ctrl-C ends it with ``Stopped`` (exit 130) and SIGTERM with exit 143, wherever they
     land; the trials they interrupt are re-queued (their retries continue from their last
@@ -131,13 +147,10 @@ def work_here(
 
     prefix = f"[{label}] " if label else ""
     extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    existing = len(store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False))
+    lock = study_lock(url, name, store.retrier)
+    stream = claim_stream(optuna.load_study(study_name=name, storage=store), lock)
     budgeted = BudgetedStudy(
-        name,
-        store,
-        SAMPLERS[spec.sampler](spec, worker_seed(spec.seed, label or extra["worker"] if joined else label, existing)),
-        PRUNERS[spec.pruner](spec),
-        study_lock(url, name, store.retrier),
+        name, store, SAMPLERS[spec.sampler](spec, stream_seed(spec.seed, stream)), PRUNERS[spec.pruner](spec), lock
     )
     target = budgeted.target  # read now: after a lost store, the message cannot ask the store
     try:
@@ -173,7 +186,9 @@ def _release(budgeted: BudgetedStudy, why: str) -> str:
             f"trial {budgeted.asked[-1]} could not be updated and stays RUNNING until its heartbeat is stale, "
             "then the next worker runs it again; "
         )
-    return "".join(f"{d}; " for d in done)
+    if not done:
+        return ""
+    return f"{'trial' if len(done) == 1 else 'trials'} {', '.join(map(str, done))} re-queued; "
 
 
 def _run_trials(
@@ -273,8 +288,9 @@ def create(options: StudyOptions, say: Say) -> list[tuple[str, str, int]]:
     o = options
     beat = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
     made = []
-    for name, requested, n, base in plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials):
-        _, _, spec, target = open_with_target(o.storage, name, requested, n, beat, say, base, o.keep_weights)
+    plan = plan_studies(o.preset, o.model, o.models, o.study, o.settings(), planned_trials(o))
+    for name, requested, n, base in plan:
+        _, _, spec, target = open_with_target(o.storage, name, requested, n, beat, say, base, o.keep_weights, o.target)
         made.append((name, spec.model, target))
     return made
 
@@ -301,7 +317,7 @@ def run(
     gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
     if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
         raise FmnistSearchError(f"--gpus takes comma-separated GPU numbers like 0,1,2, got {gpus!r}")
-    plan = plan_studies(o.preset, o.model, o.models, o.study, o.settings(), o.trials)
+    plan = plan_studies(o.preset, o.model, o.models, o.study, o.settings(), planned_trials(o))
     workers = plan_workers(jobs, gpu_ids, workers_per_gpu, os.cpu_count() or 1)
     here = len(workers) == 1 and gpu_ids is None
     # A bad --device (or --cuda-graphs without CUDA), or missing data, fails before the store is touched:
@@ -314,8 +330,9 @@ def run(
     beat = {**work.beat, "patience": work.storage_patience}
     for name, requested, n, base in plan:
         store, opt_study, spec, target = open_with_target(
-            o.storage, name, requested, n, beat, say, base, o.keep_weights
+            o.storage, name, requested, n, beat, say, base, o.keep_weights, o.target
         )
+        n = max(target - census(opt_study).counted, 0) if o.target is not None else n
         if here:
             with progress(n, spec.epochs) as bars:
                 work_here(store, o.storage, name, spec, work, bars, say)
@@ -333,4 +350,4 @@ def join_study(
     store = open_study_store(storage, say, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
     spec = stored_spec(wait_for_study(store, study, work.storage_patience, say=say))
     with progress(None, spec.epochs) as bars:
-        work_here(store, storage, study, spec, work, bars, say, label=label, joined=True)
+        work_here(store, storage, study, spec, work, bars, say, label=label)

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report them
-INTERRUPTED = "interrupted"  # fail_reason prefix of a trial stopped from outside (objective -> workers.release)
+INTERRUPTED = "interrupted"  # fail_reason prefix of a trial stopped from outside (context -> coordination.release)
 
 
 def stopped_reason(why: str) -> str:

@@ -17,10 +17,10 @@ from ..core.config import StudySpec
 from ..core.errors import StorageError
 from ..core.presets import check_recipe, expand_recipes, with_base_recipe, with_model_recipes
 from ..core.resolution import resolve
-from .criteria import directions, metric_names
-from .pruning import ParetoHalvingPruner
-from .storage import make_storage  # noqa: F401 - re-exported
-from .urls import mask_url  # noqa: F401 - re-exported
+from .store.storage import make_storage  # noqa: F401 - re-exported
+from .store.urls import mask_url  # noqa: F401 - re-exported
+from .trials.objectives import directions, metric_names
+from .trials.pruning import ParetoHalvingPruner
 
 SAMPLERS: dict[str, Callable[[StudySpec, int], optuna.samplers.BaseSampler]] = {
     # constant_liar (Optuna 5's default, set for clarity): RUNNING trials count as poor ones, so trials
@@ -71,7 +71,7 @@ def known_studies(name: str, names: list[str]) -> str:
 def find_trial(study: optuna.Study, number: int | None = None, where: tuple[str, ...] = ()) -> optuna.trial.FrozenTrial:
     """Trial ``number`` of ``study``, or its best: the most accurate completed trial on validation
     (on the Pareto front, within the ``where`` floors and ceilings: search/front.py)."""
-    from .front import pick
+    from .results.front import pick
 
     if number is None:
         return pick(study, where)

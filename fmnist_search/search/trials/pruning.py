@@ -46,8 +46,8 @@ import optuna
 from optuna.pruners import HyperbandPruner, NopPruner, PercentilePruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
-from .criteria import ACCURACY, CRITERIA, MEASURED_ATTR, at_least_as_good, objectives_of
-from .internals import halving_settings, hyperband_bracket, nondomination_ranks, percentile_settings, trial_id
+from ..store.internals import halving_settings, hyperband_bracket, nondomination_ranks, percentile_settings, trial_id
+from .objectives import ACCURACY, CRITERIA, MEASURED_ATTR, at_least_as_good, objectives_of
 
 Values = dict[int, dict[int, float]]  # trial number -> {epoch: validation accuracy}
 Write = Callable[[list[tuple[int, str, Any]]], None]  # (trial_id, system attr key, value) in one transaction
@@ -163,18 +163,33 @@ def _reach_rungs(
     """Successive halving's records (Optuna's rungs and ``completed_rung_N`` attrs): the trials of
     ``values`` that reach their next rung at ``step``, with its key and their value, written for
     every worker to see first; and those whose value there is nan (stopped)."""
-    stopped, reached = set(), {}
+    stopped, reached, rebuilt = set(), {}, []
     for number, own in values.items():
         t = trials[number]
         rung = next(r for r in range(len(t.system_attrs) + 1) if _rung_key(r) not in t.system_attrs)
-        if step < p["min_resource"] * p["reduction_factor"] ** (p["min_early_stopping_rate"] + rung):
+        # A retry that resumed from its original's checkpoint passed the rungs before it there: their
+        # records are rebuilt from the resumed curve (the same values), not taken at this step.
+        while (at := _rung_step(p, rung)) < step and at in own:
+            rebuilt.append((trial_id(t), _rung_key(rung), own[at]))
+            rung += 1
+        if step < _rung_step(p, rung):
             continue
         if math.isnan(own[step]):
             stopped.add(number)
         else:
             reached[number] = (_rung_key(rung), own[step])
-    write([(trial_id(trials[n]), key, value) for n, (key, value) in reached.items()])
+    write(rebuilt + [(trial_id(trials[n]), key, value) for n, (key, value) in reached.items()])
     return stopped, reached
+
+
+def _rung_step(p: dict[str, Any], rung: int) -> int:
+    """The epoch at which successive halving's rung ``rung`` is reached."""
+    return int(p["min_resource"] * p["reduction_factor"] ** (p["min_early_stopping_rate"] + rung))
+
+
+def _retried(trials: dict[int, FrozenTrial]) -> set[int]:
+    """Trials that failed and were queued again: their retry carries their rungs (``_reach_rungs``)."""
+    return {n for t in trials.values() for n in t.system_attrs.get("retry_history", ())}
 
 
 def _halving(
@@ -186,12 +201,13 @@ def _halving(
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     maximize = _maximize(study)
     pruned, reached = _reach_rungs(p, trials, step, values, write)
+    retried = _retried(trials)
     for number, (key, value) in reached.items():
         me = trials[number]
         others = [
             t.system_attrs[key]
             for n, t in trials.items()
-            if n not in reached and key in t.system_attrs and competes(t, me)
+            if n not in reached and n not in retried and key in t.system_attrs and competes(t, me)
         ]
         competing = others + [
             v for n, (k, v) in reached.items() if k == key and (n == number or competes(trials[n], me))
@@ -263,9 +279,10 @@ def _pareto_halving(
     p = halving_settings(pruner)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     pruned, reached = _reach_rungs(p, trials, step, values, write)
+    retried = _retried(trials)
     for number, (key, value) in reached.items():
         # the rung as MOASHA sees it when this trial arrives: the trials recorded there, and its peers
-        at_rung = [n for n, t in trials.items() if n not in reached and key in t.system_attrs]
+        at_rung = [n for n, t in trials.items() if n not in reached and n not in retried and key in t.system_attrs]
         at_rung += [n for n, (k, _) in reached.items() if k == key and n != number]
         rung_values = {n: trials[n].system_attrs[key] for n in at_rung if n not in reached}
         rung_values |= {n: reached[n][1] for n in at_rung if n in reached}

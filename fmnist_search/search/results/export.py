@@ -9,10 +9,10 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from ..engine.schedules import lr_factor_at
-from .budget import census
-from .criteria import ACCURACY, objectives_of, values_of
-from .record import TrialRecord
+from ...engine.schedules import lr_factor_at
+from ..trials.coordination import census
+from ..trials.objectives import ACCURACY, objectives_of, values_of
+from ..trials.record import TrialRecord
 
 ATTR_COLUMNS = (
     "test_accuracy",
@@ -38,7 +38,7 @@ def trials_frame(
     ``front_only``), best validation accuracy first: Optuna's ``trials_dataframe`` with its
     columns named as the CLI prints them. A study with several objectives adds a column per other
     objective (``objective_NAME``) and ``on_front``."""
-    from .front import front
+    from .front import front, rank_key
 
     objectives = objectives_of(study)
     others = [n for n in objectives if n != ACCURACY]
@@ -72,11 +72,13 @@ def trials_frame(
     frame = frame[columns + sorted({p.removeprefix("params_") for p in params} - set(columns))]
     # Counts stay integers where a trial lacks them (pandas' nullable Int64: 7, not 7.0).
     frame = frame.astype({name: "Int64" for name in INT_COLUMNS})
-    complete_first = frame["state"].ne("COMPLETE")
+    # Completed trials in the one order of "best" (front.rank_key), then the others by accuracy.
+    complete = sorted((t for t in kept if t.state == TrialState.COMPLETE), key=lambda t: rank_key(t, objectives))
+    rank = {t.number: i for i, t in enumerate(complete)}
     frame = (
-        frame.assign(_incomplete=complete_first)
-        .sort_values(["_incomplete", "val_accuracy", "trial"], ascending=[True, False, True], na_position="last")
-        .drop(columns="_incomplete")
+        frame.assign(_rank=frame["trial"].map(rank).fillna(len(complete)))
+        .sort_values(["_rank", "val_accuracy", "trial"], ascending=[True, False, True], na_position="last")
+        .drop(columns="_rank")
         .reset_index(drop=True)
     )
     return frame.head(top) if top is not None else frame
@@ -131,7 +133,7 @@ def _lr_after(cfg: dict[str, Any], epoch: dict[str, Any]) -> float | None:
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by state, by the one rule the budget counts them with (``budget.census``): a failed
+    """Trials by state, by the one rule the budget counts them with (``coordination.census``): a failed
     trial that was re-queued is RETRIED (its retry is counted), not FAIL."""
     c = census(study)
     counts = {"COMPLETE": c.complete, "PRUNED": c.pruned, "FAIL": c.fail, "RUNNING": c.running}

@@ -10,10 +10,10 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from .criteria import ACCURACY, CRITERIA, objectives_of, values_of
-from .record import TrialRecord, lr_of
-from .space import model_of
-from .study import stored_spec
+from ..study import stored_spec
+from ..trials.objectives import ACCURACY, CRITERIA, objectives_of, values_of
+from ..trials.record import TrialRecord, lr_of
+from ..trials.space import model_of
 
 
 def _published() -> dict[tuple[str, float], tuple[float, float, float]]:

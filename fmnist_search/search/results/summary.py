@@ -15,12 +15,12 @@ import optuna
 import pandas as pd
 import plotly.graph_objects as go
 
-from .criteria import objectives_of
+from ..study import stored_spec
+from ..trials.objectives import objectives_of
+from ..trials.record import TrialRecord
 from .export import best_trial, state_counts
 from .front import accuracy, describe_objectives
-from .record import TrialRecord
 from .report import PUBLISHED_TITLE, front_frame, front_table, published_table, report_frame, report_table
-from .study import stored_spec
 
 PLOTLY_JS = "plotly.min.js"  # what fig.write_html(include_plotlyjs="directory") writes beside the files
 

@@ -35,19 +35,19 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from ..core import interrupts
-from ..core.errors import FmnistSearchError, StorageError
-from ..engine.population import EpochMetrics, Member, PopulationStats, Snapshot, fit_population, shared_key
-from ..engine.train import BuiltModel, TrainConfig, build_model
+from ...core import interrupts
+from ...core.errors import FmnistSearchError, StorageError
+from ...engine.population import EpochMetrics, Member, PopulationStats, Snapshot, fit_population, shared_key
+from ...engine.train import BuiltModel, TrainConfig, build_model
+from ..artifacts.retention import keep_best
+from ..store.heartbeats import Heartbeats
+from ..store.internals import storage_of, trial_id
+from ..store.storage import write_trials
 from . import checkpoints
-from .heartbeats import Heartbeats
-from .internals import storage_of, trial_id
-from .objective import RUN_FIELDS, TrialContext, release_memory, summarize
+from .context import RUN_FIELDS, TrialContext, release_memory, summarize
 from .pruning import population_prunes
 from .record import TrialRecord
-from .retention import keep_best
 from .space import shared_params
-from .storage import write_trials
 
 Callback = Callable[[optuna.Study, Any], None]
 
@@ -165,6 +165,12 @@ def _fail_untold(study: Any, store: Any, slots: list[_LiveTrial], why: str, obje
             _remove(objective, old)
 
 
+def _taken_over(store: Any, s: _LiveTrial) -> bool:
+    """Whether the trial is no longer this worker's: a pause longer than the grace period (SIGSTOP,
+    a migrated VM) let another worker fail it as stale and queue its retry."""
+    return bool(store.get_trial(trial_id(s.trial)).state != TrialState.RUNNING)
+
+
 def _drop_checkpoint(s: _LiveTrial) -> list[dict[str, Any] | None]:
     """A trial that ends (told) will not resume: its checkpoint attr is cleared (written with its
     record), and its own and the consumed checkpoints are removed after that."""
@@ -256,6 +262,13 @@ class _Population:
 
     def tell(self, i: int, state: TrialState, value: float | list[float] | None = None) -> None:
         s = self.group[i]
+        if _taken_over(self.store, s):
+            self.objective.say(
+                f"trial {s.trial.number} was taken over by another worker while this one was paused past the "
+                "grace period; its retry counts instead: dropping it here"
+            )
+            s.told = True
+            return
         summarize(self.members[i].result, s.record)
         s.record.population_throughput = self.stats.throughput
         old = _drop_checkpoint(s)

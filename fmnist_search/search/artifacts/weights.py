@@ -16,11 +16,11 @@ import torch
 import torch.nn as nn
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
-from ..core.errors import FmnistSearchError, StorageError
-from ..engine.weights import Weights, load_weights_file, weights_payload
-from .internals import store_folder
-from .record import TrialRecord
-from .urls import sqlite_path, store_identity
+from ...core.errors import FmnistSearchError, StorageError
+from ...engine.weights import Weights, load_weights_file, weights_payload
+from ..store.internals import store_folder
+from ..store.urls import sqlite_path, store_identity
+from ..trials.record import TrialRecord
 
 
 def default_dir(storage_url: str) -> Path:
@@ -116,7 +116,7 @@ def load_weights(store: FileSystemArtifactStore, artifact_id: str) -> Weights:
 
 def trial_model(study: optuna.Study, store_dir: Path, trial_number: int | None = None):
     """The weights of ``trial_number`` (default: the best trial) of ``study``: (trial, model name, model)."""
-    from .study import find_trial
+    from ..study import find_trial
 
     trial = find_trial(study, trial_number)
     artifact_id = TrialRecord.of(trial).weights_artifact

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from ..core.rules import SCHEDULE_NAMES
+from ...core.rules import SCHEDULE_NAMES
 
 Suggest = Callable[[optuna.Trial, Any], Any]  # (trial, spec) -> value
 

@@ -1,14 +1,23 @@
-"""A study's trial budget, kept exactly: N trials asked for are N trials, never N + races.
+"""One coordination point for a shared study: every write that changes what the study will
+run passes here, under the study's lock (store/locks.py: one per study inside its store, however
+its URL is spelled), so N trials asked for are N trials, never N + races.
 
-The study stores its target trial count as a user attr (``set_target``: what it counts now
-plus the trials asked for). ``BudgetedStudy.ask`` creates a trial only while the target is
-not reached, checking and creating under a lock that every process of the store shares
-(search/locks.py). ``census`` counts a study's trials by the one rule every command uses: a
-failed trial that was re-queued counts as retried, and its retry toward the target.
+- the target: ``raise_target`` (``--trials N``: N more than it already is, never lower) and
+  ``set_target`` (``--target N``: the total, idempotent), a study user attr;
+- asks: ``BudgetedStudy.ask``/``ask_many``/``ask_more`` create trials only while the target is
+  not reached, counting and creating under the lock;
+- sampler streams: ``claim_stream`` hands each process its own (a fresh study's first process
+  the study's seed), so no two processes, and no resumed run, replay the same draws;
+- dead workers: ``fail_stale`` fails trials whose heartbeat is stale and queues one retry each;
+- stopped workers: ``release`` fails and re-queues this process's interrupted trials.
+
+``census`` counts a study's trials by the one rule every command uses: a failed trial that was
+re-queued counts as retried, and its retry toward the target.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -18,10 +27,13 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import TrialState
 
-from ..core import interrupts
-from .heartbeats import Heartbeats
+from ...core import interrupts
+from ..store.heartbeats import Heartbeats
+from ..store.internals import set_study_system_attr, storage_of, study_id, study_system_attrs, trial_id
+from .requeue import requeue
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
+STREAMS_ATTR = "sampler_streams"  # study system attr: sampler streams handed out so far
 T = TypeVar("T")
 Shared = Callable[[optuna.Trial], dict[str, Any]]  # a trial -> the params its population shares
 
@@ -73,7 +85,7 @@ class BudgetedStudy(optuna.Study):
         lock: AbstractContextManager,
     ) -> None:
         super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
-        self._budget_lock = lock
+        self.lock = lock
         self.heartbeats = Heartbeats(storage)  # each trial beats from its ask on (``work`` runs the thread)
         self.asked: list[int] = []  # numbers of the trials this process took, for ``release``
         self.stopped = False  # a sampler asked the study to stop (GridSampler, once its grid is done)
@@ -87,7 +99,7 @@ class BudgetedStudy(optuna.Study):
         return int(self.user_attrs[TARGET_ATTR])
 
     def ask(self, fixed_distributions: dict | None = None) -> optuna.Trial:
-        with self._budget_lock:
+        with self.lock:
             c = census(self)
             if c.waiting == 0 and c.counted >= self.target:
                 raise BudgetExhausted
@@ -111,7 +123,7 @@ class BudgetedStudy(optuna.Study):
         before the next is asked, so samplers see the earlier ones as RUNNING (TPE's constant
         liar); all under one hold of the budget lock and one census. ``shared``: the params
         (of the first new trial) that the others take as they are (a population's batch size)."""
-        with self._budget_lock:
+        with self.lock:
             c = census(self)
             n = min(k, c.waiting + max(self.target - c.counted, 0))
             if n <= 0:
@@ -133,7 +145,7 @@ class BudgetedStudy(optuna.Study):
         """Up to ``k`` new trials (none while a retry waits: the worker's next ask takes it),
         sampled with every result told so far and with ``fixed`` params as they are: a
         population's refills."""
-        with self._budget_lock:
+        with self.lock:
             c = census(self)
             if c.waiting:
                 return []
@@ -158,8 +170,69 @@ class BudgetedStudy(optuna.Study):
             self.sampler = base
 
 
-def set_target(study: optuna.Study, more: int) -> int:
-    """Raise the study's target to what it counts now plus ``more``; return the target."""
-    target = census(study).counted + more
-    study.set_user_attr(TARGET_ATTR, target)
+def raise_target(study: optuna.Study, more: int, lock: AbstractContextManager) -> int:
+    """Raise the study's target by ``more`` over what it already is (at least the trials it
+    counts: a target never falls below them); under the lock, so two raises of N add 2N."""
+    with lock:
+        counted = census(study).counted
+        current = study.user_attrs.get(TARGET_ATTR)
+        target = max(int(current), counted) + more if current is not None else counted + more
+        study.set_user_attr(TARGET_ATTR, target)
     return target
+
+
+def set_target(study: optuna.Study, total: int, lock: AbstractContextManager) -> int:
+    """Set the study's target to ``total`` trials: idempotent (a restarted `create`, a retried
+    Job's, sets the same total again); under the lock, as every target write."""
+    with lock:
+        study.set_user_attr(TARGET_ATTR, total)
+    return total
+
+
+def claim_stream(study: optuna.Study, lock: AbstractContextManager) -> int:
+    """This process's sampler stream: 0 for the first process that works on the study, 1 for
+    the next, ... (counted in the store under the lock: two processes started together get two)."""
+    with lock:
+        n = int(study_system_attrs(study).get(STREAMS_ATTR, 0))
+        set_study_system_attr(study, STREAMS_ATTR, n + 1)
+    return n
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The sampler seed of stream ``stream``: the study's own seed for the first (a fresh
+    single-process study is reproducible), a hash of both for every other. Samplers with one
+    seed replay the same draws: two workers would sample the same parameters in lockstep, and a
+    resumed study would repeat its first trials."""
+    if stream == 0:
+        return seed
+    return int(hashlib.sha256(f"{seed}/{stream}".encode()).hexdigest()[:8], 16) % 2**31
+
+
+def fail_stale(study: BudgetedStudy) -> None:
+    """Trials whose heartbeat is stale -> FAIL, and one WAITING retry each (the storage's
+    stale-trial callback, ``requeue.RequeueStale``): under the lock, so two workers that find
+    the same dead trial fail it and queue its retry once."""
+    with warnings.catch_warnings(), study.lock:  # experimental in name only: optimize() calls it per trial
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def release(study: BudgetedStudy, why: str) -> list[int]:
+    """After a stop (Ctrl-C, SIGTERM, a lost store): no trial this process took stays RUNNING;
+    each is marked FAIL and queued again (under the lock), so its retry continues from its last
+    checkpoint. Returns the trial numbers re-queued."""
+    if not study.asked:
+        return []
+    storage = storage_of(study)
+    mine = set(study.asked)
+    done = []
+    with study.lock:
+        # one query for the trials still RUNNING (a long-lived worker has taken many)
+        running = storage.get_all_trials(study_id(study), deepcopy=False, states=(TrialState.RUNNING,))
+        for t in sorted((t for t in running if t.number in mine), key=lambda t: t.number):
+            tid = trial_id(t)
+            storage.set_trial_user_attr(tid, "fail_reason", interrupts.stopped_reason(why))  # TrialRecord field
+            storage.set_trial_state_values(tid, TrialState.FAIL)
+            requeue(study, storage.get_trial(tid))
+            done.append(t.number)
+    return done

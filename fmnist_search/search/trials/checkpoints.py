@@ -23,9 +23,9 @@ import optuna
 import torch
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from ..engine.population import Snapshot
-from ..engine.train import TrainConfig
-from .internals import storage_of, store_folder, trial_id
+from ...engine.population import Snapshot
+from ...engine.train import TrainConfig
+from ..store.internals import storage_of, store_folder, trial_id
 from .record import TrialRecord
 
 FORMAT = 1

@@ -16,8 +16,8 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from .criteria import ACCURACY, CRITERIA, objectives_of, values_of
-from .record import TrialRecord
+from ..trials.objectives import ACCURACY, CRITERIA, objectives_of, values_of
+from ..trials.record import TrialRecord
 
 CURVES = (("train_loss", "train loss"), ("train_accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"))
 

@@ -18,9 +18,9 @@ from typing import TypeVar
 import tenacity
 from sqlalchemy import exc as sa_exc
 
-from ..core import interrupts
-from ..core.config import PATIENCE_S
-from ..core.errors import StorageError
+from ...core import interrupts
+from ...core.config import PATIENCE_S
+from ...core.errors import StorageError
 from .urls import mask_url
 
 BACKOFF_S = (0.5, 15)  # seconds between attempts: the first wait, doubling up to the last, which repeats

@@ -17,10 +17,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .artifacts import removing
-from .front import ranked
-from .internals import store_folder
-from .record import TrialRecord
+from ..results.front import ranked
+from ..store.internals import store_folder
+from ..trials.record import TrialRecord
+from .weights import removing
 
 KEEP_ATTR = "keep_weights"  # study user attr: completed trials whose weights are kept (absent: all)
 

@@ -25,11 +25,11 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from ..core.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
-from ..core.errors import StorageError
+from ...core.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, PATIENCE_S
+from ...core.errors import StorageError
+from ..trials.requeue import RequeueStale
 from . import internals
 from .internals import PRIVATE_STORAGE_CALLS, rdb_models, rdb_session
-from .requeue import RequeueStale
 from .retry import Retrier, Unreachable, reason
 from .urls import dialect, mask_url, missing_driver, read_only_url, sqlite_path, writable
 

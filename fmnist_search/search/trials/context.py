@@ -18,15 +18,15 @@ from typing import Any
 import optuna
 import torch
 
-from ..core.config import StudySpec
-from ..core.errors import StorageError
-from ..engine.data import Splits
-from ..engine.devices import device_name
-from ..engine.models import num_params
-from ..engine.population import PopulationStats
-from ..engine.probes import machine_load
-from ..engine.teachers import cached_teacher
-from ..engine.train import (
+from ...core.config import StudySpec
+from ...core.errors import StorageError
+from ...engine.data import Splits
+from ...engine.devices import device_name
+from ...engine.models import num_params
+from ...engine.population import PopulationStats
+from ...engine.probes import machine_load
+from ...engine.teachers import cached_teacher
+from ...engine.train import (
     BuiltModel,
     EpochMetrics,
     FitResult,
@@ -34,10 +34,10 @@ from ..engine.train import (
     evaluate,
     on_device,
 )
+from ..artifacts.weights import save_model
+from ..store.internals import set_study_system_attr, store_folder, study_system_attrs
 from . import checkpoints
-from .artifacts import save_model
-from .criteria import ACCURACY, CRITERIA, Probe, measured_figure_key
-from .internals import set_study_system_attr, store_folder, study_system_attrs
+from .objectives import ACCURACY, CRITERIA, Probe, measured_figure_key
 from .record import FIELDS, TrialRecord
 from .space import model_of, suggest
 

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import optuna
 
-from ..core.config import TrainConfig
-from ..engine.models import create_model, num_params
-from ..engine.probes import latency_ms, training_throughput
-from . import internals
+from ...core.config import TrainConfig
+from ...engine.models import create_model, num_params
+from ...engine.probes import latency_ms, training_throughput
+from ..store import internals
 
 ACCURACY = "accuracy"
 MEASURED_ATTR = "measured"  # trial user attr: {objective: value} measured before training (TrialRecord.measured)
