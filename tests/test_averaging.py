@@ -60,7 +60,7 @@ def test_one_models_average_is_the_hand_written_average_of_pytorchs_sgd(tiny_spl
     _same_weights(members[0].module, _reference_average(name, 3, cfg, train))  # BatchNorm statistics too
 
 
-@pytest.mark.parametrize("name", ["lenet", "airbench"])
+@pytest.mark.parametrize("name", ["airbench"])  # stacked BatchNorm statistics averaged row by row
 def test_each_models_average_in_a_population_is_its_average_alone(tiny_splits, name):
     train, val = _data(tiny_splits)
     members = [Member(c) for c in EMA]
@@ -72,7 +72,7 @@ def test_each_models_average_in_a_population_is_its_average_alone(tiny_splits, n
         _same_history(member.result, alone[0].result)
 
 
-@pytest.mark.parametrize("name", ["lenet", "airbench"])
+@pytest.mark.parametrize("name", ["lenet"])
 def test_the_saved_weights_are_what_was_reported(tiny_splits, name):
     """A recipe with ema reports, and keeps, the average: evaluating the member's module gives
     its last reported accuracy; and the average is not the raw weights."""
@@ -96,20 +96,20 @@ def test_measured_figures_are_the_averages_a_recipe_would_report(tiny_splits):
     train, val = _data(tiny_splits)
     cfgs = [dataclasses.replace(c, epochs=3) for c in RECIPES[:2]]
     measured = [Member(c) for c in cfgs]
-    fit_population([_model("airbench", s) for s in range(2)], measured, train, val, halflives=(0.5, 2.0))
+    fit_population([_model("lenet", s) for s in range(2)], measured, train, val, halflives=(0.5, 2.0))
     for h in (0.5, 2.0):
         judged = [Member(dataclasses.replace(c, ema=h)) for c in cfgs]
-        fit_population([_model("airbench", s) for s in range(2)], judged, train, val)
+        fit_population([_model("lenet", s) for s in range(2)], judged, train, val)
         for m, j in zip(measured, judged, strict=True):
             assert [e.figures[f"ema{h:g}"] for e in m.result.history] == [e.val_accuracy for e in j.result.history]
     raw = [Member(c) for c in cfgs]
-    fit_population([_model("airbench", s) for s in range(2)], raw, train, val)
+    fit_population([_model("lenet", s) for s in range(2)], raw, train, val)
     assert [e.val_accuracy for e in measured[0].result.history] == [e.val_accuracy for e in raw[0].result.history]
 
 
 def test_an_averaging_population_resumes_bit_for_bit(tiny_splits):
     train, val = _data(tiny_splits)
-    cfgs = [dataclasses.replace(c, epochs=3) for c in EMA]
+    cfgs = EMA  # 2 epochs: resumed after the first
 
     def run(resume=None, members=None, stop_after=None):
         members = members or [Member(c) for c in cfgs]

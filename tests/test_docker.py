@@ -72,6 +72,8 @@ def test_compose_services_run_valid_commands_safely():
     services = compose["services"]
     commands = {name: check_cli(s["command"]) for name, s in services.items() if "command" in s}
     assert commands == {"create": "create", "dashboard": "dashboard", "worker-gpu0": "worker", "worker-gpu1": "worker"}
+    # every `docker compose up` re-runs create: an absolute target, so a restart adds no trials
+    assert "--target" in services["create"]["command"] and "--trials" not in services["create"]["command"]
     assert {"postgres"} == {services["db"]["image"].split(":")[0]}
     db_env = services["db"]["environment"]
     assert ENV_REQUIRED.fullmatch(db_env["POSTGRES_PASSWORD"]) and ENV_REQUIRED.fullmatch(db_env["DASHBOARD_PASSWORD"])
@@ -115,6 +117,8 @@ def test_k8s_example_runs_valid_commands_and_ships_no_password():
     for job in jobs.values():
         container = job["spec"]["template"]["spec"]["containers"][0]
         check_cli(container["args"])
+    create = jobs["fmnist-create"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--target" in create and "--trials" not in create  # a Job retried after its write adds no trials
     workers = jobs["fmnist-workers"]["spec"]
     assert workers["completionMode"] == "Indexed" and workers["parallelism"] == workers["completions"]
     # Per-index retries: a slow database or one bad node cannot fail the whole Job.

@@ -42,7 +42,21 @@ def _resolve(module: str, node: ast.ImportFrom) -> list[str]:
     names = [".".join([*base, alias.name]) for alias in node.names]  # `from .engine import data`
     found = [n for n in names if (PACKAGE / f"{n.replace('.', '/')}.py").exists()]
     target = ".".join(base)
+    face = _face(target)  # `from ..search.store import mask_url`: the module the face loads it from
+    if face:
+        found += [f"{target}.{face[alias.name]}" for alias in node.names if alias.name in face]
     return found or ([target] if (PACKAGE / f"{target.replace('.', '/')}.py").exists() else [])
+
+
+def _face(package: str) -> dict[str, str]:
+    """A package face's table (``FACE = {name: module}`` in its ``__init__``), or {}."""
+    init = PACKAGE / package.replace(".", "/") / "__init__.py"
+    if not init.exists():
+        return {}
+    for node in ast.parse(init.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "FACE" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
 
 
 def imports(path: Path) -> tuple[set[str], set[str]]:
@@ -97,6 +111,11 @@ def test_imports_point_down(module):
     assert not skipped, f"{module} imports {skipped}: go through the application layer (app/)"
 
 
+def test_the_checker_sees_through_a_packages_face():
+    inner, _ = imports(PACKAGE / "app" / "studies.py")
+    assert {"search.trials.coordination", "search.store.locks", "search.artifacts.weights"} <= inner
+
+
 def test_the_checker_sees_function_level_imports_and_every_form():
     inner, _ = imports(PACKAGE / "cli.py")
     assert "app.options" in inner  # `from .app.options import (...)`, at the top
@@ -126,3 +145,16 @@ def test_the_cli_check_can_fail(monkeypatch):
     monkeypatch.setitem(globals(), "GRAPH", graph)
     with pytest.raises(AssertionError, match="go through the application layer"):
         test_imports_point_down("cli")
+
+
+@pytest.mark.parametrize("package", ["search.store", "search.trials", "search.results", "search.artifacts"])
+def test_every_name_a_face_offers_is_there(package):
+    import importlib
+
+    module = importlib.import_module(f"fmnist_search.{package}")
+    face = _face(package)
+    assert face and sorted(face) == module.__all__
+    for name in face:
+        assert getattr(module, name) is getattr(importlib.import_module(f"fmnist_search.{package}.{face[name]}"), name)
+    with pytest.raises(AttributeError, match="offers no"):
+        _ = module.nothing_here

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..search.store.urls import sqlite_path
+from ..search.store import sqlite_path
 
 if TYPE_CHECKING:  # annotations only
     from ..core.config import StudySpec

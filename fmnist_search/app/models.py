@@ -25,11 +25,10 @@ from ..engine.population import order_seed
 from ..engine.teachers import cached_teacher
 from ..engine.train import to_device
 from ..engine.weights import load_weights_file, weights_payload
-from ..search.artifacts.weights import trial_model
-from ..search.results.plots import confusion_figure
+from ..search.artifacts import trial_model
+from ..search.results import confusion_figure
 from ..search.study import find_trial, load_study, stored_spec
-from ..search.trials.record import TrialRecord
-from ..search.trials.space import model_of
+from ..search.trials import TrialRecord, model_of
 from .studies import load_dataset, resolve_runtime
 
 if TYPE_CHECKING:  # annotations only

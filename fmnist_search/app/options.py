@@ -224,7 +224,7 @@ WhereOpt = Annotated[
 
 
 def artifact_dir(storage: str, artifacts: Path | None) -> Path:
-    from ..search.artifacts.weights import default_dir
+    from ..search.artifacts import default_dir
 
     return artifacts if artifacts is not None else default_dir(storage)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.config import DEFAULT_STORAGE
 from ..core.errors import Stopped
 from ..core.interrupts import Stop, check, cleaning
-from ..search.store.urls import mask_url
+from ..search.store import mask_url
 
 if TYPE_CHECKING:  # annotations only
     from .options import StudyOptions, WorkOptions

@@ -12,17 +12,26 @@ import optuna_dashboard
 import pandas as pd
 
 from ..core.errors import FmnistSearchError
-from ..search.artifacts.weights import OWNERS, owners
-from ..search.results.export import best_trial, history_frame, state_counts, trials_frame
-from ..search.results.front import accuracy, describe_objectives, pick
-from ..search.results.plots import study_figures, write_html
-from ..search.results.report import front_frame, front_markdown, report_frame, to_markdown
-from ..search.results.summary import summary_page
-from ..search.store.urls import store_identity
+from ..search.artifacts import OWNERS, owners
+from ..search.results import (
+    accuracy,
+    best_trial,
+    describe_objectives,
+    front_frame,
+    front_markdown,
+    history_frame,
+    pick,
+    report_frame,
+    state_counts,
+    study_figures,
+    summary_page,
+    to_markdown,
+    trials_frame,
+    write_html,
+)
+from ..search.store import store_identity
 from ..search.study import find_trial, load_study
-from ..search.trials.checkpoints import in_use
-from ..search.trials.objectives import objectives_of
-from ..search.trials.record import TrialRecord, lr_of
+from ..search.trials import TrialRecord, in_use, lr_of, objectives_of
 
 if TYPE_CHECKING:  # annotations only
     from optuna.storages import RDBStorage

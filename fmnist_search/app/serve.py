@@ -12,7 +12,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna_dashboard import run_server
 
 from ..core.errors import FmnistSearchError
-from ..search.store.urls import mask_url
+from ..search.store import mask_url
 
 if TYPE_CHECKING:  # annotations only
     from optuna.storages import RDBStorage

@@ -21,24 +21,23 @@ from ..core.interrupts import causes, check, cleaning, shielded, stop_in
 from ..engine import data as data_mod
 from ..engine.devices import resolve_device, resolve_precision
 from ..engine.population import default_population
-from ..search.artifacts.retention import KEEP_ATTR
-from ..search.artifacts.weights import open_store as open_artifacts
-from ..search.store.locks import study_lock
-from ..search.store.storage import make_storage
-from ..search.store.urls import mask_url
+from ..search.artifacts import KEEP_ATTR
+from ..search.artifacts import open_store as open_artifacts
+from ..search.store import make_storage, mask_url, study_lock
 from ..search.study import PRUNERS, SAMPLERS, open_study, stored_spec
-from ..search.trials.context import TrialContext, occupancy
-from ..search.trials.coordination import (
+from ..search.trials import (
     BudgetedStudy,
+    TrialContext,
     census,
     claim_stream,
+    occupancy,
     raise_target,
     release,
     set_target,
     stream_seed,
+    wait_for_study,
 )
-from ..search.trials.workers import wait_for_study
-from ..search.trials.workers import work as work_loop
+from ..search.trials import work as work_loop
 from .lines import artifacts_note, at_a_time, space_text
 from .planning import plan_studies
 from .processes import EXIT_FAILED, finish_command, plan_workers, signal_name, spawn_workers, trial_count
@@ -50,8 +49,8 @@ if TYPE_CHECKING:  # annotations only
     from ..core.config import StudySpec
     from ..engine.data import FashionMNIST
     from ..engine.population import EpochMetrics
-    from ..search.store.storage import ResilientStorage
-    from ..search.trials.coordination import Census
+    from ..search.store import ResilientStorage
+    from ..search.trials import Census
     from .options import StudyOptions, WorkOptions
 
 Say = Callable[[str], None]
