@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from fmnist_search.search.results.export import trials_frame
 from fmnist_search.search.results.front import front, pick, ranked
+from fmnist_search.search.store.internals import trial_id
 from fmnist_search.search.store.locks import study_lock
 from fmnist_search.search.store.storage import ResilientStorage, make_storage
 from fmnist_search.search.study import find_trial
@@ -125,7 +126,7 @@ def _stale_trial(url, storage):
     study = optuna.load_study(study_name="s", storage=storage)
     set_target(study, 1, nullcontext())
     trial = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.4)})
-    storage.record_heartbeat(trial._trial_id)
+    storage.record_heartbeat(trial_id(trial))
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour')"))
@@ -183,3 +184,48 @@ def test_a_resumed_trial_keeps_its_rungs_and_its_original_leaves_the_pool():
     assert pruned == set()
     assert [(k, v) for _, k, v in written] == [("completed_rung_0", 0.5), ("completed_rung_1", 0.6)]
     assert pruning._retried({t.number: t for t in study.get_trials()}) == {0}
+
+
+def _dropping_after_commit(monkeypatch, name):
+    """``RDBStorage.name`` commits, then its connection "drops" once (a transient error): the
+    Retrier replays the call, as after a database failover right after a commit."""
+    from sqlalchemy.exc import OperationalError
+
+    original = getattr(optuna.storages.RDBStorage, name)
+    dropped = []
+
+    def call(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if not dropped:
+            dropped.append(name)
+            raise OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+        return result
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, name, call)
+    monkeypatch.setattr("fmnist_search.search.store.retry.BACKOFF_S", (0.0, 0.0))
+    return dropped
+
+
+def test_storage_writes_replayed_after_their_commit_happen_once(tmp_path, monkeypatch):
+    url, storage = _store(tmp_path)
+    study = optuna.load_study(study_name="s", storage=storage)
+    trial = study.ask()
+    dropped = _dropping_after_commit(monkeypatch, "set_trial_state_values")
+    study.tell(trial, 0.5)  # replayed: finds it told, no UpdateFinishedTrialError
+    assert dropped and study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.5
+
+    from fmnist_search.search.trials.requeue import requeue
+
+    monkeypatch.undo()
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)
+    dropped = _dropping_after_commit(monkeypatch, "_create_new_trial")  # what Optuna's cache calls
+    requeue(study, study.trials[-1])
+    assert dropped and [t.system_attrs.get("failed_trial") for t in study.trials if t.state == TrialState.WAITING] == [
+        failed.number
+    ]  # one retry, not two
+
+    monkeypatch.undo()
+    dropped = _dropping_after_commit(monkeypatch, "create_new_study")
+    made = optuna.create_study(study_name="t", storage=make_storage(url))
+    assert dropped and made.study_name == "t"

@@ -60,8 +60,9 @@ def store_folder(store: Any) -> str:
 
 # What Optuna's Study and _CachedStorage call on an RDBStorage besides its public API: a
 # storage that wraps every call (ResilientStorage's retries) must wrap these too.
+CREATE_TRIAL = "_create_new_trial"  # what the cache calls to create a trial (it returns the FrozenTrial)
 PRIVATE_STORAGE_CALLS = (
-    "_create_new_trial",
+    CREATE_TRIAL,
     "_set_trial_param",
     "_get_trials",
     "_get_best_trial_id",

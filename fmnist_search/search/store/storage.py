@@ -6,9 +6,15 @@ Ctrl-C, retried with a bounded back-off, one line when it gives up) on connectio
 checked before use (``pool_pre_ping``), so one killed by a restart is replaced. It also
 writes many trials' attrs, reports and heartbeats in one transaction (multi-row upserts).
 
-A call whose connection drops after the server committed it is retried too; for the one
-non-idempotent call (creating a trial) that could, in that narrow window, create one
-trial more than asked. It has not been seen in the restart tests.
+A call whose connection drops after the server committed it is retried too, so a replay must
+be safe to repeat. Reads, upserts (attrs, reports, heartbeats) and ``set_trial_param`` are
+idempotent by nature. The writes that are not check before replaying (``_REPLAYS``): a study
+creation finds the study it made; a tell (``set_trial_state_values`` to a finished state) finds
+the trial already in that state with those values; a retry's creation (a trial copied from a
+template naming its ``failed_trial``) finds the copy it made. Asking a fresh trial is the one
+call left without a key (Optuna's ask carries none): a replay after its commit leaves one
+RUNNING trial without a heartbeat, which the stale check adopts, fails after the grace period
+and re-queues: the one window in which a study can run one trial more than asked.
 """
 
 from __future__ import annotations
@@ -240,12 +246,73 @@ def write_trials(
         storage.set_trial_system_attr(trial_id, key, value)
 
 
-def _resilient(name: str) -> Callable[..., Any]:
-    method = getattr(ResilientStorage, name)
+_NOTHING = object()
 
-    @functools.wraps(method)
+
+def _study_made(self: ResilientStorage, directions: Any = None, study_name: str | None = None) -> Any:
+    """A ``create_new_study`` replayed: the study it made, if its first attempt committed."""
+    if study_name is None:
+        return _NOTHING
+    try:
+        return RDBStorage.get_study_id_from_name(self, study_name)
+    except KeyError:
+        return _NOTHING
+
+
+def _told(self: ResilientStorage, trial_id: int, state: TrialState, values: Any = None) -> Any:
+    """A tell replayed: True if the trial is already in ``state`` with ``values`` (a claim of a
+    WAITING trial, state RUNNING, has no such check: it is Optuna's own race, decided by the row)."""
+    if not state.is_finished():
+        return _NOTHING
+    trial = RDBStorage.get_trial(self, trial_id)
+    same = trial.state == state and (values is None or list(trial.values or []) == [float(v) for v in values])
+    return True if same else _NOTHING
+
+
+def _copy_made(self: ResilientStorage, study_id: int, template_trial: Any = None) -> Any:
+    """A retry's creation replayed: the copy of ``failed_trial`` made by the first attempt."""
+    failed = None if template_trial is None else template_trial.system_attrs.get("failed_trial")
+    if failed is None:
+        return _NOTHING
+    for t in RDBStorage.get_all_trials(self, study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if t.system_attrs.get("failed_trial") == failed:
+            return t
+    return _NOTHING
+
+
+def _copy_id(self: ResilientStorage, study_id: int, template_trial: Any = None) -> Any:
+    made = _copy_made(self, study_id, template_trial)
+    return made if made is _NOTHING else internals.trial_id(made)
+
+
+# A replay (an attempt after the first) of these asks first whether the first attempt committed.
+_REPLAYS: dict[str, Callable[..., Any]] = {
+    "create_new_study": _study_made,
+    "set_trial_state_values": _told,
+    "create_new_trial": _copy_id,
+    internals.CREATE_TRIAL: _copy_made,  # what Optuna's cache calls: it returns the trial
+}
+
+
+def _resilient(name: str) -> Callable[..., Any]:
+    own = ResilientStorage.__dict__.get(name)  # an override of ours, else RDBStorage's (looked up per call)
+    check = _REPLAYS.get(name)
+
+    @functools.wraps(getattr(ResilientStorage, name))
     def call(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
-        return self.retrier(lambda: method(self, *args, **kwargs), name.lstrip("_").replace("_", " "))
+        method = own or getattr(RDBStorage, name)
+        attempts = 0
+
+        def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and check is not None:
+                done = check(self, *args, **kwargs)
+                if done is not _NOTHING:
+                    return done
+            return method(self, *args, **kwargs)
+
+        return self.retrier(attempt, name.lstrip("_").replace("_", " "))
 
     return call
 
