@@ -229,3 +229,13 @@ def test_storage_writes_replayed_after_their_commit_happen_once(tmp_path, monkey
     dropped = _dropping_after_commit(monkeypatch, "create_new_study")
     made = optuna.create_study(study_name="t", storage=make_storage(url))
     assert dropped and made.study_name == "t"
+
+
+def test_every_worker_of_a_study_keeps_its_heartbeat_settings(tmp_path):
+    url, _ = _store(tmp_path)
+    first = make_storage(url, heartbeat=True, heartbeat_interval=1, grace_period=2)
+    later = make_storage(url, heartbeat=True, heartbeat_interval=10, grace_period=60)
+    study = optuna.load_study(study_name="s", storage=first)
+    assert coordination.adopt_heartbeat(study, first, study_lock(url, "s")) is None  # the first stores its own
+    assert coordination.adopt_heartbeat(study, later, study_lock(url, "s")) == {"interval": 1, "grace": 2}
+    assert (later.get_heartbeat_interval(), later.grace_period) == (1, 2)  # adopted: one grace period per study

@@ -28,6 +28,7 @@ from ..search.study import PRUNERS, SAMPLERS, open_study, stored_spec
 from ..search.trials import (
     BudgetedStudy,
     TrialContext,
+    adopt_heartbeat,
     census,
     claim_stream,
     occupancy,
@@ -147,7 +148,14 @@ def work_here(
     prefix = f"[{label}] " if label else ""
     extra = {"worker": label or f"pid{os.getpid()}", "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
     lock = study_lock(url, name, store.retrier)
-    stream = claim_stream(optuna.load_study(study_name=name, storage=store), lock)
+    plain = optuna.load_study(study_name=name, storage=store)
+    stream = claim_stream(plain, lock)
+    adopted = adopt_heartbeat(plain, store, lock)
+    if adopted is not None:
+        say(
+            f"{prefix}this worker uses study {name!r}'s heartbeat interval {adopted['interval']} s and grace "
+            f"period {adopted['grace']} s (stored by its first worker; every worker of a study needs the same)"
+        )
     budgeted = BudgetedStudy(
         name, store, SAMPLERS[spec.sampler](spec, stream_seed(spec.seed, stream)), PRUNERS[spec.pruner](spec), lock
     )

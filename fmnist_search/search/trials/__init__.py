@@ -18,6 +18,7 @@ from ...core.faces import lazy_face
 
 FACE = {
     "BudgetedStudy": "coordination",
+    "adopt_heartbeat": "coordination",
     "Census": "coordination",
     "census": "coordination",
     "claim_stream": "coordination",

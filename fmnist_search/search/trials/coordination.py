@@ -34,6 +34,7 @@ from .requeue import requeue
 
 TARGET_ATTR = "target_trials"  # study user attr: trials the study should reach
 STREAMS_ATTR = "sampler_streams"  # study system attr: sampler streams handed out so far
+BEAT_ATTR = "heartbeat"  # study system attr: {"interval": s, "grace": s}, one for every worker of the study
 T = TypeVar("T")
 Shared = Callable[[optuna.Trial], dict[str, Any]]  # a trial -> the params its population shares
 
@@ -196,6 +197,23 @@ def claim_stream(study: optuna.Study, lock: AbstractContextManager) -> int:
         n = int(study_system_attrs(study).get(STREAMS_ATTR, 0))
         set_study_system_attr(study, STREAMS_ATTR, n + 1)
     return n
+
+
+def adopt_heartbeat(study: optuna.Study, storage: Any, lock: AbstractContextManager) -> dict[str, int] | None:
+    """The study's heartbeat interval and grace period, which must hold for every worker (one
+    worker judges another's trial stale by its own grace period): the first worker stores its
+    own, every later one adopts the stored ones (set on ``storage``). Returns the stored values
+    when this worker was started with others, else None."""
+    mine = {"interval": int(storage.heartbeat_interval), "grace": int(storage.grace_period)}
+    with lock:
+        stored = study_system_attrs(study).get(BEAT_ATTR)
+        if stored is None:
+            set_study_system_attr(study, BEAT_ATTR, mine)
+            return None
+    if stored == mine:
+        return None
+    storage.heartbeat_interval, storage.grace_period = stored["interval"], stored["grace"]
+    return dict(stored)
 
 
 def stream_seed(seed: int, stream: int) -> int:
