@@ -8,7 +8,7 @@ and training throughput) run unpruned, then the same configurations again with p
 3. Reported: epochs trained by each, both fronts side by side, and the points of the unpruned
    front the pruned study lost (a trial not completed, or completed but off its front).
 
-Also replayed, for each pruner: the decisions the lifecycle's rule (search/pruning.py) takes on
+Also replayed, for each pruner: the decisions the lifecycle's rule (search/trials/pruning.py) takes on
 the unpruned run's recorded curves, trial by trial as a one-at-a-time run takes them; a
 pruner's replay is what its real run does when training is deterministic (it is on one CPU:
 step 2 checks that too).
@@ -147,7 +147,7 @@ def _point(t: optuna.trial.FrozenTrial, objectives: tuple[str, ...]) -> dict:
 
 
 def _lr(params: dict) -> float:
-    """A comparison trial's lr: its model's own parameter (``lr_MODEL``, search/space.py)."""
+    """A comparison trial's lr: its model's own parameter (``lr_MODEL``, search/trials/space.py)."""
     return params[f"lr_{params['model']}"]
 
 
@@ -179,7 +179,7 @@ def replay(
     signal: str = "epoch",
 ) -> dict:
     """The pruned run, taken from the unpruned run's curves: trial by trial, epoch by epoch, as a
-    one-at-a-time run takes its decisions (the lifecycle's rule, search/pruning.py).
+    one-at-a-time run takes its decisions (the lifecycle's rule, search/trials/pruning.py).
 
     Other rules, for ``--grid``: ``pruner`` a factory instead of a name; ``lr_ratio``: within a
     model, a trial competes only with trials whose lr times ``lr_ratio`` is at least its own;
@@ -247,7 +247,7 @@ SIGNALS: dict[str, Callable[[dict[int, float]], dict[int, float]]] = {
 
 
 def _lr_competes(trials: list[dict], objectives: list[str], ratio: float) -> Callable:
-    """The front's rule (search/pruning.py), and within a model only trials at an lr of at least
+    """The front's rule (search/trials/pruning.py), and within a model only trials at an lr of at least
     the trial's own divided by ``ratio`` (under an annealed lr, the higher lrs lag until the end)."""
     front_rule = competitors(tuple(objectives))
     params = [t["params"] for t in trials]  # replayed trials are numbered in recorded order
@@ -565,7 +565,7 @@ def _print_ranks(ranks: dict) -> None:
 def _pruned_run(args: argparse.Namespace, url: str, unpruned: optuna.Study) -> dict:
     """The same configurations, enqueued in the same order, into a study with ``args.pruner``."""
     t0 = time.monotonic()
-    # the unpruned run's measured figures too (search/objective.py shares them): the fronts differ by pruning alone
+    # the unpruned run's measured figures too (search/trials/context.py shares them): the fronts differ by pruning alone
     pruned = _enqueued_run(
         args, url, "pruned", args.pruner, [t.params for t in unpruned.get_trials(deepcopy=False)], figures_of=unpruned
     )

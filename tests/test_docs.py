@@ -213,7 +213,7 @@ def test_the_worker_options_listed_are_the_workers():
 
 
 def test_every_trial_attr_is_documented():
-    """docs/commands.md names every trial user attr the project writes (search/record.py)."""
+    """docs/commands.md names every trial user attr the project writes (search/trials/record.py)."""
     from fmnist_search.search.trials.record import FIELDS
 
     text = (ROOT / "docs" / "commands.md").read_text()

@@ -131,7 +131,7 @@ def shown_trial(
 ) -> dict[str, Any]:
     """What `show` shows (``--json`` as it is): the study's settings, its trials by state and its
     artifacts' space, and one trial — number ``number``, else the best (or the pick ``where`` says:
-    search/front.py; None before a trial completes) — with its params, attrs and curve."""
+    search/results/front.py; None before a trial completes) — with its params, attrs and curve."""
 
     s = load_study(store, name)
     t = find_trial(s, number) if number is not None else (pick(s, where) if where else best_trial(s))

@@ -95,7 +95,7 @@ class StudySpec:
     space: str = "lr"  # search.space.SPACES: which hyperparameters trials sample
     fixed: dict[str, Any] = field(default_factory=dict)  # hyperparameters held fixed (not sampled)
     lr_grid: tuple[float, ...] | None = None  # learning rates for the grid sampler
-    # What a trial is scored on (search/criteria.py); more than one makes a multi-objective study.
+    # What a trial is scored on (search/trials/objectives.py); more than one makes a multi-objective study.
     objectives: tuple[str, ...] = ("accuracy",)
     # Per model of a comparison study (model = "lenet,airbench"): what its recipe sets over the
     # study's own values (RECIPE_SETTINGS); study-level fixed values override these.

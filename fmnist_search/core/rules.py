@@ -41,7 +41,7 @@ SCHEDULE_NAMES = ("constant", "cosine", "onecycle")  # engine.schedules.SCHEDULE
 PRECISION_NAMES = ("bf16", "fp16", "fp32")  # engine.devices.PRECISIONS (resolved, never "auto")
 
 
-OBJECTIVE_NAMES = ("accuracy", "latency", "params", "throughput")  # search.criteria.CRITERIA
+OBJECTIVE_NAMES = ("accuracy", "latency", "params", "throughput")  # search.trials.objectives.CRITERIA
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """What a network costs, measured apart from any trial: its training throughput alone and its
-inference latency on this device. The objectives of a comparison study (search/criteria.py)
+inference latency on this device. The objectives of a comparison study (search/trials/objectives.py)
 read them before a trial trains, so they are known from its first epoch on, whatever the
 trial shares a population with (a member's own share of a fused step says nothing about the
 network).
@@ -38,7 +38,7 @@ def training_throughput(
     augmentation, distillation term, precision) on the data's device: ``fit`` for epochs of
     ``steps`` batches of the first training images, the first untimed, then ``passes`` timed;
     the fastest pass counts (``fastest_pass``). A constant lr: the schedule changes the
-    numbers, not the work. The figure is kept for the study's life (search/objective.py), so a burst
+    numbers, not the work. The figure is kept for the study's life (search/trials/context.py), so a burst
     of other work on the machine during one pass must not become it (seen: a LeNet pass 27x
     slower beside another 2-thread job on 2 cores); work running through all passes still does."""
     n = min(len(train[0]), cfg.batch_size * steps)

@@ -133,7 +133,7 @@ def train_recipe(
 ) -> tuple[BuiltModel, FitResult]:
     """Train one recipe outside a study: build model ``name`` (seeded by ``cfg.seed``, on the
     data's device) unless ``built`` is given, then ``fit``. Teachers and ``fmnist-search
-    train`` use it; a study's trials train through ``search.lifecycle`` on the same loop."""
+    train`` use it; a study's trials train through ``search.trials.lifecycle`` on the same loop."""
     built = built or build_model(name, cfg.seed, train[0].device, compiled)
     return built, fit(built.runnable, train, val, cfg, on_epoch_end=on_epoch_end, teacher=teacher)
 

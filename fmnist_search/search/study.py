@@ -40,7 +40,7 @@ PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
     "median": lambda spec: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
     "sha": lambda spec: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
     "hyperband": lambda spec: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
-    # Several objectives: Syne Tune's MOASHA (its defaults, grace period 1 and eta 3), search/pruning.py
+    # Several objectives: Syne Tune's MOASHA (its defaults, grace period 1 and eta 3), search/trials/pruning.py
     "moasha": lambda spec: ParetoHalvingPruner(min_resource=1, reduction_factor=3),
     "none": lambda spec: optuna.pruners.NopPruner(),
 }
@@ -70,7 +70,7 @@ def known_studies(name: str, names: list[str]) -> str:
 
 def find_trial(study: optuna.Study, number: int | None = None, where: tuple[str, ...] = ()) -> optuna.trial.FrozenTrial:
     """Trial ``number`` of ``study``, or its best: the most accurate completed trial on validation
-    (on the Pareto front, within the ``where`` floors and ceilings: search/front.py)."""
+    (on the Pareto front, within the ``where`` floors and ceilings: search/results/front.py)."""
     from .results.front import pick
 
     if number is None:

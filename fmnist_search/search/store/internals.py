@@ -86,7 +86,7 @@ def rdb_session(storage: Any) -> Iterator[Any]:
         yield session
 
 
-# --- pruners: their settings, read to decide K trials at once (search/pruning.py) ---
+# --- pruners: their settings, read to decide K trials at once (search/trials/pruning.py) ---
 
 
 def percentile_settings(p: PercentilePruner) -> dict[str, Any]:
@@ -191,5 +191,5 @@ def check(url: str = "sqlite:///:memory:") -> None:
     if missing:
         raise RuntimeError(
             f"optuna {optuna.__version__} lacks private names fmnist-search uses (tested with {OPTUNA_TESTED}.x): "
-            f"{', '.join(missing)}; see fmnist_search/search/internals.py"
+            f"{', '.join(missing)}; see fmnist_search/search/store/internals.py"
         )

@@ -1,7 +1,7 @@
 """What a study's trials train with: the splits on the device, the teacher, each trial's recipe.
 
 ``TrialContext`` is built once per worker process (data moved to the device once, the teacher
-trained or loaded once); ``search.lifecycle`` runs every trial with it: ``config`` (the
+trained or loaded once); ``search.trials.lifecycle`` runs every trial with it: ``config`` (the
 sampled recipe), ``describe`` (the record of how it runs), ``finish`` (test accuracy and
 weights). ``summarize`` turns what the engine measured into the trial's record.
 """
@@ -140,7 +140,7 @@ class TrialContext:
 
     def measure(self, model: str, cfg: TrainConfig, study: optuna.Study | None = None) -> dict[str, float]:
         """The study's objectives other than accuracy for this network and recipe, measured once
-        per what each depends on (search/criteria.py) and device; {} in a single-objective study.
+        per what each depends on (search/trials/objectives.py) and device; {} in a single-objective study.
 
         With ``study`` the figure is shared through it: the first worker on a device of this name
         measures and stores it, every later one (other processes, machines) reads it, so trials

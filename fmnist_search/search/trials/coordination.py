@@ -110,8 +110,8 @@ class BudgetedStudy(optuna.Study):
 
     def _ask(self, fixed_distributions: dict | None = None) -> optuna.Trial:
         """Optuna's ask, and the trial's first heartbeat at once: a worker killed from here on
-        leaves a trial that goes stale and is retried (search/heartbeats.py)."""
-        with warnings.catch_warnings():  # heartbeats are ours to run (search/heartbeats.py), not optimize()'s
+        leaves a trial that goes stale and is retried (search/store/heartbeats.py)."""
+        with warnings.catch_warnings():  # heartbeats are ours to run (search/store/heartbeats.py), not optimize()'s
             warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
             trial = super().ask(fixed_distributions)
         self.heartbeats.hold([trial])

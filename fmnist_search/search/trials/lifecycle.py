@@ -6,13 +6,13 @@ tell; TPE's ``constant_liar`` spreads them out) and hands them here:
 
     asked (params sampled) -> started: who runs it (worker, GPU) written at once
       -> each epoch: train, report every trial's validation accuracy (one transaction),
-         the pruning decision (search/pruning.py, Optuna's pruner rules, order-independent)
+         the pruning decision (search/trials/pruning.py, Optuna's pruner rules, order-independent)
       -> told COMPLETE (test accuracy, weights artifact) / PRUNED / FAIL (diverged, a crash)
       -> its record (TrialRecord) written, whatever the ending
     stopped (Ctrl-C, SIGTERM, a lost store): left RUNNING with its reason; the worker's
       release() marks it FAIL and re-queues it; a dead worker's trials go stale and are retried
 
-A worker's trials beat from their ask on, one thread for all of them (search/heartbeats.py).
+A worker's trials beat from their ask on, one thread for all of them (search/store/heartbeats.py).
 What a population must share (batch size: sampled once per population, the others take it)
 groups it: trials are grouped by ``shared_key`` and each group trains as one. Trials of a
 group share one batch order (``data_seed``: the study's seed plus the first trial's number,
@@ -346,7 +346,7 @@ class _Population:
 
     def on_epoch_end(self, at_round: int, metrics: dict[int, EpochMetrics]) -> set[int]:
         """Report every member's epoch (one transaction), then prune: each member at its own
-        epoch, against the same snapshot as the members at that epoch (search/pruning.py)."""
+        epoch, against the same snapshot as the members at that epoch (search/trials/pruning.py)."""
         interrupts.check()  # a signal swallowed mid-epoch stops the population here
         group, members = self.group, self.members
         self.at_round = at_round

@@ -7,7 +7,7 @@ on (``key``), shared through the study (``TrialContext.measure``), so all trials
 one kind of device share one figure. More than one objective
 makes the study multi-objective: Optuna keeps its Pareto front (``study.best_trials``), and
 pruning compares a trial only with trials at least as good on every other objective
-(search/pruning.py). ``core.rules.OBJECTIVE_NAMES`` lists these names (tested).
+(search/trials/pruning.py). ``core.rules.OBJECTIVE_NAMES`` lists these names (tested).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Probe:
 
     model: str
     cfg: TrainConfig
-    worker: Any  # search.objective.TrialContext
+    worker: Any  # search.trials.context.TrialContext
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ A population of one decides exactly as Optuna does (tested).
 
 **Several objectives** (a Pareto front; Optuna's pruners and ``Trial.report`` refuse them): a
 trial competes only with the trials that are at least as good as it on every objective but
-accuracy (throughput, parameters, latency: measured before training, search/criteria.py).
+accuracy (throughput, parameters, latency: measured before training, search/trials/objectives.py).
 The same rule, median or halving, then decides on validation accuracy within that set. A
 trial that ends below them on accuracy is dominated by one of them, so it is not on the front;
 a trial no other one matches on those objectives (the fastest model, the smallest) competes

@@ -34,7 +34,7 @@ class TrialRecord:
     population_throughput: float | None = None  # all those models' training samples/s together
     config: dict[str, Any] | None = None  # the full TrainConfig: what `train --from-study` replays
     model: str | None = None  # the network it trains (a comparison study samples it)
-    # Its objectives other than accuracy, measured before it trains ({name: value}; search/criteria.py).
+    # Its objectives other than accuracy, measured before it trains ({name: value}; search/trials/objectives.py).
     measured: dict[str, float] | None = None
     # What it measured: written when it ends, however it ends.
     val_accuracy: float | None = None
@@ -47,7 +47,7 @@ class TrialRecord:
     test_accuracy: float | None = None
     weights_artifact: str | None = None  # the artifact id of its weights (Optuna's artifact store)
     # Its last checkpoint while it may still resume ({artifact, epoch, bytes}; {} once removed),
-    # and the stopped trial whose checkpoint it continued ({trial, epoch}): search/checkpoints.py.
+    # and the stopped trial whose checkpoint it continued ({trial, epoch}): search/trials/checkpoints.py.
     checkpoint: dict[str, Any] | None = None
     resumed_from: dict[str, Any] | None = None
     fail_reason: str | None = None
