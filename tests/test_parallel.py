@@ -326,3 +326,107 @@ def test_workers_naming_one_sqlite_file_relatively_and_absolutely_make_exactly_n
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out
     assert_consistent(absolute, "lenet", 6)
+
+
+# --- one coordination point: processes started together, a frozen lock holder, a paused worker ---
+
+
+@pytest.mark.slow
+def test_two_unlabelled_runs_started_together_add_up_and_sample_their_own_values(tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/two.db"
+    procs = [_cli("run", "--model", "lenet", "--trials", "1", "--storage", url, "--no-bars", *TINY) for _ in range(2)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in out, out
+    study = optuna.load_study(study_name="lenet", storage=url)
+    assert study.user_attrs["target_trials"] == 2  # two raises of 1, not one target of 1 twice
+    trials = assert_consistent(url, "lenet", 2)  # and two different lrs: each process its own stream
+    assert len({t.params["lr"] for t in trials}) == 2
+
+
+@pytest.mark.slow
+def test_a_worker_waiting_on_a_frozen_lock_holder_stops_at_sigterm(postgres_url, real_data):
+    """The study's lock held by a process that froze: a worker waiting for it answers SIGTERM
+    (exit 143, one line) instead of waiting for ever inside a shielded call."""
+    from sqlalchemy import create_engine, text
+
+    from fmnist_search.search.store.locks import study_lock
+
+    study = "frozen"
+    assert (
+        runner.invoke(app, ["create", "--model", "lenet", "--study", study, "--storage", postgres_url]).exit_code == 0
+    )
+    probe = create_engine(postgres_url).connect()
+    with study_lock(postgres_url, study):  # the frozen holder
+        mine = probe.execute(text("SELECT pg_backend_pid()")).scalar()
+        worker = _cli("worker", "--study", study, "--storage", postgres_url, "--no-bars")
+        deadline = time.monotonic() + 120
+        while True:  # until the worker's session has tried the lock (its query text says so)
+            tried = probe.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE query LIKE 'SELECT pg_try_advisory_lock%' AND pid <> :p"
+                ),
+                {"p": mine},
+            ).scalar()
+            probe.rollback()
+            if tried:
+                break
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
+            time.sleep(0.1)
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=60)
+    probe.close()
+    assert worker.returncode == 143, out
+    assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM"), out
+
+
+_PAUSED = """
+import os, signal, sys
+from fmnist_search.search.trials import lifecycle
+prunes = lifecycle.population_prunes
+def paused(*args, **kwargs):  # after its first epoch's reports: the worker is paused (a VM migrated...)
+    if not getattr(paused, "done", False):
+        paused.done = True
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return prunes(*args, **kwargs)
+lifecycle.population_prunes = paused
+from fmnist_search.cli import app
+app(sys.argv[1:], prog_name="fmnist-search")
+"""
+
+
+@pytest.mark.slow
+def test_a_paused_worker_whose_trial_was_taken_over_drops_it_and_goes_on(tmp_path, real_data):
+    from fmnist_search.search.store.storage import make_storage
+    from fmnist_search.search.trials.coordination import BudgetedStudy, fail_stale
+
+    url = f"sqlite:///{tmp_path}/p.db"
+    beat = ["--heartbeat-interval", "1", "--grace-period", "2"]
+    tiny = ["--epochs", "2", *TINY[2:]]
+    assert runner.invoke(app, ["create", "--model", "lenet", "--trials", "1", "--storage", url, *tiny]).exit_code == 0
+    paused = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED, "worker", "--study", "lenet", "--storage", url, "--no-bars", *beat],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_until_stopped(paused)
+    other = BudgetedStudy(
+        "lenet",
+        make_storage(url, heartbeat=True, heartbeat_interval=1, grace_period=2),
+        optuna.samplers.RandomSampler(),
+        optuna.pruners.NopPruner(),
+        __import__("contextlib").nullcontext(),
+    )
+    deadline = time.monotonic() + 120
+    while other.trials[0].state == TrialState.RUNNING:  # another worker finds it stale (after the grace period)
+        assert time.monotonic() < deadline
+        fail_stale(other)
+        time.sleep(0.5)
+    paused.send_signal(signal.SIGCONT)
+    out, _ = paused.communicate(timeout=300)
+    assert paused.returncode == 0 and "Traceback" not in out, out
+    assert "trial 0 was taken over by another worker" in out, out
+    trials = assert_consistent(url, "lenet", 1)  # its retry ran (here, by the same worker) and counts
+    assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.COMPLETE

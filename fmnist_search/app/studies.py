@@ -90,9 +90,10 @@ def open_with_target(
     and set its ``keep_weights`` bound when given: (store, study, spec, target)."""
 
     store = open_study_store(storage, say, heartbeat=True, **beat)
+    lock = study_lock(storage, name, store.retrier)
     with shielded():  # a study is created with its settings and target, or not at all
-        opt_study, spec = open_study(store, name, requested, base=base)
-        lock = study_lock(storage, name, store.retrier)
+        with lock:  # a second process opening it meanwhile waits for its settings, not reads half of them
+            opt_study, spec = open_study(store, name, requested, base=base)
         target = raise_target(opt_study, trials, lock) if total is None else set_target(opt_study, total, lock)
         if keep_weights is not None:
             opt_study.set_user_attr(KEEP_ATTR, keep_weights)

@@ -239,10 +239,14 @@ def release(study: BudgetedStudy, why: str) -> list[int]:
     """After a stop (Ctrl-C, SIGTERM, a lost store): no trial this process took stays RUNNING;
     each is marked FAIL and queued again (under the lock), so its retry continues from its last
     checkpoint. Returns the trial numbers re-queued."""
-    if not study.asked:
-        return []
+    return requeue_running(study, study.asked, why) if study.asked else []
+
+
+def requeue_running(study: BudgetedStudy, numbers: list[int], why: str) -> list[int]:
+    """Those of trials ``numbers`` still RUNNING: FAIL with ``why``, and one WAITING retry each,
+    under the lock (a stale check elsewhere cannot queue a second). Returns the numbers re-queued."""
     storage = storage_of(study)
-    mine = set(study.asked)
+    mine = set(numbers)
     done = []
     with study.lock:
         # one query for the trials still RUNNING (a long-lived worker has taken many)

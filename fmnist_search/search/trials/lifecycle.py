@@ -132,6 +132,8 @@ def run_trials(
                 if not s.told:  # left RUNNING: the worker's release() fails and re-queues them
                     s.record.fail_reason = interrupts.stopped_reason(str(e))
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            _drop_taken_over(study, store, slots, objective)
         except torch.OutOfMemoryError:
             why = f"out of device memory with a population of {len(slots)}; use a smaller --population"
             _fail_untold(study, store, slots, why, objective)
@@ -163,6 +165,26 @@ def _fail_untold(study: Any, store: Any, slots: list[_LiveTrial], why: str, obje
             study.tell(s.trial, state=TrialState.FAIL)
             s.told = True
             _remove(objective, old)
+
+
+def _drop_taken_over(study: Any, store: Any, slots: list[_LiveTrial], objective: TrialContext) -> None:
+    """A write found one of these trials finished by someone else: this worker was paused past the
+    grace period (SIGSTOP, a migrated VM) and another failed its trials as stale and queued their
+    retries. Those are dropped with one line each; any still RUNNING here are failed and queued
+    again like a stopped worker's (their retries resume from their checkpoints); the worker goes on."""
+    from .coordination import requeue_running
+
+    untold = [s for s in slots if not s.told]
+    for s in untold:
+        s.told = True
+        if _taken_over(store, s):
+            objective.say(
+                f"trial {s.trial.number} was taken over by another worker while this one was paused past the "
+                "grace period; its retry counts instead: dropping it here"
+            )
+    mine = [s.trial.number for s in untold if not _taken_over(store, s)]
+    if mine:
+        requeue_running(study, mine, "its population lost a trial to another worker")
 
 
 def _taken_over(store: Any, s: _LiveTrial) -> bool:
