@@ -260,7 +260,18 @@ def test_study_options_are_study_settings_or_say_which_study():
 
     assert set(StudyOptions.SETTINGS) <= SPEC_FIELDS
     others = {f.name for f in dataclasses.fields(StudyOptions)} - set(StudyOptions.SETTINGS)
-    assert others == {"model", "trials", "study", "storage", "preset", "models", "fix", "objectives", "keep_weights"}
+    assert others == {
+        "model",
+        "trials",
+        "target",
+        "study",
+        "storage",
+        "preset",
+        "models",
+        "fix",
+        "objectives",
+        "keep_weights",
+    }
     given = StudyOptions(
         epochs=3, sampler="random", fix=["schedule=cosine", "crop=2"], objectives="accuracy, params"
     ).settings()
