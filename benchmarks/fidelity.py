@@ -139,8 +139,10 @@ def _taus(trials: list[dict], figure: str, against: str) -> list[tuple[float, fl
     return out
 
 
-def summary(paths: list[Path]) -> str:
-    """The table: per model, figure and epoch, tau (and rho) mean ± sd over the recordings."""
+def summary(paths: list[Path], shown: tuple[int, ...] = (1, 2, 3, 5, 7)) -> str:
+    """The table: per model and figure, tau with the same figure's end at epochs ``shown``, mean
+    ± sd over the recordings [Spearman's rho, mean], the mean and best final accuracy, and tau
+    at the first epoch after warm-up (where rungs counted from its end would start)."""
     runs = [json.loads(p.read_text()) for p in paths]
     runs = [r for r in runs if "trials" in r]
     lines = []
@@ -148,37 +150,36 @@ def summary(paths: list[Path]) -> str:
         mine = [r for r in runs if r["model"] == model]
         figures = list(mine[0]["trials"][0]["curves"])
         epochs = len(mine[0]["trials"][0]["curves"]["raw"])
-        seeds = ",".join(str(r["seed"]) for r in mine)
-        finals = {
-            f: statistics.mean(
-                statistics.mean(t["curves"][f][-1] for t in r["trials"] if t["status"] == "done") for r in mine
-            )
-            for f in figures
-        }
-        best = {
-            f: statistics.mean(max(t["curves"][f][-1] for t in r["trials"] if t["status"] == "done") for r in mine)
-            for f in figures
-        }
+        after_warmup = math.floor(mine[0]["warmup_epochs"]) + 1
+        columns = [k for k in shown if k < epochs]
+        seeds = ",".join(str(r["seed"]) for r in sorted(mine, key=lambda r: r["seed"]))
+        hw = mine[0]["hardware"]
         lines += [
-            f"\n{model}: {len(mine)} seeds ({seeds}), {len(mine[0]['trials'])} trials each, warm-up ends at epoch "
-            f"{mine[0]['warmup_epochs']:g}; Kendall tau with the same figure's final value, mean ± sd "
-            "[Spearman rho mean]",
+            f"\n{model}: {len(mine)} seeds ({seeds}), {len(mine[0]['trials'])} trials each differing in lr, "
+            f"{hw['epochs']} epochs, {hw['train_size']} train / {hw['val_size']} val images, flip TTA "
+            f"{'on' if hw.get('tta_flip', True) else 'off'}; warm-up ends in epoch {mine[0]['warmup_epochs']:g}. "
+            "Kendall tau of each figure at epoch k with the same figure at the end, mean ± sd over seeds "
+            "[Spearman rho, mean]",
             "",
-            "| figure | " + " | ".join(f"k={k + 1}" for k in range(epochs - 1)) + " | mean final | best final |",
-            "|---|" + "---|" * (epochs - 1) + "---|---|",
+            "| figure | "
+            + " | ".join(f"k={k}" for k in columns)
+            + f" | k={after_warmup} (1st after warm-up) | final val (mean / best) |",
+            "|---|" + "---|" * len(columns) + "---|---|",
         ]
-        for against in ("self", "raw"):
-            for f in figures:
-                per_run = [_taus(r["trials"], f, f if against == "self" else "raw") for r in mine]
-                cells = []
-                for k in range(epochs - 1):
-                    taus = [p[k][0] for p in per_run]
-                    rhos = [p[k][1] for p in per_run]
-                    sd = statistics.stdev(taus) if len(taus) > 1 else 0.0
-                    cells.append(f"{statistics.mean(taus):+.2f} ± {sd:.2f} [{statistics.mean(rhos):+.2f}]")
-                name = f if against == "self" else f"{f} vs raw end"
-                tail = f"{finals[f]:.4f} | {best[f]:.4f}" if against == "self" else "| "
-                lines.append(f"| {name} | " + " | ".join(cells) + f" | {tail} |")
+        for f in figures:
+            per_run = [_taus(r["trials"], f, f) for r in mine]
+
+            def cell(k: int, per_run: list = per_run) -> str:
+                taus = [p[k - 1][0] for p in per_run]
+                rhos = [p[k - 1][1] for p in per_run]
+                sd = statistics.stdev(taus) if len(taus) > 1 else 0.0
+                return f"{statistics.mean(taus):+.2f} ± {sd:.2f} [{statistics.mean(rhos):+.2f}]"
+
+            done = [[t["curves"][f][-1] for t in r["trials"] if t["status"] == "done"] for r in mine]
+            final = (
+                f"{statistics.mean(statistics.mean(d) for d in done):.4f} / {statistics.mean(max(d) for d in done):.4f}"
+            )
+            lines.append(f"| {f} | " + " | ".join(cell(k) for k in columns) + f" | {cell(after_warmup)} | {final} |")
     return "\n".join(lines)
 
 
