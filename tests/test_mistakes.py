@@ -119,3 +119,32 @@ def test_a_usage_error_is_one_line(args, expected, tmp_path, monkeypatch):
 def test_a_bare_command_still_shows_its_help():
     result = runner.invoke(app, [])
     assert "Usage:" in result.output and "run" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--model", ""], "error: model is empty; choose one or more"),
+        (["--model", "lenet,lenet"], "error: model names lenet more than once; give each once"),
+        (["--model", "lenet", "--train-size", "5"], "error: train_size=5 is fewer images than the 10 classes"),
+        (
+            ["--model", "lenet", "--train-size", "100000"],
+            "error: train_size=100,000 is more than the 50,000 training images left after val_size=10,000",
+        ),
+        (
+            ["--model", "lenet", "--storage", "studies/x.db"],
+            "for the SQLite file studies/x.db write sqlite:///studies/x.db",
+        ),
+        (
+            ["--model", "lenet", "--storage", "mysql://u:pw@localhost/db"],
+            "mysql:// means the mysqlclient driver, which is not installed; write mysql+pymysql://u:***@localhost/db",
+        ),
+    ],
+    ids=["empty-model", "model-twice", "train-size-5", "train-size-100000", "a-path", "mysql-url"],
+)
+@pytest.mark.parametrize("command", ["run", "create"])
+def test_a_mistaken_value_says_what_is_wrong_and_creates_nothing(tmp_path, monkeypatch, command, args, says):
+    monkeypatch.chdir(tmp_path)
+    line = _one_error_line(runner.invoke(app, [command, "--trials", "1", *args]))
+    assert says in line and "pw" not in line
+    assert os.listdir(tmp_path) == []

@@ -13,6 +13,7 @@ from typing import Any
 from ..core.errors import FmnistSearchError
 from ..core.presets import load_preset
 from ..core.resolution import check_settings, with_fixed_settings
+from ..core.rules import SPEC_RULES, check_value
 
 
 def plan_studies(
@@ -46,6 +47,8 @@ def _plan(
     trials: int | None,
     load_preset: Callable[[str], Any],
 ) -> list[tuple[str, dict[str, Any], int, bool]]:
+    if model is not None:  # an empty or repeated --model is its own mistake, not "no model given"
+        check_value("model", model, SPEC_RULES["model"])
     if preset is None:
         if models is not None:
             raise FmnistSearchError("--models selects among a preset's models; use it with --preset")

@@ -26,6 +26,7 @@ from .rules import (
     check_lr_range,
     check_objectives,
     check_recipes,
+    check_train_size,
     check_value,
     disagreement,
     names_of,
@@ -110,6 +111,7 @@ class StudySpec:
         for name, rule in SPEC_RULES.items():
             check_value(name, getattr(self, name), rule)
         check_lr_range(self.lr_min, self.lr_max)
+        check_train_size(self.train_size, self.val_size)
         check_lr_grid(self.lr_grid)
         if not isinstance(self.fixed, dict):
             raise ConfigError(f"fixed must be a table of recipe values, got {self.fixed!r}")

@@ -19,6 +19,7 @@ from .rules import (
     check_lr_range,
     check_objectives,
     check_recipes,
+    check_train_size,
     check_value,
     disagreement,
     names_of,
@@ -47,6 +48,8 @@ def check_settings(requested: dict[str, Any]) -> None:
             check_value(key, value, SPEC_RULES[key])
     if "lr_min" in requested and "lr_max" in requested:
         check_lr_range(requested["lr_min"], requested["lr_max"])
+    if requested.get("train_size") is not None:  # (a stored study's val_size is checked again when resolved)
+        check_train_size(requested["train_size"], requested.get("val_size", StudySpec.val_size))
     if "lr_grid" in requested:
         check_lr_grid(requested["lr_grid"])
     if "fixed" in requested:

@@ -19,6 +19,7 @@ from typing import Any
 from .errors import ConfigError
 
 FULL_TRAIN_SIZE = 60_000  # Fashion-MNIST training images (validation is carved out of these)
+CLASSES = 10  # Fashion-MNIST classes
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")  # how --fix spells booleans
 
 # The registries' names, so settings are checked (and --help written) without importing
@@ -176,9 +177,39 @@ def check_value(name: str, value: Any, rule: Rule) -> None:
         return
     if not _has_kind(value, rule.kind) or not rule.ok(value):
         if rule.choices:
-            shown = ",".join(value) if isinstance(value, tuple) and all(isinstance(v, str) for v in value) else value
-            raise ConfigError(f"unknown {name} {shown!r}; choose {rule.allowed}")
+            raise ConfigError(_choice_error(name, value, rule))
         raise ConfigError(f"{name} must be {rule.allowed}, got {value!r}")
+
+
+def check_train_size(train_size: int | None, val_size: int) -> None:
+    """A training subset has at least one image per class, and at most the images left after the
+    validation split (a larger one is refused, not quietly clamped)."""
+    if train_size is None:
+        return
+    if train_size < CLASSES:
+        raise ConfigError(
+            f"train_size={train_size} is fewer images than the {CLASSES} classes; give at least {CLASSES}"
+        )
+    left = FULL_TRAIN_SIZE - val_size
+    if train_size > left:
+        raise ConfigError(
+            f"train_size={train_size:,} is more than the {left:,} training images left after val_size={val_size:,}; "
+            f"give at most {left} (or leave it out: all of them)"
+        )
+
+
+def _choice_error(name: str, value: Any, rule: Rule) -> str:
+    """What is wrong with a name (or names) chosen from ``rule.choices``: none, one named twice,
+    or one that is not there."""
+    names = [n for n in names_of(value) if n] if isinstance(value, str | tuple) else []
+    if isinstance(value, str | tuple) and not names:
+        return f"{name} is empty; choose {rule.allowed}"
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"{name} names {', '.join(twice)} more than once; give each once"
+    unknown = [n for n in names if n not in rule.choices]
+    shown = ", ".join(unknown) if unknown else (",".join(value) if isinstance(value, tuple) else value)
+    return f"unknown {name} {shown!r}; choose {rule.allowed}"
 
 
 def parse_value(name: str, raw: str) -> Any:

@@ -37,7 +37,7 @@ from ..trials.requeue import RequeueStale
 from . import internals
 from .internals import PRIVATE_STORAGE_CALLS, rdb_models, rdb_session
 from .retry import Retrier, Unreachable, reason
-from .urls import dialect, mask_url, missing_driver, read_only_url, sqlite_path, writable
+from .urls import dialect, mask_url, missing_driver, not_a_url, read_only_url, sqlite_path, writable
 
 SQLITE_BUSY_TIMEOUT_S = 300  # how long a writer waits for SQLite's single write lock
 CONNECT_TIMEOUT_S = 10  # a TCP connect to the database that hangs longer counts as a failed attempt
@@ -399,7 +399,7 @@ def make_storage(
     except ImportError:
         raise StorageError(f"cannot open storage {mask_url(url)}: {missing_driver(url)}") from None
     except Exception as e:  # SQLAlchemy raises many types: bad URL, bad database, missing driver
-        why = missing_driver(url) if "DB access module" in str(e) else reason(e)
+        why = missing_driver(url) if "DB access module" in str(e) else not_a_url(url) or reason(e)
         raise StorageError(f"cannot open storage {mask_url(url)}: {why}") from None
     storage.retrier.patience = patience  # calls after a successful open wait for a lost database
     return storage

@@ -73,7 +73,22 @@ _DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"
 
 
 def missing_driver(url: str) -> str:
+    """Why a URL's driver would not load, and the fix: the extra to install, or, where the extra
+    is installed but the URL names another driver (``mysql://`` means mysqlclient), the URL to write."""
+    import importlib.util
+
     extra = _DRIVER_EXTRAS.get(dialect(url))
     if extra is None:
         return f"no database driver for {dialect(url)!r}"
+    scheme = url.split("://", 1)[0]
+    if scheme == "mysql" and importlib.util.find_spec("pymysql") is not None:
+        fixed = url.replace("mysql://", "mysql+pymysql://", 1)
+        return f"mysql:// means the mysqlclient driver, which is not installed; write {mask_url(fixed)}"
     return f"its database driver is not installed; pip install 'fmnist-search[{extra}]'"
+
+
+def not_a_url(url: str) -> str | None:
+    """The fix for a storage given as a path (``studies/x.db``), which SQLAlchemy cannot parse."""
+    if "://" in url:
+        return None
+    return f"a storage is a URL; for the SQLite file {url} write sqlite:///{url}"
