@@ -163,11 +163,12 @@ def _given(**values: Any) -> dict[str, Any]:
 @with_option_groups(options=StudyOptions)
 def create(options: StudyOptions) -> None:
     """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
+    from .app.processes import finish_command, trial_count
     from .app.studies import create as create_studies
 
     for name, model, target in create_studies(options, say):
-        say(f"study {name!r} ({model}) has a target of {target} trials; start workers with:")
-        say(f"  fmnist-search worker --study {name} --storage URL")
+        say(f"study {name!r} ({model}) has a target of {trial_count(target)}; start workers with:")
+        say(f"  {finish_command(name, options.storage, WorkOptions())}")
 
 
 @command(stoppable=True)
@@ -285,14 +286,7 @@ def export(
     from .app.results import export_frame
 
     frame = export_frame(_reader(storage), study, all_states, top, front, history)
-    if output is None:
-        frame.to_csv(sys.stdout, index=False)
-        return
-    try:
-        frame.to_csv(output, index=False)
-    except OSError as e:
-        raise FmnistSearchError(f"cannot write {output}: {e.strerror}") from None
-    say(f"wrote {len(frame)} {'epochs' if history else 'trials'} to {output}")
+    _write(output, frame.to_csv(index=False), what=f"{len(frame)} {'epochs' if history else 'trials'}")
 
 
 @command()
@@ -379,6 +373,8 @@ def report(
 
 
 def _write(path: Path | None, text: str, what: str) -> None:
+    """``text`` to stdout, or to ``path``: the one rule of every output file (its folder is
+    created; a folder or an unwritable place is one line naming it)."""
     if path is None:
         echo(text, end="")
         return
@@ -386,7 +382,7 @@ def _write(path: Path | None, text: str, what: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     except OSError as e:
-        raise FmnistSearchError(f"cannot write {path}: {e.strerror}") from None
+        raise FmnistSearchError(f"cannot write {path}: {e.strerror or e}") from None
     say(f"wrote {what} to {path}")
 
 

@@ -148,3 +148,23 @@ def test_a_mistaken_value_says_what_is_wrong_and_creates_nothing(tmp_path, monke
     line = _one_error_line(runner.invoke(app, [command, "--trials", "1", *args]))
     assert says in line and "pw" not in line
     assert os.listdir(tmp_path) == []
+
+
+def test_every_output_file_follows_one_rule_its_folder_is_made(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    made = runner.invoke(app, ["create", "--model", "lenet", "--trials", "1", "--storage", url])
+    assert made.exit_code == 0, made.output
+    # a command to copy, not a placeholder: the store it used, and "1 trial"
+    assert (
+        f"has a target of 1 trial; start workers with:\n  fmnist-search worker --study lenet --storage {url}"
+        in made.output
+    )
+    for command in (["export"], ["report"]):
+        out = tmp_path / "missing" / command[0] / "out.txt"
+        result = runner.invoke(app, [*command, "--study", "lenet", "--storage", url, "--output", str(out)])
+        assert result.exit_code == 0 and out.is_file(), result.output
+    (tmp_path / "a-folder").mkdir()
+    line = _one_error_line(
+        runner.invoke(app, ["export", "--study", "lenet", "--storage", url, "-o", str(tmp_path / "a-folder")])
+    )
+    assert line.startswith(f"error: cannot write {tmp_path / 'a-folder'}: ") and "None" not in line
