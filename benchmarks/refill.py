@@ -35,7 +35,6 @@ CONFIGS = {  # name -> (population, extra run options, refills)
     "K=1": (1, [], True),
     "K=4 shrinking": (4, [], False),
     "K=4 refilled": (4, [], True),
-    "K=4 refilled, raw weights": (4, ["--fix", "ema=0"], True),  # the base recipe before its weight average
     "full space K=4": (4, ["--space", "full"], True),
 }
 
