@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from fmnist_search.search.results.export import trials_frame
 from fmnist_search.search.results.front import front, pick, ranked
+from fmnist_search.search.store import internals
 from fmnist_search.search.store.internals import trial_id
 from fmnist_search.search.store.locks import study_lock
 from fmnist_search.search.store.storage import ResilientStorage, make_storage
@@ -136,7 +137,7 @@ def _stale_trial(url, storage):
 def test_two_stale_checks_on_one_dead_trial_queue_one_retry(tmp_path, monkeypatch):
     url, storage = _store(tmp_path)
     dead = _stale_trial(url, storage)
-    _meeting(monkeypatch, ResilientStorage, "_get_stale_trial_ids")
+    _meeting(monkeypatch, ResilientStorage, internals.STALE_TRIALS)
     a, b = _budgeted(url), _budgeted(url)
     _together(lambda: coordination.fail_stale(a), lambda: coordination.fail_stale(b))
     trials = optuna.load_study(study_name="s", storage=storage).trials

@@ -6,7 +6,7 @@ leave only trials that have beaten at least once: ``hold`` records a trial's fir
 synchronously, right after the ask and before anything is sampled, loaded or trained, and
 one thread then beats for every held trial in one transaction per interval. (A trial
 created by a worker killed before even that first beat is adopted by the next stale check:
-``storage.ResilientStorage._get_stale_trial_ids``.)
+``storage.ResilientStorage.stale_trial_ids``.)
 """
 
 from __future__ import annotations

@@ -61,13 +61,27 @@ def store_folder(store: Any) -> str:
 # What Optuna's Study and _CachedStorage call on an RDBStorage besides its public API: a
 # storage that wraps every call (ResilientStorage's retries) must wrap these too.
 CREATE_TRIAL = "_create_new_trial"  # what the cache calls to create a trial (it returns the FrozenTrial)
+STALE_TRIALS = "_get_stale_trial_ids"  # what fail_stale_trials asks the storage for its stale trials
 PRIVATE_STORAGE_CALLS = (
     CREATE_TRIAL,
     "_set_trial_param",
     "_get_trials",
     "_get_best_trial_id",
-    "_get_stale_trial_ids",
+    STALE_TRIALS,
 )
+
+
+def optunas_stale_trials(storage: Any, study_id: int) -> list[int]:
+    """RDBStorage's own query for a study's stale trials (heartbeat older than the grace period)."""
+    from optuna.storages import RDBStorage
+
+    return list(RDBStorage._get_stale_trial_ids(storage, study_id))
+
+
+def install_stale_trials(cls: type, method: Any) -> None:
+    """Make ``method`` what ``optuna.storages.fail_stale_trials`` calls on storages of ``cls``:
+    it asks for stale trials by this private name only."""
+    setattr(cls, STALE_TRIALS, method)
 
 
 def rdb_models() -> Any:

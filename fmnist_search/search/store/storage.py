@@ -142,7 +142,7 @@ class ResilientStorage(RDBStorage):
     def record_heartbeats(self, trial_ids: list[int]) -> None:
         """Optuna's ``record_heartbeat`` for many trials in one transaction (a worker's heartbeat
         thread; one trial's is the same with one id), as one upsert: a trial's first beat may meet
-        another worker's adoption of it (``_get_stale_trial_ids``). A missed beat is harmless (the
+        another worker's adoption of it (``stale_trial_ids``). A missed beat is harmless (the
         grace period is 6 beats), a traceback from a dying thread is not: the main thread
         reports a lasting outage."""
         import sqlalchemy
@@ -160,7 +160,7 @@ class ResilientStorage(RDBStorage):
         except StorageError as e:
             self.retrier.say(f"heartbeat skipped: {e}")
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's stale trials, after adopting the RUNNING trials that never beat: Optuna skips
         a trial with no heartbeat, so a worker killed between creating a trial and its first beat
         would leave it RUNNING for ever. Each such trial is given a heartbeat now (database time;
@@ -179,7 +179,10 @@ class ResilientStorage(RDBStorage):
             now = session.execute(sqlalchemy.func.now()).scalar()
             rows = [{"trial_id": i, "heartbeat": now} for (i,) in orphans]
             _upsert(session, models.TrialHeartbeatModel, rows, ("trial_id",), ())  # an owner's beat wins
-        return RDBStorage._get_stale_trial_ids(self, study_id)
+        return internals.optunas_stale_trials(self, study_id)
+
+
+internals.install_stale_trials(ResilientStorage, ResilientStorage.stale_trial_ids)  # before the retries wrap it
 
 
 def _upsert(
