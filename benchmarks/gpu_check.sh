@@ -12,7 +12,9 @@
 # (2) the main job end to end at the default population (refilled; its time in steps.txt, its
 # occupancy line in gpu_check.log); (3) the ResNet presets' accuracy; (4) the speed table, with
 # the training step as a CUDA graph (`--cuda-graphs`: its replay-equals-eager tests first);
-# (5) where start-up goes; (6) the `compare` preset's front, if time is left.
+# (5) where start-up goes; (6) the `compare` preset's front, if time is left; (7) the rung
+# figure's rank correlation with the end on more seeds (benchmarks/fidelity.py: its table in
+# gpu_check.log; the CPU recorded airbench on one seed of the five asked for).
 # Each step runs under its own `timeout`, capped by what is left of the whole budget
 # (BUDGET_S, 450 s); a failed or timed-out step does not stop the rest. Each figure lands in
 # OUT_DIR as soon as it is measured (at most 8 files, what a device run returns):
@@ -37,12 +39,16 @@ if [[ "${SMOKE:-0}" == 1 ]]; then  # ResNets on 2 CPU cores take minutes a step:
   MAIN_ARGS=(--trials 3 --epochs 1 --train-size 1024 --val-size 1000)
   PRESETS=(airbench-tuned) PRESET_ARGS=(--epochs 1 --train-size 512 --val-size 500 --no-full-train)
   COMPARE_ARGS=(--model lenet,airbench --trials 2 --epochs 1 --train-size 512 --val-size 500)
+  FIDELITY_ARGS=(--models airbench --seeds 21 --trials 3 --epochs 2 --train-size 512 --val-size 500 --no-tta)
 else
   DEVICE=cuda WORKERS=4 LENET_BATCHES=1000 RESNETS=resnet18,resnet34 RESNET_BATCHES=200 REPS=3 SIZES=1,8,32,128 POP_TRAIN=50000
   SEED_ARGS=()
   MAIN_ARGS=(--trials 30)
   PRESETS=(resnet18-tuned resnet34-tuned) PRESET_ARGS=()
   COMPARE_ARGS=(--trials 24)
+  # the CPU recordings' protocol (docs/results.md, "Rungs that see the end"), on the seeds it lacks
+  FIDELITY_ARGS=(--models airbench --seeds 21,22,23,24 --trials 8 --train-size 5000 --val-size 2500 --no-tta
+    --halflives 0.5 2)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
@@ -121,4 +127,6 @@ COMPARE="sqlite:///$STORE/compare.db"
 step "6 the compare preset's front" 300 "${CLI[@]}" run --preset compare --device "$DEVICE" --storage "$COMPARE" \
   "${COMPARE_ARGS[@]}"
 timeout 60 "${CLI[@]}" report --study compare --storage "$COMPARE" --output "$OUT/compare.md" || echo "no front"
+step "7 the rung figure: fidelity.py" 240 "$PY" benchmarks/fidelity.py --device "$DEVICE" "${FIDELITY_ARGS[@]}" \
+  --out "$STORE/fidelity"
 echo "== done in $(( $(date +%s) - START )) s"

@@ -67,7 +67,7 @@ def test_gpu_check_flow_on_cpu(tmp_path, real_data):
     log = (tmp_path / "gpu_check.log").read_text()
     assert "== done" in log
     steps = (tmp_path / "steps.txt").read_text().splitlines()
-    assert len(steps) == 11 and all(line.split()[-2] == "ok" for line in steps), steps  # every step ran and passed
+    assert len(steps) == 12 and all(line.split()[-2] == "ok" for line in steps), steps  # every step ran and passed
     assert steps[0].startswith("1 the report's table") and steps[1].startswith("2 the main job")  # first things first
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("| model | lr |") and report.count("| lenet |") == 3  # the seed-report grid's rows
@@ -79,6 +79,7 @@ def test_gpu_check_flow_on_cpu(tmp_path, real_data):
     assert {"lenet", "graphs lenet", "hardware"} <= set(json.loads((tmp_path / "population.json").read_text()))
     assert "first training step" in json.loads((tmp_path / "startup.json").read_text())["stages_s"]
     assert (tmp_path / "compare.md").read_text().startswith("Pareto front of compare: accuracy (max), throughput")
+    assert "| ema0.5 |" in log.split("7 the rung figure")[1]  # the fidelity table, in the log
     # A device run returns at most 8 plain files from its output folder: no databases, no weights.
     assert all(p.is_file() for p in tmp_path.iterdir()) and len(list(tmp_path.iterdir())) <= 8
 
@@ -90,7 +91,7 @@ def test_gpu_check_skips_steps_once_its_budget_is_spent(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     steps = (tmp_path / "steps.txt").read_text().splitlines()
-    assert len(steps) == 11 and all(" skipped " in line for line in steps)
+    assert len(steps) == 12 and all(" skipped " in line for line in steps)
 
 
 def test_distill_script_compares_three_ways(real_data):
