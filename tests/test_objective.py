@@ -164,3 +164,14 @@ def test_memory_stays_flat_over_many_trials(tiny_splits):
     # Measured here: ~2.5 MB of allocator noise; leaking just the LeNet of each trial: ~9 MB.
 
     assert grown < 6, f"RSS grew {grown:.1f} MB over 20 trials"
+
+
+def test_a_trial_pruned_at_its_last_epoch_is_complete(tiny_splits):
+    """It trained its whole budget: COMPLETE with its test accuracy, not PRUNED without one."""
+    spec = StudySpec(epochs=2, batch_size=32)
+    study = _study(pruner=optuna.pruners.ThresholdPruner(lower=1.01))  # would prune every trial at every epoch
+    study.pruner = optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=2)  # ... from its last epoch on
+    optimize(study, TrialContext(spec, tiny_splits, torch.device("cpu")), 1)
+    t = study.trials[0]
+    assert t.state == TrialState.COMPLETE and t.user_attrs["epochs_completed"] == 2
+    assert 0 <= t.user_attrs["test_accuracy"] <= 1

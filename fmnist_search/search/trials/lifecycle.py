@@ -394,7 +394,9 @@ class _Population:
                 lambda items: write_trials(self.store, system_attrs=items),
                 self.objective.spec.objectives,
             )
-        stop = {i for i in metrics if group[i].trial.number in pruned}
+        # A trial at its last epoch has trained its whole budget: it is COMPLETE (tested, weights
+        # saved) whatever its rung says; pruning can only save epochs it has yet to train.
+        stop = {i for i in metrics if group[i].trial.number in pruned and metrics[i].epoch < members[i].cfg.epochs}
         for i in sorted(stop):
             self.tell(i, TrialState.PRUNED)
         interrupts.check()  # one deferred while the reports were written
