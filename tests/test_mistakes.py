@@ -168,3 +168,15 @@ def test_every_output_file_follows_one_rule_its_folder_is_made(tmp_path):
         runner.invoke(app, ["export", "--study", "lenet", "--storage", url, "-o", str(tmp_path / "a-folder")])
     )
     assert line.startswith(f"error: cannot write {tmp_path / 'a-folder'}: ") and "None" not in line
+
+
+@pytest.mark.parametrize("command", ["run", "create"])
+@pytest.mark.parametrize("storage", [None, "sqlite:///new.db"], ids=["default-elsewhere", "new-file"])
+def test_resuming_a_study_by_name_on_a_store_that_is_not_there_creates_nothing(tmp_path, monkeypatch, command, storage):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(
+        app, [command, "--study", "typo", "--trials", "1", *(["--storage", storage] if storage else [])]
+    )
+    line = _one_error_line(result)
+    assert line.startswith(f"error: no study store at {tmp_path / ('new.db' if storage else 'studies/fmnist.db')}")
+    assert result.exit_code == 2 and os.listdir(tmp_path) == []

@@ -89,7 +89,9 @@ def open_with_target(
     settings, raise its target by ``trials`` (or set it to ``total``), under the study's lock,
     and set its ``keep_weights`` bound when given: (store, study, spec, target)."""
 
-    store = open_study_store(storage, say, heartbeat=True, **beat)
+    # Resuming by name (no model, no preset) needs a store that is there: a mistyped --storage
+    # or the default store from another folder is one line, and creates nothing.
+    store = open_study_store(storage, say, heartbeat=True, existing="model" not in requested, **beat)
     lock = study_lock(storage, name, store.retrier)
     with shielded():  # a study is created with its settings and target, or not at all
         with lock:  # a second process opening it meanwhile waits for its settings, not reads half of them
