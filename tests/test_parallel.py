@@ -430,3 +430,37 @@ def test_a_paused_worker_whose_trial_was_taken_over_drops_it_and_goes_on(tmp_pat
     assert "trial 0 was taken over by another worker" in out, out
     trials = assert_consistent(url, "lenet", 1)  # its retry ran (here, by the same worker) and counts
     assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.COMPLETE
+
+
+@pytest.mark.slow
+def test_a_study_deleted_under_a_running_run_stops_it_in_one_line(tmp_path, real_data):
+    url = f"sqlite:///{tmp_path}/d.db"
+    tiny = ["--epochs", "2", *TINY[2:]]
+    paused = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _PAUSED,
+            "run",
+            "--model",
+            "lenet",
+            "--trials",
+            "2",
+            "--storage",
+            url,
+            "--no-bars",
+            *tiny,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_until_stopped(paused)  # after its first epoch's reports: training
+    deleted = runner.invoke(app, ["delete", "--study", "lenet", "--storage", url, "--yes", "--force"])
+    assert deleted.exit_code == 0, deleted.output
+    paused.send_signal(signal.SIGCONT)
+    out, _ = paused.communicate(timeout=300)
+    assert paused.returncode == 1 and "Traceback" not in out, out
+    assert (
+        out.strip().splitlines()[-1] == "error: study 'lenet' was deleted while this run trained it; nothing was kept"
+    )

@@ -168,6 +168,11 @@ def work_here(
     except (KeyboardInterrupt, Exception) as e:
         stop = stop_in(e)
         cause = next((x for x in causes(e) if isinstance(x, StorageError)), None)
+        if stop is None and cause is None and _deleted(store, name):
+            progress.stop()
+            raise Stopped(
+                f"{prefix}study {name!r} was deleted while this run trained it; nothing was kept", EXIT_FAILED
+            ) from None
         if stop is None and cause is None:
             raise
         progress.stop()
@@ -182,6 +187,18 @@ def work_here(
             f"{mask_url(url)}; {finish}",
             stop.exit_code,
         ) from None
+
+
+def _deleted(store: ResilientStorage, name: str) -> bool:
+    """Whether study ``name`` is gone from the store (`delete --force` while a run trains it: its
+    writes then fail on records that no longer exist)."""
+    try:
+        store.get_study_id_from_name(name)
+    except KeyError:
+        return True
+    except Exception:  # the store itself failing is another story, told by the error itself
+        return False
+    return False
 
 
 def _release(budgeted: BudgetedStudy, why: str) -> str:
