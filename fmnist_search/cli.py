@@ -334,7 +334,11 @@ def delete(
     store = _storage(storage, existing=True)
     trials, paths, size = deletion(store, study, artifact_dir(storage, artifacts), force)
     what = f"study {study!r} ({trials} trials) and its {len(paths)} artifact files ({size / 1e6:.1f} MB)"
-    if not yes and not typer.confirm(f"delete {what}?", default=False, err=True):
+    try:
+        sure = yes or typer.confirm(f"delete {what}?", default=False, err=True)
+    except typer.Abort:  # end of input while asking (it would print "Aborted!")
+        raise fail("nothing deleted: no answer; add --yes to delete without asking", 1) from None
+    if not sure:
         raise fail("nothing deleted", 1)
     delete_study(store, study, paths)
     say(f"deleted {what}")

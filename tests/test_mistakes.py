@@ -180,3 +180,14 @@ def test_resuming_a_study_by_name_on_a_store_that_is_not_there_creates_nothing(t
     line = _one_error_line(result)
     assert line.startswith(f"error: no study store at {tmp_path / ('new.db' if storage else 'studies/fmnist.db')}")
     assert result.exit_code == 2 and os.listdir(tmp_path) == []
+
+
+def test_delete_with_no_answer_and_a_study_named_twice(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert runner.invoke(app, ["create", "--model", "lenet", "--trials", "1", "--storage", url]).exit_code == 0
+    asked = runner.invoke(app, ["delete", "--study", "lenet", "--storage", url], input="")  # stdin closed
+    assert asked.exit_code == 1 and "Aborted" not in asked.output, asked.output
+    assert asked.output.rstrip().endswith("error: nothing deleted: no answer; add --yes to delete without asking")
+    once = runner.invoke(app, ["report", "--study", "lenet", "--storage", url])
+    twice = runner.invoke(app, ["report", "--study", "lenet", "--study", "lenet", "--storage", url])
+    assert twice.exit_code == 0 and twice.output == once.output

@@ -206,7 +206,7 @@ def report_table(store: RDBStorage, names: list[str]) -> tuple[str, str, int, st
     """The report's Table 1 for these studies, and the Pareto front of each study with several
     objectives, the report's rows of its models beside it: (markdown, CSV, rows, JSON records)."""
 
-    studies = [load_study(store, name) for name in names]
+    studies = [load_study(store, name) for name in dict.fromkeys(names)]  # a study named twice is shown once
     single = [s for s in studies if len(objectives_of(s)) == 1]
     parts, frames = [], []
     if single:
