@@ -49,7 +49,7 @@ def test_the_lr_is_read_at_the_device_step_counter():
     stack = pop.Stack([module], [cfg], 256, torch.device("cpu"))
     seen = []
     original = stack.opt.step
-    stack.opt.step = lambda grads, lr, skip=None: (seen.append(lr.item()), original(grads, lr, skip))
+    stack.opt.step = lambda grads, lr, skip=None, rates=None: (seen.append(lr.item()), original(grads, lr, skip, rates))
     losses = torch.ones(1, requires_grad=True) * sum(p.sum() for p in module.parameters())
     for _ in range(5):
         stack.step(losses.view(1))
