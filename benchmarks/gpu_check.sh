@@ -14,7 +14,7 @@
 # the training step as a CUDA graph (`--cuda-graphs`: its replay-equals-eager tests first);
 # (5) where start-up goes; (6) the `compare` preset's front, if time is left; (7) the rung
 # figure's rank correlation with the end on more seeds (benchmarks/fidelity.py: its table in
-# gpu_check.log; the CPU recorded airbench on one seed of the five asked for).
+# gpu_check.log; the CPU recorded airbench on two seeds of the five asked for).
 # Each step runs under its own `timeout`, capped by what is left of the whole budget
 # (BUDGET_S, 450 s); a failed or timed-out step does not stop the rest. Each figure lands in
 # OUT_DIR as soon as it is measured (at most 8 files, what a device run returns):
@@ -47,7 +47,7 @@ else
   PRESETS=(resnet18-tuned resnet34-tuned) PRESET_ARGS=()
   COMPARE_ARGS=(--trials 24)
   # the CPU recordings' protocol (docs/results.md, "Rungs that see the end"), on the seeds it lacks
-  FIDELITY_ARGS=(--models airbench --seeds 21,22,23,24 --trials 8 --train-size 5000 --val-size 2500 --no-tta
+  FIDELITY_ARGS=(--models airbench --seeds 21,23,24 --trials 8 --train-size 5000 --val-size 2500 --no-tta
     --halflives 0.5 2)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
