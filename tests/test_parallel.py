@@ -350,17 +350,23 @@ def test_a_worker_waiting_on_a_frozen_lock_holder_stops_at_sigterm(postgres_url,
     (exit 143, one line) instead of waiting for ever inside a shielded call."""
     from sqlalchemy import create_engine, text
 
-    from fmnist_search.search.store.locks import study_lock
+    from fmnist_search.search.store.locks import _server_key
 
     study = "frozen"
-    assert (
-        runner.invoke(app, ["create", "--model", "lenet", "--study", study, "--storage", postgres_url]).exit_code == 0
-    )
-    probe = create_engine(postgres_url).connect()
-    with study_lock(postgres_url, study):  # the frozen holder
-        mine = probe.execute(text("SELECT pg_backend_pid()")).scalar()
-        worker = _cli("worker", "--study", study, "--storage", postgres_url, "--no-bars")
-        deadline = time.monotonic() + 120
+    created = runner.invoke(app, ["create", "--model", "lenet", "--study", study, "--storage", postgres_url, *TINY])
+    assert created.exit_code == 0, created.output
+    engine = create_engine(postgres_url)
+    holder, probe = engine.connect(), engine.connect()
+    # the frozen holder: the study's lock on a session the server never ends for idling (however
+    # long the worker takes to start), so the outcome does not depend on timing
+    holder.execute(text("SET idle_session_timeout = 0"))
+    key = {"k": _server_key(holder, "postgresql", study)}
+    assert holder.execute(text("SELECT pg_try_advisory_lock(:k)"), key).scalar()
+    holder.commit()
+    mine = holder.execute(text("SELECT pg_backend_pid()")).scalar()
+    worker = _cli("worker", "--study", study, "--storage", postgres_url, "--no-bars")
+    try:
+        deadline = time.monotonic() + 600
         while True:  # until the worker's session has tried the lock (its query text says so)
             tried = probe.execute(
                 text(
@@ -372,11 +378,17 @@ def test_a_worker_waiting_on_a_frozen_lock_holder_stops_at_sigterm(postgres_url,
             probe.rollback()
             if tried:
                 break
-            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[0]
+            if worker.poll() is not None or time.monotonic() > deadline:
+                worker.kill()
+                pytest.fail(f"the worker never waited for the lock: {worker.communicate()[0]}")
             time.sleep(0.1)
         worker.send_signal(signal.SIGTERM)
-        out, _ = worker.communicate(timeout=60)
-    probe.close()
+        out, _ = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        holder.close()
+        probe.close()
     assert worker.returncode == 143, out
     assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM"), out
 

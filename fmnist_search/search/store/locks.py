@@ -101,7 +101,7 @@ def _database_lock(url: str, study_name: str, retry: Retrier, patience: float) -
                         f"study {study_name!r} is locked by another worker for {waited:.0f} s (a frozen or "
                         f"paused process? the server ends its lock session after {HOLDER_IDLE_S} s idle); try again"
                     )
-                conn.rollback()  # no transaction left open while waiting
+                # (the session's last statement stays the try: pg_stat_activity shows who waits)
                 interrupts.check()
                 time.sleep(min(pause, max(patience - waited, 0.0)))
                 pause = min(pause * 2, 1.0)
