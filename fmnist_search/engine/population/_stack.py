@@ -71,7 +71,8 @@ class Stack:
         """The live BatchNorm statistics (stacked: (K, C) rows)."""
         if self.plain:
             return {k: v for k, v in unwrapped(self.template).named_buffers()}
-        return {k: v for k, v in self.state.items() if k not in set(self.names)}
+        params = set(self.names)  # once, not per key: this runs every step when averaging
+        return {k: v for k, v in self.state.items() if k not in params}
 
     def averaged_state(self, a: int) -> dict[str, torch.Tensor]:
         """Average ``a`` as a state dict (stacked: rows), parameters as views of its flat buffer:
