@@ -446,13 +446,14 @@ def test_a_comparison_trains_each_model_at_its_own_population_size(tiny_splits):
 def test_a_population_is_pruned_by_moasha_through_the_lifecycle(tiny_splits):
     """`--pruner moasha` in a real population: four LeNets (equal on parameters: ranked on
     accuracy) reach the rung at epoch 1 together; the best 1/3 by rank (ranks 0 and 1 of 4) go on,
-    then at epoch 3 the second of the two at that rung stops."""
+    then at epoch 3 the second of the two at that rung stops (4 epochs: a trial at its last epoch
+    has trained its whole budget and completes instead)."""
     import torch
 
     from fmnist_search.search.trials.context import TrialContext
     from fmnist_search.search.trials.lifecycle import run_trials
 
-    spec = StudySpec(model="lenet", objectives=("accuracy", "params"), epochs=3, batch_size=64, pruner="moasha")
+    spec = StudySpec(model="lenet", objectives=("accuracy", "params"), epochs=4, batch_size=64, pruner="moasha")
     study = optuna.create_study(directions=["maximize", "minimize"], pruner=PRUNERS["moasha"](spec))
     study.set_user_attr("objectives", list(spec.objectives))
     objective = TrialContext(spec, tiny_splits, torch.device("cpu"))
