@@ -285,6 +285,7 @@ def export(
     """Write the study's trials as CSV, best first (or, with --history, every trial's epochs)."""
     from .app.results import export_frame
 
+    _outputs(output)
     frame = export_frame(_reader(storage), study, all_states, top, front, history)
     _write(output, frame.to_csv(index=False), what=f"{len(frame)} {'epochs' if history else 'trials'}")
 
@@ -367,6 +368,7 @@ def report(
     """The report's Table 1 for these studies, with the report's figures alongside."""
     from .app.results import report_table
 
+    _outputs(output, csv)
     markdown, table_csv, rows, records = report_table(_reader(storage), study)
     if json_out:
         _write(output, records + "\n", what=f"{rows} rows")
@@ -374,6 +376,18 @@ def report(
     _write(output, markdown, what=f"{rows} rows")
     if csv is not None:
         _write(csv, table_csv, what=f"{rows} rows")
+
+
+def _outputs(*files: Path | None, folders: tuple[Path | None, ...] = ()) -> None:
+    """Every output a command was given, checked before it does its work (core.files.check_output)."""
+    from .core.files import check_output
+
+    for path in files:
+        if path is not None:
+            check_output(path)
+    for folder in folders:
+        if folder is not None:
+            check_output(folder, folder=True)
 
 
 def _write(path: Path | None, text: str, what: str) -> None:
@@ -402,6 +416,7 @@ def plot(
     """The study on one page (index.html: settings, counts, best trial, report table, figures), plus each figure."""
     from .app.results import plot as plot_study
 
+    _outputs(folders=(output_dir,))
     paths, note = plot_study(_reader(storage), study, output_dir, dashboard)
     if note:
         say(note)
@@ -418,7 +433,9 @@ def evaluate(
     weights: WeightsOpt = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     artifacts: ArtifactsOpt = None,
-    output_dir: Annotated[Path, typer.Option(help="Folder for the confusion-matrix HTML.")] = Path("."),
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Also write the confusion matrix as HTML in this folder.")
+    ] = None,
     tta_flip: Annotated[
         bool | None,
         typer.Option(
@@ -433,6 +450,7 @@ def evaluate(
     """Test accuracy, per-class accuracy and the confusion matrix of a trial's (or a file's) weights."""
     from .app.models import evaluate as evaluate_model
 
+    _outputs(folders=(output_dir,))
     e = evaluate_model(
         study,
         trial,
@@ -450,7 +468,8 @@ def evaluate(
     for title, columns, rows in e.tables():
         out.print(table(columns, rows, title=title))
     echo(f"test_accuracy={e.accuracy:.4f}")
-    say(f"wrote {e.html}")
+    if e.html is not None:
+        say(f"wrote {e.html}")
 
 
 @command()
@@ -511,6 +530,7 @@ def train(
     """Train one configuration without a study; the last line is `test_accuracy=...`."""
     from .app.models import train as train_one
 
+    _outputs(save)  # before any training
     flags = _given(val_size=val_size, train_size=train_size, seed=seed, full_train=full_train)
     done = train_one(
         model,

@@ -7,6 +7,7 @@ so, and the database comes back only then.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -116,10 +117,25 @@ def test_a_worker_waits_for_its_database_and_study(postgres_server, real_data):
 
 def test_a_worker_gives_up_on_a_missing_study_in_one_line(tmp_path):
     url = f"sqlite:///{tmp_path}/w.db"
+    create = _cli("create", "--model", "lenet", "--study", "other", "--trials", "1", "--storage", url)
+    assert create.wait(timeout=120) == 0, create.stdout.read()
     worker = _cli("worker", "--study", "ghost", "--storage", url, "--storage-patience", "1")
     out, _ = worker.communicate(timeout=120)
     assert worker.returncode == 2, out
     assert out.strip().splitlines()[-1].startswith("error: no study named 'ghost'") and "Traceback" not in out
+
+
+def test_a_worker_on_a_store_file_not_there_waits_for_it_and_creates_nothing(tmp_path):
+    """A worker joins a study: on a SQLite file that is not there it waits for the `create` or
+    `run` that makes it, and gives up in one line without creating the file or its folder."""
+    path = tmp_path / "later" / "w.db"
+    worker = _cli("worker", "--study", "typo", "--storage", f"sqlite:///{path}", "--storage-patience", "1")
+    out, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 2, out
+    waiting, error = out.strip().splitlines()
+    assert waiting == f"waiting up to 1 s for {path} to be created"
+    assert error.startswith(f"error: no study store at {path}: a study is created with `fmnist-search run")
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.fixture

@@ -191,3 +191,44 @@ def test_delete_with_no_answer_and_a_study_named_twice(tmp_path):
     once = runner.invoke(app, ["report", "--study", "lenet", "--storage", url])
     twice = runner.invoke(app, ["report", "--study", "lenet", "--study", "lenet", "--storage", url])
     assert twice.exit_code == 0 and twice.output == once.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, real_data):
+    """A store with one completed LeNet trial (its weights saved)."""
+    root = tmp_path_factory.mktemp("trained")
+    url = f"sqlite:///{root}/s.db"
+    result = runner.invoke(app, ["run", "--model", "lenet", "--trials", "1", "--storage", url, *TINY])
+    assert result.exit_code == 0, result.output
+    return url
+
+
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["train", "--from-study", "lenet", "--save", "{folder}"], "{folder}: it is a folder; name a file in it"),
+        (["train", "--from-study", "lenet", "--save", "{file}/best.pt"], "{file}/best.pt: {file} is a file"),
+        (["export", "--study", "lenet", "--output", "{folder}"], "{folder}: it is a folder"),
+        (["report", "--study", "lenet", "--csv", "{folder}"], "{folder}: it is a folder"),
+        (["plot", "--study", "lenet", "--output-dir", "{file}"], "to {file}: it is a file; name a folder"),
+        (["evaluate", "--study", "lenet", "--output-dir", "{file}"], "to {file}: it is a file; name a folder"),
+    ],
+    ids=["save-folder", "save-under-file", "export-folder", "csv-folder", "plot-file", "evaluate-file"],
+)
+def test_an_output_that_names_a_folder_or_a_file_is_refused_before_any_work(trained, tmp_path, args, says):
+    """(``train`` refused before its first epoch; read-only folders: tests/test_readonly.py.)"""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    where = {"folder": tmp_path / "folder", "file": tmp_path / "file"}
+    line = _one_error_line(runner.invoke(app, [*(a.format(**where) for a in args), "--storage", trained]))
+    assert line.startswith("error: cannot write ") and says.format(**where) in line
+    assert sorted(os.listdir(tmp_path)) == ["file", "folder"] and os.listdir(where["folder"]) == []
+
+
+def test_evaluate_writes_its_page_only_when_asked(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["evaluate", "--study", "lenet", "--storage", trained])
+    assert result.exit_code == 0 and "test_accuracy=" in result.output, result.output
+    assert os.listdir(tmp_path) == []  # no confusion-*.html in the current folder
+    asked = runner.invoke(app, ["evaluate", "--study", "lenet", "--storage", trained, "--output-dir", "out"])
+    assert asked.exit_code == 0 and [p.name for p in (tmp_path / "out").iterdir()] == ["confusion-lenet-trial-0.html"]

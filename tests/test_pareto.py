@@ -540,6 +540,44 @@ def test_a_figure_measured_under_load_is_said_kept_as_the_best_and_measured_agai
     assert objective_mod.Figure(9.0, 0.0).best(objective_mod.Figure(3.0, 0.0), maximize=False).value == 3.0
 
 
+def test_a_network_has_one_figure_on_the_front_where_and_export(tmp_path, real_data, monkeypatch):
+    """Three LeNets of one study: the first measured under load (500 samples/s, told so), the
+    second measures again on a quiet machine (2,000), the third reads that. Every reader scores
+    all three at 2,000: the front holds one of them (the most accurate), ``--where`` picks
+    among all three, export writes 2,000 for each; the store keeps what each was told."""
+    from fmnist_search.search.trials import context as context_mod
+    from fmnist_search.search.trials import objectives as criteria
+
+    timed = iter([500.0, 2000.0])
+    measured = dataclasses.replace(criteria.CRITERIA["throughput"], measure=lambda p: next(timed))
+    monkeypatch.setitem(criteria.CRITERIA, "throughput", measured)
+    monkeypatch.setattr(context_mod, "machine_load", _load_of([0.6, 0.0]))
+    monkeypatch.setattr(context_mod, "REMEASURE_S", 0.0)  # the next trial measures again at once
+    url, name = f"sqlite:///{tmp_path}/f.db", "one-figure"
+    made = invoke(
+        "create", "--study", name, "--model", "lenet", "--objectives", "accuracy,throughput", "--pruner", "none",
+        "--trials", "3", "--storage", url, "--epochs", "1", "--batch-size", "64", "--train-size", "1024",
+        "--val-size", "1000",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    study = optuna.load_study(study_name=name, storage=url)
+    for lr in (0.02, 0.05, 0.1):
+        study.enqueue_trial({"lr": lr})
+    ran = invoke("worker", "--study", name, "--storage", url, "--device", "cpu", "--no-bars")
+    assert ran.exit_code == 0, ran.output
+    trials = study.get_trials(deepcopy=False)
+    assert [t.values[1] for t in trials] == [500.0, 2000.0, 2000.0]  # as told
+    best = min(trials, key=lambda t: (-t.values[0], t.number))
+    exported = invoke("export", "--study", name, "--storage", url)
+    rows = [line.split(",") for line in exported.output.strip().splitlines()]
+    column = rows[0].index("objective_throughput")
+    assert [float(r[column]) for r in rows[1:]] == [2000.0] * 3
+    front = invoke("export", "--study", name, "--storage", url, "--front").output.strip().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in front] == [best.number]
+    shown = invoke("show", "--study", name, "--storage", url, "--where", "throughput>=1000")
+    assert shown.exit_code == 0 and f"best trial {best.number}" in shown.output
+
+
 def test_three_workers_beside_busy_loops_agree_or_say_the_figure_is_unreliable(tiny_splits):
     """Both cores busy (a spinning process per CPU): three workers' throughput figures for one
     network are within 15% of each other, or the study says they were taken under load."""

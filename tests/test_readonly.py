@@ -60,3 +60,26 @@ def test_reading_commands_work_on_a_read_only_mount(read_only_store, tmp_path, c
 def test_the_dashboard_serves_a_read_only_store(read_only_store):
     with serving_dashboard(f"sqlite:///{read_only_store}/s.db") as (_, studies):
         assert [s["study_name"] for s in studies] == ["lenet"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "--study", "lenet", "--output", "{ro}/new/t.csv"],
+        ["report", "--study", "lenet", "--output", "{ro}/r.md"],
+        ["report", "--study", "lenet", "--csv", "{ro}/r.csv"],
+        ["plot", "--study", "lenet", "--output-dir", "{ro}/plots"],
+        ["evaluate", "--study", "lenet", "--output-dir", "{ro}/e"],
+        ["train", "--from-study", "lenet", "--save", "{ro}/best.pt"],
+    ],
+)
+def test_an_output_on_a_read_only_mount_is_one_line_before_any_work(read_only_store, command):
+    """Every output option pointed into a read-only folder: one line naming the place, exit 1,
+    refused before the command's work (``train`` trains no epoch), nothing written there."""
+    before = _snapshot(read_only_store)
+    args = [a.format(ro=read_only_store) for a in command]
+    proc = cli_process(*args, "--storage", f"sqlite:///{read_only_store}/s.db")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert out.strip().splitlines() == [f"error: cannot write {args[-1]}: {read_only_store}: Read-only file system"]
+    assert _snapshot(read_only_store) == before

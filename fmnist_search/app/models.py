@@ -280,7 +280,7 @@ def evaluate(
     device: str,
     data_dir: Path | None,
     download: bool,
-    output_dir: Path,
+    output_dir: Path | None,
 ) -> Evaluation:
     """A trial's (or a file's) weights on the test set: accuracy, per class, the confusion matrix (and its HTML)."""
 
@@ -299,9 +299,10 @@ def evaluate(
         matrix.tolist(),
         per_class_accuracy(matrix),
     )
-    result.html = output_dir / f"confusion-{re.sub(r'[^A-Za-z0-9._-]+', '-', label)}.html"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    confusion_figure(result.matrix, result.classes, f"{label}: confusion matrix").write_html(result.html)
+    if output_dir is not None:  # only when asked: the page is ~5 MB (plotly.js inside)
+        result.html = output_dir / f"confusion-{re.sub(r'[^A-Za-z0-9._-]+', '-', label)}.html"
+        output_dir.mkdir(parents=True, exist_ok=True)
+        confusion_figure(result.matrix, result.classes, f"{label}: confusion matrix").write_html(result.html)
     return result
 
 

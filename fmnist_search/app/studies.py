@@ -23,7 +23,7 @@ from ..engine.devices import resolve_device, resolve_precision
 from ..engine.population import default_population
 from ..search.artifacts import KEEP_ATTR
 from ..search.artifacts import open_store as open_artifacts
-from ..search.store import make_storage, mask_url, study_lock
+from ..search.store import make_storage, mask_url, sqlite_path, study_lock
 from ..search.study import PRUNERS, SAMPLERS, open_study, stored_spec
 from ..search.trials import (
     BudgetedStudy,
@@ -36,6 +36,7 @@ from ..search.trials import (
     release,
     set_target,
     stream_seed,
+    wait_for_store,
     wait_for_study,
 )
 from ..search.trials import work as work_loop
@@ -374,6 +375,9 @@ def join_study(
     """Work on ``study`` (waiting for its store and for it to exist) until it has its trials."""
 
     work_runtime(work)
+    path = sqlite_path(storage)
+    if path is not None and not path.is_file():  # a worker joins: the file comes from `create` or `run`
+        wait_for_store(path, work.storage_patience, say)
     store = open_study_store(storage, say, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
     spec = stored_spec(wait_for_study(store, study, work.storage_patience, say=say))
     with progress(None, spec.epochs) as bars:

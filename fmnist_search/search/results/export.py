@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from ...engine.schedules import lr_factor_at
 from ..trials.coordination import census
-from ..trials.objectives import ACCURACY, objectives_of, values_of
+from ..trials.objectives import ACCURACY, objectives_of, scored_trials, values_of
 from ..trials.record import TrialRecord
 
 ATTR_COLUMNS = (
@@ -44,7 +44,7 @@ def trials_frame(
     others = [n for n in objectives if n != ACCURACY]
     states = None if include_all else (TrialState.COMPLETE,)
     on_front = {t.number for t in front(study)} if others or front_only else set()
-    kept = [t for t in study.get_trials(deepcopy=False, states=states) if not front_only or t.number in on_front]
+    kept = [t for t in scored_trials(study, states=states) if not front_only or t.number in on_front]
     # The objective values of a completed trial; what it last measured otherwise (values_of).
     values = pd.DataFrame(
         [{"trial": t.number, **{_column(n): v for n, v in values_of(t, objectives).items()}} for t in kept],

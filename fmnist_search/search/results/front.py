@@ -1,8 +1,9 @@
 """A study's answer: its Pareto front, and the trial a user picks from it.
 
 A single-objective study's front is its best trial. In a multi-objective study the front is
-every completed trial no other one beats on all objectives at once (Optuna's
-``study.best_trials``); ``pick`` takes the most accurate (on validation) completed trial
+every completed trial no other one beats on all objectives at once, scored on the study's
+current figure for each network (``objectives.rescored``: one figure per network and device,
+though a trial may have been told an earlier one); ``pick`` takes the most accurate (on validation) completed trial
 within a user's floors and ceilings (``--where throughput>=50000``, ``--where params<=100000``),
 which is on the front. Test accuracy is only reported, never used to choose.
 """
@@ -20,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ...core.errors import FmnistSearchError, StorageError
-from ..trials.objectives import ACCURACY, CRITERIA, objectives_of, values_of
+from ..trials.objectives import ACCURACY, CRITERIA, objectives_of, scored_trials, values_of
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -81,26 +82,32 @@ def rank_key(trial: FrozenTrial, objectives: tuple[str, ...]) -> tuple[float, in
 
 
 def front(study: optuna.Study) -> list[FrozenTrial]:
-    """The completed trials on the study's Pareto front, best first (``rank_key``)."""
-    objectives = objectives_of(study)
-    return sorted(study.best_trials, key=lambda t: rank_key(t, objectives))
+    """The completed trials on the study's Pareto front, best first (``rank_key``): the first front
+    of ``ranked``, on the study's current figures (Optuna's ``best_trials`` reads the values as
+    told, which an earlier figure of the same network may have scored)."""
+    if len(objectives_of(study)) == 1:
+        return ranked(study, 1)
+    return ranked(study, fronts=1)
 
 
-def ranked(study: optuna.Study, limit: int | None = None) -> list[FrozenTrial]:
-    """The completed trials, best first (the first ``limit`` of them): by validation accuracy in a
+def ranked(study: optuna.Study, limit: int | None = None, fronts: int | None = None) -> list[FrozenTrial]:
+    """The completed trials, best first (the first ``limit`` of them, or of its first ``fronts``
+    fronts), on the study's current figures (``scored_trials``): by validation accuracy in a
     single-objective study; in a multi-objective one front by front (non-dominated sorting: the
     Pareto front, then the front of the rest, ...), each front most accurate first."""
     import numpy as np
 
     objectives = objectives_of(study)
-    remaining = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    remaining = scored_trials(study, states=(TrialState.COMPLETE,))
     limit = len(remaining) if limit is None else limit
     by_accuracy = functools.partial(sorted, key=lambda t: rank_key(t, objectives))
     if len(objectives) == 1:
         return by_accuracy(remaining)[:limit]
     signs = np.array([-1.0 if d == optuna.study.StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
     out: list[FrozenTrial] = []
-    while remaining and len(out) < limit:
+    for _ in range(len(remaining) if fronts is None else fronts):
+        if not remaining or len(out) >= limit:
+            break
         v = np.array([t.values for t in remaining]) * signs  # all minimised
         # j dominates i: no worse on every objective, better on one
         dominated = ((v[:, None, :] <= v[None, :, :]).all(-1) & (v[:, None, :] < v[None, :, :]).any(-1)).any(0)
@@ -118,7 +125,7 @@ def pick(study: optuna.Study, where: tuple[str, ...] | list[str] = ()) -> Frozen
     """The best completed trial (``rank_key``: validation accuracy first) within ``where``."""
     objectives = objectives_of(study)
     conditions = parse_where(where, objectives)
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = scored_trials(study, states=(TrialState.COMPLETE,))
     if not done:
         raise StorageError(f"study {study.study_name!r} has no completed trial yet")
     fits = [t for t in done if all(c.holds(values_of(t, objectives)) for c in conditions)]

@@ -16,8 +16,9 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from ..trials.objectives import ACCURACY, CRITERIA, objectives_of, values_of
+from ..trials.objectives import ACCURACY, CRITERIA, objectives_of, scored_trials, values_of
 from ..trials.record import TrialRecord
+from .front import front
 
 CURVES = (("train_loss", "train loss"), ("train_accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"))
 
@@ -62,9 +63,9 @@ def front_data(study: optuna.Study) -> list[dict[str, Any]]:
     """Per completed or pruned trial: number, state, model, objective values (a pruned trial's
     accuracy is its last one), whether it is on the front."""
     objectives = objectives_of(study)
-    on_front = {t.number for t in study.best_trials}
+    on_front = {t.number for t in front(study)}
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    for t in scored_trials(study, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         values = values_of(t, objectives)
         if len(values) == len(objectives):
             model = TrialRecord.of(t).model or str(t.params.get("model", "?"))
@@ -121,7 +122,7 @@ def pareto_figure(study_name: str, objectives: tuple[str, ...], data: list[dict[
 
 def reference_point(study: optuna.Study, objectives: tuple[str, ...]) -> list[float]:
     """The hypervolume's reference: 0 for what is maximised, 10% above the worst seen for what is minimised."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = scored_trials(study, states=(TrialState.COMPLETE,))
     return [0.0 if CRITERIA[n].maximize else 1.1 * max(values_of(t, objectives)[n] for t in done) for n in objectives]
 
 

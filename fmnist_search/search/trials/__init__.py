@@ -27,6 +27,7 @@ FACE = {
     "set_target": "coordination",
     "stream_seed": "coordination",
     "wait_for_study": "workers",
+    "wait_for_store": "workers",
     "work": "workers",
     "TrialContext": "context",
     "occupancy": "context",

@@ -161,6 +161,14 @@ class TrialContext:
             out[name] = cached.value
         return out
 
+    def figure_keys(self, model: str, cfg: TrainConfig) -> dict[str, str]:
+        """Where ``measure``'s figures for this network and recipe live in the study ({}: one objective)."""
+        return {
+            name: measured_figure_key(name, CRITERIA[name].key(model, cfg), device_name(self.device))
+            for name in self.spec.objectives
+            if CRITERIA[name].measure is not None
+        }
+
     def _figure(
         self, name: str, criterion: Any, depends_on: Any, model: str, cfg: TrainConfig, study: optuna.Study | None
     ) -> Figure:

@@ -275,8 +275,9 @@ class _Population:
         study, objective = self.study, self.objective
         for s in new:
             s.record.measured = objective.measure(s.model, s.cfg, study) or None
+            s.record.figures = objective.figure_keys(s.model, s.cfg) or None
         if any(s.record.measured for s in new):  # what pruning compares them by, stored before the first report
-            write_trials(self.store, user_attrs={trial_id(s.trial): s.record.attrs("measured") for s in new})
+            write_trials(self.store, user_attrs={trial_id(s.trial): s.record.attrs("measured", "figures") for s in new})
         built = [build_model(s.model, s.cfg.seed, objective.device, compiled) for s in new]
         for s, b in zip(new, built, strict=True):
             s.record = objective.describe(s.record, s.cfg, b.module, population=self.capacity)

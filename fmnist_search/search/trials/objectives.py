@@ -12,6 +12,7 @@ pruning compares a trial only with trials at least as good on every other object
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from ..store import internals
 ACCURACY = "accuracy"
 MEASURED_ATTR = "measured"  # trial user attr: {objective: value} measured before training (TrialRecord.measured)
 SHARED_PREFIX = "measured "  # study system attrs: a network's figure on a kind of device, shared by its workers
+FIGURES_ATTR = "figures"  # trial user attr: {objective: the study system attr its figure is read from}
 
 
 def measured_figure_key(name: str, depends_on: Hashable, device: str) -> str:
@@ -93,6 +95,52 @@ CRITERIA: dict[str, Criterion] = {
 def objectives_of(study: optuna.Study) -> tuple[str, ...]:
     """The study's objectives, in Optuna's order of its values (older studies: accuracy alone)."""
     return tuple(study.user_attrs.get("objectives") or (ACCURACY,))
+
+
+def study_figures(study: optuna.Study) -> dict[str, float]:
+    """The study's current figure of every network and device (its system attrs under
+    ``SHARED_PREFIX``: ``{"value", "load"}``, or a bare number from before loads were kept)."""
+    attrs = internals.study_system_attrs(study)
+    return {k: float(v["value"] if isinstance(v, dict) else v) for k, v in attrs.items() if k.startswith(SHARED_PREFIX)}
+
+
+def measured_now(trial: optuna.trial.FrozenTrial, figures: dict[str, float]) -> dict[str, float]:
+    """What ``trial`` measured before training, each figure the study's current one (``rescored``)."""
+    measured = dict(trial.user_attrs.get(MEASURED_ATTR) or {})
+    keys = trial.user_attrs.get(FIGURES_ATTR) or {}
+    return {**measured, **{n: figures[k] for n, k in keys.items() if k in figures and n in measured}}
+
+
+def rescored(
+    trial: optuna.trial.FrozenTrial, objectives: tuple[str, ...], figures: dict[str, float]
+) -> optuna.trial.FrozenTrial:
+    """``trial`` as every reader scores it: each measured objective at the study's current figure
+    for its network and device. A figure taken under load is replaced when a better one arrives
+    (search/trials/context.py); trials told before that keep the old value in the store (Optuna
+    does not rewrite a finished trial), so the front, ``--where``, export, report, plots and
+    pruning read them through here and one network has one figure. A trial from before figures
+    were named (no ``FIGURES_ATTR``) keeps its own."""
+    measured = trial.user_attrs.get(MEASURED_ATTR) or {}
+    now = measured_now(trial, figures)
+    if now == measured:
+        return trial
+    out = copy.copy(trial)
+    out.user_attrs = {**trial.user_attrs, MEASURED_ATTR: now}
+    if trial.values is not None and len(trial.values) == len(objectives):
+        out.values = [now.get(n, v) if n != ACCURACY else v for n, v in zip(objectives, trial.values, strict=True)]
+    return out
+
+
+def scored_trials(
+    study: optuna.Study, states: tuple[optuna.trial.TrialState, ...] | None = None
+) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials (those in ``states``), each ``rescored`` on the study's current figures."""
+    trials = study.get_trials(deepcopy=False, states=states)
+    objectives = objectives_of(study)
+    if len(objectives) == 1:
+        return trials
+    figures = study_figures(study)
+    return [rescored(t, objectives, figures) for t in trials]
 
 
 def directions(objectives: tuple[str, ...]) -> list[str]:

@@ -47,7 +47,7 @@ from optuna.pruners import HyperbandPruner, NopPruner, PercentilePruner, Success
 from optuna.trial import FrozenTrial, TrialState
 
 from ..store.internals import halving_settings, hyperband_bracket, nondomination_ranks, percentile_settings, trial_id
-from .objectives import ACCURACY, CRITERIA, MEASURED_ATTR, at_least_as_good, objectives_of
+from .objectives import ACCURACY, CRITERIA, at_least_as_good, measured_now, objectives_of, study_figures
 
 Values = dict[int, dict[int, float]]  # trial number -> {epoch: validation accuracy}
 Write = Callable[[list[tuple[int, str, Any]]], None]  # (trial_id, system attr key, value) in one transaction
@@ -78,11 +78,12 @@ def population_prunes(
     Pareto benchmark trying other rules, gives its own)."""
     pruner = study.pruner
     objectives = objectives_of(study) if objectives is None else objectives
+    figures = study_figures(study) if len(objectives) > 1 else {}  # one figure per network (objectives.rescored)
     if competes is None:
-        competes = competitors(objectives)
+        competes = competitors(objectives, figures)
     for kind, decide in _RULES:
         if isinstance(pruner, kind):
-            return decide(pruner, study, step, values, write, competes, objectives)
+            return decide(pruner, study, step, values, write, competes, objectives, figures)
     # one trial of a single-objective study: any other pruner decides as Optuna asks it, on the stored trial
     if len(values) == 1 and len(study.directions) == 1:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -90,16 +91,16 @@ def population_prunes(
     raise ValueError(f"no population rule for {type(pruner).__name__}; use --population 1")
 
 
-def competitors(objectives: tuple[str, ...]) -> Competes:
+def competitors(objectives: tuple[str, ...], figures: dict[str, float] | None = None) -> Competes:
     """Whether a trial counts against another: always with one objective; with several, when it
-    is at least as good on every objective but accuracy (module docstring)."""
+    is at least as good on every objective but accuracy (module docstring), on the study's
+    current ``figures`` (``study_figures``)."""
     others = tuple(n for n in objectives if n != ACCURACY)
     if not others:
         return lambda other, trial: True
 
     def competes(other: FrozenTrial, trial: FrozenTrial) -> bool:
-        mine, theirs = trial.user_attrs.get(MEASURED_ATTR) or {}, other.user_attrs.get(MEASURED_ATTR) or {}
-        return at_least_as_good(theirs, mine, others)
+        return at_least_as_good(measured_now(other, figures or {}), measured_now(trial, figures or {}), others)
 
     return competes
 
@@ -260,10 +261,10 @@ def pareto_ranks(costs: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _costs(accuracy: float, trial: FrozenTrial, objectives: tuple[str, ...]) -> list[float]:
+def _costs(accuracy: float, trial: FrozenTrial, objectives: tuple[str, ...], figures: dict[str, float]) -> list[float]:
     """A trial's point at a rung, each objective as a cost (minimised): its accuracy at the rung and
-    what it measured (nan when not measured: filled with the rung's worst)."""
-    measured = {**(trial.user_attrs.get(MEASURED_ATTR) or {}), ACCURACY: accuracy}
+    what it measured, at the study's current figures (nan when not measured: filled with the rung's worst)."""
+    measured = {**measured_now(trial, figures), ACCURACY: accuracy}
     return [(-1.0 if CRITERIA[name].maximize else 1.0) * float(measured.get(name, math.nan)) for name in objectives]
 
 
@@ -275,6 +276,7 @@ def _pareto_halving(
     write: Write,
     competes: Competes,  # (unused: every trial at a rung is ranked against every other, on every objective)
     objectives: tuple[str, ...],
+    figures: dict[str, float],
 ) -> set[int]:
     p = halving_settings(pruner)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -288,7 +290,7 @@ def _pareto_halving(
         rung_values |= {n: reached[n][1] for n in at_rung if n in reached}
         rung_values[number] = value
         ranked = sorted(rung_values)  # by trial number: ties go to the earlier trial, whoever is checked
-        costs = np.array([_costs(rung_values[n], trials[n], objectives) for n in ranked], dtype=float)
+        costs = np.array([_costs(rung_values[n], trials[n], objectives, figures) for n in ranked], dtype=float)
         costs = np.where(np.isnan(costs), np.nanmax(costs, axis=0, initial=0.0), costs)
         if pareto_ranks(costs)[ranked.index(number)] / len(costs) > 1 / p["reduction_factor"]:
             pruned.add(number)

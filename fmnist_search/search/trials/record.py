@@ -36,6 +36,9 @@ class TrialRecord:
     model: str | None = None  # the network it trains (a comparison study samples it)
     # Its objectives other than accuracy, measured before it trains ({name: value}; search/trials/objectives.py).
     measured: dict[str, float] | None = None
+    # Where each of those figures lives in the study ({name: study system attr}): readers score the
+    # trial on the study's current figure (objectives.rescored), not on the one it was told.
+    figures: dict[str, str] | None = None
     # What it measured: written when it ends, however it ends.
     val_accuracy: float | None = None
     train_accuracy: float | None = None

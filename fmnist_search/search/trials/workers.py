@@ -19,14 +19,18 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import optuna
 
 from ...core import interrupts
 from ...core.errors import StorageError
+from ..store.storage import NO_STORE
 from .coordination import TARGET_ATTR, BudgetedStudy, BudgetExhausted, Census, census, fail_stale
 from .space import shared_params
+
+T = TypeVar("T")
 
 
 def wait_for_study(
@@ -36,21 +40,43 @@ def wait_for_study(
     waiting up to ``patience`` seconds: workers may start before the job that creates it."""
     from ..study import study_names
 
+    def ready() -> tuple[optuna.Study | None, str]:
+        if name not in study_names(storage):
+            return None, f"no study named {name!r} in this storage; create it with `fmnist-search create` or `run`"
+        study = optuna.load_study(study_name=name, storage=storage)
+        if TARGET_ATTR not in study.user_attrs:
+            return None, f"study {name!r} has no trial target; create it with `fmnist-search create` or `run`"
+        return study, ""
+
+    return _waited(ready, f"study {name!r} to be created", patience, say, poll_s)
+
+
+def wait_for_store(path: Path, patience: float, say: Callable[[str], None], poll_s: float = 2.0) -> None:
+    """A SQLite store file that is not there yet, waited for up to ``patience`` seconds and never
+    created here: a worker joins a study, so the file comes from the `create` or `run` that makes it."""
+
+    def ready() -> tuple[bool | None, str]:
+        return (True, "") if path.is_file() else (None, f"no study store at {path.absolute()}: {NO_STORE}")
+
+    _waited(ready, f"{path} to be created", patience, say, poll_s)
+
+
+def _waited(
+    ready: Callable[[], tuple[T | None, str]], what: str, patience: float, say: Callable[[str], None], poll_s: float
+) -> T:
+    """``ready()``'s value once it has one, polling every ``poll_s`` seconds for up to ``patience``;
+    its reason as a StorageError after that."""
     start = time.monotonic()
     said = False
     while True:
-        if name in study_names(storage):
-            study = optuna.load_study(study_name=name, storage=storage)
-            if TARGET_ATTR in study.user_attrs:
-                return study
-            missing = f"study {name!r} has no trial target; create it with `fmnist-search create` or `run`"
-        else:
-            missing = f"no study named {name!r} in this storage; create it with `fmnist-search create` or `run`"
+        value, missing = ready()
+        if value is not None:
+            return value
         waited = time.monotonic() - start
         if waited >= patience:
             raise StorageError(missing + (f" (waited {waited:.0f} s)" if patience else ""))
         if not said:
-            say(f"waiting up to {patience:g} s for study {name!r} to be created")
+            say(f"waiting up to {patience:g} s for {what}")
             said = True
         time.sleep(min(poll_s, max(patience - waited, 0.05)))
 
