@@ -163,11 +163,13 @@ def _given(**values: Any) -> dict[str, Any]:
 @with_option_groups(options=StudyOptions)
 def create(options: StudyOptions) -> None:
     """Create a study (or raise an existing one's target by TRIALS) without running trials: for `worker`s."""
+    from .app.lines import store_text
     from .app.processes import finish_command, trial_count
     from .app.studies import create as create_studies
 
     for name, model, target in create_studies(options, say):
-        say(f"study {name!r} ({model}) has a target of {trial_count(target)}; start workers with:")
+        where = store_text(options.storage)
+        say(f"study {name!r} ({model}) in {where} has a target of {trial_count(target)}; start workers with:")
         say(f"  {finish_command(name, options.storage, WorkOptions())}")
 
 
@@ -244,7 +246,8 @@ def show(
 ) -> None:
     """A study's best trial (or --trial N, or its pick --where): params, accuracies, throughput, device; its
     settings, trials by state and artifacts' space."""
-    from .app.results import curve_rows, shown_trial, trial_rows
+    from .app.results import curve_rows, shown_trial, space_text, trial_rows
+    from .core.config import setting_text
 
     if trial is not None and where:
         raise FmnistSearchError("give --trial N or --where conditions, not both")
@@ -252,8 +255,10 @@ def show(
     if json_out:
         _json(shown)
         return
-    out.print(table(("setting", "value"), [(k, str(v)) for k, v in shown["settings"].items()], title=f"study {study}"))
-    echo("trials: " + ", ".join(f"{n} {k}" for k, n in shown["trials"].items()) + f"; artifacts {shown['artifacts']}")
+    settings = [(k, setting_text(v)) for k, v in shown["settings"].items()]
+    out.print(table(("setting", "value"), settings, title=f"study {study}"))
+    space = space_text(shown["artifacts_bytes"], shown["checkpoint_bytes"])
+    echo("trials: " + ", ".join(f"{n} {k}" for k, n in shown["trials"].items()) + f"; artifacts {space}")
     if shown["trial"] is None:
         raise FmnistSearchError(f"study {study!r} has no completed trial yet")
     t = shown["trial"]

@@ -547,7 +547,8 @@ def test_json_for_scripts_and_show_of_any_trial_with_its_curve(smoke_db):
     shown = json.loads(
         invoke("show", "--study", "lenet", "--storage", smoke_db, "--trial", str(other.number), "--json").stdout
     )
-    assert set(shown) == {"study", "settings", "trials", "artifacts", "trial"}
+    assert set(shown) == {"study", "settings", "trials", "artifacts_bytes", "checkpoint_bytes", "trial"}
+    assert (shown["artifacts_bytes"], shown["checkpoint_bytes"]) == (row["artifacts_bytes"], row["checkpoint_bytes"])
     t = shown["trial"]
     assert t["number"] == other.number and t["params"] == other.params and "history" not in t["attrs"]
     assert [p["epoch"] for p in t["curve"]] == sorted(other.intermediate_values)

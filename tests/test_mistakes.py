@@ -193,6 +193,9 @@ def test_delete_with_no_answer_and_a_study_named_twice(tmp_path):
     assert twice.exit_code == 0 and twice.output == once.output
 
 
+_RUN_OUTPUT: dict[str, str] = {}  # what `run` printed, by store
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, real_data):
     """A store with one completed LeNet trial (its weights saved)."""
@@ -200,7 +203,18 @@ def trained(tmp_path_factory, real_data):
     url = f"sqlite:///{root}/s.db"
     result = runner.invoke(app, ["run", "--model", "lenet", "--trials", "1", "--storage", url, *TINY])
     assert result.exit_code == 0, result.output
+    _RUN_OUTPUT[url] = result.output
     return url
+
+
+def test_a_run_says_its_store_file_and_its_settings_as_people_read_them(trained, tmp_path, monkeypatch):
+    first, second = _RUN_OUTPUT[trained].splitlines()[:2]
+    assert first.startswith(f"study 'lenet' in {trained}: target 1 trial; lenet, 1 epoch, batch 96, 384 train / 300")
+    assert second.startswith("  searches lr 0.01..0.4 (tpe sampler, median pruner); fixed: nesterov, weight_decay ")
+    assert not set("{}[]'") & set(second)  # no Python reprs
+    monkeypatch.chdir(tmp_path)  # the default store is relative: the file itself is named
+    created = runner.invoke(app, ["create", "--model", "lenet", "--trials", "1"])
+    assert f"sqlite:///studies/fmnist.db ({tmp_path / 'studies' / 'fmnist.db'})" in created.output, created.output
 
 
 @pytest.mark.parametrize(

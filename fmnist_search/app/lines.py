@@ -4,19 +4,38 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..search.store import sqlite_path
+from ..core.config import setting_text
+from ..search.store import mask_url, sqlite_path
 
 if TYPE_CHECKING:  # annotations only
     from ..core.config import StudySpec
     from .options import WorkOptions
 
 
-def space_text(spec: StudySpec) -> str:
-    lr = f"lr grid {list(spec.lr_grid)}" if spec.sampler == "grid" else f"lr {spec.lr_min:g}..{spec.lr_max:g}"
-    fixed = f", fixed {spec.fixed}" if spec.fixed else ""
-    own = "".join(f"; {m}: {r}" for m, r in spec.recipes.items())  # a comparison's per-model recipes
-    scored = f"; objectives {','.join(spec.objectives)}" if len(spec.objectives) > 1 else ""
-    return f"space {spec.space} ({lr}{fixed}{own}){scored}"
+def search_text(spec: StudySpec) -> str:
+    """The run's second line: what it searches and how, what is fixed: ``searches lr 0.01..0.4
+    (tpe sampler, median pruner); fixed: nesterov, weight_decay 0.00018, ...``."""
+    lr = (
+        f"lr grid {setting_text(list(spec.lr_grid))}"
+        if spec.sampler == "grid"
+        else f"lr {spec.lr_min:g}..{spec.lr_max:g}"
+    )
+    what = f"the {spec.space} space ({lr})" if spec.space != "lr" else lr
+    parts = [f"searches {what} ({spec.sampler} sampler, {spec.pruner} pruner)"]
+    if spec.fixed:
+        parts.append(f"fixed: {setting_text(spec.fixed)}")
+    parts += [f"{m}: {setting_text(r)}" for m, r in spec.recipes.items()]  # a comparison's per-model recipes
+    if len(spec.objectives) > 1:
+        parts.append(f"objectives {setting_text(list(spec.objectives))}")
+    return "; ".join(parts)
+
+
+def store_text(url: str) -> str:
+    """The store a message names: its URL, and for a SQLite file the file itself (a relative
+    URL, such as the default, is relative to the folder the command runs in)."""
+    path = sqlite_path(url)
+    masked = mask_url(url)
+    return masked if path is None or path.is_absolute() else f"{masked} ({path.absolute()})"
 
 
 def at_a_time(population: int, caps: dict[str, int]) -> str:

@@ -11,6 +11,7 @@ import optuna
 import optuna_dashboard
 import pandas as pd
 
+from ..core.config import setting_text
 from ..core.errors import FmnistSearchError
 from ..search.artifacts import OWNERS, owners
 from ..search.results import (
@@ -46,7 +47,8 @@ def trial_line(trial: FrozenTrial, prefix: str = "") -> str:
     model = f" {trial.params['model']}" if "model" in trial.params else ""  # a study that compares models
     line = f"{prefix}trial {trial.number} {trial.state.name}:{model} lr={lr:.4g}"
     if a.val_accuracy is not None:
-        line += f" val={a.val_accuracy:.4f} after {a.epochs_completed} epochs, {a.throughput or 0:,.0f} samples/s"
+        epochs = f"{a.epochs_completed} epoch" + ("" if a.epochs_completed == 1 else "s")
+        line += f" val={a.val_accuracy:.4f} after {epochs}, {a.throughput or 0:,.0f} samples/s"
     if a.test_accuracy is not None:
         line += f" test={a.test_accuracy:.4f}"
     if a.fail_reason is not None:
@@ -72,7 +74,8 @@ def study_summary(study: optuna.Study) -> tuple[dict[str, int], str | None]:
     test = a.test_accuracy if a.test_accuracy is not None else float("nan")
     return counts, (
         f"best trial {best.number}: val_accuracy={trial_accuracy(study, best):.4f} test_accuracy={test:.4f} "
-        f"params={best.params} throughput={a.throughput or 0:,.0f} samples/s on {a.device}"
+        f"({setting_text({k: float(f'{v:.4g}') if isinstance(v, float) else v for k, v in best.params.items()})}) "
+        f"throughput={a.throughput or 0:,.0f} samples/s on {a.device}"
     )
 
 
@@ -139,7 +142,7 @@ def shown_trial(
         "study": name,
         "settings": dict(s.user_attrs),
         "trials": {k.lower(): v for k, v in state_counts(s).items()},
-        "artifacts": artifact_space(s, file_sizes(folder)),
+        **dict(zip(("artifacts_bytes", "checkpoint_bytes"), artifact_bytes(s, file_sizes(folder)), strict=True)),
         "trial": None,
     }
     if t is not None:
@@ -255,10 +258,6 @@ def artifact_bytes(study: optuna.Study, sizes: dict[str, int]) -> tuple[int, int
 def space_text(total_b: int, live_b: int) -> str:
     """``1.3 MB`` (weights and checkpoints), ``, 0.4 ckpt`` when checkpoints may still resume."""
     return f"{total_b / 1e6:.1f} MB" + (f", {live_b / 1e6:.1f} ckpt" if live_b else "")
-
-
-def artifact_space(study: optuna.Study, sizes: dict[str, int]) -> str:
-    return space_text(*artifact_bytes(study, sizes))
 
 
 def deletion(store: RDBStorage, name: str, folder: Path, force: bool) -> tuple[int, list[Path], int]:

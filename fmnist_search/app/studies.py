@@ -23,7 +23,7 @@ from ..engine.devices import resolve_device, resolve_precision
 from ..engine.population import default_population
 from ..search.artifacts import KEEP_ATTR
 from ..search.artifacts import open_store as open_artifacts
-from ..search.store import make_storage, mask_url, sqlite_path, study_lock
+from ..search.store import make_storage, sqlite_path, study_lock
 from ..search.study import PRUNERS, SAMPLERS, open_study, stored_spec
 from ..search.trials import (
     BudgetedStudy,
@@ -40,7 +40,7 @@ from ..search.trials import (
     wait_for_study,
 )
 from ..search.trials import work as work_loop
-from .lines import artifacts_note, at_a_time, space_text
+from .lines import artifacts_note, at_a_time, search_text, store_text
 from .planning import plan_studies
 from .processes import EXIT_FAILED, finish_command, plan_workers, signal_name, spawn_workers, trial_count
 
@@ -185,7 +185,7 @@ def work_here(
             raise Stopped(f"{prefix}{cause}; {what}finished trials are stored; {finish}", EXIT_FAILED) from None
         raise Stopped(
             f"{prefix}interrupted by {signal_name(stop.signum)}; {what}finished trials are stored in "
-            f"{mask_url(url)}; {finish}",
+            f"{store_text(url)}; {finish}",
             stop.exit_code,
         ) from None
 
@@ -236,14 +236,15 @@ def _run_trials(
     dataset = load_dataset(work.data_dir, work.download)
     splits = data_mod.make_splits(dataset, spec.val_size, spec.train_size, spec.seed)
     say(
-        f"{prefix}study {budgeted.study_name!r} in {mask_url(url)}: {spec.model}, {spec.epochs} epochs, "
-        f"batch {spec.batch_size}, {space_text(spec)}, {spec.sampler}/{spec.pruner}; {len(splits.train[0])} "
-        f"train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}"
+        f"{prefix}study {budgeted.study_name!r} in {store_text(url)}: target {trial_count(budgeted.target)}; "
+        f"{spec.model}, {spec.epochs} epoch{'s' if spec.epochs != 1 else ''}, batch {spec.batch_size}, "
+        f"{len(splits.train[0])} train / {len(splits.val[0])} val images from {dataset.source}; device {dev} ({prec}"
         + (f", CUDA_VISIBLE_DEVICES={extra['gpu']}" if extra.get("gpu") is not None else "")
-        + f"); target {budgeted.target} trials"
+        + ")"
         + at_a_time(population, caps)
         + artifacts_note(url, work)
     )
+    say(f"{prefix}  {search_text(spec)}")
     objective = TrialContext(
         spec,
         splits,

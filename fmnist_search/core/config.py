@@ -38,6 +38,27 @@ PATIENCE_S = 300.0  # how long a storage call keeps retrying a lost database, se
 DEFAULT_STORAGE = "sqlite:///studies/fmnist.db"  # relative to the working directory
 
 
+def setting_text(value: Any) -> str:
+    """A setting as people read it (the run's header, `show`, index.html): ``nesterov, weight_decay
+    0.00018, schedule cosine`` for ``{'nesterov': True, 'weight_decay': 0.00018, 'schedule': 'cosine'}``;
+    a switched-off flag is ``no NAME``, a nested recipe is in parentheses, nothing is ``—``."""
+    if isinstance(value, dict):
+        parts = []
+        for k, v in value.items():
+            if v is True or v is False:
+                parts.append(k if v else f"no {k}")
+            elif isinstance(v, dict):
+                parts.append(f"{k} ({setting_text(v)})")
+            else:
+                parts.append(f"{k} {setting_text(v)}")
+        return ", ".join(parts) or "—"
+    if isinstance(value, list | tuple):
+        return ", ".join(setting_text(v) for v in value) or "—"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "—" if value is None else str(value)
+
+
 def cache_root() -> Path:
     """This tool's cache: downloads, decompressed files, worker locks, distillation teachers."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fmnist-search"

@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 import plotly.graph_objects as go
 
+from ...core.config import setting_text
 from ..study import stored_spec
 from ..trials.objectives import objectives_of
 from ..trials.record import TrialRecord
@@ -93,7 +94,7 @@ def _report(study: optuna.Study) -> str:
 def summary_page(study: optuna.Study, figures: dict[str, go.Figure], title: str) -> str:
     """The page's HTML; ``figures`` in the order given (learning curves first)."""
     spec = stored_spec(study)
-    settings = [(k, v if v is not None else "—") for k, v in spec.to_attrs().items()]
+    settings = [(k, setting_text(v)) for k, v in spec.to_attrs().items()]
     counts = list(state_counts(study).items())
     figures_html = "".join(
         f"<h3>{html.escape(name.replace('_', ' '))}</h3>"
