@@ -189,7 +189,8 @@ def get_json(url: str) -> dict:
 @contextlib.contextmanager
 def serving_dashboard(storage: str):
     """`fmnist-search dashboard` on a free port, once its API answers: yields (base URL, the
-    study summaries it lists). Then Ctrl-C stops it, which must end it with exit code 0."""
+    study summaries it lists). Then Ctrl-C stops it, which must end it as every command a
+    signal stops: exit 130 and one line saying so."""
     port = free_port()
     proc = cli_process("dashboard", "--storage", storage, "--port", str(port), merge_output=False)
     lines = Lines(proc, "stderr")
@@ -204,7 +205,8 @@ def serving_dashboard(storage: str):
         assert summaries is not None, f"the dashboard did not come up:\n{lines.finish(5)}"
         yield base, summaries
         proc.send_signal(signal.SIGINT)  # Ctrl-C stops it, whatever request it is serving
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=60) == 130
+        assert lines.finish(5).strip().splitlines()[-1] == "error: optuna-dashboard stopped by SIGINT"
     finally:
         if proc.poll() is None:
             proc.kill()

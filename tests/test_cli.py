@@ -8,6 +8,7 @@ import functools
 import io
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from fmnist_search.cli import app
 from fmnist_search.engine import data
-from tests.conftest import cli_process, get_json, serving_dashboard
+from tests.conftest import Lines, cli_process, free_port, get_json, serving_dashboard
 
 runner = CliRunner()
 TINY = ["--epochs", "2", "--train-size", "4096", "--val-size", "2000", "--batch-size", "64"]
@@ -208,10 +209,19 @@ def test_dashboard_on_a_busy_port_is_one_line(smoke_db):
         proc = _cli("dashboard", "--storage", smoke_db, "--port", str(port))
         _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2, stderr
-    assert (
-        stderr.strip().splitlines()[-1]
-        == f"error: cannot listen on 127.0.0.1:{port}: Address already in use; try --port or --host"
-    )
+    assert stderr.strip().splitlines() == [  # the only line: nothing announced before the port was bound
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use; try --port or --host"
+    ]
+
+
+def test_dashboard_stopped_by_sigterm_exits_143(smoke_db):
+    port = free_port()
+    proc = _cli("dashboard", "--storage", smoke_db, "--port", str(port))
+    lines = Lines(proc, "stderr")
+    lines.until(f"on http://127.0.0.1:{port}/")  # bound and serving
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert lines.finish(5).strip().splitlines()[-1] == "error: optuna-dashboard stopped by SIGTERM"
 
 
 def test_module_entry_point_help():

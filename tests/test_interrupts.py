@@ -124,6 +124,22 @@ def _kill_twice(monkeypatch, sig: int) -> None:
     _kill_on_call(monkeypatch, population._stack, "evaluate_all", 1, sig)
 
 
+def _kill_twice_while_unwinding(monkeypatch, sig: int) -> None:
+    """A second signal while the first one's Stop unwinds, before the run's cleanup begins (two
+    Ctrl-C 20 ms apart): as the worker looks at what stopped it, before it releases its trials."""
+    from fmnist_search.app import studies
+
+    original = studies.causes
+
+    def causes(e):
+        if interrupts.received() is not None and not interrupts.cleaning_up():
+            os.kill(os.getpid(), sig)
+        return original(e)
+
+    monkeypatch.setattr(studies, "causes", causes)
+    _kill_on_call(monkeypatch, population._stack, "evaluate_all", 1, sig)
+
+
 POINTS = {
     "study creation (storage)": _kill_in_commit("set_study_user_attr", 3),
     "trial creation (storage)": _kill_in_commit("_create_new_trial"),
@@ -139,6 +155,7 @@ POINTS = {
     # census: 1st call sets the target, 2nd is trial 0's budget check, 3rd trial 1's
     "between trials (budget check)": lambda mp, sig: _kill_on_call(mp, budget, "census", 3, sig),
     "second signal during cleanup": _kill_twice,
+    "second signal while the first unwinds": _kill_twice_while_unwinding,
 }
 
 

@@ -7,9 +7,10 @@ the signal and then raises ``Stop``; the worker loop calls ``check()`` between t
 the objective between epochs, so a swallowed signal still stops the run moments later.
 
 Storage calls run ``shielded()``: a signal that arrives inside one is recorded, not raised
-halfway through a transaction, and acted on at the next ``check()``. While the interrupted run
-cleans up (``cleaning()``), further signals are recorded only, so a second Ctrl-C cannot
-cut the cleanup short and leave a trial RUNNING.
+halfway through a transaction, and acted on at the next ``check()``. Once a ``Stop`` has been
+raised, further signals are recorded only: a second Ctrl-C 20 ms after the first lands while
+the first unwinds (in a ``finally``, before the run reaches its cleanup) and would cut that
+short, leaving a trial RUNNING; the same holds while the run cleans up (``cleaning()``).
 
 Ctrl-C and SIGTERM (``docker stop``, Kubernetes eviction, spot preemption) both re-queue the
 running trial, which continues from its last checkpoint when work on the study resumes: a
@@ -49,6 +50,7 @@ class Stop(KeyboardInterrupt):
 class _State:
     installed = False  # inside handled()
     received: int | None = None  # the first stopping signal, once one came
+    raised = False  # a Stop was raised from the handler: the run is unwinding; later signals only recorded
     shield_depth = 0  # > 0 while the main thread is inside a storage call
     cleaning = False  # while cleaning up after a stop: record further signals, never raise
 
@@ -59,7 +61,9 @@ _state = _State()
 def _handler(signum: int, _frame: object) -> None:
     if _state.received is None:
         _state.received = signum
-    if _state.shield_depth == 0 and not _state.cleaning:
+    if _state.shield_depth == 0 and not _state.cleaning and not _state.raised:
+        # (one swallowed by a finalizer is raised again by the next ``check()``)
+        _state.raised = True
         raise Stop(_state.received)
 
 
@@ -154,5 +158,6 @@ def reset() -> None:
     """Forget a received signal (tests; a long-lived process that handled one)."""
     _state.installed = False
     _state.received = None
+    _state.raised = False
     _state.shield_depth = 0
     _state.cleaning = False
