@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..core.errors import ConfigError, DeviceError
+from ..core.hardware import cpu_name
 
 # precision name -> autocast dtype (None: plain fp32, no autocast)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,12 +71,5 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple MPS"
-    import os
-    import platform
 
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine() or "cpu"
-    return f"{model} ({os.cpu_count()} cores)"
+    return cpu_name()
