@@ -580,5 +580,9 @@ def test_json_for_scripts_and_show_of_any_trial_with_its_curve(smoke_db):
     assert text.exit_code == 0 and f"trial {other.number}: learning curve" in text.stdout and "█" in text.stdout
     keys = [line.strip("│ ").split("│")[0].strip() for line in text.stdout.splitlines() if line.startswith("│")]
     assert keys.count("val_accuracy") == 1 and keys.count("lr") == 1  # each value once
+    shown_best = invoke("show", "--study", "lenet", "--storage", smoke_db).stdout
+    best_keys = [line.strip("│ ").split("│")[0].strip() for line in shown_best.splitlines() if line.startswith("│")]
+    assert "test_accuracy" in best_keys and "checkpoint" not in best_keys  # removed once it completed: not "{}"
+    assert best.user_attrs.get("checkpoint") == {}  # (what the store holds)
     report = json.loads(invoke("report", "--study", "lenet", "--storage", smoke_db, "--json").stdout)
     assert report and {"model", "lr"} <= set(report[0])

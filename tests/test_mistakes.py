@@ -246,3 +246,23 @@ def test_evaluate_writes_its_page_only_when_asked(trained, tmp_path, monkeypatch
     assert os.listdir(tmp_path) == []  # no confusion-*.html in the current folder
     asked = runner.invoke(app, ["evaluate", "--study", "lenet", "--storage", trained, "--output-dir", "out"])
     assert asked.exit_code == 0 and [p.name for p in (tmp_path / "out").iterdir()] == ["confusion-lenet-trial-0.html"]
+
+
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["export"], "study 'lenet' has no completed trial yet: nothing to export (--all writes every trial)"),
+        (["export", "--all"], "study 'lenet' has no trial yet: nothing to export"),
+        (["export", "--history"], "study 'lenet' has no trial that finished an epoch yet: nothing to export"),
+        (["report"], "no completed trial in study 'lenet' yet: nothing to report"),
+        (["plot", "--output-dir", "plots"], "study 'lenet' has no trial that finished an epoch yet: nothing to plot"),
+    ],
+    ids=["export", "export-all", "history", "report", "plot"],
+)
+def test_an_output_of_a_study_with_nothing_to_show_says_so(tmp_path, monkeypatch, args, says):
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert runner.invoke(app, ["create", "--model", "lenet", "--trials", "1", "--storage", url]).exit_code == 0
+    line = _one_error_line(runner.invoke(app, [args[0], "--study", "lenet", *args[1:], "--storage", url]))
+    assert line == f"error: {says}"
+    assert not [p for p in os.listdir(tmp_path) if not p.startswith("s.db")]  # no empty page or file

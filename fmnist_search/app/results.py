@@ -171,7 +171,8 @@ def trial_rows(trial: dict[str, Any]) -> list[tuple[str, str]]:
         ("val_accuracy", "-" if trial["val_accuracy"] is None else f"{trial['val_accuracy']:.4f}"),
     ]
     rows += [(k, text(v)) for k, v in trial["params"].items()]
-    rows += [(k, text(v)) for k, v in trial["attrs"].items() if k not in trial["params"]]
+    # (an emptied attr, such as a completed trial's removed ``checkpoint``, is not shown: Optuna cannot delete one)
+    rows += [(k, text(v)) for k, v in trial["attrs"].items() if k not in trial["params"] and v not in ({}, [], None)]
     return rows
 
 
@@ -202,7 +203,14 @@ def export_frame(
     if history and (top is not None or front):
         raise FmnistSearchError("--history exports every trial's epochs; drop --top/--front")
     study = load_study(store, name)
-    return history_frame(study) if history else trials_frame(study, include_all=include_all, top=top, front_only=front)
+    frame = history_frame(study) if history else trials_frame(study, include_all=include_all, top=top, front_only=front)
+    if frame.empty:  # a header alone would say nothing; say why there is nothing
+        what = "trial" if include_all else "completed trial"
+        if history:
+            what = "trial that finished an epoch"
+        hint = "" if include_all or history else " (--all writes every trial)"
+        raise FmnistSearchError(f"study {name!r} has no {what} yet: nothing to export{hint}")
+    return frame
 
 
 def report_table(store: RDBStorage, names: list[str]) -> tuple[str, str, int, str]:
@@ -221,6 +229,9 @@ def report_table(store: RDBStorage, names: list[str]) -> tuple[str, str, int, st
             title = f"Pareto front of {s.study_name}: {describe_objectives(objectives_of(s))}; chosen on validation"
             parts.append(f"{title}\n\n{front_markdown(frames[-1], objectives_of(s))}")
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if frame.empty:
+        names = ", ".join(repr(s.study_name) for s in studies)
+        raise FmnistSearchError(f"no completed trial in study {names} yet: nothing to report")
     return "\n".join(parts), frame.to_csv(index=False), len(frame), frame.to_json(orient="records", indent=2)
 
 
@@ -229,6 +240,8 @@ def plot(store: RDBStorage, name: str, output_dir: Path, dashboard: bool) -> tup
     learning curves attached to the study for optuna-dashboard (not on a read-only store: a note says so)."""
 
     s = load_study(store, name)
+    if not any(t.intermediate_values or t.state.name == "COMPLETE" for t in s.get_trials(deepcopy=False)):
+        raise FmnistSearchError(f"study {name!r} has no trial that finished an epoch yet: nothing to plot")
     figures = study_figures(s)
     title = f"fmnist-search: {name}"
     try:

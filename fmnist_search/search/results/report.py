@@ -176,6 +176,7 @@ def report_table(frame: pd.DataFrame) -> pd.DataFrame:
         {
             "model": r.model,
             "lr": f"{r.lr:g}",
+            "trial": str(r.trial),
             "train acc": _pct(r.train_accuracy),
             "val acc": _pct(r.val_accuracy),
             "test acc": _pct(r.test_accuracy),
@@ -190,6 +191,7 @@ def report_table(frame: pd.DataFrame) -> pd.DataFrame:
     columns = [
         "model",
         "lr",
+        "trial",
         "train acc",
         "val acc",
         "test acc",
