@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -100,7 +101,7 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
-            from .app.processes import EXIT_FAILED, signal_name
+            from .app.processes import EXIT_FAILED, RUN_REPORTS, signal_name
             from .core.interrupts import handled, stop_in
 
             quiet_warnings()
@@ -108,9 +109,15 @@ def command(*args: Any, stoppable: bool = False, **kwargs: Any) -> Callable[[F],
                 try:
                     return fn(*a, **kw)
                 except FmnistSearchError as e:
+                    if not getattr(e, "error", True):
+                        say(str(e))
+                        raise typer.Exit(e.exit_code) from None
                     raise fail(str(e), e.exit_code) from None
                 except (KeyboardInterrupt, Exception) as e:
                     stop = stop_in(e)
+                    if stop is not None and os.environ.get(RUN_REPORTS):  # a worker of `run --jobs`, stopped early
+                        say(f"stopped by {signal_name(stop.signum)}")
+                        raise typer.Exit(stop.exit_code) from None
                     if stop is not None:
                         raise fail(f"interrupted by {signal_name(stop.signum)}", stop.exit_code) from None
                     # Optuna re-raises a storage failure inside its trial bookkeeping as its own
@@ -214,7 +221,8 @@ def worker(
     if log_file is not None:
         log_to(log_file)
     prefix = f"[{label}] " if label else ""
-    join_study(study, storage, work, label, lambda trials, epochs: RunProgress(trials, epochs, bars, prefix), say)
+    progress = functools.partial(RunProgress, bars=bars, prefix=prefix)
+    join_study(study, storage, work, label, progress, print_summary, say)
 
 
 @command()

@@ -586,3 +586,25 @@ def test_json_for_scripts_and_show_of_any_trial_with_its_curve(smoke_db):
     assert best.user_attrs.get("checkpoint") == {}  # (what the store holds)
     report = json.loads(invoke("report", "--study", "lenet", "--storage", smoke_db, "--json").stdout)
     assert report and {"model", "lr"} <= set(report[0])
+
+
+def test_a_worker_counts_toward_what_the_target_lacks_and_shows_the_study_at_the_end(tmp_path, real_data, monkeypatch):
+    from fmnist_search import console
+
+    totals = []
+    original = console.RunProgress.__init__
+
+    def init(self, trials, epochs, *args, **kwargs):
+        totals.append(trials)
+        original(self, trials, epochs, *args, **kwargs)
+
+    monkeypatch.setattr(console.RunProgress, "__init__", init)
+    url = f"sqlite:///{tmp_path}/w.db"
+    made = invoke(
+        "create", "--model", "lenet", "--trials", "2", "--storage", url, "--epochs", "1", "--train-size", "512"
+    )
+    assert made.exit_code == 0, made.output
+    worked = invoke("worker", "--study", "lenet", "--storage", url, "--no-bars")
+    assert worked.exit_code == 0, worked.output
+    assert totals == [2]  # the bar's total: "trials 0/2", with an ETA
+    assert "study lenet" in worked.stdout and "best trial " in worked.stdout  # the summary, as `run` ends

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import sys
 import weakref
@@ -253,6 +254,11 @@ def test_a_real_process_stops_on_a_signal(sig, jobs, tmp_path, real_data):
     proc.stdout.close()
     assert proc.returncode == interrupts.EXIT_CODES[sig], stderr
     assert f"interrupted by {signal.Signals(sig).name}" in stderr and "Traceback" not in stderr
+    # one error line, the run's: its workers say what they re-queued in plain lines
+    (error,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert error == stderr.strip().splitlines()[-1] and "--artifacts" not in error  # (the store's own folder)
+    if jobs == "2":
+        assert re.search(rf"^\[w[01]\] stopped by {signal.Signals(sig).name}", stderr, re.M), stderr
     states, c = _counts(url)
     assert TrialState.RUNNING not in states and c.complete >= 1
     result = _invoke(*finish_command(stderr))

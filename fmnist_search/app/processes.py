@@ -21,11 +21,13 @@ from ..core.config import DEFAULT_STORAGE
 from ..core.errors import Stopped
 from ..core.interrupts import Stop, check, cleaning
 from ..search.store import mask_url
+from .lines import store_text
 
 if TYPE_CHECKING:  # annotations only
     from .options import StudyOptions, WorkOptions
 
 EXIT_FAILED = 1  # the work could not go on (a lost store, a failed worker)
+RUN_REPORTS = "FMNIST_RUN_REPORTS"  # set for the workers of `run --jobs`: a stop is said once, by the run
 Say = Callable[[str], None]
 
 
@@ -55,6 +57,8 @@ def finish_command(name: str, url: str, work: WorkOptions) -> str:
     options: `worker` runs until the study has the trials it was asked for, and adds none."""
 
     storage = [] if url == DEFAULT_STORAGE else ["--storage", mask_url(url)]
+    if work.artifacts is not None and work.artifacts == dataclasses.replace(work, artifacts=None).artifact_dir(url):
+        work = dataclasses.replace(work, artifacts=None)  # the store's own folder, as a worker of `run --jobs` is told
     return " ".join(["fmnist-search", "worker", "--study", name, *storage, *as_argv(work, changed_only=True)])
 
 
@@ -68,13 +72,13 @@ def spawn_workers(plans: list[WorkerPlan], name: str, url: str, work: WorkOption
     The storage URL travels in the environment, not argv, so its password never shows in `ps`.
     """
 
-    say(f"study {name!r}: {len(plans)} workers until {target} trials, storage {mask_url(url)}")
+    say(f"study {name!r} in {store_text(url)}: {len(plans)} workers until {trial_count(target)}")
     # The storage URL and data folder travel in the environment (the password stays out of `ps`).
     shared = dataclasses.replace(work, data_dir=None, artifacts=work.artifact_dir(url))
     procs: list[tuple[Any, subprocess.Popen]] = []
     try:
         for plan in plans:
-            env = {**os.environ, **plan.env, "FMNIST_STORAGE": url}
+            env = {**os.environ, **plan.env, "FMNIST_STORAGE": url, RUN_REPORTS: "1"}
             if work.data_dir is not None:
                 env["FMNIST_DATA_DIR"] = str(work.data_dir)
             mine = (
@@ -100,7 +104,7 @@ def spawn_workers(plans: list[WorkerPlan], name: str, url: str, work: WorkOption
                     p.kill()  # its trial is retried once its heartbeat is stale
         raise Stopped(
             f"interrupted by {signal_name(stop.signum)}; the workers re-queued their trials; finished trials are "
-            f"stored in {mask_url(url)}; finish the study's {trial_count(target)} with one or more of: "
+            f"stored in {store_text(url)}; finish the study's {trial_count(target)} with one or more of: "
             f"{finish_command(name, url, work)}",
             stop.exit_code,
         ) from None

@@ -36,13 +36,22 @@ from ..search.trials import (
     release,
     set_target,
     stream_seed,
+    trials_left,
     wait_for_store,
     wait_for_study,
 )
 from ..search.trials import work as work_loop
 from .lines import artifacts_note, at_a_time, search_text, store_text
 from .planning import plan_studies
-from .processes import EXIT_FAILED, finish_command, plan_workers, signal_name, spawn_workers, trial_count
+from .processes import (
+    EXIT_FAILED,
+    RUN_REPORTS,
+    finish_command,
+    plan_workers,
+    signal_name,
+    spawn_workers,
+    trial_count,
+)
 
 if TYPE_CHECKING:  # annotations only
     import torch
@@ -180,6 +189,9 @@ def work_here(
         with cleaning():  # a second Ctrl-C must not cut this short
             why = f"interrupted by {signal_name(stop.signum)}" if stop is not None else f"stopped: {cause}"
             what = _release(budgeted, why)
+        if stop is not None and os.environ.get(RUN_REPORTS):  # its `run --jobs` says the one error line
+            line = f"{prefix}stopped by {signal_name(stop.signum)}; {what}".rstrip("; ")
+            raise Stopped(line, stop.exit_code, error=False) from None
         finish = f"finish the study's {trial_count(target)} with: {finish_command(name, url, work)}"
         if stop is None:
             raise Stopped(f"{prefix}{cause}; {what}finished trials are stored; {finish}", EXIT_FAILED) from None
@@ -371,15 +383,26 @@ def run(
 
 
 def join_study(
-    study: str, storage: str, work: WorkOptions, label: str | None, progress: ProgressFactory, say: Say
+    study: str,
+    storage: str,
+    work: WorkOptions,
+    label: str | None,
+    progress: ProgressFactory,
+    on_done: Callable[[optuna.Study], None],
+    say: Say,
 ) -> None:
-    """Work on ``study`` (waiting for its store and for it to exist) until it has its trials."""
+    """Work on ``study`` (waiting for its store and for it to exist) until it has its trials; the
+    bar counts toward the trials its target still lacks, and ``on_done`` shows the study at the
+    end (not for a worker of `run --jobs`: its run shows it once)."""
 
     work_runtime(work)
     path = sqlite_path(storage)
     if path is not None and not path.is_file():  # a worker joins: the file comes from `create` or `run`
         wait_for_store(path, work.storage_patience, say)
     store = open_study_store(storage, say, heartbeat=True, wait=True, patience=work.storage_patience, **work.beat)
-    spec = stored_spec(wait_for_study(store, study, work.storage_patience, say=say))
-    with progress(None, spec.epochs) as bars:
+    joined = wait_for_study(store, study, work.storage_patience, say=say)
+    spec = stored_spec(joined)
+    with progress(trials_left(joined), spec.epochs) as bars:
         work_here(store, storage, study, spec, work, bars, say, label=label)
+    if not os.environ.get(RUN_REPORTS):
+        on_done(joined)

@@ -24,8 +24,12 @@ class DeviceError(FmnistSearchError):
 
 
 class Stopped(FmnistSearchError):
-    """The work ended early: an interrupt (exit 130/143), a lost store or failed workers (exit 1)."""
+    """The work ended early: an interrupt (exit 130/143), a lost store or failed workers (exit 1).
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    ``error=False``: a plain line, not ``error: ...`` (a worker of `run --jobs` stopped with it:
+    its run says the one error line for all of them)."""
+
+    def __init__(self, message: str, exit_code: int, error: bool = True) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.error = error

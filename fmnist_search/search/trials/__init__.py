@@ -26,6 +26,7 @@ FACE = {
     "release": "coordination",
     "set_target": "coordination",
     "stream_seed": "coordination",
+    "trials_left": "coordination",
     "wait_for_study": "workers",
     "wait_for_store": "workers",
     "work": "workers",

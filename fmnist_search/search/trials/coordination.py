@@ -66,6 +66,11 @@ def census(study: optuna.Study) -> Census:
     return Census(**counts)
 
 
+def trials_left(study: optuna.Study) -> int:
+    """Trials the study's target still lacks (none are running or waiting for them)."""
+    return max(int(study.user_attrs[TARGET_ATTR]) - census(study).counted, 0)
+
+
 class BudgetExhausted(Exception):
     """The study has (or is running) all the trials it should have."""
 
