@@ -24,6 +24,8 @@ READS = [
     ["dashboard"],
     ["prune-artifacts", "--dry-run"],
     ["train", "--from-study", "lenet"],
+    ["delete", "--study", "lenet", "--yes"],
+    ["worker", "--study", "lenet", "--storage-patience", "0"],  # (a worker waits for the file that long)
 ]
 
 
