@@ -317,3 +317,18 @@ def test_the_gpu_scripts_parse():
     for script in ("gpu_check.sh", "gpu_prepare.sh"):
         proc = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
+
+
+def test_fidelity_records_the_raw_weights_beside_the_averages_whatever_the_recipe_judges(tmp_path, real_data):
+    """airbench-tuned's recipe judges an average (ema 0.5); the recording's ``raw`` figure is
+    still the raw weights' (a recording once read the judged average as raw), the averages
+    candidates beside it."""
+    import fidelity
+
+    args = ["--models", "airbench", "--seeds", "0", "--trials", "2", "--epochs", "2", "--train-size", "512"]
+    args += ["--val-size", "500", "--no-tta", "--halflives", "0.5", "--out", str(tmp_path)]
+    assert fidelity.main(args) == 0
+    (path,) = tmp_path.glob("fidelity-*-airbench-seed0.json")
+    for trial in json.loads(path.read_text())["trials"]:
+        assert set(trial["curves"]) == {"raw", "ema0.5"}
+        assert trial["curves"]["raw"] != trial["curves"]["ema0.5"], trial["curves"]
