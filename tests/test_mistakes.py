@@ -161,6 +161,9 @@ def test_every_output_file_follows_one_rule_its_folder_is_made(tmp_path):
         f"has a target of 1 trial; start workers with:\n  fmnist-search worker --study lenet --storage {url}"
         in made.output
     )
+    study = optuna.load_study(study_name="lenet", storage=url)  # one completed trial: something to write
+    lr = optuna.distributions.FloatDistribution(0.01, 0.4, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions={"lr": lr}, value=0.5))
     for command in (["export"], ["report"]):
         out = tmp_path / "missing" / command[0] / "out.txt"
         result = runner.invoke(app, [*command, "--study", "lenet", "--storage", url, "--output", str(out)])

@@ -85,9 +85,10 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
     """The completed trials on the study's Pareto front, best first (``rank_key``): the first front
     of ``ranked``, on the study's current figures (Optuna's ``best_trials`` reads the values as
     told, which an earlier figure of the same network may have scored)."""
-    if len(objectives_of(study)) == 1:
-        return ranked(study, 1)
-    return ranked(study, fronts=1)
+    if len(objectives_of(study)) > 1:
+        return ranked(study, fronts=1)
+    done = ranked(study)  # one objective: every trial at the best value (ties included), as Optuna's
+    return [t for t in done if t.values == done[0].values] if done else []
 
 
 def ranked(study: optuna.Study, limit: int | None = None, fronts: int | None = None) -> list[FrozenTrial]:
