@@ -74,12 +74,12 @@ def test_the_dashboard_serves_a_read_only_store(read_only_store):
     ],
 )
 def test_an_output_on_a_read_only_mount_is_one_line_before_any_work(read_only_store, command):
-    """Every output option pointed into a read-only folder: one line naming the place, exit 1,
+    """Every output option pointed into a read-only folder: one line naming the place, exit 2,
     refused before the command's work (``train`` trains no epoch), nothing written there."""
     before = _snapshot(read_only_store)
     args = [a.format(ro=read_only_store) for a in command]
     proc = cli_process(*args, "--storage", f"sqlite:///{read_only_store}/s.db")
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1, out
+    assert proc.returncode == 2, out  # a place given that cannot be written: bad input
     assert out.strip().splitlines() == [f"error: cannot write {args[-1]}: {read_only_store}: Read-only file system"]
     assert _snapshot(read_only_store) == before
