@@ -14,7 +14,7 @@
 # the training step as a CUDA graph (`--cuda-graphs`: its replay-equals-eager tests first);
 # (5) where start-up goes; (6) the `compare` preset's front, if time is left; (7) the rung
 # figure's rank correlation with the end on more seeds (benchmarks/fidelity.py: its table in
-# gpu_check.log; the CPU recorded airbench on two seeds of the five asked for).
+# gpu_check.log; the CPU's airbench recordings lack the raw weights on seeds 21 and 23).
 # Each step runs under its own `timeout`, capped by what is left of the whole budget
 # (BUDGET_S, 450 s); a failed or timed-out step does not stop the rest. Each figure lands in
 # OUT_DIR as soon as it is measured (at most 8 files, what a device run returns):
@@ -46,9 +46,10 @@ else
   MAIN_ARGS=(--trials 30)
   PRESETS=(resnet18-tuned resnet34-tuned) PRESET_ARGS=()
   COMPARE_ARGS=(--trials 24)
-  # the CPU recordings' protocol (docs/results.md, "Rungs that see the end"), on the seeds it lacks
-  FIDELITY_ARGS=(--models airbench --seeds 21,23,24 --trials 8 --train-size 5000 --val-size 2500 --no-tta
-    --halflives 0.5 2)
+  # the CPU recordings' protocol (docs/results.md, "Rungs that see the end"), on the seeds whose
+  # raw weights it lacks, with a 1-epoch half-life beside the two it has
+  FIDELITY_ARGS=(--models airbench --seeds 21,23 --trials 8 --train-size 5000 --val-size 2500 --no-tta
+    --halflives 0.5 1 2)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'

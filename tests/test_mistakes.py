@@ -193,6 +193,9 @@ def test_delete_with_no_answer_and_a_study_named_twice(tmp_path):
     asked = runner.invoke(app, ["delete", "--study", "lenet", "--storage", url], input="")  # stdin closed
     assert asked.exit_code == 1 and "Aborted" not in asked.output, asked.output
     assert asked.output.rstrip().endswith("error: nothing deleted: no answer; add --yes to delete without asking")
+    study = optuna.load_study(study_name="lenet", storage=url)  # one completed trial: a row to report
+    lr = optuna.distributions.FloatDistribution(0.01, 0.4, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions={"lr": lr}, value=0.5))
     once = runner.invoke(app, ["report", "--study", "lenet", "--storage", url])
     twice = runner.invoke(app, ["report", "--study", "lenet", "--study", "lenet", "--storage", url])
     assert twice.exit_code == 0 and twice.output == once.output
