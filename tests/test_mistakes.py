@@ -29,6 +29,13 @@ READS = [
 ]
 
 
+def _one_completed_trial(url: str) -> None:
+    """Study ``lenet`` in ``url`` gets a completed trial (without training one)."""
+    study = optuna.load_study(study_name="lenet", storage=url)
+    lr = optuna.distributions.FloatDistribution(0.01, 0.4, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions={"lr": lr}, value=0.5))
+
+
 def _one_error_line(result) -> str:
     lines = result.output.strip().splitlines()
     assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.output
@@ -161,9 +168,7 @@ def test_every_output_file_follows_one_rule_its_folder_is_made(tmp_path):
         f"has a target of 1 trial; start workers with:\n  fmnist-search worker --study lenet --storage {url}"
         in made.output
     )
-    study = optuna.load_study(study_name="lenet", storage=url)  # one completed trial: something to write
-    lr = optuna.distributions.FloatDistribution(0.01, 0.4, log=True)
-    study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions={"lr": lr}, value=0.5))
+    _one_completed_trial(url)  # something to write
     for command in (["export"], ["report"]):
         out = tmp_path / "missing" / command[0] / "out.txt"
         result = runner.invoke(app, [*command, "--study", "lenet", "--storage", url, "--output", str(out)])
@@ -193,9 +198,7 @@ def test_delete_with_no_answer_and_a_study_named_twice(tmp_path):
     asked = runner.invoke(app, ["delete", "--study", "lenet", "--storage", url], input="")  # stdin closed
     assert asked.exit_code == 1 and "Aborted" not in asked.output, asked.output
     assert asked.output.rstrip().endswith("error: nothing deleted: no answer; add --yes to delete without asking")
-    study = optuna.load_study(study_name="lenet", storage=url)  # one completed trial: a row to report
-    lr = optuna.distributions.FloatDistribution(0.01, 0.4, log=True)
-    study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions={"lr": lr}, value=0.5))
+    _one_completed_trial(url)  # a row to report
     once = runner.invoke(app, ["report", "--study", "lenet", "--storage", url])
     twice = runner.invoke(app, ["report", "--study", "lenet", "--study", "lenet", "--storage", url])
     assert twice.exit_code == 0 and twice.output == once.output
